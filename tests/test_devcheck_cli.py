@@ -1,0 +1,108 @@
+"""`pqk devcheck` across a process boundary: PASS on the shipped contracts, and exit 1 naming field and value for each
+kind of broken contract."""
+import re, subprocess, sys, time
+from pathlib import Path
+import pytest, yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = ROOT / 'configs'
+
+def pqk(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, '-m', 'pqk.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+def test_pass_on_shipped_configs_fast():
+    t0 = time.perf_counter(); r = pqk('devcheck'); dt = time.perf_counter() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith('PASS')
+    assert dt < 2.0, f'devcheck took {dt:.2f} s'
+
+def test_devcheck_imports_no_torch():
+    code = 'import sys; from pqk.cli import main; main(["devcheck"]); assert "torch" not in sys.modules, "torch imported"'
+    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+def _write(tmp, name, text): p = tmp / f'{name}.yaml'; p.write_text(text); return p
+
+def _edit(name, fn):
+    "Return the file text of configs/<name>.yaml with its data edited by fn (first line kept)."
+    src = (CFG / f'{name}.yaml').read_text(); data = yaml.safe_load(src); fn(data)
+    return src.splitlines()[0] + '\n' + yaml.safe_dump(data, sort_keys=False)
+
+def setk(path, value):
+    def f(d):
+        *head, last = path.split('.'); cur = d
+        for h in head: cur = cur[h]
+        cur[last] = value
+    return f
+
+def delk(path):
+    def f(d):
+        *head, last = path.split('.'); cur = d
+        for h in head: cur = cur[h]
+        del cur[last]
+    return f
+
+# (id, contract, file text, expected field path, expected value text in the message)
+CASES = [
+    ('H_ne_W', 'workload', lambda: _edit('workload', setk('input.shape', [1, 3, 384, 512])), 'input.shape', '384, 512'),
+    ('H_500', 'workload', lambda: _edit('workload', setk('input.shape', [1, 3, 500, 500])), 'input.shape[2]', '500'),
+    ('batch_2', 'workload', lambda: _edit('workload', setk('input.shape', [2, 3, 384, 384])), 'input.shape[0]', '2'),
+    ('shape_len3', 'workload', lambda: _edit('workload', setk('input.shape', [3, 384, 384])), 'input.shape', '384'),
+    ('k_0', 'workload', lambda: _edit('workload', setk('pair_graph.k', 0)), 'pair_graph.k', '0'),
+    ('bad_strategy', 'workload', lambda: _edit('workload', setk('pair_graph.strategy', 'ring')), 'pair_graph.strategy', 'ring'),
+    ('k_wrong_type', 'workload', lambda: _edit('workload', setk('pair_graph.k', 'three')), 'pair_graph.k', 'three'),
+    ('unknown_key', 'workload', lambda: _edit('workload', setk('pair_graph.radius', 3)), 'pair_graph.radius', '3'),
+    ('missing_required', 'workload', lambda: _edit('workload', delk('teacher')), 'teacher', 'missing'),
+    ('manifest_no_paths', 'workload', lambda: _edit('workload', setk('data.eval.source', 'manifest')), 'data.eval.paths', '[]'),
+    ('missing_version_line', 'workload', lambda: '\n'.join((CFG / 'workload.yaml').read_text().splitlines()[1:]), 'line 1', 'version'),
+    ('version_mismatch', 'eval', lambda: _edit('eval', setk('version', '1.1')), 'version', '1.1'),
+    ('missing_version_field', 'eval', lambda: _edit('eval', delk('version')), 'version', 'missing'),
+    ('negative_threshold', 'eval', lambda: _edit('eval', setk('thresholds.quality_drop_mainline_pct', -1.0)), 'thresholds.quality_drop_mainline_pct', '-1.0'),
+    ('huge_threshold', 'eval', lambda: _edit('eval', setk('thresholds.quality_drop_q_only_pct', 500)), 'thresholds.quality_drop_q_only_pct', '500'),
+    ('ratio_below_1', 'eval', lambda: _edit('eval', setk('stop_loss.gpu_hours_over_budget_ratio', 0.5)), 'stop_loss.gpu_hours_over_budget_ratio', '0.5'),
+    ('early_stop_0', 'eval', lambda: _edit('eval', setk('early_stop.no_improve_ckpt', 0)), 'early_stop.no_improve_ckpt', '0'),
+    ('primary_not_listed', 'eval', lambda: _edit('eval', setk('quality.primary', 'psnr')), 'quality.primary', 'psnr'),
+    ('mainline_looser', 'eval', lambda: _edit('eval', setk('thresholds.quality_drop_mainline_pct', 3.0)), 'thresholds.quality_drop_mainline_pct', '3.0'),
+    ('bad_yaml', 'eval', lambda: (CFG / 'eval.yaml').read_text() + '\n  : [unclosed\n', 'line', 'YAML'),
+    ('distill_reduction_1', 'distill', lambda: _edit('distill', setk('student.reduction', 1.0)), 'student.reduction', '1.0'),
+    ('distill_lr_type', 'distill', lambda: _edit('distill', setk('train.lr', 'fast')), 'train.lr', 'fast'),
+    ('quant_bits', 'quant', lambda: _edit('quant', setk('ptq.weight_bits', 3)), 'ptq.weight_bits', '3'),
+    ('prune_target', 'prune', lambda: _edit('prune', setk('target', ['neurons'])), 'target[0]', 'neurons'),
+]
+
+@pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
+def test_broken_contract(case, tmp_path):
+    cid, name, text, field, value = case
+    p = _write(tmp_path, name, text())
+    if name in ('workload', 'eval'): r = pqk('devcheck', f'--{name}', p, '--card', ROOT / 'taskcards' / 'E0_eval_teacher.md')
+    else: r = pqk('devcheck', '--cfg', p, '--card', ROOT / 'taskcards' / 'E0_eval_teacher.md')
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith('FAIL')]
+    assert lines, r.stdout
+    assert any(str(p.name) in l and field in l and value in l for l in lines), f'{field} / {value} not named in:\n{r.stdout}'
+    assert 'Traceback' not in r.stdout + r.stderr
+
+CARD_CASES = [
+    ('missing_config', lambda t: t.replace('configs/distill.yaml', 'configs/missing.yaml'), 'configs.method', 'configs/missing.yaml'),
+    ('bad_kind', lambda t: t.replace('kind: K\n', 'kind: KK\n'), 'kind', 'KK'),
+    ('literal_threshold', lambda t: t.replace('quality_drop_pct: eval.thresholds.quality_drop_mainline_pct', 'quality_drop_pct: 3.0'), 'thresholds.quality_drop_pct', '3.0'),
+    ('dangling_reference', lambda t: t.replace('eval.thresholds.quality_drop_mainline_pct', 'eval.thresholds.quality_drop_max_pct'), 'thresholds.quality_drop_pct', 'quality_drop_max_pct'),
+    ('exception_without_reason', lambda t: t.replace('exceptions: []', 'exceptions: [{field: quality_drop_pct, value: 3.0}]'), 'exceptions[0].reason', 'missing'),
+    ('no_budget', lambda t: t.replace('gpu_hours_budget: 0.2\n', ''), 'gpu_hours_budget', 'missing'),
+    ('no_front_matter', lambda t: t.split('---', 2)[2], 'front matter', 'YAML'),
+]
+
+@pytest.mark.parametrize('case', CARD_CASES, ids=[c[0] for c in CARD_CASES])
+def test_broken_card(case, tmp_path):
+    cid, edit, field, value = case
+    p = tmp_path / 'card.md'; p.write_text(edit((ROOT / 'taskcards' / 'A1_K_only.md').read_text()))
+    r = pqk('devcheck', '--card', p)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert any('card.md' in l and field in l and value in l for l in r.stdout.splitlines()), r.stdout
+
+def test_card_exception_with_reason_passes(tmp_path):
+    t = (ROOT / 'taskcards' / 'A1_K_only.md').read_text().replace(
+        'exceptions: []', 'exceptions: [{field: quality_drop_pct, value: 3.0, reason: "exploratory run on a tiny student"}]')
+    p = tmp_path / 'card.md'; p.write_text(t)
+    r = pqk('devcheck', '--card', p)
+    assert r.returncode == 0, r.stdout
