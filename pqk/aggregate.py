@@ -10,34 +10,15 @@ from pathlib import Path
 from typing import Callable
 
 from .contracts import KINDS, ContractError, Problem, load_eval, project_root, _rel
-from .logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_problems, utc_now, write_json_atomic
+from .logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_problems, utc_now, write_json_atomic, atomic_path, TMP_PREFIX
 
 # %% auto #0
-__all__ = ['TMP_PREFIX', 'UPGRADES', 'atomic_path', 'write_text_atomic', 'file_lock', 'clean_stale_tmp', 'report_paths',
-           'register_upgrade', 'upgrade_log', 'read_logs', 'report_columns', 'flat_rows', 'write_xlsx', 'write_csv',
-           'pareto_front', 'card_family', 'plot_tradeoff', 'plot_ablation', 'plot_latency', 'aggregate']
+__all__ = ['UPGRADES', 'write_text_atomic', 'file_lock', 'clean_stale_tmp', 'report_paths', 'register_upgrade', 'upgrade_log',
+           'read_logs', 'report_columns', 'flat_rows', 'write_xlsx', 'write_csv', 'pareto_front', 'card_family',
+           'plot_tradeoff', 'plot_ablation', 'plot_latency', 'aggregate']
 
 # %% ../nbs/62_aggregate.ipynb #cf2e7614
-TMP_PREFIX = '.tmp-'
-
-def _umask() -> int:
-    m = os.umask(0o022); os.umask(m); return m
-
-@contextmanager
-def atomic_path(path):
-    "Yield a temporary path beside `path` (same suffix); on success fsync and rename it over `path`, else delete it."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{os.getpid()}-', suffix=f'-{path.name}', dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())                   # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
+# one atomic writer for the whole library (pqk.logschema); TMP_PREFIX marks its temporary files
 def write_text_atomic(path, text: str) -> Path:
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: Path(tmp).write_text(text, encoding='utf-8')

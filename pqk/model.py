@@ -669,18 +669,9 @@ def load_checkpoint(path, map_location='cpu') -> DUSt3R:
 
 def _atomic_write(path, write):
     "Call `write(tmp_path)` then move the temporary file onto `path` (same directory) atomically."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return path
+    from pqk.logschema import atomic_path
+    with atomic_path(path) as tmp: write(str(tmp))
+    return Path(path)
 
 def _cpu_state(model) -> dict:
     "state_dict on CPU, keeping aliased tensors shared (stored once by torch.save)."

@@ -304,8 +304,6 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
                     gpu_hours=gpu_hours)
     rec, problems = repair_log(rec, ev, gpu_hours, f'{_rel(run_dir)}/log.json')
     log = write_json_atomic(run_dir / 'log.json', rec)
-    from pqk.aggregate import _umask
-    os.chmod(log, 0o666 & ~_umask())                       # write_json_atomic leaves mkstemp's 0600
     res = {'status': rec['status'], 'reason': rec['reason'], 'run_id': run_id, 'run_dir': run_dir, 'log': log,
            'notebook': out_nb if out_nb.is_file() else None, 'html': html if html.is_file() else None,
            'error': rec.get('error'), 'problems': [str(p) for p in problems], 'record': rec}
