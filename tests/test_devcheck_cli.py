@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / 'configs'
 
 def pqk(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, '-m', 'pqk.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 def test_pass_on_shipped_configs_fast():
     t0 = time.perf_counter(); r = pqk('devcheck'); dt = time.perf_counter() - t0
@@ -17,7 +17,7 @@ def test_pass_on_shipped_configs_fast():
     assert dt < 2.0, f'devcheck took {dt:.2f} s'
 
 def test_devcheck_imports_no_torch():
-    code = 'import sys; from pqk.cli import main; main(["devcheck"]); assert "torch" not in sys.modules, "torch imported"'
+    code = 'import sys; from pqk.run.cli import main; main(["devcheck"]); assert "torch" not in sys.modules, "torch imported"'
     r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 

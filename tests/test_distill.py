@@ -1,4 +1,4 @@
-"Process-boundary tests of pqk.distill: the `python -m pqk.distill` entry point, resume, torchrun DDP (gloo), stop rules."
+"Process-boundary tests of pqk.compress.distill: the `python -m pqk.compress.distill` entry point, resume, torchrun DDP (gloo), stop rules."
 import json, os, subprocess, sys
 from pathlib import Path
 
@@ -14,7 +14,9 @@ TINY = {'train': {'steps': 4, 'batch_pairs': 1, 'warmup_steps': 1, 'lr': 1e-3,
 
 @pytest.fixture(scope='module')
 def teacher(tmp_path_factory):
-    from pqk.model import make_model, DUSt3RConfig, save_checkpoint
+    from pqk.models.dust3r import make_model
+    from pqk.models.config import DUSt3RConfig
+    from pqk.models.checkpoints import save_checkpoint
     torch.manual_seed(0)
     m = make_model(DUSt3RConfig(enc_embed_dim=32, enc_depth=3, enc_num_heads=2, dec_embed_dim=32, dec_depth=3,
                                 dec_num_heads=2, head_type='linear', img_size=(64, 64)))
@@ -27,7 +29,7 @@ def _args(out, teacher, cfg=TINY, *extra):
 
 def _run(args, timeout=300):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    p = subprocess.run([sys.executable, '-m', 'pqk.distill', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run([sys.executable, '-m', 'pqk.compress.distill', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
@@ -47,7 +49,7 @@ def test_resume_bit_exact(tmp_path, teacher):
     for k in sa['projections']: assert torch.equal(sa['projections'][k], sb['projections'][k]), k
 
 def test_torchrun_two_processes_gloo(tmp_path, teacher):
-    from pqk.distill import launch
+    from pqk.compress.distill import launch
     cfg = {**TINY, 'train': {**TINY['train'], 'steps': 2}, 'checkpoint': {'every_steps': 2, 'eval_every_steps': 0, 'keep_last': 2}}
     launch(2, _args(tmp_path / 'ddp', teacher, cfg), env={'PYTHONPATH': str(ROOT)}, timeout=300)
     files = sorted(str(p.relative_to(tmp_path / 'ddp')) for p in (tmp_path / 'ddp').rglob('*') if p.is_file())
@@ -67,6 +69,6 @@ def test_over_budget_stops(tmp_path, teacher):
 
 def test_bad_resume_path_is_clear(tmp_path, teacher):
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    p = subprocess.run([sys.executable, '-m', 'pqk.distill', *_args(tmp_path / 'x', teacher, TINY, '--resume', tmp_path / 'missing.pt')],
+    p = subprocess.run([sys.executable, '-m', 'pqk.compress.distill', *_args(tmp_path / 'x', teacher, TINY, '--resume', tmp_path / 'missing.pt')],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode != 0 and 'missing.pt not found' in p.stderr

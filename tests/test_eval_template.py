@@ -8,7 +8,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 def _manifest(tmp: Path, res=384):
-    from pqk.scenes import synthetic_dataset
+    from pqk.data.scenes import synthetic_dataset
     scenes = synthetic_dataset(1500, 2, 2, res, cache_dir=False)
     out = {'version': 1, 'scenes': []}
     for s, sc in enumerate(scenes):
@@ -33,11 +33,11 @@ def test_run_eval_on_manifest(tmp_path):
     first = (ROOT / 'configs' / 'eval.yaml').read_text().splitlines()[0]
     (tmp_path / 'eval.yaml').write_text(first + '\n' + yaml.safe_dump(ev, sort_keys=False))
     log = tmp_path / 'out' / 'log.json'
-    r = subprocess.run([sys.executable, '-m', 'pqk.cli', 'run-eval', '--workload', str(tmp_path / 'workload.yaml'),
+    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', 'run-eval', '--workload', str(tmp_path / 'workload.yaml'),
                         '--eval', str(tmp_path / 'eval.yaml'), '--log', str(log), '--runs-dir', str(tmp_path / 'runs'), '--reports-dir', str(tmp_path / 'reports')],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    from pqk.logschema import log_problems
+    from pqk.core.logschema import log_problems
     rec = json.loads(log.read_text())
     assert log_problems(rec) == []
     assert rec['status'] == 'passed' and rec['kind'] == 'eval'

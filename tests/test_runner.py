@@ -41,7 +41,7 @@ template: {tpl}
 
 
 def pqk_args(*args):
-    return [sys.executable, '-m', 'pqk.cli', *map(str, args)]
+    return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
 
 
 def pqk(*args, timeout=180):
@@ -56,7 +56,7 @@ def check_reports(reps: Path, n_runs: int, kinds: list[str]) -> dict:
     "Open every report and check its contents; return summary.json."
     import openpyxl
     from PIL import Image
-    from pqk.logschema import log_columns
+    from pqk.core.logschema import log_columns
     sj = json.loads((reps / 'summary.json').read_text())
     assert sj['n_runs'] == n_runs, sj['n_runs']
     wb = openpyxl.load_workbook(reps / 'result_table.xlsx')
@@ -80,9 +80,9 @@ def check_reports(reps: Path, n_runs: int, kinds: list[str]) -> dict:
 
 
 def test_run_card_end_to_end(tmp_path):
-    from pqk.logschema import validate_log
-    from pqk.scraps import read_scraps
-    from pqk.runner import remote_resources
+    from pqk.core.logschema import validate_log
+    from pqk.run.scraps import read_scraps
+    from pqk.run.runner import remote_resources
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     card = make_card(tmp_path, 'E9_fake')
     r = pqk('run', card, '--runs-dir', runs, '--reports-dir', reps)
@@ -110,7 +110,7 @@ def test_run_card_end_to_end(tmp_path):
 
 
 def test_failing_template_gives_failed_log_and_keeps_notebook(tmp_path):
-    from pqk.logschema import validate_log
+    from pqk.core.logschema import validate_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     card = make_card(tmp_path, 'F1_fail', kind='K', template='fake_fail.ipynb')
     r = pqk('run', card, '--runs-dir', runs, '--reports-dir', reps)
@@ -132,7 +132,7 @@ def test_failing_template_gives_failed_log_and_keeps_notebook(tmp_path):
 
 
 def test_missing_template_and_bad_card(tmp_path):
-    from pqk.logschema import validate_log
+    from pqk.core.logschema import validate_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     r = pqk('run', make_card(tmp_path, 'M1_missing', template='no_such_template'), '--runs-dir', runs, '--reports-dir', reps)
     assert r.returncode == 1
@@ -204,7 +204,7 @@ def test_two_cards_at_once_both_land_in_reports(tmp_path):
 
 
 def test_invalid_logs_are_reported_and_skipped(tmp_path):
-    from pqk.logschema import synthetic_log
+    from pqk.core.logschema import synthetic_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     def put(name, text):
         (runs / name).mkdir(parents=True); (runs / name / 'log.json').write_text(text)
@@ -225,9 +225,9 @@ def test_invalid_logs_are_reported_and_skipped(tmp_path):
 
 def test_run_method_adhoc_copies_log(tmp_path):
     "The per-method path (pqk run-eval …) with an explicit template: task_card adhoc-eval, log copied to --log."
-    from pqk.logschema import validate_log
+    from pqk.core.logschema import validate_log
     runs, reps, log = tmp_path / 'runs', tmp_path / 'reports', tmp_path / 'copy' / 'eval_log.json'
-    code = ('from pqk.runner import run_method; import sys; '
+    code = ('from pqk.run.runner import run_method; import sys; '
             f"r = run_method('eval', workload={str(ROOT / 'configs' / 'workload.yaml')!r}, eval={str(ROOT / 'configs' / 'eval.yaml')!r}, "
             f"log={str(log)!r}, runs_dir={str(runs)!r}, reports_dir={str(reps)!r}, template={str(TPL / 'fake_run.ipynb')!r}, "
             "progress=False); sys.exit(0 if r['status'] == 'passed' else 1)")
