@@ -23,6 +23,8 @@ def _method_args(p: argparse.ArgumentParser, method: str | None):
     p.add_argument('--no-aggregate', action='store_true', help='do not rebuild the reports after the run')
     p.add_argument('--gpu-hours-budget', type=float, default=None, help='stop-loss budget (default 1.0 without a card)')
     p.add_argument('--template', default=None, help='template notebook (default: nbs/templates/run_<method>.ipynb)')
+    p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
+                   help='extra template parameter (YAML value), e.g. steps=4')
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='pqk', description='pqk — compress DUSt3R by distillation, quantization and pruning')
@@ -48,7 +50,7 @@ def _extra_params(items) -> dict:
     import yaml
     out = {}
     for it in items:
-        if '=' not in it: raise SystemExit(f'pqk run: --param {it!r}: expected KEY=VALUE')
+        if '=' not in it: raise SystemExit(f'pqk: --param {it!r}: expected KEY=VALUE')
         k, v = it.split('=', 1); out[k] = yaml.safe_load(v)
     return out
 
@@ -74,10 +76,11 @@ def main(argv=None) -> int:
             review(args.runs_dir, args.reports_dir, since=args.since, until=args.until); return 0
         if args.cmd in ('run-eval', 'run-distill'):
             from pqk.run.runner import run_method
-            res = run_method(args.cmd.split('-', 1)[1], workload=args.workload, eval=args.eval, cfg=getattr(args, 'cfg', None),
-                             ckpt=args.ckpt, log=args.log, seed=args.seed, runs_dir=args.runs_dir,
-                             reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
-                             gpu_hours_budget=args.gpu_hours_budget, template=args.template)
+            res = run_method(args.cmd.split('-', 1)[1], workload=args.workload, eval=args.eval,
+                             cfg=getattr(args, 'cfg', None), ckpt=args.ckpt, log=args.log, seed=args.seed,
+                             runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
+                             gpu_hours_budget=args.gpu_hours_budget, template=args.template,
+                             extra_params=_extra_params(args.param))
             return 0 if res.get('status') == 'passed' else 1
     except ContractError as e:
         for p in e.problems: print(f'FAIL {p}', file=sys.stderr)
