@@ -1,7 +1,8 @@
-"""`pqk edge-eval` end to end through the run_edge template on this CPU: a tiny DUSt3R checkpoint at the contract's
-shape, timed with the torch backend while a recorded tegrastats file is replayed (the log carries the replay's power
-numbers, computed here by hand), then with the ONNX Runtime backend on its export; a backend that is not installed
-gives a failed log that says why (a missing or malformed power log is tested in nbs/edge/63_power.ipynb). `pqk aggregate` puts the edge columns beside the efficiency columns."""
+"""`pqk edge-eval` end to end through the run_edge template on this CPU: a tiny DUSt3R checkpoint at the
+contract's shape, timed with the torch backend while a recorded tegrastats file is replayed (the log carries the
+replay's power numbers, computed here by hand), then with the ONNX Runtime backend on its export; a backend that is
+not installed gives a failed log that says why (a missing or malformed power log is tested in
+nbs/edge/63_power.ipynb). `pqk aggregate` puts the edge columns beside the efficiency columns."""
 import csv, json, subprocess, sys, warnings
 from pathlib import Path
 import pytest, torch
@@ -18,8 +19,8 @@ AVG_W, PEAK_W, SKIPPED = (6 + 8 + 10 + 8) / 4, 10.0, 2          # by hand from t
 
 
 def _pqk(*args, timeout=900):
-    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout)
+    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout)
     return r.returncode, r.stdout[-3000:] + r.stderr[-3000:]
 
 
@@ -38,7 +39,8 @@ def tiny(tmp_path_factory):
     class Pair(torch.nn.Module):
         def __init__(s, m): super().__init__(); s.m = m
         def forward(s, a, b):
-            r1, r2 = s.m(dict(img=a), dict(img=b)); return r1['pts3d'], r1['conf'], r2['pts3d_in_other_view'], r2['conf']
+            r1, r2 = s.m(dict(img=a), dict(img=b))
+            return r1['pts3d'], r1['conf'], r2['pts3d_in_other_view'], r2['conf']
     x = torch.zeros(load_workload().shape)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -61,13 +63,14 @@ def test_edge_eval_torch_with_replayed_power(tiny):
     assert rc == 0, out
     assert log_problems(rec) == [] and rec['kind'] == 'edge' and rec['status'] == 'passed', rec['reason']
     e = rec['edge_device']
-    assert (e['backend'], e['precision'], e['power_sampler'], e['power_rail']) == ('torch', 'fp32', 'tegrastats-replay', 'VDD_IN')
+    assert (e['backend'], e['precision'], e['power_sampler'], e['power_rail']) == \
+        ('torch', 'fp32', 'tegrastats-replay', 'VDD_IN')
     assert e['timed_pairs'] >= 3 and e['warmup'] == 2 and e['error'] is None
     assert e['latency_p50_ms'] <= e['latency_p90_ms'] <= e['latency_p95_ms'] <= e['latency_p99_ms']
     assert e['power_avg_W'] == pytest.approx(AVG_W) and e['power_peak_W'] == pytest.approx(PEAK_W)
     assert e['power_samples'] == 4 and e['power_skipped_lines'] == SKIPPED
     assert e['energy_per_pair_J'] == pytest.approx(AVG_W * e['timed_s'] / e['timed_pairs'])
-    assert (e['thermal_events'], e['throttle'], e['temp_max_C']) == (1, True, 96.0)       # tj 96 °C ≥ 95 °C
+    assert (e['thermal_events'], e['throttle'], e['temp_max_C']) == (1, True, 96.0)      # tj 96 °C ≥ 95 °C
     assert rec['model']['name'] == 'tiny' and rec['resource']['power_avg_W'] == pytest.approx(AVG_W)
     assert rec['efficiency']['latency_p50_ms'] == e['latency_p50_ms'] and '[torch fp32]' in rec['efficiency']['device']
     assert (Path(rec['artifacts']['notebook']).suffix, 'power_trace' in rec['artifacts']) == ('.ipynb', True)
@@ -82,8 +85,8 @@ def test_edge_eval_torch_with_replayed_power(tiny):
 
 def test_edge_eval_ort_backend(tiny):
     from pqk.core.logschema import log_problems
-    rc, out, rec = _run(tiny, 'ort', '--ckpt', tiny / 'tiny.pt', '--onnx', tiny / 'tiny.onnx', '--power-sampler', 'none',
-                        '--no-aggregate')
+    rc, out, rec = _run(tiny, 'ort', '--ckpt', tiny / 'tiny.pt', '--onnx', tiny / 'tiny.onnx',
+                        '--power-sampler', 'none', '--no-aggregate')
     assert rc == 0, out
     assert log_problems(rec) == [] and rec['status'] == 'passed', rec['reason']
     e = rec['edge_device']
@@ -94,9 +97,9 @@ def test_edge_eval_ort_backend(tiny):
 
 def test_edge_eval_failures_leave_a_log(tiny):
     from pqk.core.logschema import log_problems
-    rc, out, rec = _run(tiny, 'trt', '--ckpt', tiny / 'tiny.pt', '--backend', 'tensorrt', '--engine', tiny / 'none.engine',
-                        '--no-aggregate')
+    rc, out, rec = _run(tiny, 'trt', '--ckpt', tiny / 'tiny.pt', '--backend', 'tensorrt',
+                        '--engine', tiny / 'none.engine', '--no-aggregate')
     assert rc == 1 and rec['status'] == 'failed' and log_problems(rec) == []
     # not installed here: the reason says so; where TensorRT exists, the engine file is missing
-    assert 'TensorRT is not importable' in rec['reason'] or 'none.engine: no such TensorRT engine file' in rec['reason'], \
-        rec['reason']
+    r = rec['reason']
+    assert 'TensorRT is not importable' in r or 'none.engine: no such TensorRT engine file' in r, r
