@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
     from pqk.core.contracts import load_workload
     from pqk.models.dust3r import make_model
     from pqk.models.checkpoints import save_checkpoint
-    from pqk.eval.predictors import PAIR_INPUTS, PAIR_OUTPUTS
+    from pqk.export.ort import PAIR_INPUTS, PAIR_OUTPUTS
     d = tmp_path_factory.mktemp('edge')
     torch.manual_seed(0)
     m = make_model('tiny_linear').eval()

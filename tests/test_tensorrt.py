@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 @pytest.fixture(scope='module')
 def onnx_file(tmp_path_factory):
     from pqk.models.dust3r import make_model
-    from pqk.eval.predictors import PAIR_INPUTS, PAIR_OUTPUTS
+    from pqk.export.ort import PAIR_INPUTS, PAIR_OUTPUTS
     d = tmp_path_factory.mktemp('trt')
     torch.manual_seed(0)
     m = make_model('tiny_dpt').eval()
@@ -38,7 +38,7 @@ def _rel(a, b): return float((a - b).abs().max() / b.abs().max())
 @pytest.mark.parametrize('precision,tol', [('fp32', 1e-3), ('fp16', 3e-2)])
 def test_build_run_against_ort(onnx_file, tmp_path, precision, tol):
     from pqk.export.tensorrt import build_engine, TensorRTPredictor, read_engine_meta
-    from pqk.eval.predictors import OrtPredictor
+    from pqk.export.ort import OrtPredictor
     onnx, _ = onnx_file
     eng = tmp_path / f'tiny_{precision}.engine'
     meta = build_engine(onnx, eng, {'precision': precision, 'trt_workspace_mb': 512})
@@ -49,9 +49,9 @@ def test_build_run_against_ort(onnx_file, tmp_path, precision, tol):
     layers = json.loads(Path(str(eng) + '.layers.json').read_text())
     assert all(l['precision'] in (None, 'fp32', 'fp16', 'int32', 'int64', 'bool', 'int8', 'bf16') for l in layers)
     x1, x2 = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
-    trt_out = TensorRTPredictor(eng).check_shape([1, 3, 64, 64])({'img': x1}, {'img': x2})
+    trt_out = TensorRTPredictor(eng).check_shape([1, 3, 64, 64])(x1, x2)
     torch.cuda.synchronize()
-    ort_out = OrtPredictor(onnx, providers=['CPUExecutionProvider'])({'img': x1}, {'img': x2})
+    ort_out = OrtPredictor(onnx, providers=['CPUExecutionProvider'])(x1, x2)
     for a, b in zip(trt_out, ort_out):
         for k in b: assert _rel(a[k].cpu(), b[k]) < tol, (precision, k)
 
