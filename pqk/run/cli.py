@@ -8,7 +8,7 @@ import argparse, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['EXPECTED_ERRORS', 'build_parser', 'UsageError', 'error_line', 'main']
+__all__ = ['EDGE_BACKENDS', 'EXPECTED_ERRORS', 'build_parser', 'UsageError', 'error_line', 'main']
 
 # %% ../../nbs/run/75_cli.ipynb #0cc27380
 def _method_args(p: argparse.ArgumentParser, method: str | None):
@@ -25,6 +25,10 @@ def _method_args(p: argparse.ArgumentParser, method: str | None):
     p.add_argument('--template', default=None, help='template notebook (default: nbs/templates/run_<method>.ipynb)')
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='extra template parameter (YAML value), e.g. steps=4')
+
+EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')      # = pqk.edge.edge_eval.BACKENDS (no torch import here)
+
+def _abs(p): return None if p is None else str(Path(p).expanduser().resolve())
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='pqk', description='pqk — compress DUSt3R by distillation, quantization and pruning')
@@ -45,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--since', default=None, help='YYYY-MM-DD (default: 7 days ago)'); p.add_argument('--until', default=None)
     _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
     _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'), 'distill')
+    p = sub.add_parser('edge-eval', help='latency, memory, power and throttling of a model on this device (run_edge)')
+    _method_args(p, None)
+    p.add_argument('--backend', choices=EDGE_BACKENDS, default=None,
+                   help='default: ort with --onnx, tensorrt with --engine, else torch')
+    p.add_argument('--onnx', default=None, help='exported ONNX file (ort backend)')
+    p.add_argument('--engine', default=None, help='serialized TensorRT engine (tensorrt backend)')
+    p.add_argument('--power-log', default=None, help='recorded tegrastats file to replay instead of a live sampler')
+    p.add_argument('--power-sampler', default=None, choices=('auto', 'tegrastats', 'jtop', 'nvml', 'rapl', 'none'))
+    p.add_argument('--precision', default=None, help='torch backends: fp32 or fp16 (CUDA autocast)')
+    p.add_argument('--min-pairs', type=int, default=None, help="timed pairs at least (default: the edge profile's)")
+    p.add_argument('--min-seconds', type=float, default=None, help="timed seconds at least (default: the profile's)")
     return ap
 
 class UsageError(ValueError):
@@ -121,6 +136,17 @@ def _main(args) -> int:
                              runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
                              extra_params=_extra_params(args.param))
+            return 0 if res.get('status') == 'passed' else 1
+        if args.cmd == 'edge-eval':
+            from pqk.run.runner import run_method
+            extra = {'backend': args.backend, 'onnx': _abs(args.onnx), 'engine': _abs(args.engine),
+                     'power_log': _abs(args.power_log), 'power_sampler': args.power_sampler, 'precision': args.precision,
+                     'min_pairs': args.min_pairs, 'min_seconds': args.min_seconds}
+            ckpt = args.ckpt if args.ckpt in (None, 'teacher') else _abs(args.ckpt)
+            res = run_method('edge', workload=args.workload, eval=args.eval, ckpt=ckpt, log=args.log, seed=args.seed,
+                             runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
+                             gpu_hours_budget=args.gpu_hours_budget, template=args.template,
+                             extra_params={k: v for k, v in extra.items() if v is not None})
             return 0 if res.get('status') == 'passed' else 1
     except ContractError as e:
         print(error_line(args.cmd, e), file=sys.stderr)
