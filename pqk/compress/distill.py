@@ -21,9 +21,9 @@ from ..eval.efficiency import count_params, resolve_device
 from ..train.loop import fit, LoopConfig, dist_info, distributed
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'VAL_DATA', 'distill_config', 'even_indices',
-           'student_config', 'make_student', 'feature_dims', 'make_projections', 'layer_features', 'distill_loss',
-           'export_student', 'eval_metric', 'kd_loss_fn', 'train_distill', 'distill_run', 'main']
+__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'VAL_DATA',
+           'distill_config', 'student_config', 'make_student', 'feature_dims', 'make_projections', 'layer_features',
+           'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'train_distill', 'distill_run', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 DEFAULTS = {
@@ -64,51 +64,60 @@ def distill_config(cfg=None, **overrides) -> dict:
     return out
 
 # %% ../../nbs/compress/51_distill.ipynb #8da68609
-def _n_params(cfg: DUSt3RConfig) -> int:
-    "Parameters of a model built from `cfg` (on the meta device: no memory, no init)."
-    with torch.device('meta'): m = DUSt3R(cfg)
-    return count_params(m)
+from itertools import product
+from .surgery import PlanError, even_indices, leading_plan, param_count, slice_model
+from ..models.config import _tup
 
-def _body_params(c: DUSt3RConfig) -> int:
-    "Parameters of everything but the heads, in closed form (fast enough to search hundreds of shapes)."
-    E, D = c.enc_embed_dim, c.dec_embed_dim
-    def attn(d, nh, hd): return d * 3 * nh * hd + 3 * nh * hd + nh * hd * d + d
-    def xattn(d, nh, hd): return 3 * (d * nh * hd + nh * hd) + nh * hd * d + d
-    def mlp(d): h = int(d * c.mlp_ratio); return d * h + h + h * d + d
-    enc = 4 * E + attn(E, c.enc_num_heads, c.enc_hd) + mlp(E)
-    dec = 8 * D + attn(D, c.dec_num_heads, c.dec_hd) + xattn(D, c.dec_num_heads, c.dec_hd) + mlp(D)
-    return (3 * c.patch_size ** 2 * E + E) + c.enc_depth * enc + 2 * E + (E * D + D) + D + 2 * c.dec_depth * dec + 2 * D
+SHRINK_PARTS, DEFAULT_SHRINK = ('encoder', 'decoder', 'dpt'), ('encoder', 'decoder')
 
-def even_indices(n: int, k: int) -> list[int]:
-    "`k` evenly spaced indices of `range(n)`; the last is always kept (and the first when k > 1)."
-    if not 1 <= k <= n: raise ValueError(f"even_indices: keep {k} of {n} blocks; expected 1 <= k <= n")
-    if k == 1: return [n - 1]
-    return [round(i * (n - 1) / (k - 1)) for i in range(k)]
+def _shrink_parts(v, t: DUSt3RConfig) -> tuple:
+    "`student.shrink` checked: distinct parts of SHRINK_PARTS ('dpt' only for a DPT teacher)."
+    v = DEFAULT_SHRINK if v is None else v
+    if not isinstance(v, (list, tuple)) or not v or len(set(v)) != len(v) or any(p not in SHRINK_PARTS for p in v):
+        raise ValueError(f"distill config: student.shrink: got {v!r}; expected a non-empty list of distinct parts "
+                         f"from {list(SHRINK_PARTS)}")
+    if 'dpt' in v and t.head_type != 'dpt':
+        raise ValueError(f"distill config: student.shrink: got {list(v)!r}, but the teacher has a {t.head_type} head")
+    return tuple(v)
 
-def _candidates(t: DUSt3RConfig, reduce: str):
-    min_dec = min(4, t.dec_depth) if t.head_type == 'dpt' else 1
-    depths = [(e, d) for e in range(1, t.enc_depth + 1) for d in range(min_dec, t.dec_depth + 1)] if reduce in ('depth', 'both') \
-        else [(t.enc_depth, t.dec_depth)]
-    if reduce == 'depth': widths = [(t.enc_num_heads, t.dec_num_heads, t.mlp_ratio)]
+def _student_shape(t: DUSt3RConfig, e, d, eh, dh, r_enc, r_dec, dpt) -> DUSt3RConfig:
+    "The teacher's config with depths, head counts, MLP ratios (per side) and DPT widths replaced."
+    kw = dict(enc_depth=e, dec_depth=d, enc_num_heads=eh, dec_num_heads=dh,
+              enc_head_dim=t.enc_hd if eh != t.enc_num_heads or t.enc_head_dim else None,
+              dec_head_dim=t.dec_hd if dh != t.dec_num_heads or t.dec_head_dim else None,
+              dpt_feature_dim=dpt[0], dpt_layer_dims=dpt[1])
+    if r_enc == r_dec: kw['mlp_ratio'] = r_enc
     else:
-        ratios = sorted({t.mlp_ratio * k / 8 for k in range(1, 9)})
-        heads = [(eh, dh) for eh in range(1, t.enc_num_heads + 1) for dh in range(1, t.dec_num_heads + 1)]
-        if reduce == 'both': heads = [(t.enc_num_heads, t.dec_num_heads)]        # depth × MLP width only: a small search
-        widths = [(eh, dh, r) for eh, dh in heads for r in ratios]
-    for e, d in depths:
-        for eh, dh, r in widths:
-            yield dataclasses.replace(t, enc_depth=e, dec_depth=d, enc_num_heads=eh, dec_num_heads=dh, mlp_ratio=r,
-                                      enc_head_dim=t.enc_hd if eh != t.enc_num_heads or t.enc_head_dim else None,
-                                      dec_head_dim=t.dec_hd if dh != t.dec_num_heads or t.dec_head_dim else None)
+        hd = int(t.dec_embed_dim * r_dec)
+        kw.update(enc_mlp_dims=(int(t.enc_embed_dim * r_enc),) * e, dec_mlp_dims=(hd,) * d, dec2_mlp_dims=(hd,) * d)
+    return dataclasses.replace(t, **kw).canonical()
 
-def student_config(teacher_cfg: DUSt3RConfig, reduction: float = 0.3, reduce: str = 'depth', tol: float = 0.03) -> tuple[DUSt3RConfig, float]:
-    "The student shape whose removed parameter fraction is closest to `reduction` (the deepest encoder among those within `tol`), and that fraction."
+def _candidates(t: DUSt3RConfig, reduce: str, shrink=DEFAULT_SHRINK):
+    "Every student shape the search scores (uniform teacher `t`)."
+    enc, dec = 'encoder' in shrink, 'decoder' in shrink
+    deep, wide = reduce in ('depth', 'both') and (enc or dec), reduce in ('width', 'both') and (enc or dec)
+    min_dec = min(4, t.dec_depth) if t.head_type == 'dpt' else 1
+    e_depths = range(1, t.enc_depth + 1) if deep and enc else [t.enc_depth]
+    d_depths = range(min_dec, t.dec_depth + 1) if deep and dec else [t.dec_depth]
+    e_heads = range(1, t.enc_num_heads + 1) if reduce == 'width' and enc else [t.enc_num_heads]
+    d_heads = range(1, t.dec_num_heads + 1) if reduce == 'width' and dec else [t.dec_num_heads]
+    ratios = sorted({t.mlp_ratio * k / 8 for k in range(1, 9)}) if wide else [t.mlp_ratio]
+    dpts = [(max(2, 2 * round(t.dpt_feature_dim * k / 16)), tuple(max(1, round(w * k / 8)) for w in t.dpt_layer_dims))
+            for k in range(1, 9)] if 'dpt' in shrink else [(t.dpt_feature_dim, t.dpt_layer_dims)]
+    for e, d, eh, dh, r, dpt in product(e_depths, d_depths, e_heads, d_heads, ratios, dpts):
+        yield _student_shape(t, e, d, eh, dh, r if enc else t.mlp_ratio, r if dec else t.mlp_ratio, dpt)
+
+def student_config(teacher_cfg: DUSt3RConfig, reduction: float = 0.3, reduce: str = 'depth', tol: float = 0.03,
+                   shrink=DEFAULT_SHRINK) -> tuple[DUSt3RConfig, float]:
+    "The student shape whose removed parameter fraction is closest to `reduction` (see above), and that fraction."
     if reduce not in REDUCE_MODES: raise ValueError(f"student.reduce: got {reduce!r}; expected one of {REDUCE_MODES}")
-    n_t = _n_params(teacher_cfg)
-    heads = n_t - _body_params(teacher_cfg)                            # the heads do not change with depth or heads/MLP width
-    best = None
-    for c in _candidates(teacher_cfg, reduce):
-        got = 1 - (_body_params(c) + heads) / n_t
+    t, shrink = teacher_cfg.canonical(), _shrink_parts(shrink, teacher_cfg)
+    if not t.is_uniform:
+        raise ValueError("distill config: the student search needs a teacher with uniform blocks; this one has "
+                         "per-block shapes (a pruned model?): give the student's shape as student.config")
+    n_t, best = param_count(t), None
+    for c in _candidates(t, reduce, shrink):
+        got = 1 - param_count(c) / n_t
         diff = abs(got - reduction)
         # within `tol` of the target, prefer the deeper/wider encoder; otherwise the closest
         key = (0, -c.enc_depth, -c.enc_num_heads, diff) if diff <= tol else (1, diff, -c.enc_depth, 0)
@@ -116,59 +125,39 @@ def student_config(teacher_cfg: DUSt3RConfig, reduction: float = 0.3, reduce: st
     return best[1], best[2]
 
 # %% ../../nbs/compress/51_distill.ipynb #4cd72af8
-def _slice_to(name: str, src: torch.Tensor, shape, t_cfg: DUSt3RConfig, s_cfg: DUSt3RConfig) -> torch.Tensor:
-    "Slice teacher tensor `src` to the student's `shape`: leading rows/columns; fused qkv per (q, k, v) block."
-    if tuple(src.shape) == tuple(shape): return src.clone()
-    if name.endswith('attn.qkv.weight') or name.endswith('attn.qkv.bias'):
-        hd = t_cfg.enc_hd if name.startswith('enc_blocks') else t_cfg.dec_hd
-        nh = shape[0] // (3 * hd)
-        return src.reshape(3, -1, hd, *src.shape[1:])[:, :nh].reshape(shape).clone()
-    if src.ndim != len(shape) or any(s < d for s, d in zip(src.shape, shape)):
-        raise ValueError(f"make_student: cannot slice teacher tensor {name} {tuple(src.shape)} to {tuple(shape)}")
-    return src[tuple(slice(0, d) for d in shape)].clone()
-
-def _teacher_name(name: str, keep_enc, keep_dec) -> str:
-    m = re.match(r'^(enc_blocks|dec_blocks2|dec_blocks)\.(\d+)\.(.*)$', name)
-    if not m: return name
-    keep = keep_enc if m.group(1) == 'enc_blocks' else keep_dec
-    return f'{m.group(1)}.{keep[int(m.group(2))]}.{m.group(3)}'
+def _unreachable_note(s: dict, t: DUSt3RConfig, got: float) -> str:
+    sh = f" and shrink={list(s['shrink'])!r}" if s.get('shrink') else ''
+    return (f"student.reduction={s['reduction']} is not reachable with reduce={s['reduce']!r}{sh} for this teacher "
+            f"(enc_depth={t.enc_depth}, dec_depth={t.dec_depth}, head={t.head_type}"
+            f"{', DPT keeps >= 4 decoder blocks' if t.head_type == 'dpt' else ''}); closest: {got:.3f}. "
+            f"Try reduce: width or both{', or shrink more parts' if sh else ''}")
 
 def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None) -> DUSt3R:
-    """A student built from `teacher` by `cfg['student']` (reduction, reduce, init); `student.distill_info` holds the
-    parameter counts, the actual reduction and the kept blocks. An explicit `student.config` (dict of `DUSt3RConfig`
-    fields) overrides the search (initialised from scratch unless shapes allow copying)."""
-    c = distill_config(cfg)
-    s = c['student']
-    t_cfg = teacher.cfg
+    """A student built from `teacher` by `cfg['student']` (reduction, reduce, shrink, init); `student.distill_info`
+    holds the parameter counts, the actual reduction and the kept blocks. An explicit `student.config` (dict of
+    `DUSt3RConfig` fields) overrides the search (from scratch unless its shapes can be cut from the teacher)."""
+    s, t_cfg = distill_config(cfg)['student'], teacher.cfg
     if seed is not None: torch.manual_seed(seed)
+    shrink = _shrink_parts(s.get('shrink'), t_cfg)
     if s.get('config'):
-        try: s_cfg = dataclasses.replace(t_cfg, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in s['config'].items()})
+        try: s_cfg = dataclasses.replace(t_cfg, **{k: _tup(v) for k, v in s['config'].items()})
         except (TypeError, ValueError) as e: raise ValueError(f"distill config: student.config: {e}") from None
-    else: s_cfg, _ = student_config(t_cfg, float(s['reduction']), s['reduce'])
-    student = DUSt3R(s_cfg).to(next(teacher.parameters()).device)
-    keep_enc, keep_dec = even_indices(t_cfg.enc_depth, s_cfg.enc_depth) if s_cfg.enc_depth <= t_cfg.enc_depth else None, \
-                         even_indices(t_cfg.dec_depth, s_cfg.dec_depth) if s_cfg.dec_depth <= t_cfg.dec_depth else None
-    init = s['init']
+    else: s_cfg, _ = student_config(t_cfg, float(s['reduction']), s['reduce'], shrink=shrink)
+    init, plan = s['init'], None
     if init == 'teacher':
-        if keep_enc is None or keep_dec is None or s_cfg.enc_embed_dim != t_cfg.enc_embed_dim or s_cfg.dec_embed_dim != t_cfg.dec_embed_dim \
-                or s_cfg.head_type != t_cfg.head_type or s_cfg.dpt_layer_dims != t_cfg.dpt_layer_dims or s_cfg.dpt_feature_dim != t_cfg.dpt_feature_dim:
-            init = 'scratch'                                             # shapes do not allow copying
-        else:
-            tsd = teacher.state_dict()
-            sd = {k: _slice_to(k, tsd[_teacher_name(k, keep_enc, keep_dec)].float(), v.shape, t_cfg, s_cfg).to(v.device)
-                  for k, v in student.state_dict().items()}
-            student.load_state_dict(sd)
+        try: plan = leading_plan(t_cfg, s_cfg)
+        except PlanError: init = 'scratch'                             # shapes do not allow copying
+    if plan is not None: student = slice_model(teacher, plan, hooks='formula').float().train()
+    else: student = DUSt3R(s_cfg).to(next(teacher.parameters()).device)
+    keep = lambda n, k: even_indices(n, k) if k <= n else None
     n_t, n_s = count_params(teacher), count_params(student)
     student.distill_info = {'teacher_params': n_t, 'student_params': n_s, 'reduction_target': float(s['reduction']),
                             'reduction_actual': 1 - n_s / n_t, 'reduce': s['reduce'], 'init': init,
-                            'keep_enc': keep_enc, 'keep_dec': keep_dec, 'config': s_cfg.to_dict()}
-    gap = student.distill_info['reduction_actual'] - float(s['reduction'])
-    if not s.get('config') and abs(gap) > 0.05:
-        note = (f"student.reduction={s['reduction']} is not reachable with reduce={s['reduce']!r} for this teacher "
-                f"(enc_depth={t_cfg.enc_depth}, dec_depth={t_cfg.dec_depth}, head={t_cfg.head_type}"
-                f"{', DPT keeps >= 4 decoder blocks' if t_cfg.head_type == 'dpt' else ''}); closest: "
-                f"{student.distill_info['reduction_actual']:.3f}. Try reduce: width or both")
-        student.distill_info['note'] = note
+                            'keep_enc': keep(t_cfg.enc_depth, s_cfg.enc_depth),
+                            'keep_dec': keep(t_cfg.dec_depth, s_cfg.dec_depth),
+                            'shrink': list(shrink), 'config': student.cfg.to_dict()}
+    if not s.get('config') and abs(student.distill_info['reduction_actual'] - float(s['reduction'])) > 0.05:
+        student.distill_info['note'] = note = _unreachable_note(s, t_cfg, student.distill_info['reduction_actual'])
         warnings.warn(note)
     return student
 

@@ -17,7 +17,7 @@ __all__ = ['PQK_FORMAT', 'CheckpointError', 'parse_model_string', 'config_from_r
            'read_checkpoint', 'load_checkpoint', 'save_checkpoint', 'save_release_checkpoint', 'save_hf_checkpoint']
 
 # %% ../../nbs/models/13_checkpoints.ipynb #2146bcfb
-from .config import DUSt3RConfig, _INF, _is_int, _decode_float, _encode_float
+from .config import DUSt3RConfig, SHAPE_FIELDS, _INF, _is_int, _decode_float, _encode_float
 from .dust3r import DUSt3R
 from ..core.io import atomic_path
 
@@ -85,8 +85,22 @@ def _fmt(v) -> str:
     if isinstance(v, tuple): return '(' + ', '.join(map(_fmt, v)) + (',)' if len(v) == 1 else ')')
     return repr(v)
 
+def _uniform(cfg: DUSt3RConfig, who: str) -> DUSt3RConfig:
+    "`cfg` folded to uniform fields, or a ValueError when it has per-block shapes a release file cannot express."
+    c = cfg.canonical()
+    if c.is_uniform: return c
+    per = [k for k in SHAPE_FIELDS if getattr(c, k) is not None]
+    raise ValueError(f"{who}: the model has per-block shapes ({', '.join(per)}) that the release and Hugging Face "
+                     "formats cannot express; save it with save_checkpoint (pqk format), which stores its config")
+
+def _describe(cfg: DUSt3RConfig) -> str:
+    "The constructor string of a uniform config, the pqk config dict of a per-block one (for messages)."
+    c = cfg.canonical()
+    return model_string(c) if c.is_uniform else f'DUSt3RConfig.from_dict({json.dumps(c.to_dict())})'
+
 def model_string(cfg: DUSt3RConfig) -> str:
     "The release-style constructor string for `cfg` (non-release fields are added only when they differ from the defaults)."
+    cfg = _uniform(cfg, 'model_string')
     kw = {'pos_embed': cfg.pos_embed, 'img_size': cfg.img_size, 'head_type': cfg.head_type, 'output_mode': 'pts3d',
           'depth_mode': cfg.depth_mode, 'conf_mode': cfg.conf_mode}
     for k in ('enc_embed_dim', 'enc_depth', 'enc_num_heads', 'dec_embed_dim', 'dec_depth', 'dec_num_heads'):
@@ -131,7 +145,7 @@ def load_state_into(model: DUSt3R, sd: dict, src: str = 'state_dict') -> DUSt3R:
         parts += [f'{len(unexpected)} unexpected key(s): {_names(unexpected)}'] if unexpected else []
         parts += [f'{len(shapes)} shape mismatch(es): ' + '; '.join(shapes[:12]) + (' ...' if len(shapes) > 12 else '')] if shapes else []
         raise CheckpointError(f"{src}: the state_dict does not match the model built from its config "
-                              f"({model_string(model.cfg)}): " + ' | '.join(parts))
+                              f"({_describe(model.cfg)}): " + ' | '.join(parts))
     if any(p.is_meta for p in model.parameters()):
         sd = {k: (v.to(want[k].dtype) if v.is_floating_point() else v) for k, v in sd.items()}
         for a, c in _alias_pairs(want).items():                       # aliases must stay one tensor
@@ -239,14 +253,15 @@ def save_checkpoint(model: DUSt3R, path, meta: dict | None = None) -> Path:
 
 def save_release_checkpoint(model: DUSt3R, path) -> Path:
     "Write the release layout `{'model': state_dict, 'args': Namespace(model=<constructor string>)}` atomically."
-    obj = {'model': _cpu_state(model), 'args': argparse.Namespace(model=model_string(model.cfg))}
+    ms = model_string(_uniform(model.cfg, 'save_release_checkpoint'))
+    obj = {'model': _cpu_state(model), 'args': argparse.Namespace(model=ms)}
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 def save_hf_checkpoint(model: DUSt3R, directory) -> Path:
     "Write the Hugging Face layout: `config.json` (with Infinity) + `model.safetensors` without the aliased DPT keys."
     from safetensors.torch import save_file
+    c = _uniform(model.cfg, 'save_hf_checkpoint')                      # before anything is written
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
-    c = model.cfg
     kw = {'conf_mode': list(c.conf_mode), 'dec_depth': c.dec_depth, 'dec_embed_dim': c.dec_embed_dim,
           'dec_num_heads': c.dec_num_heads, 'depth_mode': list(c.depth_mode), 'enc_depth': c.enc_depth,
           'enc_embed_dim': c.enc_embed_dim, 'enc_num_heads': c.enc_num_heads, 'freeze': 'none', 'head_type': c.head_type,

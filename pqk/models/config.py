@@ -5,6 +5,7 @@
 # %% ../../nbs/models/10_config.ipynb #018d4246
 from __future__ import annotations
 import argparse, ast, dataclasses, json, math, os, pickle, re, tempfile
+from collections import namedtuple
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +14,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['HEAD_TYPES', 'PRESETS', 'DUSt3RConfig']
+__all__ = ['HEAD_TYPES', 'BLOCK_FIELDS', 'DPT_FIELDS', 'SHAPE_FIELDS', 'BlockShape', 'DPTShape', 'PRESETS', 'DUSt3RConfig']
 
 # %% ../../nbs/models/10_config.ipynb #508d2aaf
 _INF = float('inf')
 HEAD_TYPES = ('linear', 'dpt')
+_MAX_DEPTH, _MAX_HEADS, _MAX_WIDTH = 256, 4096, 1 << 16              # upper bounds: no endless build from a tiny file
+# per-block shape fields of each block stack: (self-attention heads, cross-attention heads, MLP hidden widths)
+BLOCK_FIELDS = {'enc_blocks': ('enc_heads', None, 'enc_mlp_dims'),
+                'dec_blocks': ('dec_heads', 'dec_cross_heads', 'dec_mlp_dims'),
+                'dec_blocks2': ('dec2_heads', 'dec2_cross_heads', 'dec2_mlp_dims')}
+DPT_FIELDS = ('dpt_head_feature_dims', 'dpt_head_layer_dims', 'dpt_head_hidden_dims')
+SHAPE_FIELDS = tuple(f for fs in BLOCK_FIELDS.values() for f in fs if f) + DPT_FIELDS + ('dpt_hook_layers',)
+BlockShape = namedtuple('BlockShape', 'heads cross_heads mlp')      # cross_heads is None for encoder blocks
+DPTShape = namedtuple('DPTShape', 'feature layers hidden')
 
 def _is_int(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
 
@@ -31,6 +41,46 @@ def _encode_float(v):
     if isinstance(v, float) and math.isinf(v): return 'inf' if v > 0 else '-inf'
     return v
 
+def _short(v, n: int = 100) -> str:
+    "repr of `v`, cut to `n` characters (error messages stay readable for long per-block lists)."
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + ' ...'
+
+def _tup(v):
+    "Lists and tuples, nested, as tuples; anything else unchanged."
+    return tuple(_tup(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+def _ints(v, n: int, lo: int, hi: int) -> bool:
+    "True when `v` is a tuple of `n` integers in [lo, hi]."
+    return isinstance(v, tuple) and len(v) == n and all(_is_int(x) and lo <= x <= hi for x in v)
+
+# %% ../../nbs/models/10_config.ipynb #35aa5943
+def _check_shapes(c, set_, bad):
+    "Normalise (lists -> tuples) and validate the optional per-block and per-DPT-head fields of config `c`."
+    for k in SHAPE_FIELDS: set_(k, _tup(getattr(c, k)))
+    for stack, fields in BLOCK_FIELDS.items():
+        n = c.enc_depth if stack == 'enc_blocks' else c.dec_depth
+        for k, hi, what in zip(fields, (_MAX_HEADS, _MAX_HEADS, _MAX_WIDTH), ('heads', 'cross heads', 'MLP widths')):
+            v = getattr(c, k) if k else None
+            if v is not None and not _ints(v, n, 1, hi):
+                bad(k, v, f'None or {n} integers in [1, {hi}] ({what}, one per block of {stack})')
+    if c.head_type != 'dpt':
+        for k in DPT_FIELDS + ('dpt_hook_layers',):
+            if getattr(c, k) is not None: bad(k, getattr(c, k), f"None (head_type={c.head_type!r} has no DPT head)")
+        return
+    f, ld, hid, hk = (getattr(c, k) for k in DPT_FIELDS + ('dpt_hook_layers',))
+    two = f'None or 2 integers (one per head) in [1, {_MAX_WIDTH}]'
+    if f is not None and not _ints(f, 2, 1, _MAX_WIDTH): bad('dpt_head_feature_dims', f, two)
+    if ld is not None and not (isinstance(ld, tuple) and len(ld) == 2 and all(_ints(x, 4, 1, _MAX_WIDTH) for x in ld)):
+        bad('dpt_head_layer_dims', ld, f'None or 2 (one per head) tuples of 4 integers in [1, {_MAX_WIDTH}]')
+    if hid is not None and not _ints(hid, 2, 1, _MAX_WIDTH): bad('dpt_head_hidden_dims', hid, two)
+    if f is not None and hid is None and any(x % 2 for x in f):
+        bad('dpt_head_feature_dims', f, 'even widths (the hidden width is feature // 2), or set dpt_head_hidden_dims')
+    L = c.dec_depth
+    if hk is not None and not (_ints(hk, 4, 0, L) and hk[0] == 0 and min(hk[1:]) >= 1):
+        bad('dpt_hook_layers', hk, f'None or 4 token indices: 0 (the encoder), then three in [1, {L}] (decoder blocks)')
+
+# %% ../../nbs/models/10_config.ipynb #df11f906
 @dataclass(frozen=True)
 class DUSt3RConfig:
     "Sizes and modes of a DUSt3R network (defaults: the release ViT-L/ViT-B model with a linear head)."
@@ -51,16 +101,31 @@ class DUSt3RConfig:
     img_size: tuple = (224, 224)
     enc_head_dim: int | None = None   # None: enc_embed_dim // enc_num_heads
     dec_head_dim: int | None = None   # None: dec_embed_dim // dec_num_heads
+    # per-block / per-head shapes (None: uniform, from the fields above); see the table above
+    enc_heads: tuple | None = None
+    enc_mlp_dims: tuple | None = None
+    dec_heads: tuple | None = None
+    dec_cross_heads: tuple | None = None
+    dec_mlp_dims: tuple | None = None
+    dec2_heads: tuple | None = None
+    dec2_cross_heads: tuple | None = None
+    dec2_mlp_dims: tuple | None = None
+    dpt_head_feature_dims: tuple | None = None
+    dpt_head_layer_dims: tuple | None = None
+    dpt_head_hidden_dims: tuple | None = None
+    dpt_hook_layers: tuple | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        def bad(k, v, want): raise ValueError(f"DUSt3RConfig.{k}: got {v!r}; expected {want}")
-        for k in ('enc_embed_dim', 'enc_depth', 'enc_num_heads', 'dec_embed_dim', 'dec_depth', 'dec_num_heads',
-                  'patch_size', 'dpt_feature_dim'):
+        def bad(k, v, want): raise ValueError(f"DUSt3RConfig.{k}: got {_short(v)}; expected {want}")
+        for k, hi in (('enc_embed_dim', _MAX_WIDTH), ('enc_depth', _MAX_DEPTH), ('enc_num_heads', _MAX_HEADS),
+                      ('dec_embed_dim', _MAX_WIDTH), ('dec_depth', _MAX_DEPTH), ('dec_num_heads', _MAX_HEADS),
+                      ('patch_size', 64), ('dpt_feature_dim', _MAX_WIDTH)):
             v = getattr(self, k)
-            if not _is_int(v) or v < 1: bad(k, v, 'an integer >= 1')
-        if not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool) or not self.mlp_ratio > 0:
-            bad('mlp_ratio', self.mlp_ratio, 'a number > 0')
+            if not _is_int(v) or not 1 <= v <= hi: bad(k, v, f'an integer in [1, {hi}]')
+        if (not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool)
+                or not 0 < self.mlp_ratio <= 64):
+            bad('mlp_ratio', self.mlp_ratio, 'a number in (0, 64]')
         set_('mlp_ratio', float(self.mlp_ratio))
         for side in ('enc', 'dec'):
             k, dim, nh = f'{side}_head_dim', getattr(self, f'{side}_embed_dim'), getattr(self, f'{side}_num_heads')
@@ -68,17 +133,20 @@ class DUSt3RConfig:
             if hd is None:
                 if dim % nh: bad(f'{side}_num_heads', nh, f'a divisor of {side}_embed_dim={dim} (or set {k})')
                 hd = dim // nh
-            elif not _is_int(hd) or hd < 1: bad(k, hd, 'None or an integer >= 1')
-            if hd % 4: bad(k if getattr(self, k) is not None else f'{side}_num_heads', hd if getattr(self, k) is not None else nh,
-                           f'a head dim divisible by 4 for RoPE2D (got head dim {hd})')
+            elif not _is_int(hd) or not 1 <= hd <= _MAX_WIDTH: bad(k, hd, f'None or an integer in [1, {_MAX_WIDTH}]')
+            if hd % 4:
+                pinned = getattr(self, k) is not None
+                bad(k if pinned else f'{side}_num_heads', hd if pinned else nh,
+                    f'a head dim divisible by 4 for RoPE2D (got head dim {hd})')
         if self.head_type not in HEAD_TYPES: bad('head_type', self.head_type, f"one of {HEAD_TYPES}")
         lds = tuple(self.dpt_layer_dims) if isinstance(self.dpt_layer_dims, (list, tuple)) else None
-        if lds is None or len(lds) != 4 or not all(_is_int(d) and d >= 1 for d in lds):
-            bad('dpt_layer_dims', self.dpt_layer_dims, '4 integers >= 1, e.g. (96, 192, 384, 768)')
+        if lds is None or not _ints(lds, 4, 1, _MAX_WIDTH):
+            bad('dpt_layer_dims', self.dpt_layer_dims, f'4 integers in [1, {_MAX_WIDTH}], e.g. (96, 192, 384, 768)')
         set_('dpt_layer_dims', lds)
         if self.head_type == 'dpt':
             if self.dec_depth < 2: bad('dec_depth', self.dec_depth, '>= 2 for a DPT head (hooks [0, L*2//4, L*3//4, L])')
-            if self.patch_size != 16: bad('patch_size', self.patch_size, '16 for a DPT head (its up-sampling path assumes 16)')
+            if self.patch_size != 16:
+                bad('patch_size', self.patch_size, '16 for a DPT head (its up-sampling path assumes 16)')
             if self.dpt_feature_dim % 2: bad('dpt_feature_dim', self.dpt_feature_dim, 'an even integer')
         for k, want_bounds in (('depth_mode', True), ('conf_mode', False)):
             v = getattr(self, k)
@@ -86,16 +154,24 @@ class DUSt3RConfig:
                 bad(k, v, "('exp', vmin, vmax): only the 'exp' mode is implemented")
             try: lo, hi = float(_decode_float(v[1])), float(_decode_float(v[2]))
             except (TypeError, ValueError): bad(k, v, "('exp', vmin, vmax) with numeric bounds")
-            if want_bounds and (lo, hi) != (-_INF, _INF): bad(k, v, "('exp', -inf, inf) (bounded depth is not implemented)")
+            if want_bounds and (lo, hi) != (-_INF, _INF):
+                bad(k, v, "('exp', -inf, inf) (bounded depth is not implemented)")
             if not lo < hi: bad(k, v, 'vmin < vmax')
             set_(k, ('exp', lo, hi))
         if not isinstance(self.pos_embed, str) or not re.fullmatch(r'RoPE\d+(\.\d+)?', self.pos_embed):
-            bad('pos_embed', self.pos_embed, "'RoPE<base>' such as 'RoPE100' (cosine position embeddings are not implemented)")
+            bad('pos_embed', self.pos_embed,
+                "'RoPE<base>' such as 'RoPE100' (cosine position embeddings are not implemented)")
         isz = self.img_size
         if _is_int(isz): isz = (isz, isz)
         if not isinstance(isz, (list, tuple)) or len(isz) != 2 or not all(_is_int(s) and s >= 1 for s in isz):
             bad('img_size', self.img_size, 'an integer or (H, W)')
         set_('img_size', tuple(isz))
+        for side, ks in (('enc', ('enc_mlp_dims',)), ('dec', ('dec_mlp_dims', 'dec2_mlp_dims'))):
+            dim = getattr(self, f'{side}_embed_dim')
+            if any(getattr(self, k) is None for k in ks) and not 1 <= int(dim * self.mlp_ratio) <= _MAX_WIDTH:
+                bad('mlp_ratio', self.mlp_ratio, 
+                    f'a ratio giving an MLP width in [1, {_MAX_WIDTH}] for {side}_embed_dim={dim}')
+        _check_shapes(self, set_, bad)
 
     @property
     def enc_hd(self) -> int: return self.enc_head_dim or self.enc_embed_dim // self.enc_num_heads
@@ -103,18 +179,33 @@ class DUSt3RConfig:
     def dec_hd(self) -> int: return self.dec_head_dim or self.dec_embed_dim // self.dec_num_heads
     @property
     def dpt_hooks(self) -> list[int]:
+        if self.dpt_hook_layers is not None: return list(self.dpt_hook_layers)
         L = self.dec_depth
         return [0, L * 2 // 4, L * 3 // 4, L]
     @property
     def rope_base(self) -> float: return float(self.pos_embed[4:])
+    @property
+    def is_uniform(self) -> bool:
+        "True when no per-block / per-head field is set (the release checkpoint formats can hold the config)."
+        return all(getattr(self, k) is None for k in SHAPE_FIELDS)
+
+    def block_shapes(self, stack: str) -> list:
+        "`BlockShape(heads, cross_heads, mlp)` of each block of `stack` ('enc_blocks', 'dec_blocks' or 'dec_blocks2')."
+        return _block_shapes(self, stack)
+
+    def dpt_shape(self, head: int) -> DPTShape:
+        "`DPTShape(feature, layers, hidden)` of DPT head 1 (`downstream_head1`) or 2."
+        return _dpt_shape(self, head)
+
+    def canonical(self) -> 'DUSt3RConfig':
+        "The same network with per-block fields folded into the uniform ones wherever that is exact."
+        return _canonical(self)
 
     def to_dict(self) -> dict:
-        "JSON-safe dict (infinities as 'inf'/'-inf', tuples as lists)."
-        d = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = [_encode_float(x) for x in v] if isinstance(v, tuple) else v
-        return d
+        "JSON-safe dict (infinities as 'inf'/'-inf', tuples as lists); per-block fields only when set."
+        enc = lambda v: [enc(x) for x in v] if isinstance(v, tuple) else _encode_float(v)
+        return {f.name: enc(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name not in SHAPE_FIELDS or getattr(self, f.name) is not None}
 
     @classmethod
     def from_dict(cls, d: dict) -> 'DUSt3RConfig':
@@ -123,8 +214,72 @@ class DUSt3RConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown: raise ValueError(f"DUSt3RConfig.from_dict: unknown field(s) {unknown}; known fields: {names}")
-        kw = {k: (tuple(_decode_float(x) for x in v) if isinstance(v, list) else v) for k, v in d.items()}
-        return cls(**kw)
+        dec = lambda v: tuple(dec(x) for x in v) if isinstance(v, list) else _decode_float(v)
+        return cls(**{k: (dec(v) if isinstance(v, list) else v) for k, v in d.items()})
+
+# %% ../../nbs/models/10_config.ipynb #444b7cf3
+def _block_shapes(c, stack: str) -> list:
+    if stack not in BLOCK_FIELDS:
+        raise ValueError(f"block_shapes: got {stack!r}; expected one of {tuple(BLOCK_FIELDS)}")
+    hk, xk, mk = BLOCK_FIELDS[stack]
+    enc = stack == 'enc_blocks'
+    side = 'enc' if enc else 'dec'
+    n, dim, nh = (getattr(c, f'{side}_{k}') for k in ('depth', 'embed_dim', 'num_heads'))
+    per = lambda k, d: getattr(c, k) if k and getattr(c, k) is not None else (d,) * n
+    heads, cross, mlp = per(hk, nh), per(xk, None if enc else nh), per(mk, int(dim * c.mlp_ratio))
+    return [BlockShape(h, x, m) for h, x, m in zip(heads, cross, mlp)]
+
+def _dpt_shape(c, head: int) -> DPTShape:
+    if c.head_type != 'dpt': raise ValueError(f"dpt_shape: head_type is {c.head_type!r}, which has no DPT widths")
+    if head not in (1, 2): raise ValueError(f"dpt_shape: got head {head!r}; expected 1 or 2")
+    f = c.dpt_head_feature_dims[head - 1] if c.dpt_head_feature_dims else c.dpt_feature_dim
+    ld = c.dpt_head_layer_dims[head - 1] if c.dpt_head_layer_dims else c.dpt_layer_dims
+    return DPTShape(f, tuple(ld), c.dpt_head_hidden_dims[head - 1] if c.dpt_head_hidden_dims else f // 2)
+
+def _fold_heads(c, side: str, stacks) -> dict:
+    "Uniform head fields when every attention of `side` has the same head count; else drop fields equal to them."
+    fields = [k for st in stacks for k in BLOCK_FIELDS[st][:2] if k]
+    heads = {n for st in stacks for s in c.block_shapes(st) for n in (s.heads, s.cross_heads) if n is not None}
+    if len(heads) != 1:
+        n = getattr(c, f'{side}_num_heads')
+        return {k: None for k in fields if getattr(c, k) is not None and set(getattr(c, k)) == {n}}
+    (n,), dim, hd = heads, getattr(c, f'{side}_embed_dim'), getattr(c, f'{side}_hd')
+    pinned = getattr(c, f'{side}_head_dim') is not None or dim % n or dim // n != hd
+    return {f'{side}_num_heads': n, f'{side}_head_dim': hd if pinned else None, **{k: None for k in fields}}
+
+def _fold_mlp(c) -> dict:
+    "A single mlp_ratio when it gives every block's MLP width exactly; else drop fields equal to the uniform width."
+    E, D = c.enc_embed_dim, c.dec_embed_dim
+    he = {s.mlp for s in c.block_shapes('enc_blocks')}
+    hd = {s.mlp for st in ('dec_blocks', 'dec_blocks2') for s in c.block_shapes(st)}
+    if len(he) == 1 and len(hd) == 1:
+        (a,), (b,) = he, hd
+        for r in (c.mlp_ratio, a / E, b / D):
+            if int(E * r) == a and int(D * r) == b:
+                return {'mlp_ratio': r, 'enc_mlp_dims': None, 'dec_mlp_dims': None, 'dec2_mlp_dims': None}
+    we, wd = int(E * c.mlp_ratio), int(D * c.mlp_ratio)
+    width = {'enc_mlp_dims': we, 'dec_mlp_dims': wd, 'dec2_mlp_dims': wd}
+    return {k: None for k, w in width.items() if getattr(c, k) is not None and set(getattr(c, k)) == {w}}
+
+def _fold_dpt(c) -> dict:
+    "Scalar DPT widths when both heads agree (hidden = feature // 2); else drop per-head fields equal to the scalars."
+    if c.head_type != 'dpt': return {}
+    kw, (s1, s2), L = {}, (c.dpt_shape(1), c.dpt_shape(2)), c.dec_depth
+    if s1 == s2 and s1.feature % 2 == 0 and s1.hidden == s1.feature // 2:
+        kw = {'dpt_feature_dim': s1.feature, 'dpt_layer_dims': s1.layers, **{k: None for k in DPT_FIELDS}}
+    else:
+        if c.dpt_head_layer_dims == (c.dpt_layer_dims,) * 2: kw['dpt_head_layer_dims'] = None
+        if c.dpt_head_hidden_dims == (s1.feature // 2, s2.feature // 2) and not (s1.feature % 2 or s2.feature % 2):
+            kw['dpt_head_hidden_dims'] = None
+            if c.dpt_head_feature_dims == (c.dpt_feature_dim,) * 2: kw['dpt_head_feature_dims'] = None
+    if c.dpt_hook_layers is not None and list(c.dpt_hook_layers) == [0, L * 2 // 4, L * 3 // 4, L]:
+        kw['dpt_hook_layers'] = None
+    return kw
+
+def _canonical(c):
+    kw = {**_fold_heads(c, 'enc', ('enc_blocks',)), **_fold_heads(c, 'dec', ('dec_blocks', 'dec_blocks2')),
+          **_fold_mlp(c), **_fold_dpt(c)}
+    return dataclasses.replace(c, **kw) if kw else c
 
 # %% ../../nbs/models/10_config.ipynb #b616240d
 _REL = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12, dec_num_heads=12)

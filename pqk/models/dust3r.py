@@ -60,18 +60,23 @@ class DUSt3R(nn.Module):
         super().__init__()
         cfg = cfg or DUSt3RConfig()
         self.cfg = cfg
-        E, D, r = cfg.enc_embed_dim, cfg.dec_embed_dim, cfg.mlp_ratio
+        E, D = cfg.enc_embed_dim, cfg.dec_embed_dim
+        dec = lambda st: nn.ModuleList([DecoderBlock(D, s.heads, cfg.dec_hd, mlp_hidden=s.mlp,
+                                                     cross_heads=s.cross_heads)
+                                        for s in cfg.block_shapes(st)])   # per-block shapes (uniform by default)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, D))          # unused at inference; kept for checkpoints
         self.patch_embed = PatchEmbed(cfg.patch_size, E)
         self.rope = RoPE2D(cfg.rope_base)
-        self.enc_blocks = nn.ModuleList([EncoderBlock(E, cfg.enc_num_heads, cfg.enc_hd, r) for _ in range(cfg.enc_depth)])
+        self.enc_blocks = nn.ModuleList([EncoderBlock(E, s.heads, cfg.enc_hd, mlp_hidden=s.mlp)
+                                         for s in cfg.block_shapes('enc_blocks')])
         self.enc_norm = _ln(E)
         self.decoder_embed = nn.Linear(E, D)
-        self.dec_blocks = nn.ModuleList([DecoderBlock(D, cfg.dec_num_heads, cfg.dec_hd, r) for _ in range(cfg.dec_depth)])
+        self.dec_blocks = dec('dec_blocks')
         self.dec_norm = _ln(D)
-        self.dec_blocks2 = nn.ModuleList([DecoderBlock(D, cfg.dec_num_heads, cfg.dec_hd, r) for _ in range(cfg.dec_depth)])
-        Head = DPTHead if cfg.head_type == 'dpt' else LinearHead
-        self.downstream_head1, self.downstream_head2 = Head(cfg), Head(cfg)
+        self.dec_blocks2 = dec('dec_blocks2')
+        dpt = cfg.head_type == 'dpt'
+        self.downstream_head1, self.downstream_head2 = (DPTHead(cfg, 1), DPTHead(cfg, 2)) if dpt else \
+                                                       (LinearHead(cfg), LinearHead(cfg))
         self.init_weights()
 
     @torch.no_grad()
@@ -88,7 +93,8 @@ class DUSt3R(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.proj.bias)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.dec_blocks2.load_state_dict(self.dec_blocks.state_dict())
+        same = all(a.shape == b.shape for a, b in zip(self.dec_blocks.parameters(), self.dec_blocks2.parameters()))
+        if same: self.dec_blocks2.load_state_dict(self.dec_blocks.state_dict())   # (not when per-block shapes differ)
 
     # ---- input checks (static shapes only, so they are free under tracing) ----
     def _img(self, view, name):

@@ -120,23 +120,23 @@ class CrossAttention(nn.Module):
 def _ln(dim): return nn.LayerNorm(dim, eps=1e-6)
 
 class EncoderBlock(nn.Module):
-    "Pre-norm ViT block: x += attn(norm1(x)); x += mlp(norm2(x))."
-    def __init__(self, dim, num_heads, head_dim, mlp_ratio):
+    "Pre-norm ViT block: x += attn(norm1(x)); x += mlp(norm2(x)). `mlp_hidden` (if given) overrides `dim * mlp_ratio`."
+    def __init__(self, dim, num_heads, head_dim, mlp_ratio=4.0, mlp_hidden=None):
         super().__init__()
         self.norm1, self.attn = _ln(dim), Attention(dim, num_heads, head_dim)
-        self.norm2, self.mlp = _ln(dim), Mlp(dim, int(dim * mlp_ratio))
+        self.norm2, self.mlp = _ln(dim), Mlp(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden)
     def forward(self, x, rope=None):
         x = x + self.attn(self.norm1(x), rope)
         return x + self.mlp(self.norm2(x))
 
 class DecoderBlock(nn.Module):
     "CroCo decoder block: self-attention, cross-attention to the other view (norm_y on it), MLP; returns the new x."
-    def __init__(self, dim, num_heads, head_dim, mlp_ratio):
+    def __init__(self, dim, num_heads, head_dim, mlp_ratio=4.0, mlp_hidden=None, cross_heads=None):
         super().__init__()
         self.norm1, self.attn = _ln(dim), Attention(dim, num_heads, head_dim)
-        self.cross_attn = CrossAttention(dim, num_heads, head_dim)
+        self.cross_attn = CrossAttention(dim, num_heads if cross_heads is None else cross_heads, head_dim)
         self.norm2, self.norm3 = _ln(dim), _ln(dim)
-        self.mlp, self.norm_y = Mlp(dim, int(dim * mlp_ratio)), _ln(dim)
+        self.mlp, self.norm_y = Mlp(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden), _ln(dim)
     def forward(self, x, y, rope_x=None, rope_y=None):
         x = x + self.attn(self.norm1(x), rope_x)
         y = self.norm_y(y)
@@ -189,15 +189,15 @@ class _Scratch(nn.Module):
         for i in range(4): setattr(self, f'refinenet{i + 1}', _Fusion(f))
 
 class _DPT(nn.Module):
-    def __init__(self, cfg: DUSt3RConfig):
+    def __init__(self, cfg: DUSt3RConfig, head: int = 1):
         super().__init__()
-        f, (l1, l2, l3, l4) = cfg.dpt_feature_dim, cfg.dpt_layer_dims
+        f, (l1, l2, l3, l4), hid = cfg.dpt_shape(head)                 # this head's widths (per head after surgery)
         dims = [cfg.enc_embed_dim] + [cfg.dec_embed_dim] * 3           # hook 0 is the encoder output
         self.hooks = cfg.dpt_hooks
-        self.scratch = _Scratch(cfg.dpt_layer_dims, f)
-        self.head = nn.Sequential(nn.Conv2d(f, f // 2, 3, padding=1),
+        self.scratch = _Scratch((l1, l2, l3, l4), f)
+        self.head = nn.Sequential(nn.Conv2d(f, hid, 3, padding=1),
                                   nn.Upsample(scale_factor=2, mode='bilinear', align_corners=True),
-                                  nn.Conv2d(f // 2, f // 2, 3, padding=1), nn.ReLU(), nn.Conv2d(f // 2, 4, 1))
+                                  nn.Conv2d(hid, hid, 3, padding=1), nn.ReLU(), nn.Conv2d(hid, 4, 1))
         self.act_postprocess = nn.ModuleList([
             nn.Sequential(nn.Conv2d(dims[0], l1, 1), nn.ConvTranspose2d(l1, l1, 4, stride=4)),   # h -> 4h
             nn.Sequential(nn.Conv2d(dims[1], l2, 1), nn.ConvTranspose2d(l2, l2, 2, stride=2)),   # h -> 2h
@@ -220,8 +220,8 @@ class _DPT(nn.Module):
         return self.head(p)                                            # (B, 4, H, W)
 
 class DPTHead(nn.Module):
-    "DPT head (keys `dpt.*`): 4 hooked token maps -> reassemble -> fuse -> (B, 4, H, W)."
-    def __init__(self, cfg: DUSt3RConfig):
+    "DPT head (keys `dpt.*`): 4 hooked token maps -> reassemble -> fuse -> (B, 4, H, W); widths of head 1 or 2."
+    def __init__(self, cfg: DUSt3RConfig, head: int = 1):
         super().__init__()
-        self.dpt = _DPT(cfg)
+        self.dpt = _DPT(cfg, head)
     def forward(self, tokens: list, h: int, w: int): return self.dpt(tokens, h, w)
