@@ -504,6 +504,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'pqk/models/checkpoints.py'),
                                         'pqk.models.checkpoints.model_string': ( 'models/checkpoints.html#model_string',
                                                                                  'pqk/models/checkpoints.py'),
+                                        'pqk.models.checkpoints.nonfinite_tensors': ( 'models/checkpoints.html#nonfinite_tensors',
+                                                                                      'pqk/models/checkpoints.py'),
                                         'pqk.models.checkpoints.parse_model_string': ( 'models/checkpoints.html#parse_model_string',
                                                                                        'pqk/models/checkpoints.py'),
                                         'pqk.models.checkpoints.read_checkpoint': ( 'models/checkpoints.html#read_checkpoint',
