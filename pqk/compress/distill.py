@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ..core.progress import tqdm
 
 from ..models.dust3r import DUSt3R, make_model
 from ..models.config import DUSt3RConfig, PRESETS

@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('review', help='milestone review table of runs in a period')
     p.add_argument('--runs-dir', default='runs'); p.add_argument('--reports-dir', default=None)
     p.add_argument('--since', default=None, help='YYYY-MM-DD (default: 7 days ago)'); p.add_argument('--until', default=None)
+    p = sub.add_parser('lab', help='JupyterLab on the workbook, local only, with a token; opens on the run explorer')
+    p.add_argument('--port', type=int, default=None, help='port (default: the first free one from 8888)')
+    p.add_argument('--token', default=None, help='access token (default: $PQK_LAB_TOKEN or a random one)')
+    p.add_argument('--ip', default='127.0.0.1', help='loopback address to listen on (127.0.0.1, localhost or ::1)')
+    p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
     _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
     _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'), 'distill')
     return ap
@@ -59,6 +64,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         ps = devcheck(args.workload, args.eval, args.cfg, args.card)
         return devcheck_report(ps, time.perf_counter() - t0)
+    if args.cmd == 'lab':
+        from pqk.run.explore import lab
+        try: return lab(args.port, args.token, args.ip, args.browser)
+        except ValueError as e: print(e, file=sys.stderr); return 2
     from pqk.core.contracts import ContractError
     try:
         if args.cmd == 'run':

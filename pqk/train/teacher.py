@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import tqdm
 
 from ..models.dust3r import make_model
 from ..models.checkpoints import save_checkpoint
