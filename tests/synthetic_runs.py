@@ -122,17 +122,16 @@ def write_run(runs_dir, rec: dict, notebooks: bool = False, pointmaps: bool = Fa
             rec['artifacts']['config_cfg'] = 'config/distill.yaml'
     if pointmaps:
         import numpy as np
+        from types import SimpleNamespace as NS
         from pqk.run.explore import save_pointmaps
         rng = np.random.default_rng(len(rec['run_id']))
-        res = 32
+        res = 48
         yy, xx = np.mgrid[0:res, 0:res].astype('float32') / res
-        def pred(z):
-            pts = np.stack([xx - 0.5, yy - 0.5, z + 0.05 * rng.standard_normal((res, res))], -1).astype('float32')
-            return {'pts3d': pts[None], 'conf': (1 + rng.random((1, res, res))).astype('float32')}
-        img = (rng.random((res, res, 3)) * 255).astype('uint8')
-        pairs = [((pred(2.0), {**pred(2.2), 'pts3d_in_other_view': pred(2.2)['pts3d']}),
-                  (pred(2.1), {**pred(2.3), 'pts3d_in_other_view': pred(2.3)['pts3d']}), (img, img[::-1], 'scene0', 0, 1))]
-        save_pointmaps(d / 'pointmaps.npz', [p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
+        def pts(z): return np.stack([xx - 0.5, yy - 0.5, z + 0.05 * rng.standard_normal((res, res))], -1)[None].astype('float32')
+        def conf(): return (1 + rng.random((1, res, res))).astype('float32')
+        def pair(z): return ({'pts3d': pts(z), 'conf': conf()}, {'pts3d_in_other_view': pts(z + 0.2), 'conf': conf()})
+        imgs = [NS(img=(rng.random((res, res, 3)) * 255).astype('uint8')) for _ in range(2)]
+        save_pointmaps(d / 'pointmaps.npz', [pair(2.0)], [pair(2.1)], [NS(name='scene0', views=imgs)], [(0, 0, 1)],
                        model_name=rec['model']['name'])
         rec['artifacts']['pointmaps'] = 'pointmaps.npz'
     (d / 'log.json').write_text(json.dumps(rec))

@@ -5,13 +5,15 @@
 # %% ../../nbs/core/04_progress.ipynb #3d4cda71
 from __future__ import annotations
 import os, sys
+from pathlib import Path
 from tqdm.std import tqdm as _text_tqdm
 
 # %% auto #0
-__all__ = ['PROGRESS_MODES', 'progress_mode', 'FinalLineTqdm', 'tqdm']
+__all__ = ['PROGRESS_MODES', 'LIVE_ENV', 'progress_mode', 'FinalLineTqdm', 'tqdm']
 
 # %% ../../nbs/core/04_progress.ipynb #5201c8ca
 PROGRESS_MODES = ('widget', 'final', 'text', 'off')
+LIVE_ENV = 'PQK_PROGRESS_LIVE'
 
 def _in_kernel() -> bool:
     "True inside an IPython kernel (JupyterLab, papermill), False in a terminal or plain Python."
@@ -47,6 +49,15 @@ class FinalLineTqdm(_text_tqdm):
         self._pqk_out, self._pqk_done = kwargs.pop('final_file', None) or sys.stdout, False
         kwargs['file'] = _Sink(); kwargs.setdefault('mininterval', 1.0); kwargs.setdefault('ascii', False)
         super().__init__(*args, **kwargs)
+
+    def display(self, msg=None, pos=None):
+        "At each refresh: the current line into `$PQK_PROGRESS_LIVE`, if set (for the terminal, not the notebook)."
+        live = os.environ.get(LIVE_ENV)
+        if live:
+            try:
+                with open(live, 'w', encoding='utf-8') as f: f.write(str(self))
+            except OSError: pass
+        return True
 
     def close(self):
         if self._pqk_done or getattr(self, 'disable', True): return super().close()

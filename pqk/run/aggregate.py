@@ -67,7 +67,8 @@ def parse_log(path, data: bytes | None = None) -> tuple[dict | None, list[str]]:
     file = _rel(path)
     try:
         rec = json.loads(Path(path).read_bytes() if data is None else data)
-        if not isinstance(rec, dict): return None, [f'{file}: got a JSON {type(rec).__name__}; expected a JSON object (a run log)']
+        if not isinstance(rec, dict):
+            return None, [f'{file}: got a JSON {type(rec).__name__}; expected a JSON object (a run log)']
         rec = upgrade_log(rec, file)
         ps = [str(x) for x in log_problems(rec, file)]
     except json.JSONDecodeError as e: ps = [f'{file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})']
@@ -112,7 +113,8 @@ def _checksum(b: bytes) -> str: return hashlib.blake2b(b, digest_size=16).hexdig
 def _load_cache(path, key: str, runs_dir: str) -> dict:
     try:
         c = json.loads(Path(path).read_bytes())
-        if c.get('key') == key and c.get('runs_dir') == runs_dir and isinstance(c.get('entries'), dict): return c['entries']
+        if c.get('key') == key and c.get('runs_dir') == runs_dir and isinstance(c.get('entries'), dict):
+            return c['entries']
     except (OSError, ValueError, AttributeError): pass
     return {}
 
@@ -124,7 +126,8 @@ def read_rows(runs_dir, cache=None, update_cache: bool = True) -> tuple[list[dic
     for p in sorted(runs_dir.glob('*/log.json')):
         name = p.parent.name
         try: b = p.read_bytes()
-        except OSError as e: new[name] = {'sum': None, 'problems': [f'{_rel(p)}: cannot be read ({e.strerror or e})']}; continue
+        except OSError as e:
+            new[name] = {'sum': None, 'problems': [f'{_rel(p)}: cannot be read ({e.strerror or e})']}; continue
         s = _checksum(b); e = old.get(name)
         if e is None or e.get('sum') != s:
             rec, ps = parse_log(p, b); parsed += 1
@@ -133,8 +136,9 @@ def read_rows(runs_dir, cache=None, update_cache: bool = True) -> tuple[list[dic
     rows, skipped, ids = [], [], {}
     file = lambda name: _rel(runs_dir / name / 'log.json')
     for name, e in new.items():
-        if 'row' in e and e['row'].get('run_id') in ids:
-            skipped.append({'file': file(name), 'problems': [_dupe(file(name), e['row']['run_id'], file(ids[e['row']['run_id']]))]})
+        rid = e['row'].get('run_id') if 'row' in e else None
+        if rid is not None and rid in ids:
+            skipped.append({'file': file(name), 'problems': [_dupe(file(name), rid, file(ids[rid]))]})
         elif 'row' in e: ids[e['row']['run_id']] = name; rows.append(e['row'])
         else: skipped.append({'file': file(name), 'problems': e['problems']})
     if cache is not None and update_cache and (parsed or new.keys() != old.keys()):
@@ -145,9 +149,10 @@ def read_rows(runs_dir, cache=None, update_cache: bool = True) -> tuple[list[dic
 def _vkey(v) -> tuple: t = version_tuple(v); return (0, t) if t is not None else (-1, (str(v),))
 
 def version_groups(rows: list[dict]) -> list[dict]:
-    "Rows split by (workload version, eval version), newest group first: [{'key', 'label', 'workload', 'eval', 'rows'}]."
+    "Rows split by (workload version, eval version), newest first: [{'key', 'label', 'workload', 'eval', 'rows'}]."
     by = {}
-    for r in rows: by.setdefault((str(r.get('contracts.workload.version')), str(r.get('contracts.eval.version'))), []).append(r)
+    for r in rows:
+        by.setdefault((str(r.get('contracts.workload.version')), str(r.get('contracts.eval.version'))), []).append(r)
     out = []
     for (w, e) in sorted(by, key=lambda k: (_vkey(k[0]), _vkey(k[1])), reverse=True):
         rs = sorted(by[(w, e)], key=lambda r: (str(r.get('started_utc')), str(r.get('run_id'))))
@@ -216,20 +221,22 @@ def sheet_title(name: str, taken: set) -> str:
 
 def _widths(cols: list[str], rows: list[dict]) -> list[float]:
     sample = rows[::max(1, len(rows) // 500)]
-    return [float(min(60, max(8, max([len(c)] + [len(str(r[c])) for r in sample if r.get(c) is not None]) + 2))) for c in cols]
+    longest = lambda c: max([len(c)] + [len(str(r[c])) for r in sample if r.get(c) is not None])
+    return [float(min(60, max(8, longest(c) + 2))) for c in cols]
 
 def _write_sheet(f, cols: list[str], rows: list[dict], chunk: int = 500):
     letters = [col_letter(i) for i in range(len(cols))]
     n = len(rows) + 1
     f.write((_XML + f'<worksheet {_NS} {_NS_R}><dimension ref="A1:{letters[-1]}{n}"/>'
-             '<sheetViews><sheetView workbookViewId="0"><pane xSplit="1" ySplit="1" topLeftCell="B2" activePane="bottomRight" '
-             'state="frozen"/><selection pane="topRight"/><selection pane="bottomLeft"/>'
+             '<sheetViews><sheetView workbookViewId="0"><pane xSplit="1" ySplit="1" topLeftCell="B2" '
+             'activePane="bottomRight" state="frozen"/><selection pane="topRight"/><selection pane="bottomLeft"/>'
              '<selection pane="bottomRight" activeCell="B2" sqref="B2"/></sheetView></sheetViews>'
              '<sheetFormatPr defaultRowHeight="15"/><cols>'
-             + ''.join(f'<col min="{i}" max="{i}" width="{w:g}" customWidth="1"/>' for i, w in enumerate(_widths(cols, rows), 1))
+             + ''.join(f'<col min="{i}" max="{i}" width="{w:g}" customWidth="1"/>'
+                       for i, w in enumerate(_widths(cols, rows), 1))
              + '</cols><sheetData><row r="1">' + ''.join(_xml_cell(f'{l}1', c, ' s="1"') for l, c in zip(letters, cols))
              + '</row>').encode())
-    lc, text = list(zip(letters, cols)), {}         # text: escaped strings of this sheet (statuses, kinds, devices repeat)
+    lc, text = list(zip(letters, cols)), {}         # escaped strings of this sheet (statuses, kinds, devices repeat)
     for start in range(0, len(rows), chunk):
         buf = []
         for k, r in enumerate(rows[start:start + chunk], start + 2):
@@ -252,40 +259,44 @@ def _write_sheet(f, cols: list[str], rows: list[dict], chunk: int = 500):
     f.write(f'</sheetData><autoFilter ref="A1:{letters[-1]}{n}"/></worksheet>'.encode())
 
 _STYLES = (_XML + f'<styleSheet {_NS}><fonts count="2"><font><sz val="11"/><name val="Calibri"/></font>'
-           '<font><b/><sz val="11"/><name val="Calibri"/></font></fonts><fills count="2"><fill><patternFill patternType="none"/>'
-           '</fill><fill><patternFill patternType="gray125"/></fill></fills><borders count="1"><border><left/><right/><top/>'
-           '<bottom/><diagonal/></border></borders><cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/>'
-           '</cellStyleXfs><cellXfs count="2"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
+           '<font><b/><sz val="11"/><name val="Calibri"/></font></fonts>'
+           '<fills count="2"><fill><patternFill patternType="none"/></fill><fill><patternFill patternType="gray125"/>'
+           '</fill></fills><borders count="1"><border><left/><right/><top/><bottom/><diagonal/></border></borders>'
+           '<cellStyleXfs count="1"><xf numFmtId="0" fontId="0" fillId="0" borderId="0"/></cellStyleXfs>'
+           '<cellXfs count="2"><xf numFmtId="0" fontId="0" fillId="0" borderId="0" xfId="0"/>'
            '<xf numFmtId="0" fontId="1" fillId="0" borderId="0" xfId="0" applyFont="1" applyAlignment="1">'
-           '<alignment vertical="top"/></xf></cellXfs><cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/>'
-           '</cellStyles></styleSheet>')
+           '<alignment vertical="top"/></xf></cellXfs>'
+           '<cellStyles count="1"><cellStyle name="Normal" xfId="0" builtinId="0"/></cellStyles></styleSheet>')
+_CT = 'application/vnd.openxmlformats-officedocument.spreadsheetml'
+_PKG = 'http://schemas.openxmlformats.org/package/2006'
+_REL = 'http://schemas.openxmlformats.org/officeDocument/2006/relationships'
 
 def write_xlsx(path, sheets: list[tuple[str, list[str], list[dict]]]) -> list[str]:
-    "Write the workbook `sheets` = [(title, columns, rows as dicts)] atomically, streaming each sheet; the sheet titles."
+    "Write the workbook `sheets` = [(title, columns, rows as dicts)] atomically, streaming each sheet; the titles."
     taken: set = set()
-    sheets = [(sheet_title(t, taken), cols or ['(empty)'], rows) for t, cols, rows in sheets] or [('empty', ['(empty)'], [])]
-    n = len(sheets)
+    sheets = [(sheet_title(t, taken), cols or ['(empty)'], rows) for t, cols, rows in sheets]
+    sheets, ids = sheets or [('empty', ['(empty)'], [])], range(1, len(sheets or [0]) + 1)
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-        z.writestr('[Content_Types].xml', _XML + '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+        z.writestr('[Content_Types].xml', _XML + f'<Types xmlns="{_PKG}/content-types">'
                    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
                    '<Default Extension="xml" ContentType="application/xml"/>'
-                   '<Override PartName="/xl/workbook.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/>'
-                   '<Override PartName="/xl/styles.xml" ContentType="application/vnd.openxmlformats-officedocument.spreadsheetml.styles+xml"/>'
-                   + ''.join(f'<Override PartName="/xl/worksheets/sheet{i}.xml" ContentType="application/vnd.openxmlformats-'
-                             'officedocument.spreadsheetml.worksheet+xml"/>' for i in range(1, n + 1)) + '</Types>')
-        z.writestr('_rels/.rels', _XML + '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
-                   '<Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/'
-                   'officeDocument" Target="xl/workbook.xml"/></Relationships>')
-        rel = 'http://schemas.openxmlformats.org/officeDocument/2006/relationships'
-        z.writestr('xl/_rels/workbook.xml.rels', _XML + '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/'
-                   'relationships">' + ''.join(f'<Relationship Id="rId{i}" Type="{rel}/worksheet" Target="worksheets/sheet{i}.xml"/>'
-                                               for i in range(1, n + 1))
-                   + f'<Relationship Id="rId{n + 1}" Type="{rel}/styles" Target="styles.xml"/></Relationships>')
+                   f'<Override PartName="/xl/workbook.xml" ContentType="{_CT}.sheet.main+xml"/>'
+                   f'<Override PartName="/xl/styles.xml" ContentType="{_CT}.styles+xml"/>'
+                   + ''.join(f'<Override PartName="/xl/worksheets/sheet{i}.xml" ContentType="{_CT}.worksheet+xml"/>'
+                             for i in ids) + '</Types>')
+        z.writestr('_rels/.rels', _XML + f'<Relationships xmlns="{_PKG}/relationships"><Relationship Id="rId1" '
+                   f'Type="{_REL}/officeDocument" Target="xl/workbook.xml"/></Relationships>')
+        z.writestr('xl/_rels/workbook.xml.rels', _XML + f'<Relationships xmlns="{_PKG}/relationships">'
+                   + ''.join(f'<Relationship Id="rId{i}" Type="{_REL}/worksheet" Target="worksheets/sheet{i}.xml"/>'
+                             for i in ids)
+                   + f'<Relationship Id="rId{len(ids) + 1}" Type="{_REL}/styles" Target="styles.xml"/></Relationships>')
+        quoted = lambda t: "'" + _xml_text(t).replace("'", "''") + "'"
         names = ''.join(f'<definedName name="_xlnm._FilterDatabase" localSheetId="{i}" hidden="1">'
-                        f"'{_xml_text(t).replace(chr(39), chr(39) * 2)}'!$A$1:${col_letter(len(c) - 1)}${len(r) + 1}</definedName>"
+                        f'{quoted(t)}!$A$1:${col_letter(len(c) - 1)}${len(r) + 1}</definedName>'
                         for i, (t, c, r) in enumerate(sheets))
         z.writestr('xl/workbook.xml', _XML + f'<workbook {_NS} {_NS_R}><sheets>'
-                   + ''.join(f'<sheet name="{_xml_text(t)}" sheetId="{i}" r:id="rId{i}"/>' for i, (t, _, _) in enumerate(sheets, 1))
+                   + ''.join(f'<sheet name="{_xml_text(t)}" sheetId="{i}" r:id="rId{i}"/>'
+                             for i, (t, _, _) in zip(ids, sheets))
                    + f'</sheets><definedNames>{names}</definedNames></workbook>')
         z.writestr('xl/styles.xml', _STYLES)
         for i, (_, cols, rows) in enumerate(sheets, 1):
@@ -317,7 +328,8 @@ def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]
         cols = report_columns(g['rows'])
         kinds = [k for k in KINDS if any(r.get('kind') == k for r in g['rows'])]
         s = group_summary(g)
-        index.append({'sheet': g['key'], 'workload version': g['workload'], 'eval version': g['eval'], 'runs': s['n_runs'],
+        index.append({'sheet': g['key'], 'workload version': g['workload'], 'eval version': g['eval'],
+                      'runs': s['n_runs'],
                       **{k: s['status'].get(k, 0) for k in ('passed', 'failed', 'stopped')},
                       'first run (UTC)': s['first_started_utc'], 'last run (UTC)': s['last_started_utc'],
                       'kind sheets': ', '.join(f"{g['key']} {k}" for k in kinds)})
@@ -386,7 +398,8 @@ def _panels(rows, title: str, h: float = 4.2):
     fig = Figure(figsize=(8.0, h * len(shown) + 0.6), dpi=100); FigureCanvasAgg(fig)
     axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
     more = len(groups) - len(shown)
-    fig.suptitle(title + (f'  ({more} older version group(s) not drawn: see result_table.xlsx)' if more else ''), fontsize=10)
+    fig.suptitle(title + (f'  ({more} older version group(s) not drawn: see result_table.xlsx)' if more else ''),
+                 fontsize=10)
     for ax, g in zip(axes, shown): ax.set_title(f"{g['label']} — {len(g['rows'])} run(s)", fontsize=9)
     return fig, list(zip(axes, shown))
 
@@ -396,7 +409,8 @@ def _save(fig, path) -> Path:
     return Path(path)
 
 def _nodata(ax, what):
-    ax.text(0.5, 0.5, f'no runs with {what} yet', ha='center', va='center', transform=ax.transAxes); ax.set_xticks([]); ax.set_yticks([])
+    ax.text(0.5, 0.5, f'no runs with {what} yet', ha='center', va='center', transform=ax.transAxes)
+    ax.set_xticks([]); ax.set_yticks([])
 
 def tradeoff_points(rows) -> tuple[list, list[int]]:
     "[(row, latency p50, quality drop)] of the runs that have both, and the indices of their Pareto front."
@@ -418,7 +432,8 @@ def plot_tradeoff(rows, path) -> Path:
         ax.step(fx, fy, where='post', color='k', lw=1, zorder=2, label='Pareto front')
         ax.scatter(fx, fy, s=120, facecolors='none', edgecolors='k', zorder=4)
         for i in front[:MAX_LABELS]:
-            ax.annotate(str(pts[i][0].get('task_card')), (pts[i][1], pts[i][2]), fontsize=7, xytext=(3, 3), textcoords='offset points')
+            ax.annotate(str(pts[i][0].get('task_card')), (pts[i][1], pts[i][2]), fontsize=7, xytext=(3, 3),
+                        textcoords='offset points')
         ax.set_xlabel('latency p50 (ms)'); ax.set_ylabel('quality drop (%)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
 
@@ -427,11 +442,13 @@ def plot_ablation(rows, path) -> Path:
     from matplotlib.patches import Patch
     fig, panels = _panels(rows, 'ablation: quality drop per card (latest run)')
     for ax, g in panels:
-        last = _latest([r for r in g['rows'] if _num(r.get('quality.quality_drop_pct')) is not None], lambda r: r.get('task_card'))
+        last = _latest([r for r in g['rows'] if _num(r.get('quality.quality_drop_pct')) is not None],
+                       lambda r: r.get('task_card'))
         if not last: _nodata(ax, 'a quality drop'); continue
         cards = sorted(last, key=lambda c: (card_family(c), c))
         fams = sorted({card_family(c) for c in cards}); cmap = {f: f'C{i % 10}' for i, f in enumerate(fams)}
-        ax.bar(range(len(cards)), [last[c]['quality.quality_drop_pct'] for c in cards], color=[cmap[card_family(c)] for c in cards])
+        ax.bar(range(len(cards)), [last[c]['quality.quality_drop_pct'] for c in cards],
+               color=[cmap[card_family(c)] for c in cards])
         ax.set_xticks(range(len(cards)), cards, rotation=45, ha='right', fontsize=7)
         for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r in last.values()} - {None}):
             ax.axhline(t, ls='--', lw=1, color='gray'); ax.text(len(cards) - 0.5, t, f' max {t:g}%', va='bottom', ha='right', fontsize=7)
@@ -473,7 +490,8 @@ def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
         gsum = [group_summary(g) for g in groups]
         write_summary_json(paths['summary_json'], {
             'generated_utc': utc_now(), 'log_schema_version': LOG_SCHEMA_VERSION, 'runs_dir': _rel(runs_dir),
-            'n_runs': len(rows), 'n_skipped': len(skipped), 'counts': {'status': _counts(rows, 'status'), 'kind': _counts(rows, 'kind')},
+            'n_runs': len(rows), 'n_skipped': len(skipped),
+            'counts': {'status': _counts(rows, 'status'), 'kind': _counts(rows, 'kind')},
             'groups': gsum, 'skipped': skipped, 'columns': cols}, cols, rows)
         plots = {'tradeoff': plot_tradeoff(rows, paths['plots'] / 'tradeoff.png'),
                  'ablation': plot_ablation(rows, paths['plots'] / 'ablation.png'),
@@ -488,4 +506,5 @@ def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
               + (f'; {len(skipped)} invalid log(s) skipped' if skipped else '')
               + f" [{stats['parsed']} parsed, {stats['cached']} from cache, {secs:.1f} s]")
     return {'n_runs': len(rows), 'skipped': skipped, 'columns': cols, 'groups': gsum, 'sheets': sheets, 'stats': stats,
-            'seconds': secs, 'reports': {k: paths[k] for k in ('result_table', 'summary_csv', 'summary_json')}, 'plots': plots}
+            'seconds': secs, 'plots': plots,
+            'reports': {k: paths[k] for k in ('result_table', 'summary_csv', 'summary_json')}}

@@ -5,7 +5,7 @@
 # %% ../../nbs/run/71_runner.ipynb #9d33b136
 from __future__ import annotations
 import hashlib, json, os, re, shutil, sys, time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +20,7 @@ from ..eval.verdict import thresholds_for, verdict
 __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'templates_dir',
            'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir',
            'RunSpec', 'null_blocks', 'calibration_spec_hash', 'build_log', 'repair_log', 'remote_resources',
-           'export_html', 'template_params', 'kernel_env', 'execute_run', 'run_card', 'run_method']
+           'export_html', 'template_params', 'kernel_env', 'live_progress', 'execute_run', 'run_card', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #f4ee5c75
 TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
@@ -267,12 +267,14 @@ def template_params(spec: RunSpec, run_id: str, run_dir: Path, copies: dict) -> 
             'gpu_hours_budget': spec.budget, **({'nproc': spec.nproc} if spec.nproc else {}), **spec.extra}
 
 @contextmanager
-def kernel_env():
+def kernel_env(live: str | None = None):
     "Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path."
     import pqk
+    from pqk.core.progress import LIVE_ENV
     add = {'PQK_PROGRESS': os.environ.get('PQK_PROGRESS') or 'final', 'PQK_ROOT': str(project_root()),
            'PYTHONPATH': os.pathsep.join([str(Path(pqk.__file__).resolve().parent.parent)]
-                                         + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])}
+                                         + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]),
+           **({LIVE_ENV: live} if live else {})}
     old = {k: os.environ.get(k) for k in add}
     os.environ.update(add)
     try: yield add
@@ -280,6 +282,25 @@ def kernel_env():
         for k, v in old.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+
+@contextmanager
+def live_progress(stream=None, every: float = 1.0):
+    "Echo on the terminal the line the template's progress bars write to a temporary file (its path is yielded)."
+    import tempfile, threading
+    stream = stream or sys.stderr
+    fd, path = tempfile.mkstemp(prefix='pqk-progress-'); os.close(fd)
+    tty, stop = getattr(stream, 'isatty', lambda: False)(), threading.Event()
+    def echo():
+        last, shown = '', 0.0
+        while not stop.wait(every):
+            try: line = Path(path).read_text(encoding='utf-8').strip()
+            except OSError: continue
+            if not line or line == last or (not tty and time.monotonic() - shown < 30): continue   # a log: every 30 s
+            stream.write(f'\r  {line}\x1b[K' if tty else f'  {line}\n'); stream.flush(); last, shown = line, time.monotonic()
+    t = threading.Thread(target=echo, daemon=True); t.start()
+    try: yield path
+    finally:
+        stop.set(); t.join(5); Path(path).unlink(missing_ok=True)
 
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
                 stream_output: bool = True) -> dict:
@@ -304,7 +325,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         copies['template'] = tpl
         import papermill as pm
         kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
-        with kernel_env():
+        with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
             pm.execute_notebook(str(tpl), str(out_nb), parameters=params, kernel_name='python3', progress_bar=progress,
                                 cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
     except KeyboardInterrupt:
