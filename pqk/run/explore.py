@@ -16,10 +16,10 @@ from ..core.io import save_npz_atomic
 from .aggregate import read_rows, report_paths, version_groups, pareto_front, _num
 
 # %% auto #0
-__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'POINTMAP_FORMAT', 'LOOPBACK', 'EXPLORER_NB',
-           'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs', 'ci_names', 'interval',
-           'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures', 'ParetoResult', 'pareto',
-           'notebook_link', 'png', 'pareto_figure', 'save_pointmaps', 'PointmapError', 'load_pointmaps',
+__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'POINTMAP_FORMAT', 'MAX_OPTIONS',
+           'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs',
+           'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures', 'ParetoResult',
+           'pareto', 'notebook_link', 'png', 'pareto_figure', 'save_pointmaps', 'PointmapError', 'load_pointmaps',
            'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser', 'CompareView',
            'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command', 'lab']
 
@@ -145,17 +145,20 @@ def _flat(d, prefix=''):
         else: out[n] = json.dumps(v) if isinstance(v, (list, dict)) else v
     return out
 
+CONFIG_ROLES = {'workload': 'workload', 'eval': 'eval', 'cfg': 'method', 'card': 'card'}
+
 def run_configs(run_dir: Path, row: dict) -> tuple[dict, list[str]]:
-    "The run's config snapshots flattened ({'<file stem>.<key>': value}) and the ones that are missing or unreadable."
+    "The run's config snapshots flattened ({'<role>.<key>': value}: workload, eval, method, card) and what is missing."
     import yaml
     out, missing = {}, []
-    for k in sorted(k for k in row if k.startswith('artifacts.config_')):
-        rel = row[k]; p = run_dir / rel
-        if not str(rel).endswith(('.yaml', '.yml', '.md')): continue
+    for role, name in CONFIG_ROLES.items():
+        rel = row.get(f'artifacts.config_{role}')
+        if not rel: continue
+        p = run_dir / rel
         try:
             text = p.read_text(encoding='utf-8')
             if p.suffix == '.md': text = split_front_matter(text)[0] or ''
-            out.update(_flat(yaml.safe_load(text) or {}, p.stem))
+            out.update(_flat(yaml.safe_load(text) or {}, name))
         except FileNotFoundError: missing.append(f'config snapshot {rel}')
         except Exception as e: missing.append(f'config snapshot {rel} (unreadable: {type(e).__name__})')
     return out, missing
@@ -378,6 +381,7 @@ def cloud_figure(pm: dict, k: int = 0, max_points: int = 4000, azim: float = -60
         ax = fig.add_subplot(1, len(whos), n, projection='3d'); x, c = pts[w]
         ax.scatter(x[:, 0], x[:, 2], -x[:, 1], c=c, s=1.5, depthshade=False)
         ax.set_xlim(lo[0], hi[0]); ax.set_ylim(lo[2], hi[2]); ax.set_zlim(-hi[1], -lo[1])
+        ax.set_box_aspect(tuple(np.maximum(hi - lo, 1e-6)[[0, 2, 1]]))             # true proportions
         ax.set_xlabel('x'); ax.set_ylabel('z (depth)'); ax.set_zlabel('-y'); ax.view_init(elev=elev, azim=azim)
         ax.set_title(f"{w}: {len(x)} points", fontsize=9)
     fig.tight_layout(); return fig
@@ -451,20 +455,29 @@ class RunBrowser(_View):
         return _msg(f'{len(self.runs.skipped)} log(s) could not be read and are not shown:') + f'<ul>{items}</ul>'
 
 # %% ../../nbs/run/74_explore.ipynb #1b366065
+MAX_OPTIONS = 500       # runs listed in a picker (newest first); a text filter reaches the others
+
 class CompareView(_View):
     "Pick a version group and two or more of its runs: the lines that differ, then their figures side by side."
     def __init__(self, runs: Runs):
         super().__init__(); W = self.W; self.runs = runs
         groups = list(dict.fromkeys(runs.table['versions']))
         self.group = W.Dropdown(options=groups, value=groups[0] if groups else None, description='versions')
+        self.text = W.Text(description='filter', placeholder='part of a run id or card')
         self.pick = W.SelectMultiple(options=[], rows=8, description='runs', layout=W.Layout(width='520px'))
-        self.diff, self.figures = W.HTML(), W.VBox([])
-        self._observe(self._options, self.group); self._observe(self.refresh, self.pick)
-        self.widget = W.VBox([W.HBox([self.group, self.pick]), self.message, self.diff, self.figures])
+        self.listed, self.diff, self.figures = W.HTML(), W.HTML(), W.VBox([])
+        self._observe(self._options, self.group, self.text); self._observe(self.refresh, self.pick)
+        self.widget = W.VBox([W.HBox([W.VBox([self.group, self.text, self.listed]), self.pick]), self.message,
+                              self.diff, self.figures])
         self._guarded(self._options)()
 
     def _options(self):
         t = sort_runs(self.runs.table[self.runs.table['versions'] == self.group.value], 'started')
+        if self.text.value.strip():
+            q = self.text.value.strip().lower()
+            t = t[[q in f'{rid} {c}'.lower() for rid, c in zip(t.index, t['card'])]]
+        self.listed.value = f'{min(len(t), MAX_OPTIONS)} of {len(t)} run(s) listed' if len(t) > MAX_OPTIONS else ''
+        t = t.head(MAX_OPTIONS)
         self.pick.options = [(f"{rid}  ({r['card']}, {r['status']})", rid) for rid, r in t.iterrows()]
         self.pick.value = tuple(t.index[:2]); self.refresh()
 
@@ -549,7 +562,7 @@ class PointmapView(_View):
     def __init__(self, runs: Runs):
         super().__init__(); W = self.W; self.runs, self.pm = runs, None
         t = sort_runs(runs.table, 'started')
-        has = [rid for rid in t.index if runs.rows[rid].get('artifacts.pointmaps')]
+        has = [rid for rid in t.index if runs.rows[rid].get('artifacts.pointmaps')][:MAX_OPTIONS]
         self.run = W.Dropdown(options=[(f"{rid}  ({t.at[rid, 'card']})", rid) for rid in has],
                               value=has[0] if has else None, description='run', layout=W.Layout(width='520px'))
         self.pair = W.IntSlider(description='pair', min=0, max=0)
