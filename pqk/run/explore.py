@@ -16,12 +16,12 @@ from ..core.io import save_npz_atomic
 from .aggregate import read_rows, report_paths, version_groups, pareto_front, _num
 
 # %% auto #0
-__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'POINTMAP_FORMAT', 'MAX_OPTIONS',
-           'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs',
-           'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures', 'ParetoResult',
-           'pareto', 'notebook_link', 'png', 'pareto_figure', 'save_pointmaps', 'PointmapError', 'load_pointmaps',
-           'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser', 'CompareView',
-           'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command', 'lab']
+__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'POINTMAP_FORMAT', 'TABLE_CSS',
+           'MAX_OPTIONS', 'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs',
+           'sort_runs', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures',
+           'ParetoResult', 'pareto', 'notebook_link', 'png', 'pareto_figure', 'save_pointmaps', 'PointmapError',
+           'load_pointmaps', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser',
+           'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #62c27f90
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'latency p50 (ms)': 'efficiency.latency_p50_ms',
@@ -410,11 +410,16 @@ class _View:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../../nbs/run/74_explore.ipynb #1cac4b22
+TABLE_CSS = ('<style>table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th '
+             '{white-space: nowrap; padding: 1px 8px; text-align: left}</style>')
+
 def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
-    "The browser table as HTML (escaped), numbers to 4 significant digits, at most `max_rows` lines."
+    "The browser table as escaped HTML, one line per run (scrolling), numbers to 4 digits, at most `max_rows` lines."
     show = df.head(max_rows).copy()
     show['started'] = show['started'].dt.strftime('%Y-%m-%d %H:%M')
-    return show.to_html(classes='pqk-runs', na_rep='–', float_format=lambda v: f'{v:.4g}', escape=True, border=0)
+    show['reason'] = [r if not isinstance(r, str) or len(r) <= 80 else r[:79] + '…' for r in show['reason']]
+    t = show.to_html(classes='pqk-runs', na_rep='–', float_format=lambda v: f'{v:.4g}', escape=True, border=0)
+    return f'{TABLE_CSS}<div style="overflow:auto; max-height:520px">{t}</div>'
 
 class RunBrowser(_View):
     "Filter and sort the runs table; the logs that could not be read are listed under it."
@@ -487,7 +492,8 @@ class CompareView(_View):
         if len(ids) < 2: self.message.value = _msg('choose two or more runs (ctrl/shift-click)'); return
         df, notes = compare_runs(self.runs, ids)
         miss = ''.join(f'<li>{_esc(r)}: missing {_esc(", ".join(m))}</li>' for r, m in notes.items())
-        table = df.to_html(classes='pqk-diff', escape=True, border=0) if len(df) else _msg('these runs do not differ', 'ok')
+        table = (TABLE_CSS + '<div style="overflow:auto; max-height:520px">' + df.to_html(classes='pqk-diff', border=0)
+                 + '</div>') if len(df) else _msg('these runs do not differ', 'ok')
         self.diff.value = (_msg(f'<ul>{miss}</ul>') if miss else '') + table
         figs = {r: run_figures(self.runs, r) for r in ids}
         names = sorted(set().union(*[f for f, _ in figs.values()]))
