@@ -73,12 +73,26 @@ def lab(tmp_path):
         with urllib.request.urlopen(f'{base}/api/status', timeout=5) as r: pass
     except urllib.error.HTTPError as e:                          # without the token: refused
         assert e.code in (401, 403), e.code
-    try: yield {'url': url, 'root': root, 'chrome': chrome, 'driver': driver, 'tmp': tmp_path}
+    try: yield {'url': url, 'root': root, 'chrome': chrome, 'driver': driver, 'tmp': tmp_path,
+                'api': f"{url.split('/lab/')[0]}/api/kernels?token={token}"}
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         try: p.wait(20)
         except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL); p.wait(10)
         log.close()
+
+
+def settled(api: str, timeout: float):
+    "Wait until the server's kernels have been idle for 5 s in a row (Run All has finished)."
+    import json
+    t0, quiet = time.monotonic(), None
+    while time.monotonic() - t0 < timeout:
+        with urllib.request.urlopen(api, timeout=10) as r: ks = json.loads(r.read())
+        busy = any(k.get('execution_state') != 'idle' for k in ks) or not ks
+        quiet = None if busy else (quiet or time.monotonic())
+        if quiet and time.monotonic() - quiet >= 5: return
+        time.sleep(0.5)
+    raise AssertionError(f'the notebook was still running after {timeout:.0f} s')
 
 
 def test_explorer_in_jupyterlab(lab):
@@ -101,21 +115,23 @@ def test_explorer_in_jupyterlab(lab):
         for b in css('.jp-Dialog .jp-mod-accept'): b.click()
         for b in css('.jp-toast-button'):                               # the 'Jupyter news?' toast
             if b.text == 'No': b.click()
-        wait(120, lambda: not css('.jp-Dialog') and 'Idle' in d.find_element(By.CSS_SELECTOR, '.jp-StatusBar-Widget, body').text,
-             'the kernel did not start')
+        wait(60, lambda: not css('.jp-Dialog'), 'a dialog stays open')
+        settled(lab['api'], 180)                                        # the kernel has started
         # Run > Run All Cells
         next(e for e in css('.lm-MenuBar-itemLabel') if e.text == 'Run').click()
         wait(20, lambda: [e for e in css('.lm-Menu-itemLabel') if e.text == 'Run All Cells'], 'no Run All Cells item')
         next(e for e in css('.lm-Menu-itemLabel') if e.text == 'Run All Cells').click()
         # the run table
         wait(300, lambda: css('table.pqk-runs'), 'the run table never rendered')
+        # the kernel handles widget events only between cells: wait until every cell has run (idle for 5 s)
+        settled(lab['api'], 600)
         show = lambda el: d.execute_script('arguments[0].scrollIntoView({block: "center"})', el)
         show(css('table.pqk-runs')[0]); d.save_screenshot(str(shots / 'explorer-runs.png'))
         count = lambda: next(e.text for e in css('.widget-html-content') if 'run(s) in' in e.text and 'of' in e.text)
         assert count().startswith('12 of 12'), count()
         kind = next(e for e in css('.widget-select-multiple') if e.find_elements(By.XPATH, ".//label[text()='kind']"))
         Select(kind.find_element(By.TAG_NAME, 'select')).select_by_visible_text('K')
-        wait(30, lambda: count().startswith(('1 of', '2 of', '3 of')), 'the kind filter did not change the table')
+        wait(60, lambda: count().startswith(('1 of', '2 of', '3 of')), 'the kind filter did not change the table')
         # the Pareto tab: its plot and the recommended run's notebook link
         next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Pareto').click()
         plot = lambda: [e for e in css('img.widget-image') if d.execute_script('return arguments[0].naturalWidth', e) > 200]
