@@ -45,3 +45,10 @@ def test_run_eval_on_manifest(tmp_path):
     assert 0 <= rec['quality']['metrics']['delta_1.25'] <= 1
     assert rec['efficiency']['params'] > 0 and rec['efficiency']['latency_p50_ms'] > 0
     assert rec['contracts']['workload']['sha256'] != json.loads(json.dumps(rec))['contracts']['eval']['sha256']
+    # the explorer's pointmaps: the teacher alone (it evaluated itself), for the first pairs
+    from pqk.run.explore import load_pointmaps
+    [rd] = (tmp_path / 'runs').glob('adhoc-eval-*')
+    pm = load_pointmaps(rd / rec['artifacts']['pointmaps'])
+    p0 = pm['pairs'][0]
+    assert p0['model'] is None and p0['teacher']['pts1'].shape == p0['img1'].shape and p0['img1'].shape[0] <= 192
+    assert np.isfinite(p0['teacher']['pts1']).all() and (p0['teacher']['conf1'] >= 1).all()

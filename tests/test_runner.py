@@ -59,9 +59,10 @@ def check_reports(reps: Path, n_runs: int, kinds: list[str]) -> dict:
     from pqk.core.logschema import log_columns
     sj = json.loads((reps / 'summary.json').read_text())
     assert sj['n_runs'] == n_runs, sj['n_runs']
+    [g] = [g['key'] for g in sj['groups']]                       # the project's contracts: one version group
     wb = openpyxl.load_workbook(reps / 'result_table.xlsx')
-    assert wb.sheetnames == ['runs', *kinds], wb.sheetnames
-    ws = wb['runs']
+    assert wb.sheetnames == ['versions', g, *[f'{g} {k}' for k in kinds]], wb.sheetnames
+    ws = wb[g]
     hdr = [c.value for c in ws[1]]
     assert hdr == sj['columns'] and hdr[0] == 'run_id' and set(log_columns()) <= set(hdr), hdr[:5]
     assert ws.freeze_panes == 'B2' and ws['A1'].font.bold

@@ -245,7 +245,7 @@ def synthetic_dataset(seed: int, n_scenes: int, views_per_scene: int = 2, res: i
             except Exception as e: warnings.warn(f'synthetic_dataset: unreadable cache file {path} ({e}); rendering again')
     it = range(n_scenes)
     if progress:
-        from tqdm.auto import tqdm
+        from pqk.core.progress import tqdm
         it = tqdm(it, desc='rendering scenes')
     scenes = [make_scene(seed + i, views_per_scene, res) for i in it]
     if path is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..core.progress import tqdm
 
 from ..data.manifests import load_dataset, to_tensor
 from ..data.pairs import dataset_pairs

@@ -29,6 +29,9 @@ def load_teacher(spec: str = 'demo', device=None):
                                     "retrain it with pqk.train.teacher.train_demo_teacher()")
     else:
         p = Path(spec)
+        if not p.is_absolute() and not p.exists():          # relative to the project root, as in the workload contract
+            from pqk.core.contracts import project_root
+            p = project_root() / p
         if not p.exists():
             raise FileNotFoundError(f"workload teacher.checkpoint: {spec!r} does not exist; expected 'demo' or a checkpoint path")
     m = load_checkpoint(p)

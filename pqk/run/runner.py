@@ -5,6 +5,7 @@
 # %% ../../nbs/run/71_runner.ipynb #9d33b136
 from __future__ import annotations
 import hashlib, json, os, re, shutil, sys, time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..eval.verdict import thresholds_for, verdict
 __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'templates_dir',
            'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir',
            'RunSpec', 'null_blocks', 'calibration_spec_hash', 'build_log', 'repair_log', 'remote_resources',
-           'export_html', 'execute_run', 'run_card', 'run_method']
+           'export_html', 'template_params', 'kernel_env', 'live_progress', 'execute_run', 'run_card', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #f4ee5c75
 TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
@@ -250,6 +251,57 @@ def _copy_inputs(spec: RunSpec, run_dir: Path) -> dict:
         shutil.copy2(src, dst); out[role] = dst
     return out
 
+def _ckpt_param(ckpt, run_dir: Path):
+    "A checkpoint given by path (cwd or project relative) as the template sees it: relative to the run folder if in the project."
+    if ckpt in (None, '', 'teacher', 'demo'): return ckpt
+    p = Path(ckpt)
+    if not p.is_absolute(): p = next((c for c in (Path.cwd() / p, project_root() / p) if c.exists()), project_root() / p)
+    p = p.resolve()
+    return os.path.relpath(p, run_dir) if p.is_relative_to(project_root()) else str(p)
+
+def template_params(spec: RunSpec, run_id: str, run_dir: Path, copies: dict) -> dict:
+    "The parameters papermill injects; every path relative to the run folder (the template's working directory)."
+    rel = lambda role: os.path.relpath(copies[role], run_dir) if role in copies else None
+    return {'workload': rel('workload'), 'eval': rel('eval'), 'cfg': rel('cfg'), 'card': rel('card'), 'card_id': spec.card_id,
+            'kind': spec.kind, 'run_id': run_id, 'out_dir': '.', 'seed': spec.seed, 'ckpt': _ckpt_param(spec.ckpt, run_dir),
+            'gpu_hours_budget': spec.budget, **({'nproc': spec.nproc} if spec.nproc else {}), **spec.extra}
+
+@contextmanager
+def kernel_env(live: str | None = None):
+    "Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path."
+    import pqk
+    from pqk.core.progress import LIVE_ENV
+    add = {'PQK_PROGRESS': os.environ.get('PQK_PROGRESS') or 'final', 'PQK_ROOT': str(project_root()),
+           'PYTHONPATH': os.pathsep.join([str(Path(pqk.__file__).resolve().parent.parent)]
+                                         + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]),
+           **({LIVE_ENV: live} if live else {})}
+    old = {k: os.environ.get(k) for k in add}
+    os.environ.update(add)
+    try: yield add
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
+@contextmanager
+def live_progress(stream=None, every: float = 1.0):
+    "Echo on the terminal the line the template's progress bars write to a temporary file (its path is yielded)."
+    import tempfile, threading
+    stream = stream or sys.stderr
+    fd, path = tempfile.mkstemp(prefix='pqk-progress-'); os.close(fd)
+    tty, stop = getattr(stream, 'isatty', lambda: False)(), threading.Event()
+    def echo():
+        last, shown = '', 0.0
+        while not stop.wait(every):
+            try: line = Path(path).read_text(encoding='utf-8').strip()
+            except OSError: continue
+            if not line or line == last or (not tty and time.monotonic() - shown < 30): continue   # a log: every 30 s
+            stream.write(f'\r  {line}\x1b[K' if tty else f'  {line}\n'); stream.flush(); last, shown = line, time.monotonic()
+    t = threading.Thread(target=echo, daemon=True); t.start()
+    try: yield path
+    finally:
+        stop.set(); t.join(5); Path(path).unlink(missing_ok=True)
+
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
                 stream_output: bool = True) -> dict:
     "Run `spec` through its template into a new run folder; always returns {'status', 'reason', 'run_id', 'run_dir', 'log', …}."
@@ -263,10 +315,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
     run_id, run_dir = create_run_dir(runs_dir, make_run_id(spec.card_id, digest))
     copies = _copy_inputs(spec, run_dir)
     out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
-    params = {'workload': str(copies['workload']), 'eval': str(copies['eval']), 'cfg': str(copies['cfg']) if 'cfg' in copies else None,
-              'card': str(copies['card']) if 'card' in copies else None, 'card_id': spec.card_id, 'kind': spec.kind,
-              'run_id': run_id, 'out_dir': str(run_dir), 'seed': spec.seed, 'ckpt': spec.ckpt, 'gpu_hours_budget': spec.budget,
-              **({'nproc': spec.nproc} if spec.nproc else {}), **spec.extra}
+    params = template_params(spec, run_id, run_dir, copies)
     print(f'pqk run: {run_id} -> {_rel(run_dir)}', file=sys.stderr)
     error = stopped = None
     try:
@@ -276,8 +325,9 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         copies['template'] = tpl
         import papermill as pm
         kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
-        pm.execute_notebook(str(tpl), str(out_nb), parameters=params, kernel_name='python3', progress_bar=progress,
-                            cwd=str(project_root()), request_save_on_cell_execute=True, **kw)
+        with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
+            pm.execute_notebook(str(tpl), str(out_nb), parameters=params, kernel_name='python3', progress_bar=progress,
+                                cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
     except KeyboardInterrupt:
         stopped = 'interrupted (KeyboardInterrupt) while the template was running'
     except Exception as e:

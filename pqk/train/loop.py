@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from ..core.progress import tqdm
 
 from ..core.io import save_torch_atomic
 from ..models.checkpoints import PQK_FORMAT

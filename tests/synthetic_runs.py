@@ -1,0 +1,161 @@
+"""A generator of synthetic run folders for the aggregation benchmark and the explorer tests (test code, not data).
+
+`make_runs(runs_dir, n)` writes `n` schema-valid `runs/<run_id>/log.json` files shaped like real logs (every block
+the runner writes, ten quality metrics plus `vs_teacher_*`, the teacher's efficiency, a training block for K runs, an
+edge block for edge runs), spread over cards, kinds, statuses, days and contract versions. With `notebooks=True` each
+run also gets an archived notebook and an HTML copy; with `pointmaps=True` a small pointmap artefact as the templates
+write it. Nothing here is committed output: every test builds its own runs in a temporary folder.
+
+    python tests/synthetic_runs.py RUNS_DIR N [--versions 1.0:1.0,1.1:1.0]
+"""
+from __future__ import annotations
+import json, random, sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+METRICS = ['abs_rel', 'delta_1.25', 'maa30', 'pts_inlier', 'regr3d', 'rot_err_deg', 'rra15', 'rta15', 'tau_1.03',
+           'trans_err_deg']
+CARDS = [('E0_eval_teacher', 'eval'), ('A1_K_only', 'K'), ('A2_K_depth', 'K'), ('B1_Q_only', 'Q'), ('B2_Q_fp8', 'Q'),
+         ('C1_P_only', 'P'), ('C2_P_heads', 'P'), ('KQ_D1', 'KQ'), ('KP_E1', 'KP'), ('KPQ_F1', 'KPQ'),
+         ('EDGE1_orin', 'edge')]
+METHOD = {'K': 'distill', 'Q': 'quant', 'KQ': 'quant', 'KPQ': 'quant', 'P': 'prune', 'KP': 'prune'}
+T0 = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
+
+
+def _utc(t: datetime) -> str: return t.strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def synthetic_run_log(i: int, rng: random.Random, workload_version: str = '1.0', eval_version: str = '1.0') -> dict:
+    "One realistic, schema-valid run log (the i-th of a series)."
+    card, kind = CARDS[i % len(CARDS)]
+    start = T0 + timedelta(minutes=7 * i + rng.randint(0, 5))
+    dur = rng.uniform(20, 4000)
+    rid = f"{card}-{start.strftime('%Y%m%dT%H%M%SZ')}-{rng.getrandbits(24):06x}"
+    teacher = {m: rng.uniform(0.1, 0.9) for m in METRICS}
+    shrink = 1.0 if kind == 'eval' else rng.uniform(0.25, 0.95)
+    drop = 0.0 if kind == 'eval' else round(abs(rng.gauss(1.2, 1.0)), 4)
+    metrics = {m: v * (1 - drop / 100) for m, v in teacher.items()} | {f'vs_teacher_{m}': rng.uniform(0, 1) for m in METRICS}
+    max_drop = {'Q': 1.0, 'eval': None, 'edge': None}.get(kind, 1.5)
+    status = rng.choice(['passed', 'passed', 'failed', 'stopped']) if kind != 'eval' else 'passed'
+    if max_drop is not None and status == 'passed' and drop > max_drop: status = 'failed'
+    lat_t = rng.uniform(80, 120)
+    lat = None if status == 'stopped' and rng.random() < 0.3 else lat_t * shrink
+    z = 'ab' * 32
+    contracts = {'workload': {'path': 'configs/workload.yaml', 'version': workload_version, 'sha256': z},
+                 'eval': {'path': 'configs/eval.yaml', 'version': eval_version, 'sha256': z}}
+    if kind in METHOD: contracts[METHOD[kind]] = {'path': f'configs/{METHOD[kind]}.yaml', 'version': '1.0', 'sha256': z}
+    eff = {'latency_p50_ms': lat, 'latency_p95_ms': None if lat is None else lat * 1.1,
+           'pairs_per_s': None if lat is None else 1000 / lat, 'params': int(3857544 * shrink),
+           'size_mb': 14.85 * shrink, 'gflops': 8.9 * shrink, 'device': 'cpu', 'resolution': 384}
+    if kind != 'eval':
+        eff['teacher'] = {'latency_p50_ms': lat_t, 'latency_p95_ms': lat_t * 1.1, 'pairs_per_s': 1000 / lat_t,
+                          'params': 3857544, 'size_mb': 14.85, 'gflops': 8.9, 'device': 'cpu', 'resolution': 384}
+    rec = {
+        'schema_version': '1.0', 'run_id': rid, 'task_card': card, 'kind': kind, 'status': status,
+        'reason': f'{status}: quality drop {drop:.2f}% (synthetic)', 'started_utc': _utc(start),
+        'finished_utc': _utc(start + timedelta(seconds=dur)), 'duration_s': round(dur, 3), 'seed': i % 3,
+        'contracts': contracts, 'git_commit': f'{rng.getrandbits(160):040x}',
+        'environment': {'python': '3.11.7', 'torch': '2.13.0+cpu', 'device': 'cpu x2', 'pqk': '0.0.1', 'host': 'vm'},
+        'model': {'name': 'teacher' if kind == 'eval' else f'{card}-student', 'params': eff['params'],
+                  'size_mb': eff['size_mb'], 'checkpoint': 'demo' if kind == 'eval' else 'student_best.pt',
+                  'teacher': 'demo', 'teacher_params': 3857544},
+        'quality': {'primary': 'delta_1.25', 'higher_is_better': True, 'reference': 'ground_truth',
+                    'metrics': metrics, 'teacher': teacher, 'quality_drop_pct': drop, 'n_pairs': 12},
+        'efficiency': eff,
+        'resource': {'gpu_hours': round(dur / 3600, 6), 'peak_mem_mb': rng.uniform(300, 900),
+                     'device_hours': round(dur / 3600, 6)},
+        'thresholds': {'rule': 'none' if max_drop is None else ('q_only' if kind == 'Q' else 'mainline'),
+                       'quality_drop_max_pct': max_drop, 'gpu_hours_budget': 0.2, 'gpu_hours_over_budget_ratio': 1.2,
+                       'no_improve_ckpt': 3, 'exception': None},
+        'artifacts': {'config_workload': 'config/workload.yaml', 'config_eval': 'config/eval.yaml',
+                      'notebook': f'{card}.ipynb', 'html': f'{card}.html'},
+        'error': None,
+    }
+    if kind in ('Q', 'KQ', 'KPQ'): rec['calibration_set_hash'] = 'cd' * 32
+    if kind in ('K', 'KQ', 'KP', 'KPQ'):
+        rec['training'] = {'status': 'completed', 'reason': 'completed all steps', 'steps_done': 60, 'steps': 60,
+                           'final_loss': rng.uniform(0.1, 0.5), 'nproc': 1, 'train_seconds': dur * 0.6,
+                           'best': {'step': 20, 'metric': 'delta_1.25', 'value': rng.uniform(0.3, 0.6)},
+                           'evals': [{'step': s, 'value': rng.uniform(0.3, 0.6), 'metric': 'delta_1.25',
+                                      'improved': s == 20} for s in (20, 40, 60)],
+                           'student': {'reduce': 'width', 'reduction_target': 0.3, 'reduction_actual': 1 - shrink}}
+    if kind == 'edge':
+        rec['edge_device'] = {'name': 'jetson-agx-orin-64gb', 'power_avg_W': rng.uniform(15, 40),
+                              'power_peak_W': rng.uniform(40, 60), 'throttle': rng.random() < 0.1}
+    return rec
+
+
+def _notebook(rec: dict) -> dict:
+    "A small archived notebook: a parameters cell, a printed line and a figure scrap."
+    import base64
+    png = base64.b64encode(_tiny_png()).decode()
+    return {'nbformat': 4, 'nbformat_minor': 5, 'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'Python 3',
+                                                                            'language': 'python'}},
+            'cells': [{'cell_type': 'code', 'id': 'p', 'metadata': {'tags': ['injected-parameters']}, 'execution_count': 1,
+                       'source': f"run_id = {rec['run_id']!r}\nout_dir = '.'", 'outputs': []},
+                      {'cell_type': 'code', 'id': 'f', 'metadata': {}, 'execution_count': 2, 'source': 'plot()',
+                       'outputs': [{'output_type': 'display_data', 'metadata': {'scrapbook': {'name': 'predictions',
+                                                                                             'data': False, 'display': True}},
+                                    'data': {'image/png': png, 'text/plain': '<Figure>'}}]}]}
+
+
+def _tiny_png() -> bytes:
+    import io
+    from PIL import Image
+    b = io.BytesIO(); Image.new('RGB', (8, 8), (200, 30, 30)).save(b, format='PNG'); return b.getvalue()
+
+
+def write_run(runs_dir, rec: dict, notebooks: bool = False, pointmaps: bool = False) -> Path:
+    "Write one run folder: log.json (+ notebook, HTML, config snapshot, pointmaps when asked)."
+    d = Path(runs_dir) / rec['run_id']; d.mkdir(parents=True, exist_ok=True)
+    if notebooks:
+        nb = d / rec['artifacts']['notebook']; nb.write_text(json.dumps(_notebook(rec)))
+        (d / rec['artifacts']['html']).write_text(f"<html><body>{rec['run_id']}</body></html>")
+        (d / 'config').mkdir(exist_ok=True)
+        (d / 'config' / 'workload.yaml').write_text(f"version: \"{rec['contracts']['workload']['version']}\"\n"
+                                                     f"input:\n  shape: [1, 3, 384, 384]\n")
+        (d / 'config' / 'eval.yaml').write_text(f"version: \"{rec['contracts']['eval']['version']}\"\n")
+        if 'training' in rec:
+            (d / 'config' / 'distill.yaml').write_text(
+                f"version: \"1.0\"\ntrain:\n  steps: 60\n  lr: {0.001 * (1 + hash(rec['run_id']) % 3)}\n"
+                f"student:\n  reduction: 0.3\n")
+            rec['artifacts']['config_cfg'] = 'config/distill.yaml'
+    if pointmaps:
+        import numpy as np
+        from types import SimpleNamespace as NS
+        from pqk.run.explore import save_pointmaps
+        rng = np.random.default_rng(len(rec['run_id']))
+        res = 48
+        yy, xx = np.mgrid[0:res, 0:res].astype('float32') / res
+        def pts(z): return np.stack([xx - 0.5, yy - 0.5, z + 0.05 * rng.standard_normal((res, res))], -1)[None].astype('float32')
+        def conf(): return (1 + rng.random((1, res, res))).astype('float32')
+        def pair(z): return ({'pts3d': pts(z), 'conf': conf()}, {'pts3d_in_other_view': pts(z + 0.2), 'conf': conf()})
+        imgs = [NS(img=(rng.random((res, res, 3)) * 255).astype('uint8')) for _ in range(2)]
+        save_pointmaps(d / 'pointmaps.npz', [pair(2.0)], [pair(2.1)], [NS(name='scene0', views=imgs)], [(0, 0, 1)],
+                       model_name=rec['model']['name'])
+        rec['artifacts']['pointmaps'] = 'pointmaps.npz'
+    (d / 'log.json').write_text(json.dumps(rec))
+    return d
+
+
+def make_runs(runs_dir, n: int, seed: int = 0, versions=(('1.0', '1.0'),), notebooks: bool = False,
+              pointmaps: bool = False) -> list[Path]:
+    "Write `n` synthetic runs into `runs_dir`, cycling through `versions` = [(workload, eval), ...]; their folders."
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        wv, ev = versions[i % len(versions)]
+        out.append(write_run(runs_dir, synthetic_run_log(i, rng, wv, ev), notebooks, pointmaps))
+    return out
+
+
+if __name__ == '__main__':
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('runs_dir'); ap.add_argument('n', type=int)
+    ap.add_argument('--versions', default='1.0:1.0', help='comma-separated workload:eval version pairs')
+    ap.add_argument('--seed', type=int, default=0)
+    a = ap.parse_args()
+    vs = [tuple(v.split(':')) for v in a.versions.split(',')]
+    make_runs(a.runs_dir, a.n, a.seed, vs)
+    print(f'{a.n} synthetic runs in {a.runs_dir}', file=sys.stderr)

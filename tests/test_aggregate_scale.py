@@ -1,0 +1,65 @@
+"""`pqk aggregate` over 10,000 synthetic logs (tests/synthetic_runs.py): time and peak memory of a first (cold) and a
+second (cached) rebuild, and runs of two workload versions never in one table or front.
+
+The limits are on the child's CPU time (user + system), which is what the command costs on an idle 2-core machine; the
+wall time depends on what else runs and is printed (run `pytest -s tests/test_aggregate_scale.py` to see it).
+"""
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+from synthetic_runs import make_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+N = int(os.environ.get('PQK_SCALE_N', '10000'))
+LIMIT_S, LIMIT_MB = 10.0, 500.0
+
+
+_CHILD = """import resource, sys
+from pqk.run.cli import main
+rc = main(['aggregate', '--runs-dir', sys.argv[1], '--reports-dir', sys.argv[2]])
+u = resource.getrusage(resource.RUSAGE_SELF)
+print(f'RUSAGE {u.ru_utime + u.ru_stime:.2f} {u.ru_maxrss}'); sys.exit(rc)"""
+
+
+def _aggregate(runs, reps) -> dict:
+    "`pqk aggregate` in a child process (interpreter start and imports included): wall, CPU time and peak RSS."
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, '-c', _CHILD, str(runs), str(reps)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900)
+    wall = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr[-2000:]
+    cpu, kb = p.stdout.strip().splitlines()[-1].split()[1:]
+    return {'wall_s': round(wall, 2), 'cpu_s': float(cpu), 'peak_mb': round(int(kb) / 1024, 1),
+            'out': p.stdout.strip().splitlines()[0], 'load': os.getloadavg()}
+
+
+@pytest.fixture(scope='module')
+def scale(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('scale')
+    make_runs(tmp / 'runs', N, versions=[('1.0', '1.0'), ('1.0', '1.0'), ('1.0', '1.0'), ('1.1', '1.0')])
+    cold = _aggregate(tmp / 'runs', tmp / 'reports')
+    warm = _aggregate(tmp / 'runs', tmp / 'reports')
+    print(f'\n{N} logs: cold {cold}\n{N} logs: warm {warm}')
+    return tmp, cold, warm
+
+
+def test_cached_rebuild_is_fast_and_small(scale):
+    _, cold, warm = scale
+    assert f'{N} run(s) in 2 version group(s)' in warm['out'] and f'0 parsed, {N} from cache' in warm['out'], warm['out']
+    assert warm['cpu_s'] < LIMIT_S, warm
+    assert cold['peak_mb'] < LIMIT_MB and warm['peak_mb'] < LIMIT_MB, (cold, warm)
+
+
+def test_two_workload_versions_never_share_a_table(scale):
+    import openpyxl
+    tmp, _, _ = scale
+    sj = json.loads((tmp / 'reports' / 'summary.json').read_text())
+    assert [(g['key'], g['n_runs']) for g in sj['groups']] == [('w1.1 e1.0', N // 4), ('w1.0 e1.0', N - N // 4)]
+    wb = openpyxl.load_workbook(tmp / 'reports' / 'result_table.xlsx', read_only=True)
+    assert wb.sheetnames[:2] == ['versions', 'w1.1 e1.0'] and 'w1.0 e1.0' in wb.sheetnames
+    for name in wb.sheetnames[1:]:                               # every table: one workload version only
+        ws = wb[name]
+        col = next(ws.iter_rows(max_row=1, values_only=True)).index('contracts.workload.version') + 1
+        versions = {r[0] for r in ws.iter_rows(min_row=2, min_col=col, max_col=col, values_only=True)}
+        assert versions == {name.split()[0][1:]}, (name, versions)

@@ -1,0 +1,38 @@
+"""An archived run notebook reads cleanly and can be moved: `pqk run` through tests/templates/fake_run.ipynb with a
+300-step progress bar, then the record is moved elsewhere and its notebook re-executed there."""
+import json, shutil, subprocess, sys
+from pathlib import Path
+
+from test_runner import ROOT, make_card, pqk, run_dirs
+
+
+def _outputs(nb: dict, name: str) -> list[str]:
+    return [''.join(o.get('text', '')) for c in nb['cells'] for o in c.get('outputs', []) if o.get('name') == name]
+
+
+def test_archived_notebook_is_clean_and_movable(tmp_path):
+    runs, reps = tmp_path / 'runs', tmp_path / 'reports'
+    r = pqk('run', make_card(tmp_path, 'P1_progress'), '--runs-dir', runs, '--reports-dir', reps, '--param', 'steps=300')
+    assert r.returncode == 0, r.stdout + r.stderr
+    [rd] = run_dirs(runs, 'P1_progress')
+    nb = json.loads((rd / 'P1_progress.ipynb').read_text())
+    # the progress bar: one final line on stdout, no stderr output at all, no tqdm warning
+    assert _outputs(nb, 'stderr') == [], _outputs(nb, 'stderr')[:3]
+    out = ''.join(_outputs(nb, 'stdout'))
+    lines = [l for l in out.splitlines() if l.startswith('pairs:')]
+    assert len(lines) == 1 and '300/300' in lines[0] and '100%' in lines[0], out
+    assert 'IProgress' not in json.dumps(nb) and '\r' not in out
+    # injected parameters name files relative to the run folder
+    params = nb['metadata']['papermill']['parameters']
+    assert (params['workload'], params['eval'], params['card'], params['out_dir']) == \
+        ('config/workload.yaml', 'config/eval.yaml', 'config/P1_progress.md', '.'), params
+    assert not any(isinstance(v, str) and str(tmp_path) in v for v in params.values()), params
+    # move the record and re-run its notebook where it now lies: it finds its inputs and writes next to itself
+    moved = tmp_path / 'elsewhere' / rd.name
+    shutil.move(str(rd), str(moved)); (moved / 'student.txt').unlink()
+    code = ("import papermill as pm, sys; pm.execute_notebook(sys.argv[1], sys.argv[2], cwd=sys.argv[3], "
+            "kernel_name='python3', progress_bar=False)")
+    p = subprocess.run([sys.executable, '-c', code, str(moved / 'P1_progress.ipynb'), str(moved / 'rerun.ipynb'), str(moved)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (moved / 'student.txt').read_text() == 'fake weights'

@@ -1,0 +1,155 @@
+"""The explorer in a real browser: JupyterLab on 127.0.0.1 with a token, headless Chromium driven by Selenium.
+
+A temporary workbook (the schemas, configs and the explorer notebook of this checkout, plus synthetic runs of two
+workload versions with notebooks and pointmaps) is served by JupyterLab; the test opens nbs/run/74_explore.ipynb,
+runs every cell, and checks in the page that the run table renders, that a filter widget changes it, that the Pareto
+tab shows its plot and the recommended run's notebook link, and that the pointmap tab shows its images. A screenshot
+of each step is saved in the test's temporary folder.
+
+Needs Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver) and the dev dependency
+`selenium`; without them the test is skipped with the reason, except under CI (`CI` or `PQK_CI` set), where it fails.
+"""
+import os, shutil, signal, subprocess, sys, time, urllib.request
+from pathlib import Path
+
+import pytest
+from synthetic_runs import make_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = bool(os.environ.get('CI') or os.environ.get('PQK_CI'))
+
+
+def _need(what: str, why: str):
+    msg = f'{what} is not installed: {why}'
+    if IN_CI: pytest.fail(msg + ' (required under CI)')
+    pytest.skip(msg)
+
+
+def _browser():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        _need('selenium', 'pip install selenium (a dev dependency: pip install -e ".[dev]")')
+    chrome = shutil.which('chromium') or shutil.which('chromium-browser')
+    driver = shutil.which('chromedriver')
+    if not chrome or not driver:
+        _need('Chromium' if not chrome else 'chromedriver',
+              'apt-get update && apt-get install -y chromium chromium-driver (Debian packages)')
+    return chrome, driver
+
+
+def _workbook(tmp: Path) -> Path:
+    "A small workbook: this checkout's schemas, configs and explorer notebook, and 12 synthetic runs."
+    root = tmp / 'workbook'
+    for d in ('schemas', 'configs'): shutil.copytree(ROOT / d, root / d)
+    (root / 'nbs' / 'run').mkdir(parents=True)
+    shutil.copy(ROOT / 'nbs' / 'run' / '74_explore.ipynb', root / 'nbs' / 'run')
+    make_runs(root / 'runs', 12, versions=[('1.0', '1.0'), ('1.1', '1.0')], notebooks=True, pointmaps=True)
+    return root
+
+
+@pytest.fixture
+def lab(tmp_path):
+    from pqk.run.explore import lab_command
+    chrome, driver = _browser()
+    root = _workbook(tmp_path)
+    token = 'pqk-test-' + os.urandom(12).hex()
+    cmd, url = lab_command(root, token=token)
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+           'PQK_ROOT': str(root), **{f'JUPYTER_{k}_DIR': str(tmp_path / 'jupyter' / k.lower()) for k in ('RUNTIME', 'CONFIG')}}
+    log = open(tmp_path / 'lab.log', 'w')
+    p = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = url.split('/lab/')[0]
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f'{base}/api/status?token={token}', timeout=5) as r:
+                    if r.status == 200: break
+            except OSError: pass
+            assert p.poll() is None, (tmp_path / 'lab.log').read_text()[-3000:]
+            assert time.monotonic() < deadline, 'JupyterLab did not answer within 90 s'
+            time.sleep(0.5)
+        with urllib.request.urlopen(f'{base}/api/status', timeout=5) as r: pass
+    except urllib.error.HTTPError as e:                          # without the token: refused
+        assert e.code in (401, 403), e.code
+    try: yield {'url': url, 'root': root, 'chrome': chrome, 'driver': driver, 'tmp': tmp_path,
+                'api': f"{url.split('/lab/')[0]}/api/kernels?token={token}"}
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try: p.wait(20)
+        except subprocess.TimeoutExpired: os.killpg(p.pid, signal.SIGKILL); p.wait(10)
+        log.close()
+
+
+def settled(api: str, timeout: float):
+    "Wait until the server's kernels have been idle for 5 s in a row (Run All has finished)."
+    import json
+    t0, quiet = time.monotonic(), None
+    while time.monotonic() - t0 < timeout:
+        with urllib.request.urlopen(api, timeout=10) as r: ks = json.loads(r.read())
+        busy = any(k.get('execution_state') != 'idle' for k in ks) or not ks
+        quiet = None if busy else (quiet or time.monotonic())
+        if quiet and time.monotonic() - quiet >= 5: return
+        time.sleep(0.5)
+    raise AssertionError(f'the notebook was still running after {timeout:.0f} s')
+
+
+def test_explorer_in_jupyterlab(lab):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+    o = webdriver.ChromeOptions(); o.binary_location = lab['chrome']
+    for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--window-size=1400,1000'):
+        o.add_argument(a)
+    d = webdriver.Chrome(service=Service(lab['driver']), options=o)
+    shots = lab['tmp']
+    wait = lambda secs, fn, what: WebDriverWait(d, secs, 0.5).until(lambda _: fn(), message=what)
+    css = lambda sel: [e for e in d.find_elements(By.CSS_SELECTOR, sel) if e.is_displayed()]
+    try:
+        d.get(lab['url'])
+        wait(120, lambda: css('.jp-Notebook .jp-Cell'), 'the notebook did not open')
+        t0 = time.monotonic()                                          # Lab may ask which kernel: take the preselected one
+        while time.monotonic() - t0 < 30 and not css('.jp-Dialog .jp-mod-accept'): time.sleep(0.5)
+        for b in css('.jp-Dialog .jp-mod-accept'): b.click()
+        for b in css('.jp-toast-button'):                               # the 'Jupyter news?' toast
+            if b.text == 'No': b.click()
+        wait(60, lambda: not css('.jp-Dialog'), 'a dialog stays open')
+        settled(lab['api'], 180)                                        # the kernel has started
+        # Run > Run All Cells
+        next(e for e in css('.lm-MenuBar-itemLabel') if e.text == 'Run').click()
+        wait(20, lambda: [e for e in css('.lm-Menu-itemLabel') if e.text == 'Run All Cells'], 'no Run All Cells item')
+        next(e for e in css('.lm-Menu-itemLabel') if e.text == 'Run All Cells').click()
+        # the run table
+        wait(300, lambda: css('table.pqk-runs'), 'the run table never rendered')
+        # the kernel handles widget events only between cells: wait until every cell has run (idle for 5 s)
+        settled(lab['api'], 600)
+        show = lambda el: d.execute_script('arguments[0].scrollIntoView({block: "center"})', el)
+        show(css('table.pqk-runs')[0]); d.save_screenshot(str(shots / 'explorer-runs.png'))
+        count = lambda: next(e.text for e in css('.widget-html-content') if 'run(s) in' in e.text and 'of' in e.text)
+        assert count().startswith('12 of 12'), count()
+        kind = next(e for e in css('.widget-select-multiple') if e.find_elements(By.XPATH, ".//label[text()='kind']"))
+        Select(kind.find_element(By.TAG_NAME, 'select')).select_by_visible_text('K')
+        wait(60, lambda: count().startswith(('1 of', '2 of', '3 of')), 'the kind filter did not change the table')
+        # the Pareto tab: its plot and the recommended run's notebook link
+        next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Pareto').click()
+        plot = lambda: [e for e in css('img.widget-image') if d.execute_script('return arguments[0].naturalWidth', e) > 200]
+        wait(60, plot, 'no Pareto plot image')
+        wait(30, lambda: css('.pqk-recommended'), 'no recommended run shown')
+        links = css('a.pqk-notebook')
+        assert links and '/runs/' in links[0].get_attribute('href') and links[0].get_attribute('href').endswith('.ipynb')
+        show(plot()[0]); d.save_screenshot(str(shots / 'explorer-pareto.png'))
+        next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Pointmaps').click()
+        wait(60, lambda: len(plot()) >= 2, 'no pointmap images')
+        show(plot()[-1]); d.save_screenshot(str(shots / 'explorer-pointmaps.png'))
+        assert not css('.pqk-error'), [e.text for e in css('.pqk-error')]
+        errs = [e.text for e in css('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+                if 'Traceback' in e.text or 'Error' in e.text]
+        assert not errs, errs[:2]
+        print(f'\nscreenshots: {shots}/explorer-*.png')
+    except Exception:
+        d.save_screenshot(str(shots / 'explorer-failure.png'))
+        raise
+    finally:
+        d.quit()
