@@ -10,8 +10,10 @@ CFG = ROOT / 'configs'
 def pqk(*args, cwd=ROOT):
     return subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
 
-_MEASURED = ('import resource, sys; from pqk.run.cli import main; rc = main(sys.argv[1:]); u = resource.getrusage('
-             'resource.RUSAGE_SELF); print(f"COST {u.ru_utime + u.ru_stime} {u.ru_maxrss / 1024}", file=sys.stderr); sys.exit(rc)')
+_MEASURED = ('import resource, re, sys; from pqk.run.cli import main; rc = main(sys.argv[1:]); u = resource.getrusage('
+             'resource.RUSAGE_SELF); hwm = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)); '
+             'print(f"COST {u.ru_utime + u.ru_stime} {hwm / 1024}", file=sys.stderr); sys.exit(rc)')
+# peak RSS from VmHWM (reset when the child execs); ru_maxrss can carry the forking parent's peak over
 
 def _cost(*args):
     "Run pqk in a child that reports its own CPU seconds and peak RSS (MiB): CPU time, not wall time (a shared machine)."
