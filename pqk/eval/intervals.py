@@ -28,10 +28,10 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
 
 # %% ../../nbs/eval/35_intervals.ipynb #20ec4167
 def paired_bootstrap(stat, columns, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                     max_undefined: float = 0.05) -> dict:
+                     max_undefined: float = 0.05, min_n: int = 5) -> dict:
     """Percentile interval of `stat(*cols) -> (B,)` under a paired bootstrap of the per-pair `columns` (equal lengths).
     Returns {'value', 'lo', 'hi', 'level', 'n_boot', 'seed', 'n', 'undefined'}; lo/hi None when the point value is
-    undefined or more than `max_undefined` of the resamples are."""
+    undefined, more than `max_undefined` of the resamples are, or fewer than `min_n` pairs are finite in every column."""
     cols = [_column(c, f'column {i}') for i, c in enumerate(columns)]
     if not cols or len({len(c) for c in cols}) != 1:
         raise ValueError(f'paired_bootstrap: columns of lengths {[len(c) for c in cols]}; expected equal, non-empty')
@@ -46,7 +46,8 @@ def paired_bootstrap(stat, columns, n_boot: int = 2000, seed: int = 0, level: fl
     undefined = float(1 - ok.mean())
     out = {'value': value if math.isfinite(value) else None, 'lo': None, 'hi': None, 'level': level,
            'n_boot': int(n_boot), 'seed': int(seed), 'n': int(n), 'undefined': undefined}
-    if out['value'] is not None and undefined <= max_undefined:
+    n_ok = int(np.isfinite(np.stack(cols)).all(0).sum())
+    if out['value'] is not None and undefined <= max_undefined and n_ok >= min_n:
         a = (1 - level) / 2 * 100
         out['lo'], out['hi'] = (float(x) for x in np.percentile(boots[ok], [a, 100 - a]))
     return out
