@@ -19,34 +19,46 @@ def _column(x, what: str) -> np.ndarray:
     if a.ndim != 1: raise ValueError(f'{what}: got an array of shape {a.shape}; expected one value per pair')
     return a
 
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    "(n_boot, n) pair indices drawn with replacement by `numpy.random.default_rng(seed)`."
+def bootstrap_indices(n: int, n_boot: int, seed: int, groups=None) -> np.ndarray:
+    """(n_boot, m) indices drawn with replacement by `numpy.random.default_rng(seed)`: pairs (m = n), or, with
+    `groups` (one label per pair), whole groups, each row padded to G × largest group with the index n (a NaN slot)."""
     for k, v, lo in (('n', n, 1), ('n_boot', n_boot, 1), ('seed', seed, 0)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f'bootstrap: {k}={v!r}; expected an integer >= {lo}')
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    rng = np.random.default_rng(seed)
+    if groups is None: return rng.integers(0, n, size=(n_boot, n))
+    labels = list(groups)
+    if len(labels) != n: raise ValueError(f'bootstrap: {len(labels)} group labels for {n} pairs; expected one per pair')
+    members = list({g: [i for i, h in enumerate(labels) if h == g] for g in dict.fromkeys(labels)}.values())
+    M = np.full((len(members), max(map(len, members))), n)
+    for k, m in enumerate(members): M[k, :len(m)] = m
+    return M[rng.integers(0, len(members), size=(n_boot, len(members)))].reshape(n_boot, -1)
 
 # %% ../../nbs/eval/35_intervals.ipynb #20ec4167
 def paired_bootstrap(stat, columns, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                     max_undefined: float = 0.05, min_n: int = 5) -> dict:
-    """Percentile interval of `stat(*cols) -> (B,)` under a paired bootstrap of the per-pair `columns` (equal lengths).
-    Returns {'value', 'lo', 'hi', 'level', 'n_boot', 'seed', 'n', 'undefined'}; lo/hi None when the point value is
-    undefined, more than `max_undefined` of the resamples are, or fewer than `min_n` pairs are finite in every column."""
+                     max_undefined: float = 0.05, min_n: int = 5, groups=None) -> dict:
+    """Percentile interval of `stat(*cols) -> (B,)` under a paired bootstrap of the per-pair `columns` (equal lengths),
+    resampling whole `groups` (e.g. scenes) when given. Returns {'value', 'lo', 'hi', 'level', 'n_boot', 'seed', 'n',
+    'n_groups', 'undefined'}; lo/hi None when the point value is undefined, more than `max_undefined` of the resamples
+    are, or fewer than `min_n` pairs (groups) are finite in every column."""
     cols = [_column(c, f'column {i}') for i, c in enumerate(columns)]
     if not cols or len({len(c) for c in cols}) != 1:
         raise ValueError(f'paired_bootstrap: columns of lengths {[len(c) for c in cols]}; expected equal, non-empty')
     if not (isinstance(level, float) and 0 < level < 1): raise ValueError(f'paired_bootstrap: level={level!r}; expected 0 < level < 1')
     n = len(cols[0])
-    idx = bootstrap_indices(n, n_boot, seed)
+    idx = bootstrap_indices(n, n_boot, seed, groups)
+    padded = [np.append(c, np.nan) for c in cols]                    # index n: the padding slot, NaN (left out)
     with warnings.catch_warnings(), np.errstate(all='ignore'):
         warnings.simplefilter('ignore', RuntimeWarning)
         value = float(np.asarray(stat(*(c[None] for c in cols)), dtype=np.float64).reshape(-1)[0])
-        boots = np.asarray(stat(*(c[idx] for c in cols)), dtype=np.float64).reshape(-1)
+        boots = np.asarray(stat(*(c[idx] for c in padded)), dtype=np.float64).reshape(-1)
     ok = np.isfinite(boots)
     undefined = float(1 - ok.mean())
+    fin = np.isfinite(np.stack(cols)).all(0)
+    n_groups = len(set(groups)) if groups is not None else n
     out = {'value': value if math.isfinite(value) else None, 'lo': None, 'hi': None, 'level': level,
-           'n_boot': int(n_boot), 'seed': int(seed), 'n': int(n), 'undefined': undefined}
-    n_ok = int(np.isfinite(np.stack(cols)).all(0).sum())
+           'n_boot': int(n_boot), 'seed': int(seed), 'n': int(n), 'n_groups': int(n_groups), 'undefined': undefined}
+    n_ok = len({g for g, f in zip(groups, fin) if f}) if groups is not None else int(fin.sum())
     if out['value'] is not None and undefined <= max_undefined and n_ok >= min_n:
         a = (1 - level) / 2 * 100
         out['lo'], out['hi'] = (float(x) for x in np.percentile(boots[ok], [a, 100 - a]))

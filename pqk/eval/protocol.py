@@ -114,7 +114,7 @@ def _col(rows, key: str) -> list:
     return [r.get(key) for r in rows]
 
 # %% ../../nbs/eval/33_protocol.ipynb #10733f4e
-def _drop_and_interval(model_rows, teacher_rows, evalc, m: dict, t: dict) -> dict:
+def _drop_and_interval(model_rows, teacher_rows, evalc, m: dict, t: dict, groups=None) -> dict:
     "The primary metric's drop, its reference and its interval; None where unknown, with the reason."
     prim, hib, iv = evalc.primary, evalc.higher_is_better, evalc.interval
     use_gt = evalc.data['quality'].get('reference', 'ground_truth') == 'ground_truth' and _fin(m.get(prim))
@@ -130,35 +130,40 @@ def _drop_and_interval(model_rows, teacher_rows, evalc, m: dict, t: dict) -> dic
         out['drop_unknown'] = f'{len(cols[0])} model rows but {len(cols[1])} teacher rows: the pairs do not match'
     else:
         out['quality_drop_pct'] = quality_drop_pct(value, ref, hib)
-        b = paired_bootstrap(stat, cols, int(iv['n_boot']), int(iv['seed']), float(iv['level']))
+        b = paired_bootstrap(stat, cols, int(iv['n_boot']), int(iv['seed']), float(iv['level']), groups=groups)
         out['quality_drop_lo_pct'], out['quality_drop_hi_pct'] = b['lo'], b['hi']
     return out
 
-def _metric_diffs(model_rows, teacher_rows, evalc) -> dict:
+def _metric_diffs(model_rows, teacher_rows, evalc, groups=None) -> dict:
     "Model − teacher (against ground truth) for every metric both have, with its paired interval."
     iv, out = evalc.interval, {}
     if not teacher_rows or len(teacher_rows) != len(model_rows): return out
     for k in evalc.data['quality']['metrics']:
         mc, tc = _col(model_rows, k), _col(teacher_rows, k)
         if not any(_fin(x) for x in mc) or not any(_fin(x) for x in tc): continue
-        b = paired_bootstrap(mean_diff, [mc, tc], int(iv['n_boot']), int(iv['seed']), float(iv['level']))
+        b = paired_bootstrap(mean_diff, [mc, tc], int(iv['n_boot']), int(iv['seed']), float(iv['level']), groups=groups)
         out[k] = {'diff': b['value'], 'lo': b['lo'], 'hi': b['hi']}
     return out
 
-def quality_block(model_rows: list[dict], teacher_rows: list[dict] | None, evalc) -> dict:
+def quality_block(model_rows: list[dict], teacher_rows: list[dict] | None, evalc, groups=None) -> dict:
     """The log's `quality` block: means of the model's and the teacher's metrics, the primary metric's drop in % with
-    its interval, every metric's difference with its interval, and how the intervals were computed."""
+    its interval, every metric's difference with its interval, and how the intervals were computed. `groups`: the
+    scene of each pair (the bootstrap then resamples scenes); None resamples pairs."""
+    if groups is not None and len(groups) != len(model_rows):
+        raise ValueError(f'quality_block: {len(groups)} groups for {len(model_rows)} pairs; expected one per pair')
     m = aggregate(model_rows)['mean']
     t = aggregate(teacher_rows)['mean'] if teacher_rows else {}
-    d = _drop_and_interval(model_rows, teacher_rows, evalc, m, t)
+    d = _drop_and_interval(model_rows, teacher_rows, evalc, m, t, groups)
     iv = evalc.interval
     return {'primary': evalc.primary, 'higher_is_better': evalc.higher_is_better, 'reference': d['reference'],
             'metrics': _clean(m), 'teacher': _clean({k: v for k, v in t.items() if not k.startswith('vs_teacher_')}),
             'quality_drop_pct': d['quality_drop_pct'], 'quality_drop_lo_pct': d['quality_drop_lo_pct'],
             'quality_drop_hi_pct': d['quality_drop_hi_pct'], 'n_pairs': len(model_rows),
             'interval': {'method': 'paired_bootstrap_percentile', 'level': float(iv['level']),
-                         'n_boot': int(iv['n_boot']), 'seed': int(iv['seed']), 'n_pairs': len(model_rows)},
-            'metric_diffs': _metric_diffs(model_rows, teacher_rows, evalc),
+                         'n_boot': int(iv['n_boot']), 'seed': int(iv['seed']), 'n_pairs': len(model_rows),
+                         'resample': 'pair' if groups is None else 'scene',
+                         'n_groups': len(model_rows) if groups is None else len(set(groups))},
+            'metric_diffs': _metric_diffs(model_rows, teacher_rows, evalc, groups),
             **({'drop_unknown': d['drop_unknown']} if d['drop_unknown'] else {})}
 
 # %% ../../nbs/eval/33_protocol.ipynb #9c224116
@@ -238,7 +243,7 @@ def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progres
         P = T if same else predict_pairs(model, scenes, pairs, device, progress, desc=name)
     t_rows = pair_quality(T, scenes, pairs)
     m_rows = [dict(r) for r in t_rows] if same and all(t_rows) else pair_quality(P, scenes, pairs, teacher_preds=T)
-    quality = quality_block(m_rows, t_rows, evalc)
+    quality = quality_block(m_rows, t_rows, evalc, groups=[s for s, _, _ in pairs])
     rows, artifacts = per_pair_rows(scenes, pairs, m_rows, t_rows), {}
     if out_dir is not None:
         write_per_pair(Path(out_dir) / PER_PAIR_FILE, rows); artifacts['per_pair'] = PER_PAIR_FILE
