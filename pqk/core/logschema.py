@@ -69,7 +69,8 @@ def synthetic_log(kind: str = 'eval', contracts: dict | None = None, **over) -> 
         'resource': {'gpu_hours': 0.0, 'peak_mem_mb': 1.0, 'device_hours': 1 / 3600, 'device_kind': 'cpu'},
         'thresholds': {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': 0.05, 'gpu_hours_over_budget_ratio': 1.2},
     }
-    if kind in ('Q', 'KQ', 'KPQ'): rec['calibration_set_hash'] = hashlib.sha256(b'devcheck synthetic calibration set').hexdigest()
+    if kind in ('Q', 'KQ', 'KPQ'):
+        rec['calibration_set_hash'] = hashlib.sha256(b'devcheck synthetic calibration set').hexdigest()
     rec.update(over)
     return rec
 

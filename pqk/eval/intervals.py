@@ -44,7 +44,8 @@ def paired_bootstrap(stat, columns, n_boot: int = 2000, seed: int = 0, level: fl
     cols = [_column(c, f'column {i}') for i, c in enumerate(columns)]
     if not cols or len({len(c) for c in cols}) != 1:
         raise ValueError(f'paired_bootstrap: columns of lengths {[len(c) for c in cols]}; expected equal, non-empty')
-    if not (isinstance(level, float) and 0 < level < 1): raise ValueError(f'paired_bootstrap: level={level!r}; expected 0 < level < 1')
+    if not (isinstance(level, float) and 0 < level < 1):
+        raise ValueError(f'paired_bootstrap: level={level!r}; expected 0 < level < 1')
     n = len(cols[0])
     idx = bootstrap_indices(n, n_boot, seed, groups)
     padded = [np.append(c, np.nan) for c in cols]                    # index n: the padding slot, NaN (left out)

@@ -39,7 +39,7 @@ def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
     if want is not None and len(pairs) != want:
         from pqk.core.contracts import ContractError, Problem, _rel
         raise ContractError([Problem(_rel(workload.path), f'data.{block}.synthetic.n_pairs', want,
-                                     f"{len(pairs)}, the pairs that its n_scenes, views_per_scene and pair_graph give")])
+                                     f"{len(pairs)}, the pairs its n_scenes, views_per_scene and pair_graph give")])
     return scenes, pairs
 
 def _gt(view) -> dict | None:
@@ -118,7 +118,9 @@ def _drop_and_interval(model_rows, teacher_rows, evalc, m: dict, t: dict, groups
     "The primary metric's drop, its reference and its interval; None where unknown, with the reason."
     prim, hib, iv = evalc.primary, evalc.higher_is_better, evalc.interval
     use_gt = evalc.data['quality'].get('reference', 'ground_truth') == 'ground_truth' and _fin(m.get(prim))
-    if use_gt: value, ref, cols, stat = m[prim], t.get(prim), [_col(model_rows, prim), _col(teacher_rows or [], prim)], drop_stat(hib)
+    if use_gt:
+        value, ref, stat = m[prim], t.get(prim), drop_stat(hib)
+        cols = [_col(model_rows, prim), _col(teacher_rows or [], prim)]
     else:
         key = 'vs_teacher_' + prim
         value, ref, cols, stat = m.get(key), 1.0, [_col(model_rows, key)], drop_stat(hib, reference=1.0)
@@ -172,26 +174,28 @@ PER_PAIR_FILE = 'per_pair.csv'
 def per_pair_rows(scenes, pairs, model_rows: list[dict], teacher_rows: list[dict] | None) -> list[dict]:
     "One flat dict per pair: pair, scene, view1, view2, teacher.<m>, model.<m>, model_vs_teacher.<m>."
     if len(model_rows) != len(pairs) or (teacher_rows is not None and len(teacher_rows) != len(pairs)):
-        raise ValueError(f'per_pair_rows: {len(pairs)} pairs but {len(model_rows)} model rows and '
-                         f'{None if teacher_rows is None else len(teacher_rows)} teacher rows; expected one row per pair')
+        nt = None if teacher_rows is None else len(teacher_rows)
+        raise ValueError(f'per_pair_rows: {len(pairs)} pairs but {len(model_rows)} model rows and {nt} teacher rows; '
+                         'expected one row per pair')
     out = []
     for n, (s, i, j) in enumerate(pairs):
         r = {'pair': n, 'scene': scenes[s].name, 'view1': i, 'view2': j}
         r |= {f'teacher.{k}': v for k, v in (teacher_rows[n] if teacher_rows is not None else {}).items()}
         r |= {f'model.{k}': v for k, v in model_rows[n].items() if not k.startswith('vs_teacher_')}
-        r |= {f"model_vs_teacher.{k[len('vs_teacher_'):]}": v for k, v in model_rows[n].items() if k.startswith('vs_teacher_')}
+        r |= {'model_vs_teacher.' + k[11:]: v for k, v in model_rows[n].items() if k.startswith('vs_teacher_')}
         out.append(r)
     return out
 
 def write_per_pair(path, rows: list[dict]) -> Path:
-    "Write per-pair rows as CSV atomically (columns: the union of the rows' keys, in first-seen order; empty = unknown)."
+    "Write per-pair rows as CSV atomically (columns: the rows' keys in first-seen order; an empty cell = unknown)."
     import csv, io
     from pqk.core.io import write_text_atomic
     cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, restval='', lineterminator='\n')
     w.writeheader()
-    for r in rows: w.writerow({k: ('' if v is None or (isinstance(v, float) and not math.isfinite(v)) else v) for k, v in r.items()})
+    for r in rows: w.writerow({k: '' if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+                               for k, v in r.items()})
     return write_text_atomic(path, buf.getvalue())
 
 # %% ../../nbs/eval/33_protocol.ipynb #b2b8584a
@@ -208,7 +212,8 @@ def efficiency_block(model, res: int, evalc, device=None) -> dict:
     info = pred.info()
     m = pred.module
     return {'latency_p50_ms': L['p50_ms'], 'latency_p90_ms': L['p90_ms'], 'latency_p95_ms': L['p95_ms'],
-            'latency_n': L['n_timed'], 'latency_noisy': L['noisy'], 'latency_protocol': proto, 'pairs_per_s': pairs_per_s(L),
+            'latency_n': L['n_timed'], 'latency_noisy': L['noisy'], 'latency_protocol': proto,
+            'pairs_per_s': pairs_per_s(L),
             'params': info['params'], 'size_mb': info['size_mb'],
             'gflops': gflops(m, ({'img': x1}, {'img': x2})) if m is not None else None,
             'device': str(pred.device), 'backend': pred.backend, 'resolution': res, 'load_avg': L['load_before']}

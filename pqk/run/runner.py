@@ -157,14 +157,15 @@ def _resource(block, device_hours: float, device_kind: str) -> dict:
 
 # %% ../../nbs/run/71_runner.ipynb #c6a4e740
 def _status(scraps: dict, kind: str, th: dict, error, stopped, notes: list) -> dict:
-    "The verdict: the runner's on error/stop/missing verdict; the template's, unless the recorded numbers say otherwise."
+    "The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers disagree."
     q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else None
     if error: return judge(kind, q, th, error=error)
     if stopped: return judge(kind, q, th, stopped_reason=stopped)
     mine, v = judge(kind, q, th), scraps.get('verdict')
     if not (isinstance(v, dict) and v.get('status') in STATUSES):
         notes.append('the template recorded no verdict; judged by the runner'); return mine
-    if v['status'] in ('passed', 'inconclusive') and mine['status'] in ('failed', 'inconclusive') and mine['status'] != v['status']:
+    stricter = {'passed': ('failed', 'inconclusive'), 'inconclusive': ('failed',)}.get(v['status'], ())
+    if mine['status'] in stricter:
         notes.append(f"the template said {v['status']}: {v.get('reason', '')}"); return mine
     return {'status': v['status'], 'reason': str(v.get('reason', '')), 'pairs_to_resolve': v.get('pairs_to_resolve')}
 
@@ -195,8 +196,10 @@ def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finis
         else: notes.append(why)
     if isinstance(rec.get('quality'), dict) and st.get('pairs_to_resolve') is not None:
         rec['quality'] = {**rec['quality'], 'pairs_to_resolve': st['pairs_to_resolve']}
-    spent, budget, ratio = rec['resource']['device_hours'], th.get('gpu_hours_budget'), th.get('gpu_hours_over_budget_ratio')
-    if st['status'] != 'stopped' and all(isinstance(x, (int, float)) for x in (budget, ratio)) and spent > ratio * budget:
+    spent, budget = rec['resource']['device_hours'], th.get('gpu_hours_budget')
+    ratio = th.get('gpu_hours_over_budget_ratio')
+    num = all(isinstance(x, (int, float)) for x in (budget, ratio))
+    if st['status'] != 'stopped' and num and spent > ratio * budget:
         notes.append(f"over the stop-loss: {spent:.4g} device-hours ({rec['resource']['device_kind']}) spent > "
                      f'{ratio:g} x budget {budget:g}')
     rec['status'], rec['reason'] = st['status'], '; '.join([st['reason']] + notes)

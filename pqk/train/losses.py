@@ -13,8 +13,8 @@ __all__ = ['regr3d', 'conf_regr_loss']
 from ..eval.metrics import avg_dis_scale, avg_dis_normalize     # the one avg_dis normalisation (NaN-safe)
 
 def regr3d(pred1, pred2, gt1, gt2, v1, v2):
-    """Per-pixel L21 distances (B,H,W) for both views after avg_dis normalisation of prediction and ground truth; 0 at
-    invalid pixels, which are zeroed before the distance so that NaN there reaches neither the value nor the gradient."""
+    """Per-pixel L21 distances (B,H,W) for both views after avg_dis normalisation of prediction and ground truth;
+    0 at invalid pixels, zeroed before the distance so that NaN there reaches neither the value nor the gradient."""
     m1, m2 = (v.bool()[..., None] for v in (v1, v2))
     P1, P2 = avg_dis_normalize(pred1, pred2, v1, v2)
     G1, G2 = avg_dis_normalize(gt1, gt2, v1, v2)
