@@ -1,6 +1,6 @@
 """`pqk devcheck` across a process boundary: PASS on the shipped contracts, and exit 1 naming field and value for each
 kind of broken contract."""
-import re, subprocess, sys, time
+import re, resource, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 
@@ -10,11 +10,38 @@ CFG = ROOT / 'configs'
 def pqk(*args, cwd=ROOT):
     return subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
 
+_MEASURED = ('import resource, sys; from pqk.run.cli import main; rc = main(sys.argv[1:]); u = resource.getrusage('
+             'resource.RUSAGE_SELF); print(f"COST {u.ru_utime + u.ru_stime} {u.ru_maxrss / 1024}", file=sys.stderr); sys.exit(rc)')
+
+def _cost(*args):
+    "Run pqk in a child that reports its own CPU seconds and peak RSS (MiB): CPU time, not wall time (a shared machine)."
+    r = subprocess.run([sys.executable, '-c', _MEASURED, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    cpu, rss = map(float, re.search(r'COST (\S+) (\S+)', r.stderr).groups())
+    return r, cpu, rss
+
 def test_pass_on_shipped_configs_fast():
-    t0 = time.perf_counter(); r = pqk('devcheck'); dt = time.perf_counter() - t0
+    r, cpu, _ = _cost('devcheck')
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.startswith('PASS')
-    assert dt < 2.0, f'devcheck took {dt:.2f} s'
+    assert cpu < 2.0, f'devcheck took {cpu:.2f} CPU s'
+
+HOSTILE = {
+    'alias bomb': '# eval v1.0 — x\nversion: "1.0"\na: &a [x, x, x, x, x, x, x, x, x, x]\n' + ''.join(
+        f'{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n' for p, c in zip('abcdefgh', 'bcdefghi')),
+    'huge list': '# eval v1.0 — x\nversion: "1.0"\nquality:\n  metrics: [' + ', '.join(['7'] * 150_000) + ']\n',
+    'deep nesting': '# eval v1.0 — x\nversion: "1.0"\nx: ' + '[' * 400_000 + ']' * 400_000 + '\n',
+    'long string': '# eval v1.0 — x\nversion: "1.0"\nreports: "' + 'x' * 1_000_000 + '"\n',
+}
+
+@pytest.mark.parametrize('case', sorted(HOSTILE))
+def test_hostile_contract_under_1mb_is_cheap(tmp_path, case):
+    text = HOSTILE[case]; assert len(text.encode()) < 1 << 20
+    r, cpu, rss = _cost('devcheck', '--eval', _write(tmp_path, 'eval', text), '--cfg', CFG / 'distill.yaml', '--card', ROOT / 'taskcards' / 'E0_eval_teacher.md')
+    assert r.returncode == 1 and 'Traceback' not in r.stdout + r.stderr, r.stdout + r.stderr
+    assert 'eval.yaml' in r.stdout, r.stdout
+    assert cpu < 2.0 and rss < 300, (case, cpu, rss)
+    assert max(map(len, r.stdout.splitlines())) < 400, 'values are truncated in messages'
 
 def test_devcheck_imports_no_torch():
     code = 'import sys; from pqk.run.cli import main; main(["devcheck"]); assert "torch" not in sys.modules, "torch imported"'

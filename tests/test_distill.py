@@ -1,9 +1,12 @@
-"Process-boundary tests of pqk.compress.distill: the `python -m pqk.compress.distill` entry point, resume, torchrun DDP (gloo), stop rules."
+"""Process-boundary tests of pqk.compress.distill: the `python -m pqk.compress.distill` entry point, resume, torchrun
+DDP (gloo) through `pqk.train.loop.torchrun`, stop rules, and the run_distill template end to end
+(`pqk run-distill`)."""
 import json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {'train': {'steps': 4, 'batch_pairs': 1, 'warmup_steps': 1, 'lr': 1e-3,
@@ -27,10 +30,12 @@ def _args(out, teacher, cfg=TINY, *extra):
             '--eval', str(ROOT / 'configs/eval.yaml'), '--out', str(out), '--teacher', str(teacher), '--res', '64',
             '--quiet', '--overrides', json.dumps(cfg), *map(str, extra)]
 
-def _run(args, timeout=300):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    p = subprocess.run([sys.executable, '-m', 'pqk.compress.distill', *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr[-3000:]
+def _env(): return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+
+def _run(args, timeout=300, ok=True):
+    p = subprocess.run([sys.executable, '-m', 'pqk.compress.distill', *args], cwd=ROOT, env=_env(),
+                       capture_output=True, text=True, timeout=timeout)
+    if ok: assert p.returncode == 0, p.stderr[-3000:]
     return p
 
 def _result(out): return json.loads((Path(out) / 'result.json').read_text())
@@ -46,16 +51,28 @@ def test_resume_bit_exact(tmp_path, teacher):
     sa = torch.load(tmp_path / 'full' / 'checkpoints' / 'ckpt_000004.pt', weights_only=True)
     sb = torch.load(tmp_path / 'cut' / 'checkpoints' / 'ckpt_000004.pt', weights_only=True)
     for k in sa['model']: assert torch.equal(sa['model'][k], sb['model'][k]), k
-    for k in sa['projections']: assert torch.equal(sa['projections'][k], sb['projections'][k]), k
+    pa, pb = sa['extra']['projections'], sb['extra']['projections']
+    for k in pa: assert torch.equal(pa[k], pb[k]), k
 
 def test_torchrun_two_processes_gloo(tmp_path, teacher):
-    from pqk.compress.distill import launch
-    cfg = {**TINY, 'train': {**TINY['train'], 'steps': 2}, 'checkpoint': {'every_steps': 2, 'eval_every_steps': 0, 'keep_last': 2}}
-    launch(2, _args(tmp_path / 'ddp', teacher, cfg), env={'PYTHONPATH': str(ROOT)}, timeout=300)
+    from pqk.train.loop import torchrun
+    cfg = {**TINY, 'train': {**TINY['train'], 'steps': 2},
+           'checkpoint': {'every_steps': 2, 'eval_every_steps': 0, 'keep_last': 2}}
+    torchrun('pqk.compress.distill', 2, _args(tmp_path / 'ddp', teacher, cfg), env={'PYTHONPATH': str(ROOT)},
+             timeout=300)
     files = sorted(str(p.relative_to(tmp_path / 'ddp')) for p in (tmp_path / 'ddp').rglob('*') if p.is_file())
     assert files == ['checkpoints/ckpt_000002.pt', 'result.json'], files
     r = _result(tmp_path / 'ddp')
     assert r['status'] == 'completed' and r['world'] == 2 and r['step'] == 2
+
+def test_torchrun_stop_loss_on_every_rank(tmp_path, teacher):
+    "Under DDP the stop-loss decision is shared: both ranks stop at the same step and leave the process group."
+    from pqk.train.loop import torchrun
+    torchrun('pqk.compress.distill', 2, _args(tmp_path / 'ddp', teacher, TINY, '--gpu-hours-budget', 1e-9),
+             env={'PYTHONPATH': str(ROOT)}, timeout=300)
+    r = _result(tmp_path / 'ddp')
+    assert (r['status'], r['step'], r['world']) == ('stopped', 0, 2) and r['reason'].startswith('stop-loss at step 0')
+    assert '(2 devices)' in r['reason'] and r['device_kind'] == 'cpu'
 
 def test_forced_nan_stops(tmp_path, teacher):
     _run(_args(tmp_path / 'nan', teacher, TINY, '--debug-nan-at-step', 1))
@@ -68,7 +85,47 @@ def test_over_budget_stops(tmp_path, teacher):
     assert r['status'] == 'stopped' and 'stop-loss' in r['reason'] and r['step'] < 4
 
 def test_bad_resume_path_is_clear(tmp_path, teacher):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
-    p = subprocess.run([sys.executable, '-m', 'pqk.compress.distill', *_args(tmp_path / 'x', teacher, TINY, '--resume', tmp_path / 'missing.pt')],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = _run(_args(tmp_path / 'x', teacher, TINY, '--resume', tmp_path / 'missing.pt'), ok=False)
     assert p.returncode != 0 and 'missing.pt not found' in p.stderr
+
+def _yaml_copy(src: Path, dst: Path, edit) -> Path:
+    "Copy a config with `edit(dict)` applied, keeping its first (version comment) line."
+    d = yaml.safe_load(src.read_text()); edit(d)
+    dst.write_text(src.read_text().splitlines()[0] + '\n' + yaml.safe_dump(d, sort_keys=False))
+    return dst
+
+def test_run_distill_template_end_to_end(tmp_path, teacher):
+    "`pqk run-distill` on a tiny config: the template trains, exports and evaluates; the log validates."
+    def wl(d): d['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
+    def ev(d): d['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
+    def dc(d):
+        d['train'].update(TINY['train'], res=64)
+        d['checkpoint'] = {'every_steps': 2, 'eval_every_steps': 2, 'keep_last': 1}
+        d['student'] = TINY['student']
+    w = _yaml_copy(ROOT / 'configs/workload.yaml', tmp_path / 'workload.yaml', wl)
+    e = _yaml_copy(ROOT / 'configs/eval.yaml', tmp_path / 'eval.yaml', ev)
+    c = _yaml_copy(ROOT / 'configs/distill.yaml', tmp_path / 'distill.yaml', dc)
+    log = tmp_path / 'log.json'
+    p = subprocess.run([sys.executable, '-m', 'pqk.run.cli', 'run-distill', '--workload', str(w), '--eval', str(e),
+                        '--cfg', str(c), '--ckpt', str(teacher), '--log', str(log),
+                        '--runs-dir', str(tmp_path / 'runs'), '--no-aggregate',
+                        '--param', 'steps=4', '--param', 'train_res=64', '--param', 'progress=false'],
+                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert log.is_file(), p.stdout[-3000:] + p.stderr[-3000:]
+    from pqk.core.logschema import log_problems
+    rec = json.loads(log.read_text())
+    assert log_problems(rec) == [], log_problems(rec)
+    assert rec['kind'] == 'K' and rec['status'] in ('passed', 'failed') and p.returncode == (rec['status'] != 'passed')
+    t = rec['training']
+    assert (t['status'], t['steps_done'], t['steps']) == ('completed', 4, 4), t
+    assert [x['step'] for x in t['evals']] == [2, 4] and t['best']['checkpoint'].startswith('checkpoints/ckpt_0000')
+    run_dir = next((tmp_path / 'runs').iterdir())
+    a = rec['artifacts']
+    assert a['train_result'] == 'train/result.json' and a['best_checkpoint'] == 'student_best.pt'
+    assert a['per_pair'] == 'per_pair.csv' and len((run_dir / a['per_pair']).read_text().splitlines()) == 1 + 2
+    res = json.loads((run_dir / a['train_result']).read_text())
+    assert res['status'] == 'completed' and res['best'] == t['best'] and res['resolution'] == 64
+    exported = torch.load(run_dir / a['best_checkpoint'], weights_only=True)
+    assert exported['meta']['kind'] == 'distill_student' and 'extra' not in exported
+    assert exported['meta']['source'] == f"train/{t['best']['checkpoint']}"
+    assert rec['quality']['metrics'] and rec['model']['params'] == t['student']['student_params']

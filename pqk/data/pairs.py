@@ -26,7 +26,8 @@ def parse_strategy(strategy: str, k: int = 1, ref: int = 0) -> tuple[str, int, i
     return name, k, ref
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'parse_strategy', 'make_pairs', 'dataset_pairs', 'CalibPair', 'calibration_set', 'calibration_set_hash']
+__all__ = ['STRATEGIES', 'parse_strategy', 'make_pairs', 'dataset_pairs', 'CalibPair', 'calibration_set', 'calibration_set_hash',
+           'sample_pairs', 'pair_batch', 'PairBatcher']
 
 # %% ../../nbs/data/23_pairs.ipynb #1e787b59
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -56,6 +57,8 @@ def make_pairs(n: int, strategy: str = 'complete', k: int = 1, symmetrize: bool 
 import hashlib, numbers
 from dataclasses import dataclass
 from typing import Iterable
+
+import numpy as np
 
 # ## Pairs over a dataset
 # `dataset_pairs` applies the pair graph (`pqk.data.pairs.make_pairs`) within each scene and returns `(scene_idx, i, j)`:
@@ -105,3 +108,45 @@ def calibration_set_hash(items: Iterable) -> str:
             a = np.ascontiguousarray(np.asarray(im))
             h.update(f'{n}.{m}:{a.dtype.str}:{a.shape};'.encode()); h.update(a.tobytes())
     return h.hexdigest()
+
+# %% ../../nbs/data/23_pairs.ipynb #f41679bd
+def sample_pairs(n_pairs: int, step: int, batch: int, seed=0, rank: int = 0, world: int = 1,
+                 flip: bool = False) -> tuple[list[int], bool]:
+    "Indices of the pairs rank `rank` of `world` trains on at `step`, and whether the batch is mirrored."
+    if n_pairs < 1:
+        raise ValueError('sample_pairs: the training set has no pairs; expected at least one (a scene with >= 2 views)')
+    key = [int(s) for s in (seed if isinstance(seed, (tuple, list)) else (seed,))]
+    rng = np.random.default_rng([*key, int(step)])
+    idx = rng.choice(n_pairs, size=batch * world, replace=n_pairs < batch * world)
+    flipped = bool(flip) and rng.random() < 0.5
+    return [int(i) for i in idx[rank::world]], flipped
+
+def pair_batch(scenes, pairs, idx, device='cpu', flip: bool = False) -> tuple:
+    "`(view1, view2, gt)` for the pairs `idx`: image dicts and (pts1, pts2, valid1, valid2) in view 1's frame, or None."
+    import torch
+    from pqk.data.manifests import to_tensor, gt_in_view1_frame              # manifests imports this module
+    v = [(scenes[pairs[i][0]]['views'][pairs[i][1]], scenes[pairs[i][0]]['views'][pairs[i][2]]) for i in idx]
+    i1, i2 = (to_tensor(np.stack([x[k]['img'] for x in v]), device) for k in (0, 1))
+    has = all(a.get('pts3d') is not None and a.get('cam2world') is not None and b.get('pts3d') is not None
+              for a, b in v)
+    gt = None
+    if has:
+        g = [gt_in_view1_frame(a, b) for a, b in v]
+        st = lambda k: torch.from_numpy(np.stack([x[k] for x in g])).to(device)
+        gt = (st('pts1'), st('pts2'), st('valid1'), st('valid2'))
+    if flip:
+        i1, i2 = i1.flip(-1), i2.flip(-1)
+        if gt is not None:
+            sx = torch.tensor([-1.0, 1.0, 1.0], device=i1.device)
+            gt = (gt[0].flip(2) * sx, gt[1].flip(2) * sx, gt[2].flip(2), gt[3].flip(2))
+    return {'img': i1}, {'img': i2}, gt
+
+class PairBatcher:
+    "The batch function of `pqk.train.loop.fit` for image pairs: `batcher(step, rank, world)` → `(view1, view2, gt)`."
+    def __init__(self, scenes, batch: int, seed=0, flip: bool = False, device='cpu', strategy: str = 'complete',
+                 symmetrize: bool = True):
+        self.scenes, self.batch, self.seed, self.flip, self.device = scenes, int(batch), seed, flip, device
+        self.pairs = dataset_pairs(scenes, strategy, 1, symmetrize)
+    def __call__(self, step: int, rank: int = 0, world: int = 1) -> tuple:
+        idx, flipped = sample_pairs(len(self.pairs), step, self.batch, self.seed, rank, world, self.flip)
+        return pair_batch(self.scenes, self.pairs, idx, self.device, flipped)

@@ -33,29 +33,37 @@ def _loadavg() -> float | None:
     except (OSError, AttributeError): return None
 
 def measure_latency(fn, warmup: int = 2, repeats: int = 10, device=None, min_seconds: float = 0.0,
-                    max_repeats: int = 1000, noisy_ratio: float = 3.0) -> dict:
+                    max_repeats: int = 1000, noisy_ratio: float = 3.0, on_error: str = 'raise') -> dict:
     """Time `fn()`: `warmup` untimed calls, then >= `repeats` timed ones (and >= `min_seconds` in all), each
-    CUDA-synchronised. Returns p50/p90/p95/mean/min/max (ms), the CPU-time p50, the count, the load average and `noisy`."""
+    CUDA-synchronised. Returns p50/p90/p95/p99/mean/min/max (ms), the CPU-time p50, the count, the load average and
+    `noisy`. `on_error='return'`: an exception in `fn` ends the measurement and the calls timed so far are returned
+    with `error` set (None when all went well); the statistics are None when no call was timed."""
     if not callable(fn): raise ValueError(f"measure_latency: fn is a {type(fn).__name__}; expected a callable without arguments")
+    if on_error not in ('raise', 'return'): raise ValueError(f"measure_latency: on_error={on_error!r}; expected 'raise' or 'return'")
     for n, v, lo in (('warmup', warmup, 0), ('repeats', repeats, 1), ('max_repeats', max_repeats, 1)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
             raise ValueError(f"measure_latency: {n}={v!r}; expected an integer ≥ {lo}")
     if not isinstance(min_seconds, (int, float)) or not 0 <= min_seconds < 3600:
         raise ValueError(f"measure_latency: min_seconds={min_seconds!r}; expected a number of seconds in [0, 3600)")
     d = resolve_device(device)
-    load0 = _loadavg()
-    for _ in range(warmup): fn()
-    ts, cs = [], []
-    while len(ts) < max(repeats, 1) or (sum(ts) < min_seconds * 1e3 and len(ts) < max_repeats):
-        _sync(d); t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        _sync(d); ts.append((time.perf_counter() - t0) * 1e3); cs.append((time.process_time() - c0) * 1e3)
+    load0, ts, cs, error = _loadavg(), [], [], None
+    try:
+        for _ in range(warmup): fn()
+        while len(ts) < max(repeats, 1) or (sum(ts) < min_seconds * 1e3 and len(ts) < max_repeats):
+            _sync(d); t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            _sync(d); ts.append((time.perf_counter() - t0) * 1e3); cs.append((time.process_time() - c0) * 1e3)
+    except Exception as e:
+        if on_error == 'raise': raise
+        error = f'{type(e).__name__}: {e} (after {len(ts)} timed call(s))'
     ts = np.asarray(ts)
-    p50, p90, p95 = (float(np.percentile(ts, q)) for q in (50, 90, 95))
-    return {'p50_ms': p50, 'p90_ms': p90, 'p95_ms': p95, 'mean_ms': float(ts.mean()), 'min_ms': float(ts.min()),
-            'max_ms': float(ts.max()), 'cpu_p50_ms': float(np.percentile(cs, 50)), 'n_timed': int(len(ts)),
+    p50, p90, p95, p99 = (float(np.percentile(ts, q)) if len(ts) else None for q in (50, 90, 95, 99))
+    return {'p50_ms': p50, 'p90_ms': p90, 'p95_ms': p95, 'p99_ms': p99, 'mean_ms': float(ts.mean()) if len(ts) else None,
+            'min_ms': float(ts.min()) if len(ts) else None, 'max_ms': float(ts.max()) if len(ts) else None,
+            'cpu_p50_ms': float(np.percentile(cs, 50)) if cs else None, 'n_timed': int(len(ts)),
             'repeats': int(repeats), 'warmup': int(warmup), 'min_seconds': float(min_seconds), 'device': str(d),
-            'noisy': bool(p95 > noisy_ratio * p50), 'load_before': load0, 'load_after': _loadavg()}
+            'noisy': bool(len(ts) and p95 > noisy_ratio * p50), 'load_before': load0, 'load_after': _loadavg(),
+            'error': error}
 
 def pairs_per_s(latency, pairs_per_call: int = 1) -> float:
     "Throughput 1000 · pairs_per_call / p50 latency; `latency` is a `measure_latency` dict or a p50 in ms."

@@ -110,12 +110,17 @@ def has_quality(quality) -> bool:
     return isinstance(ms, dict) and any(_finite(v) is not None for v in ms.values())
 
 def judge(kind: str, quality: dict | None, thresholds: dict, stopped_reason: str | None = None,
-          error: str | None = None) -> dict:
-    "The verdict of a run from its log's `quality` block (None when nothing was measured) and `thresholds` block."
+          error: str | None = None, efficiency: dict | None = None) -> dict:
+    """The verdict of a run from its log's `quality` block (None when nothing was measured) and `thresholds` block.
+    An edge run without quality metrics is judged on its `efficiency` block: a finite latency or it fails."""
     rule = (thresholds or {}).get('verdict_rule') or 'point'
+    out = lambda st, why: {'status': st, 'rule': rule, 'pairs_to_resolve': None, 'reason': why}
     if not error and not stopped_reason and not has_quality(quality):
-        return {'status': 'failed', 'rule': rule, 'pairs_to_resolve': None,
-                'reason': 'no quality metrics recorded: the run produced no valid numbers to judge'}
+        if kind == 'edge':
+            p50 = _finite((efficiency or {}).get('latency_p50_ms'))
+            if p50 is not None: return out('passed', f'edge run: latency p50 {p50:.4g} ms measured; no quality metric here')
+            return out('failed', 'edge run: no latency and no quality metric recorded')
+        return out('failed', 'no quality metrics recorded: the run produced no valid numbers to judge')
     q = quality or {}
     return verdict(kind, q.get('quality_drop_pct'), (thresholds or {}).get('quality_drop_max_pct'), stopped_reason,
                    error, (q.get('quality_drop_lo_pct'), q.get('quality_drop_hi_pct')), rule, q.get('n_pairs'),

@@ -161,7 +161,8 @@ def _status(scraps: dict, kind: str, th: dict, error, stopped, notes: list) -> d
     q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else None
     if error: return judge(kind, q, th, error=error)
     if stopped: return judge(kind, q, th, stopped_reason=stopped)
-    mine, v = judge(kind, q, th), scraps.get('verdict')
+    eff = scraps.get('efficiency') if isinstance(scraps.get('efficiency'), dict) else None
+    mine, v = judge(kind, q, th, efficiency=eff), scraps.get('verdict')
     if not (isinstance(v, dict) and v.get('status') in STATUSES):
         notes.append('the template recorded no verdict; judged by the runner'); return mine
     stricter = {'passed': ('failed', 'inconclusive'), 'inconclusive': ('failed',)}.get(v['status'], ())

@@ -4,81 +4,66 @@
 
 # %% ../../nbs/train/43_teacher.ipynb #b8801ed6
 from __future__ import annotations
-import json, math, time
+import json, time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..models.dust3r import make_model
 from ..models.checkpoints import save_checkpoint
 from ..models.config import DUSt3RConfig
 from ..models.teacher import demo_teacher_path
 from ..data.scenes import synthetic_dataset
-from ..data.manifests import to_tensor, gt_in_view1_frame
+from ..data.pairs import PairBatcher
+from ..eval.efficiency import resolve_device
 from .losses import conf_regr_loss
+from .loop import fit, LoopConfig
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'pair_batch', 'lr_at', 'train_teacher', 'save_half', 'train_demo_teacher']
+__all__ = ['DEMO_RECIPE', 'stage_config', 'dust3r_loss', 'train_teacher', 'save_half', 'train_demo_teacher']
 
 # %% ../../nbs/train/43_teacher.ipynb #7ed9c510
 # The recipe of the shipped weights. Each stage: resolution, steps run, length of its cosine schedule (a stage may stop
 # before its schedule ends), peak lr, batch (pairs), training scenes (seeds 0..n_scenes-1, 3 views each), warm-up steps
 # and the lr floor (fraction of the peak). Each stage starts a fresh AdamW. Stage 0 learns geometry cheaply at 128 px;
 # stage 1 adapts to the workload's 384 px (RoPE positions and DPT receptive fields differ with the token grid).
-DEMO_RECIPE = dict(preset='demo_teacher', seed=0, views_per_scene=3, flip=True, weight_decay=0.05, alpha=0.2, grad_clip=1.0,
-                   stages=[dict(res=128, steps=200, schedule=400, lr=1.5e-3, batch=4, n_scenes=120, warmup=30, floor=0.05),
+DEMO_RECIPE = dict(preset='demo_teacher', seed=0, views_per_scene=3, flip=True, weight_decay=0.05, alpha=0.2,
+                   grad_clip=1.0,
+                   stages=[dict(res=128, steps=200, schedule=400, lr=1.5e-3, batch=4, n_scenes=120, warmup=30,
+                                floor=0.05),
                            dict(res=384, steps=120, schedule=120, lr=4e-4, batch=2, n_scenes=40, warmup=5, floor=0.1)])
 
 # %% ../../nbs/train/43_teacher.ipynb #e46da916
-def pair_batch(scenes, step: int, batch: int, seed: int = 0, device='cpu', stage: int = 0, flip: bool = False):
-    """Images, GT pointmaps (view-1 frame) and masks for `batch` random pairs; deterministic in (seed, stage, step).
-    With `flip`, half of the batches are mirrored left-right (images flipped, x of both pointmaps negated: a mirrored
-    world, still a consistent pair)."""
-    rng = np.random.default_rng([seed, stage, step])
-    img1, img2, p1, p2, m1, m2 = [], [], [], [], [], []
-    for _ in range(batch):
-        sc = scenes[rng.integers(len(scenes))]; views = sc['views']
-        i, j = rng.choice(len(views), 2, replace=False)
-        g = gt_in_view1_frame(views[i], views[j])
-        img1.append(views[i]['img']); img2.append(views[j]['img'])
-        p1.append(g['pts1']); p2.append(g['pts2']); m1.append(g['valid1']); m2.append(g['valid2'])
-    i1, i2 = to_tensor(np.stack(img1), device), to_tensor(np.stack(img2), device)
-    if flip and rng.random() < 0.5:
-        i1, i2 = i1.flip(-1), i2.flip(-1)
-        mx = lambda ps: [np.ascontiguousarray(p[:, ::-1] * np.array([-1, 1, 1], np.float32)) for p in ps]
-        p1, p2 = mx(p1), mx(p2)
-        m1, m2 = [np.ascontiguousarray(v[:, ::-1]) for v in m1], [np.ascontiguousarray(v[:, ::-1]) for v in m2]
-    t = lambda a: torch.from_numpy(np.stack(a)).to(device)
-    return (i1, i2, t(p1), t(p2), t(m1), t(m2))
+def stage_config(recipe: dict, stage: dict) -> LoopConfig:
+    "The training-loop settings of one recipe stage."
+    return LoopConfig(steps=stage['steps'], lr=stage['lr'], warmup=stage['warmup'], schedule=stage.get('schedule'),
+                      floor=stage.get('floor', 0.05), weight_decay=recipe['weight_decay'],
+                      grad_clip=recipe['grad_clip'], amp=recipe.get('amp', False))
 
-def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.05) -> float:
-    "Linear warm-up then cosine decay to `floor`·peak."
-    if step < warmup: return peak * (step + 1) / warmup
-    q = (step - warmup) / max(1, total - warmup)
-    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, q))))
+def dust3r_loss(alpha: float = 0.2):
+    "The loss function (for `fit`) of supervised training: ConfLoss of the model's pointmaps against the batch's GT."
+    def loss(ctx, batch):
+        v1, v2, gt = batch
+        if gt is None: raise ValueError('teacher training: a batch has no ground truth; expected scenes with depth, '
+                                        'intrinsics and poses')
+        r1, r2 = ctx.forward(v1, v2)
+        return conf_regr_loss(r1['pts3d'], r2['pts3d_in_other_view'], r1['conf'], r2['conf'], *gt, alpha=alpha)
+    return loss
 
 # %% ../../nbs/train/43_teacher.ipynb #1090cf45
 def train_teacher(model, recipe: dict = DEMO_RECIPE, device=None, progress=True, cache_dir=None):
-    "Train `model` with DUSt3R's loss following `recipe` (see `DEMO_RECIPE`); returns (model, list of (stage, step, loss))."
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    model.to(device).train()
+    "Train `model` following `recipe` (see `DEMO_RECIPE`), one `fit` per stage; returns (model, history with stages)."
+    device = resolve_device(device)
     hist = []
+    seed, flip = recipe['seed'], recipe.get('flip', False)
     for si, st in enumerate(recipe['stages']):
-        opt = torch.optim.AdamW(model.parameters(), lr=st['lr'], betas=(0.9, 0.95), weight_decay=recipe['weight_decay'])
-        scenes = synthetic_dataset(recipe['seed'], st['n_scenes'], recipe['views_per_scene'], st['res'], cache_dir=cache_dir)
-        bar = tqdm(range(st['steps']), desc=f"teacher stage {si} @{st['res']}px", disable=not progress, mininterval=2)
-        for step in bar:
-            for g in opt.param_groups: g['lr'] = lr_at(step, st.get('schedule', st['steps']), st['lr'], st['warmup'], st.get('floor', 0.05))
-            i1, i2, g1, g2, v1, v2 = pair_batch(scenes, step, st['batch'], recipe['seed'], device, si, recipe.get('flip', False))
-            r1, r2 = model({'img': i1}, {'img': i2})
-            loss, det = conf_regr_loss(r1['pts3d'], r2['pts3d_in_other_view'], r1['conf'], r2['conf'], g1, g2, v1, v2,
-                                       alpha=recipe['alpha'])
-            if not torch.isfinite(loss): raise FloatingPointError(f'non-finite loss at stage {si} step {step}')
-            opt.zero_grad(set_to_none=True); loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe['grad_clip']); opt.step()
-            hist.append((si, step, loss.item())); bar.set_postfix(loss=f'{hist[-1][2]:.3f}', regr=f"{det['regr_v1']:.3f}")
+        scenes = synthetic_dataset(seed, st['n_scenes'], recipe['views_per_scene'], st['res'], cache_dir=cache_dir)
+        batches = PairBatcher(scenes, st['batch'], seed=(seed, si), flip=flip, device=device)
+        r = fit(model, dust3r_loss(recipe['alpha']), batches, stage_config(recipe, st), device=device,
+                progress=progress, desc=f"teacher stage {si} @{st['res']}px", kind='teacher_train')
+        hist += [{'stage': si, **h} for h in r['history']]
+        if r['status'] != 'completed': raise FloatingPointError(f"teacher stage {si}: {r['reason']}")
     return model.eval(), hist
 
 def save_half(model, path, meta=None):
@@ -96,5 +81,5 @@ def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progre
     out = Path(out or demo_teacher_path()); out.parent.mkdir(parents=True, exist_ok=True)
     save_half(model.cpu(), out, meta={'name': 'demo_teacher', 'recipe': json.loads(json.dumps(recipe)),
                                       'train_seconds': round(time.time() - t0, 1),
-                                      'final_loss': float(np.mean([h[2] for h in hist[-50:]]))})
+                                      'final_loss': float(np.mean([h['loss'] for h in hist[-50:]]))})
     return model, hist
