@@ -118,7 +118,7 @@ def judge(kind: str, quality: dict | None, thresholds: dict, stopped_reason: str
     if not error and not stopped_reason and not has_quality(quality):
         if kind == 'edge':
             p50 = _finite((efficiency or {}).get('latency_p50_ms'))
-            if p50 is not None: return out('passed', f'edge run: latency p50 {p50:.4g} ms measured; no quality metric here')
+            if p50 is not None: return out('passed', f'edge run: latency p50 {p50:.4g} ms; no quality metric here')
             return out('failed', 'edge run: no latency and no quality metric recorded')
         return out('failed', 'no quality metrics recorded: the run produced no valid numbers to judge')
     q = quality or {}
