@@ -96,8 +96,8 @@ def _yaml_copy(src: Path, dst: Path, edit) -> Path:
 
 def test_run_distill_template_end_to_end(tmp_path, teacher):
     "`pqk run-distill` on a tiny config: the template trains, exports and evaluates; the log validates."
-    def wl(d): d['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2)
-    def ev(d): d['efficiency']['latency'] = {'warmup': 1, 'repeats': 2, 'batch_pairs': 1}
+    def wl(d): d['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
+    def ev(d): d['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
     def dc(d):
         d['train'].update(TINY['train'], res=64)
         d['checkpoint'] = {'every_steps': 2, 'eval_every_steps': 2, 'keep_last': 1}
@@ -122,6 +122,7 @@ def test_run_distill_template_end_to_end(tmp_path, teacher):
     run_dir = next((tmp_path / 'runs').iterdir())
     a = rec['artifacts']
     assert a['train_result'] == 'train/result.json' and a['best_checkpoint'] == 'student_best.pt'
+    assert a['per_pair'] == 'per_pair.csv' and len((run_dir / a['per_pair']).read_text().splitlines()) == 1 + 2
     res = json.loads((run_dir / a['train_result']).read_text())
     assert res['status'] == 'completed' and res['best'] == t['best'] and res['resolution'] == 64
     exported = torch.load(run_dir / a['best_checkpoint'], weights_only=True)

@@ -29,7 +29,7 @@ def test_run_eval_on_manifest(tmp_path):
     first = (ROOT / 'configs' / 'workload.yaml').read_text().splitlines()[0]
     (tmp_path / 'workload.yaml').write_text(first + '\n' + yaml.safe_dump(wl, sort_keys=False))
     ev = yaml.safe_load((ROOT / 'configs' / 'eval.yaml').read_text())
-    ev['efficiency']['latency'] = {'warmup': 1, 'repeats': 2, 'batch_pairs': 1}
+    ev['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
     first = (ROOT / 'configs' / 'eval.yaml').read_text().splitlines()[0]
     (tmp_path / 'eval.yaml').write_text(first + '\n' + yaml.safe_dump(ev, sort_keys=False))
     log = tmp_path / 'out' / 'log.json'
@@ -41,9 +41,18 @@ def test_run_eval_on_manifest(tmp_path):
     rec = json.loads(log.read_text())
     assert log_problems(rec) == []
     assert rec['status'] == 'passed' and rec['kind'] == 'eval'
-    assert rec['quality']['n_pairs'] == 2 and rec['quality']['reference'] == 'ground_truth'
-    assert 0 <= rec['quality']['metrics']['delta_1.25'] <= 1
-    assert rec['efficiency']['params'] > 0 and rec['efficiency']['latency_p50_ms'] > 0
+    q = rec['quality']
+    assert q['n_pairs'] == 2 and q['reference'] == 'ground_truth' and q['quality_drop_pct'] == 0.0
+    # two pairs are too few for an interval: it is unknown, not a zero-width guess
+    assert q['quality_drop_lo_pct'] is None and q['interval']['n_pairs'] == 2
+    # the per-pair artefact: one row per pair, the teacher's values, and the log's means computed from it
+    import pandas as pd
+    df = pd.read_csv(tmp_path / 'runs' / rec['run_id'] / rec['artifacts']['per_pair'])
+    assert len(df) == 2 and abs(df['teacher.delta_1.25'].mean() - q['teacher']['delta_1.25']) < 1e-9
+    eff = rec['efficiency']
+    assert eff['params'] > 0 and eff['latency_n'] >= 2 and eff['latency_protocol']['repeats'] == 2
+    assert eff['latency_p50_ms'] <= eff['latency_p90_ms'] <= eff['latency_p95_ms']
+    assert rec['resource']['device_hours'] > 0 and rec['resource']['device_kind'] in ('cpu', 'cuda')
     assert rec['contracts']['workload']['sha256'] != json.loads(json.dumps(rec))['contracts']['eval']['sha256']
     # the explorer's pointmaps: the teacher alone (it evaluated itself), for the first pairs
     from pqk.run.explore import load_pointmaps

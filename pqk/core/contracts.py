@@ -224,6 +224,18 @@ class EvalContract(Contract):
     def higher_is_better(self) -> bool: return bool(self.data['quality']['higher_is_better'])
     @property
     def thresholds(self) -> dict: return dict(self.data['thresholds'])
+    @property
+    def verdict_rule(self) -> str:
+        "'point' or 'interval': how a quality drop and its interval are judged against the threshold."
+        return self.data['thresholds']['verdict_rule']
+    @property
+    def interval(self) -> dict:
+        "The paired bootstrap's settings: {'level', 'n_boot', 'seed'}."
+        return dict(self.data['quality']['interval'])
+    @property
+    def latency(self) -> dict:
+        "The latency protocol: {'warmup', 'repeats', 'min_seconds', 'noisy_ratio', 'batch_pairs'}."
+        return dict(self.data['efficiency']['latency'])
     def threshold_for(self, kind: str) -> tuple[str, float | None]:
         "The rule and max quality drop (%) that applies to a run of `kind`."
         if kind in Q_ONLY_KINDS: return 'q_only', float(self.data['thresholds']['quality_drop_q_only_pct'])

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/core/01_logschema.ipynb #479b723e
 from __future__ import annotations
-import json, os, platform, socket, subprocess, sys, tempfile
+import hashlib, json, os, platform, socket, subprocess, sys, tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,7 +12,7 @@ from typing import Any
 
 from .contracts import Problem, load_schema, schema_problems, project_root
 
-LOG_SCHEMA_VERSION = '1.0'
+LOG_SCHEMA_VERSION = '1.1'   # 1.1: intervals, inconclusive status, device-hours, no placeholder hashes
 
 # %% auto #0
 __all__ = ['LOG_SCHEMA_VERSION', 'git_commit', 'environment', 'log_problems', 'validate_log', 'synthetic_log', 'log_columns',
@@ -66,10 +66,11 @@ def synthetic_log(kind: str = 'eval', contracts: dict | None = None, **over) -> 
                     'metrics': {'delta_1.25': 0.9}, 'teacher': {'delta_1.25': 0.9}, 'quality_drop_pct': 0.0},
         'efficiency': {'latency_p50_ms': 1.0, 'latency_p95_ms': 1.0, 'pairs_per_s': 1000.0, 'params': 1, 'size_mb': 0.1,
                        'gflops': 0.1, 'device': 'cpu'},
-        'resource': {'gpu_hours': 0.0, 'peak_mem_mb': 1.0},
+        'resource': {'gpu_hours': 0.0, 'peak_mem_mb': 1.0, 'device_hours': 1 / 3600, 'device_kind': 'cpu'},
         'thresholds': {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': 0.05, 'gpu_hours_over_budget_ratio': 1.2},
     }
-    if kind in ('Q', 'KQ', 'KPQ'): rec['calibration_set_hash'] = z
+    if kind in ('Q', 'KQ', 'KPQ'):
+        rec['calibration_set_hash'] = hashlib.sha256(b'devcheck synthetic calibration set').hexdigest()
     rec.update(over)
     return rec
 

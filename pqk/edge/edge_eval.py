@@ -216,7 +216,7 @@ def edge_log_blocks(edge: dict, ev, model_name: str, predictor=None, torch_model
     q = {'primary': ev.primary, 'higher_is_better': ev.higher_is_better,
          'reference': 'not measured (edge run: speed, memory and power)', 'metrics': {}, 'teacher': {},
          'quality_drop_pct': None, 'n_pairs': 0}
-    res = {'gpu_hours': clock.gpu_hours if clock else 0.0, 'device_hours': clock.device_hours if clock else None,
+    res = {**(clock.as_dict() if clock else {}),      # device_hours, device_kind, gpu_hours: the runner's when absent
            'peak_mem_mb': edge['peak_mem_mb'], 'power_avg_W': edge['power_avg_W']}
     mdl = {'name': model_name, 'params': params, 'size_mb': size,
            **({'checkpoint': str(ckpt)} if ckpt else {}), **({'teacher': str(teacher)} if teacher else {})}

@@ -11,9 +11,9 @@ import torch
 
 # %% auto #0
 __all__ = ['PRIMARY', 'PTS_INLIER_THR', 'POSE_THR_DEG', 'MAA_MAX_DEG', 'HIGHER_IS_BETTER', 'PRED1_DOC', 'PRED2_DOC', 'GT_DOC',
-           'avg_dis_normalize', 'pointmap_metrics', 'median_scale', 'depth_metrics', 'estimate_focal', 'focal_to_K',
-           'rotation_angle_deg', 'vector_angle_deg', 'umeyama', 'solve_pnp', 'relative_pose', 'pose_metrics',
-           'aggregate_pose', 'gt_pair', 'batch_pair_metrics', 'pair_metrics', 'batch_teacher_metrics',
+           'avg_dis_scale', 'avg_dis_normalize', 'pointmap_metrics', 'median_scale', 'depth_metrics', 'estimate_focal',
+           'focal_to_K', 'rotation_angle_deg', 'vector_angle_deg', 'umeyama', 'solve_pnp', 'relative_pose',
+           'pose_metrics', 'aggregate_pose', 'gt_pair', 'batch_pair_metrics', 'pair_metrics', 'batch_teacher_metrics',
            'teacher_metrics', 'quality_drop_pct', 'aggregate']
 
 # %% ../../nbs/eval/30_metrics.ipynb #67785646
@@ -68,12 +68,20 @@ def _bcast(t: torch.Tensor, B: int, who: str):
     raise ValueError(f"{who}: batch size {t.shape[0]} does not match the prediction's batch size {B}")
 
 # %% ../../nbs/eval/30_metrics.ipynb #c60c6582
-def avg_dis_normalize(p1: torch.Tensor, p2: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, eps: float = 1e-8):
-    """Divide both pointmaps (B,H,W,3) by s = Σ_valid ‖p‖ / (n1 + n2) over valid pixels (B,H,W bool) of both views."""
-    zero = p1.new_zeros(())
-    d = torch.where(v1, p1.norm(dim=-1), zero).flatten(1).sum(1) + torch.where(v2, p2.norm(dim=-1), zero).flatten(1).sum(1)
+def _mask(v: torch.Tensor) -> torch.Tensor: return v if v.dtype == torch.bool else v != 0
+
+def avg_dis_scale(p1: torch.Tensor, p2: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, eps: float = 1e-8):
+    """s = Σ_valid ‖p‖ / (n1 + n2) (B,) over the valid pixels (B,H,W, bool or 0/1) of both pointmaps (B,H,W,3),
+    clamped at `eps`. Invalid points are zeroed *before* the norm: NaN there poisons neither s nor its gradient."""
+    v1, v2 = _mask(v1), _mask(v2)
+    z = p1.new_zeros(())
+    d = sum(torch.where(v[..., None], p, z).norm(dim=-1).flatten(1).sum(1) for p, v in ((p1, v1), (p2, v2)))
     n = v1.flatten(1).sum(1) + v2.flatten(1).sum(1)
-    s = (d / (n + eps)).clamp_min(eps)[:, None, None, None]
+    return (d / (n + eps)).clamp_min(eps)
+
+def avg_dis_normalize(p1: torch.Tensor, p2: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, eps: float = 1e-8):
+    "Both pointmaps divided by their joint `avg_dis_scale` (DUSt3R's 'avg_dis' norm_mode); the loss uses it too."
+    s = avg_dis_scale(p1, p2, v1, v2, eps)[:, None, None, None]
     return p1 / s, p2 / s
 
 def _wmean(x: torch.Tensor, w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
 # %% ../../nbs/eval/33_protocol.ipynb #76d8f2df
 from __future__ import annotations
 import math
+from pathlib import Path
 import numpy as np
 import torch
 from ..core.progress import tqdm
@@ -12,15 +13,18 @@ from ..core.progress import tqdm
 from ..data.manifests import load_dataset, to_tensor
 from ..data.pairs import dataset_pairs
 from .metrics import pair_metrics, teacher_metrics, aggregate, quality_drop_pct
-from .efficiency import measure_latency, pairs_per_s, count_params, model_size_mb, gflops, resolve_device
+from .efficiency import measure_latency, pairs_per_s, count_params, model_size_mb, gflops, resolve_device, PeakMemory
+from .intervals import paired_bootstrap, drop_stat, mean_diff
 
 # %% auto #0
-__all__ = ['load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'pair_quality', 'quality_block',
-           'efficiency_block', 'plane_baseline']
+__all__ = ['PER_PAIR_FILE', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'pair_quality',
+           'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'plane_baseline', 'evaluate',
+           'plot_predictions']
 
 # %% ../../nbs/eval/33_protocol.ipynb #14c7a342
 def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
-    "Scenes and (scene, i, j) pairs of the workload's data block `block` ('eval' or 'calibration')."
+    """Scenes and (scene, i, j) pairs of the workload's data block `block` ('eval' or 'calibration'); the embedded
+    default must give exactly `synthetic.n_pairs` pairs when the workload fixes it."""
     spec = workload.data['data']['eval'] if block == 'eval' else dict(workload.data['calibration'])
     if block == 'calibration':
         if spec.get('source') == 'eval': spec = workload.data['data']['eval']
@@ -31,6 +35,11 @@ def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
     scenes = load_dataset(spec, workload.resolution, root=root, cache_dir=cache_dir)
     pg = workload.pair_graph
     pairs = dataset_pairs(scenes, pg['strategy'], pg['k'], pg['symmetrize'], pg.get('ref', 0))
+    want = (spec.get('synthetic') or {}).get('n_pairs') if spec.get('source') == 'synthetic' else None
+    if want is not None and len(pairs) != want:
+        from pqk.core.contracts import ContractError, Problem, _rel
+        raise ContractError([Problem(_rel(workload.path), f'data.{block}.synthetic.n_pairs', want,
+                                     f"{len(pairs)}, the pairs its n_scenes, views_per_scene and pair_graph give")])
     return scenes, pairs
 
 def _gt(view) -> dict | None:
@@ -99,36 +108,112 @@ def pair_quality(preds, scenes, pairs, teacher_preds=None) -> list[dict]:
 def _clean(d: dict) -> dict:
     return {k: (None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)) for k, v in d.items()}
 
-def quality_block(model_rows: list[dict], teacher_rows: list[dict] | None, evalc) -> dict:
-    """The log's `quality` block: means of the model's metrics, the teacher's, and the primary metric's drop in %.
-    Reference: the teacher's ground-truth value of the primary metric, or (no ground truth) the teacher itself (1.0)."""
-    m = aggregate(model_rows)['mean']
-    t = aggregate(teacher_rows)['mean'] if teacher_rows is not None else dict(m)
-    prim, hib = evalc.primary, evalc.higher_is_better
-    use_gt = evalc.data['quality'].get('reference', 'ground_truth') == 'ground_truth' and prim in m and math.isfinite(m.get(prim, float('nan')))
+def _fin(x) -> bool: return isinstance(x, (int, float)) and math.isfinite(x)
+
+def _col(rows, key: str) -> list:
+    return [r.get(key) for r in rows]
+
+# %% ../../nbs/eval/33_protocol.ipynb #10733f4e
+def _drop_and_interval(model_rows, teacher_rows, evalc, m: dict, t: dict, groups=None) -> dict:
+    "The primary metric's drop, its reference and its interval; None where unknown, with the reason."
+    prim, hib, iv = evalc.primary, evalc.higher_is_better, evalc.interval
+    use_gt = evalc.data['quality'].get('reference', 'ground_truth') == 'ground_truth' and _fin(m.get(prim))
     if use_gt:
-        value, ref, reference = m[prim], t.get(prim), 'ground_truth'
+        value, ref, stat = m[prim], t.get(prim), drop_stat(hib)
+        cols = [_col(model_rows, prim), _col(teacher_rows or [], prim)]
     else:
-        value, ref, reference = m.get('vs_teacher_' + prim, 1.0), 1.0, 'teacher'
-    drop = quality_drop_pct(value, ref, hib) if ref is not None and math.isfinite(ref) and ref != 0 else None
-    return {'primary': prim, 'higher_is_better': hib, 'reference': reference,
+        key = 'vs_teacher_' + prim
+        value, ref, cols, stat = m.get(key), 1.0, [_col(model_rows, key)], drop_stat(hib, reference=1.0)
+    out = {'reference': 'ground_truth' if use_gt else 'teacher', 'quality_drop_pct': None, 'quality_drop_lo_pct': None,
+           'quality_drop_hi_pct': None, 'drop_unknown': None}
+    if not _fin(value): out['drop_unknown'] = f"the model's {'' if use_gt else 'vs_teacher_'}{prim} was not measured"
+    elif not _fin(ref) or ref == 0: out['drop_unknown'] = f"the teacher's {prim} was not measured (or is 0)"
+    elif use_gt and len(cols[1]) != len(cols[0]):
+        out['drop_unknown'] = f'{len(cols[0])} model rows but {len(cols[1])} teacher rows: the pairs do not match'
+    else:
+        out['quality_drop_pct'] = quality_drop_pct(value, ref, hib)
+        b = paired_bootstrap(stat, cols, int(iv['n_boot']), int(iv['seed']), float(iv['level']), groups=groups)
+        out['quality_drop_lo_pct'], out['quality_drop_hi_pct'] = b['lo'], b['hi']
+    return out
+
+def _metric_diffs(model_rows, teacher_rows, evalc, groups=None) -> dict:
+    "Model − teacher (against ground truth) for every metric both have, with its paired interval."
+    iv, out = evalc.interval, {}
+    if not teacher_rows or len(teacher_rows) != len(model_rows): return out
+    for k in evalc.data['quality']['metrics']:
+        mc, tc = _col(model_rows, k), _col(teacher_rows, k)
+        if not any(_fin(x) for x in mc) or not any(_fin(x) for x in tc): continue
+        b = paired_bootstrap(mean_diff, [mc, tc], int(iv['n_boot']), int(iv['seed']), float(iv['level']), groups=groups)
+        out[k] = {'diff': b['value'], 'lo': b['lo'], 'hi': b['hi']}
+    return out
+
+def quality_block(model_rows: list[dict], teacher_rows: list[dict] | None, evalc, groups=None) -> dict:
+    """The log's `quality` block: means of the model's and the teacher's metrics, the primary metric's drop in % with
+    its interval, every metric's difference with its interval, and how the intervals were computed. `groups`: the
+    scene of each pair (the bootstrap then resamples scenes); None resamples pairs."""
+    if groups is not None and len(groups) != len(model_rows):
+        raise ValueError(f'quality_block: {len(groups)} groups for {len(model_rows)} pairs; expected one per pair')
+    m = aggregate(model_rows)['mean']
+    t = aggregate(teacher_rows)['mean'] if teacher_rows else {}
+    d = _drop_and_interval(model_rows, teacher_rows, evalc, m, t, groups)
+    iv = evalc.interval
+    return {'primary': evalc.primary, 'higher_is_better': evalc.higher_is_better, 'reference': d['reference'],
             'metrics': _clean(m), 'teacher': _clean({k: v for k, v in t.items() if not k.startswith('vs_teacher_')}),
-            'quality_drop_pct': drop, 'n_pairs': len(model_rows)}
+            'quality_drop_pct': d['quality_drop_pct'], 'quality_drop_lo_pct': d['quality_drop_lo_pct'],
+            'quality_drop_hi_pct': d['quality_drop_hi_pct'], 'n_pairs': len(model_rows),
+            'interval': {'method': 'paired_bootstrap_percentile', 'level': float(iv['level']),
+                         'n_boot': int(iv['n_boot']), 'seed': int(iv['seed']), 'n_pairs': len(model_rows),
+                         'resample': 'pair' if groups is None else 'scene',
+                         'n_groups': len(model_rows) if groups is None else len(set(groups))},
+            'metric_diffs': _metric_diffs(model_rows, teacher_rows, evalc, groups),
+            **({'drop_unknown': d['drop_unknown']} if d['drop_unknown'] else {})}
+
+# %% ../../nbs/eval/33_protocol.ipynb #9c224116
+PER_PAIR_FILE = 'per_pair.csv'
+
+def per_pair_rows(scenes, pairs, model_rows: list[dict], teacher_rows: list[dict] | None) -> list[dict]:
+    "One flat dict per pair: pair, scene, view1, view2, teacher.<m>, model.<m>, model_vs_teacher.<m>."
+    if len(model_rows) != len(pairs) or (teacher_rows is not None and len(teacher_rows) != len(pairs)):
+        nt = None if teacher_rows is None else len(teacher_rows)
+        raise ValueError(f'per_pair_rows: {len(pairs)} pairs but {len(model_rows)} model rows and {nt} teacher rows; '
+                         'expected one row per pair')
+    out = []
+    for n, (s, i, j) in enumerate(pairs):
+        r = {'pair': n, 'scene': scenes[s].name, 'view1': i, 'view2': j}
+        r |= {f'teacher.{k}': v for k, v in (teacher_rows[n] if teacher_rows is not None else {}).items()}
+        r |= {f'model.{k}': v for k, v in model_rows[n].items() if not k.startswith('vs_teacher_')}
+        r |= {'model_vs_teacher.' + k[11:]: v for k, v in model_rows[n].items() if k.startswith('vs_teacher_')}
+        out.append(r)
+    return out
+
+def write_per_pair(path, rows: list[dict]) -> Path:
+    "Write per-pair rows as CSV atomically (columns: the rows' keys in first-seen order; an empty cell = unknown)."
+    import csv, io
+    from pqk.core.io import write_text_atomic
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, restval='', lineterminator='\n')
+    w.writeheader()
+    for r in rows: w.writerow({k: '' if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+                               for k, v in r.items()})
+    return write_text_atomic(path, buf.getvalue())
 
 # %% ../../nbs/eval/33_protocol.ipynb #b2b8584a
 def efficiency_block(model, res: int, evalc, device=None) -> dict:
-    """Latency p50/p90/p95 (ms) of one pair forward at `res`×`res` with the contract's protocol, pairs/s, params,
-    size (MB) and GFLOPs (torch modules only) of a model or predictor."""
+    """Latency p50/p90/p95 (ms) of one pair forward at `res`×`res` with the contract's protocol (warm-up, repeats,
+    min_seconds; noisy when p95 > noisy_ratio × p50), pairs/s, params, size (MB), GFLOPs (torch modules only)."""
     pred = as_predictor(model, device)
     lat = evalc.data['efficiency']['latency']
     g = torch.Generator().manual_seed(0)
     x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(pred.device) for _ in range(2))
-    L = measure_latency(lambda: pred(x1, x2), warmup=lat['warmup'], repeats=lat['repeats'], device=pred.device,
-                        min_seconds=float(lat.get('min_seconds', 0.0)))
+    proto = {'warmup': int(lat['warmup']), 'repeats': int(lat['repeats']), 'min_seconds': float(lat['min_seconds']),
+             'noisy_ratio': float(lat['noisy_ratio'])}
+    L = measure_latency(lambda: pred(x1, x2), device=pred.device, **proto)
     info = pred.info()
     m = pred.module
     return {'latency_p50_ms': L['p50_ms'], 'latency_p90_ms': L['p90_ms'], 'latency_p95_ms': L['p95_ms'],
-            'latency_n': L['n_timed'], 'latency_noisy': L['noisy'], 'pairs_per_s': pairs_per_s(L),
+            'latency_n': L['n_timed'], 'latency_noisy': L['noisy'], 'latency_protocol': proto,
+            'pairs_per_s': pairs_per_s(L),
             'params': info['params'], 'size_mb': info['size_mb'],
             'gflops': gflops(m, ({'img': x1}, {'img': x2})) if m is not None else None,
             'device': str(pred.device), 'backend': pred.backend, 'resolution': res, 'load_avg': L['load_before']}
@@ -146,3 +231,51 @@ def plane_baseline(scenes, pairs, depth: float = 1.0) -> list:
         c = torch.ones(1, H, W)
         out.append(({'pts3d': p, 'conf': c}, {'pts3d_in_other_view': p.clone(), 'conf': c}))
     return out
+
+# %% ../../nbs/eval/33_protocol.ipynb #ebb015df
+def _res_of(scenes) -> int: return int(scenes[0].views[0].img.shape[0])
+
+def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progress: bool = True, name: str = 'model',
+             data=None, efficiency: bool = True, baseline: bool = False) -> dict:
+    """Evaluate `model` (module or Predictor) against `teacher` on the workload's eval data (or `data` = (scenes,
+    pairs)). Returns {'quality', 'efficiency' (with 'teacher' beside it), 'per_pair', 'artifacts', 'peak_mem_mb',
+    'baseline', 'scenes', 'pairs', 'preds', 'teacher_preds'}."""
+    scenes, pairs = data if data is not None else load_eval_data(workload)
+    if not pairs: raise ValueError('evaluate: the eval data has no pairs; expected at least one (see the pair graph)')
+    same = model is teacher
+    with PeakMemory(device) as mem:
+        T = predict_pairs(teacher, scenes, pairs, device, progress, desc='teacher')
+        P = T if same else predict_pairs(model, scenes, pairs, device, progress, desc=name)
+    t_rows = pair_quality(T, scenes, pairs)
+    m_rows = [dict(r) for r in t_rows] if same and all(t_rows) else pair_quality(P, scenes, pairs, teacher_preds=T)
+    quality = quality_block(m_rows, t_rows, evalc, groups=[s for s, _, _ in pairs])
+    rows, artifacts = per_pair_rows(scenes, pairs, m_rows, t_rows), {}
+    if out_dir is not None:
+        write_per_pair(Path(out_dir) / PER_PAIR_FILE, rows); artifacts['per_pair'] = PER_PAIR_FILE
+    eff = None
+    if efficiency:
+        eff = efficiency_block(model, _res_of(scenes), evalc, device)
+        if not same: eff['teacher'] = efficiency_block(teacher, _res_of(scenes), evalc, device)
+    base = None
+    if baseline and all(t_rows):
+        base = {'name': 'fronto-parallel plane',
+                'metrics': _clean(aggregate(pair_quality(plane_baseline(scenes, pairs), scenes, pairs))['mean'])}
+    return {'quality': quality, 'efficiency': eff, 'per_pair': rows, 'artifacts': artifacts, 'peak_mem_mb': mem.peak_mb,
+            'baseline': base, 'scenes': scenes, 'pairs': pairs, 'preds': P, 'teacher_preds': T}
+
+# %% ../../nbs/eval/33_protocol.ipynb #22d66143
+def plot_predictions(result: dict, n: int = 3):
+    "A matplotlib figure of the first `n` pairs of an `evaluate` result: image, depth, ground truth, log confidence."
+    import matplotlib.pyplot as plt
+    scenes, pairs, P = result['scenes'], result['pairs'], result['preds']
+    k = max(1, min(n, len(pairs)))
+    fig, axes = plt.subplots(k, 4, figsize=(12, 3 * k), squeeze=False)
+    for r, ((p1, _), (s, i, j)) in enumerate(zip(P[:k], pairs[:k])):
+        v1, ax = scenes[s].views[i], axes[r]
+        ax[0].imshow(v1.img); ax[0].set_title(f'{scenes[s].name} view {i} (→{j})')
+        ax[1].imshow(p1['pts3d'][0, ..., 2], cmap='turbo'); ax[1].set_title('predicted depth (z, view 1)')
+        if v1.depth is not None: ax[2].imshow(v1.depth, cmap='turbo'); ax[2].set_title('ground-truth depth')
+        ax[3].imshow(p1['conf'][0].log(), cmap='magma'); ax[3].set_title('log confidence')
+        for a in ax: a.axis('off')
+    fig.tight_layout()
+    return fig

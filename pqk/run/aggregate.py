@@ -14,10 +14,10 @@ from ..core.io import utc_now, write_json_atomic, write_text_atomic, atomic_path
 
 # %% auto #0
 __all__ = ['UPGRADES', 'ROW_FORMAT', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS', 'report_paths', 'register_upgrade',
-           'version_tuple', 'upgrade_log', 'parse_log', 'read_logs', 'log_row', 'cache_key', 'read_rows',
-           'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary',
-           'report_sheets', 'write_csv', 'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points',
-           'plot_tradeoff', 'plot_ablation', 'plot_latency', 'aggregate']
+           'version_tuple', 'upgrade_log', 'parse_log', 'read_logs', 'upgrade_1_0_to_1_1', 'log_row', 'cache_key',
+           'read_rows', 'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx',
+           'group_summary', 'report_sheets', 'write_csv', 'write_summary_json', 'pareto_front', 'card_family',
+           'tradeoff_points', 'plot_tradeoff', 'plot_ablation', 'plot_latency', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #e27198bb
 def report_paths(reports_dir=None) -> dict:
@@ -89,6 +89,32 @@ def read_logs(runs_dir) -> tuple[list[tuple[Path, dict]], list[dict]]:
         if ps: skipped.append({'file': _rel(p), 'problems': ps}); continue
         ids[rec['run_id']] = _rel(p); ok.append((p, rec))
     return ok, skipped
+
+# %% ../../nbs/run/72_aggregate.ipynb #e64a7491
+@register_upgrade('1.0')
+def upgrade_1_0_to_1_1(rec: dict) -> dict:
+    "A log of schema 1.0 as schema 1.1 (see above)."
+    r = {**rec, 'schema_version': '1.1'}
+    res = dict(r.get('resource') or {}) if isinstance(r.get('resource'), dict) else {}
+    gpu = res.get('gpu_hours') if isinstance(res.get('gpu_hours'), (int, float)) else 0.0
+    dev = str((r.get('environment') or {}).get('device', '')) if isinstance(r.get('environment'), dict) else ''
+    kind = res.get('device_kind') or ('cuda' if gpu > 0 or (dev and not dev.lower().startswith('cpu')) else 'cpu')
+    n = (r.get('training') or {}).get('nproc') if isinstance(r.get('training'), dict) else None
+    n = n if isinstance(n, int) and n > 0 else (res.get('n_devices') or 1)
+    dur = r.get('duration_s') if isinstance(r.get('duration_s'), (int, float)) else 0.0
+    if not isinstance(res.get('device_hours'), (int, float)): res['device_hours'] = max(dur / 3600 * n, gpu)
+    res['device_kind'] = kind
+    r['resource'] = res
+    h, why = r.get('calibration_set_hash'), None
+    if r.get('kind') in ('Q', 'KQ', 'KPQ'):
+        if h == '0' * 64 or not h: why = 'its calibration_set_hash was a placeholder (64 zeros) or missing'
+        elif "hash of the workload's calibration spec" in str(r.get('reason', '')):
+            why = "its calibration_set_hash was the hash of the calibration spec, not of the set"
+    if why:
+        r.pop('calibration_set_hash', None)
+        r['reason'] = f"upgraded from log schema 1.0: {why}; was {r.get('status')}: {r.get('reason', '')}"
+        r['status'] = 'failed'
+    return r
 
 # %% ../../nbs/run/72_aggregate.ipynb #b60ef4a8
 ROW_FORMAT = 1      # bump when flattening or cell conversion changes: invalidates every cache

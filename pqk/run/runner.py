@@ -14,12 +14,12 @@ from ..core.contracts import ContractError, Problem, TaskCard, check_card, contr
 from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems
 from ..core.io import utc_now, write_json_atomic
 from .scraps import read_scraps
-from ..eval.verdict import thresholds_for, verdict
+from ..eval.verdict import thresholds_for, verdict, judge, has_quality, STATUSES
 
 # %% auto #0
-__all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'templates_dir',
-           'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir',
-           'RunSpec', 'null_blocks', 'calibration_spec_hash', 'build_log', 'repair_log', 'remote_resources',
+__all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
+           'templates_dir', 'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id',
+           'create_run_dir', 'RunSpec', 'null_blocks', 'real_hash', 'build_log', 'repair_log', 'remote_resources',
            'export_html', 'template_params', 'kernel_env', 'live_progress', 'execute_run', 'run_card', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #f4ee5c75
@@ -128,25 +128,54 @@ def _devcheck(workload, eval, cfgs, cards):
         raise ContractError(ps)
 
 # %% ../../nbs/run/71_runner.ipynb #4c09732a
-def null_blocks(ev, gpu_hours: float = 0.0) -> dict:
-    "Schema-valid required blocks with every unknown value null."
+def null_blocks(ev, device_hours: float = 0.0, device_kind: str = 'cpu') -> dict:
+    "Schema-valid required blocks with every unknown value null (resource: the device-hours measured by the runner)."
+    dh = float(device_hours)
     return {'model': {'name': 'unknown', 'params': None, 'size_mb': None},
             'quality': {'primary': ev.primary, 'higher_is_better': ev.higher_is_better, 'metrics': {}, 'teacher': {},
                         'quality_drop_pct': None},
             'efficiency': {'latency_p50_ms': None, 'latency_p95_ms': None, 'pairs_per_s': None, 'params': None,
                            'size_mb': None, 'gflops': None, 'device': 'unknown'},
-            'resource': {'gpu_hours': float(gpu_hours), 'peak_mem_mb': None}}
-
-def calibration_spec_hash(wl) -> str:
-    "sha256 of the workload's `calibration:` block (canonical JSON): stands in when the set itself was never built."
-    return hashlib.sha256(json.dumps(wl.data.get('calibration'), sort_keys=True).encode()).hexdigest()
+            'resource': {'gpu_hours': dh if device_kind == 'cuda' else 0.0, 'peak_mem_mb': None, 'device_hours': dh,
+                         'device_kind': device_kind}}
 
 LOG_BLOCKS = ('model', 'quality', 'efficiency', 'resource', 'calibration_set_hash', 'edge_device', 'training')
+Q_KINDS = ('Q', 'KQ', 'KPQ')
+_SHA256 = re.compile(r'[0-9a-f]{64}')
+
+def real_hash(h) -> bool:
+    "True for a sha256 hex digest that is not the 64-zero placeholder."
+    return isinstance(h, str) and bool(_SHA256.fullmatch(h)) and h != '0' * 64
+
+def _resource(block, device_hours: float, device_kind: str) -> dict:
+    "The template's resource block with the runner's whole-run device-hours (the template's when larger)."
+    r = dict(block) if isinstance(block, dict) else {}
+    kind = r.get('device_kind') if isinstance(r.get('device_kind'), str) else device_kind
+    t = r.get('device_hours')
+    dh = max(float(device_hours), float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0)
+    return {**r, 'device_hours': dh, 'device_kind': kind, 'gpu_hours': dh if kind == 'cuda' else 0.0,
+            'peak_mem_mb': r.get('peak_mem_mb')}
+
+# %% ../../nbs/run/71_runner.ipynb #c6a4e740
+def _status(scraps: dict, kind: str, th: dict, error, stopped, notes: list) -> dict:
+    "The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers disagree."
+    q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else None
+    if error: return judge(kind, q, th, error=error)
+    if stopped: return judge(kind, q, th, stopped_reason=stopped)
+    eff = scraps.get('efficiency') if isinstance(scraps.get('efficiency'), dict) else None
+    mine, v = judge(kind, q, th, efficiency=eff), scraps.get('verdict')
+    if not (isinstance(v, dict) and v.get('status') in STATUSES):
+        notes.append('the template recorded no verdict; judged by the runner'); return mine
+    stricter = {'passed': ('failed', 'inconclusive'), 'inconclusive': ('failed',)}.get(v['status'], ())
+    if mine['status'] in stricter:
+        notes.append(f"the template said {v['status']}: {v.get('reason', '')}"); return mine
+    return {'status': v['status'], 'reason': str(v.get('reason', '')), 'pairs_to_resolve': v.get('pairs_to_resolve')}
 
 def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finished, duration_s, thresholds,
-              artifacts: dict, error: str | None = None, stopped: str | None = None, gpu_hours: float = 0.0) -> dict:
+              artifacts: dict, error: str | None = None, stopped: str | None = None, device_hours: float = 0.0,
+              device_kind: str = 'cpu') -> dict:
     "The unified log from the template's scraps and the runner's provenance (not yet validated)."
-    nulls = null_blocks(ev, gpu_hours)
+    nulls = null_blocks(ev, device_hours, device_kind)
     rec = {'schema_version': LOG_SCHEMA_VERSION, 'run_id': run_id, 'task_card': spec.card_id, 'kind': spec.kind,
            'status': 'failed', 'reason': '', 'started_utc': started, 'finished_utc': finished,
            'duration_s': round(float(duration_s), 3), 'seed': spec.seed, 'contracts': contracts_provenance(wl, ev, mc),
@@ -154,37 +183,36 @@ def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finis
     for b in LOG_BLOCKS:
         if b in scraps and scraps[b] is not None: rec[b] = scraps[b]
         elif b in nulls: rec[b] = nulls[b]
-    if isinstance(rec['resource'], dict) and rec['resource'].get('gpu_hours') is None:
-        rec['resource'] = {**rec['resource'], 'gpu_hours': float(gpu_hours)}
+    rec['resource'] = _resource(rec['resource'], device_hours, device_kind)
     th = dict(thresholds)
     if isinstance(scraps.get('thresholds'), dict):
         th.update({k: v for k, v in scraps['thresholds'].items() if th.get(k) is None})
     rec['thresholds'] = th
     rec['artifacts'] = {**(scraps.get('artifacts') if isinstance(scraps.get('artifacts'), dict) else {}), **artifacts}
     notes = []
-    if spec.kind in ('Q', 'KQ', 'KPQ') and not scraps.get('calibration_set_hash'):
-        rec['calibration_set_hash'] = calibration_spec_hash(wl)
-        notes.append("calibration_set_hash is the hash of the workload's calibration spec (the set was not recorded)")
-    v = scraps.get('verdict')
-    if error: st = verdict(spec.kind, error=error)
-    elif stopped: st = verdict(spec.kind, stopped_reason=stopped)
-    elif isinstance(v, dict) and 'status' in v: st = {'status': v['status'], 'reason': str(v.get('reason', ''))}
-    else:
-        q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else {}
-        st = verdict(spec.kind, q.get('quality_drop_pct'), th.get('quality_drop_max_pct'))
-        notes.append('the template recorded no verdict; judged by the runner')
-    spent, budget, ratio = (rec['resource'] or {}).get('gpu_hours'), th.get('gpu_hours_budget'), th.get('gpu_hours_over_budget_ratio')
-    if st['status'] == 'passed' and all(isinstance(x, (int, float)) for x in (spent, budget, ratio)) and spent > ratio * budget:
-        notes.append(f'over the stop-loss: {spent:.4g} GPU-hours spent > {ratio:g} x budget {budget:g}')
+    st = _status(scraps, spec.kind, th, error, stopped, notes)
+    if spec.kind in Q_KINDS and not real_hash(scraps.get('calibration_set_hash')):
+        rec.pop('calibration_set_hash', None)
+        why = 'no calibration set hash recorded (a Q-kind run must log the sha256 of the calibration set it used)'
+        if st['status'] in ('passed', 'inconclusive'): st = {'status': 'failed', 'reason': why}
+        else: notes.append(why)
+    if isinstance(rec.get('quality'), dict) and st.get('pairs_to_resolve') is not None:
+        rec['quality'] = {**rec['quality'], 'pairs_to_resolve': st['pairs_to_resolve']}
+    spent, budget = rec['resource']['device_hours'], th.get('gpu_hours_budget')
+    ratio = th.get('gpu_hours_over_budget_ratio')
+    num = all(isinstance(x, (int, float)) for x in (budget, ratio))
+    if st['status'] != 'stopped' and num and spent > ratio * budget:
+        notes.append(f"over the stop-loss: {spent:.4g} device-hours ({rec['resource']['device_kind']}) spent > "
+                     f'{ratio:g} x budget {budget:g}')
     rec['status'], rec['reason'] = st['status'], '; '.join([st['reason']] + notes)
     rec['error'] = error
     return rec
 
-def repair_log(rec: dict, ev, gpu_hours: float, file: str) -> tuple[dict, list]:
+def repair_log(rec: dict, ev, device_hours: float, file: str, device_kind: str = 'cpu') -> tuple[dict, list]:
     "Return (a schema-valid log, the problems of `rec`); invalid blocks are nulled and the run marked failed."
     ps = log_problems(rec, file)
     if not ps: return rec, []
-    nulls = null_blocks(ev, gpu_hours)
+    nulls = null_blocks(ev, device_hours, device_kind)
     out = dict(rec)
     for top in {re.split(r'[.\[]', p.path or '<top>')[0] for p in ps}:
         if top in nulls: out[top] = nulls[top]
@@ -193,7 +221,6 @@ def repair_log(rec: dict, ev, gpu_hours: float, file: str) -> tuple[dict, list]:
     if 'environment' not in out: out['environment'] = {'python': sys.version.split()[0], 'torch': 'unknown', 'device': 'unknown'}
     if 'thresholds' not in out:
         out['thresholds'] = {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': None, 'gpu_hours_over_budget_ratio': None}
-    if rec.get('kind') in ('Q', 'KQ', 'KPQ') and 'calibration_set_hash' not in out: out['calibration_set_hash'] = '0' * 64
     msg = '; '.join(str(p) for p in ps)
     out['status'] = 'failed'
     out['reason'] = f'the log failed schema validation ({len(ps)} problem(s)): {msg}'
@@ -305,7 +332,9 @@ def live_progress(stream=None, every: float = 1.0):
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
                 stream_output: bool = True) -> dict:
     "Run `spec` through its template into a new run folder; always returns {'status', 'reason', 'run_id', 'run_dir', 'log', …}."
+    from pqk.eval.efficiency import DeviceHours
     t0 = time.monotonic(); started = utc_now()
+    meter = DeviceHours(n_devices=spec.nproc or 1).start()        # the whole run: what the budget counts
     wl, ev = load_workload(spec.workload), load_eval(spec.eval)
     mc = load_contract(spec.cfg) if spec.cfg else None
     card_obj = None
@@ -341,7 +370,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         try: scraps = read_scraps(out_nb)
         except Exception as e: error = error or f'{type(e).__name__}: {e}'
     duration = time.monotonic() - t0
-    gpu_hours = duration / 3600.0 * (spec.nproc or 1)
+    dh, dk = meter.stop().device_hours, meter.device_kind
     artifacts = {f'config_{k}': f'config/{v.name}' for k, v in copies.items()}
     if out_nb.is_file():
         artifacts['notebook'] = out_nb.name
@@ -351,8 +380,8 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         except Exception as e: print(f'pqk run: HTML copy failed ({type(e).__name__}: {e}); the notebook is kept', file=sys.stderr)
     rec = build_log(scraps, run_id=run_id, spec=spec, wl=wl, ev=ev, mc=mc, started=started, finished=utc_now(),
                     duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
-                    gpu_hours=gpu_hours)
-    rec, problems = repair_log(rec, ev, gpu_hours, f'{_rel(run_dir)}/log.json')
+                    device_hours=dh, device_kind=dk)
+    rec, problems = repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
     log = write_json_atomic(run_dir / 'log.json', rec)
     res = {'status': rec['status'], 'reason': rec['reason'], 'run_id': run_id, 'run_dir': run_dir, 'log': log,
            'notebook': out_nb if out_nb.is_file() else None, 'html': html if html.is_file() else None,

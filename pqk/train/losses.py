@@ -7,26 +7,19 @@ from __future__ import annotations
 import torch
 
 # %% auto #0
-__all__ = ['avg_dis_scale', 'normalize_pair', 'regr3d', 'conf_regr_loss']
+__all__ = ['regr3d', 'conf_regr_loss']
 
 # %% ../../nbs/train/40_losses.ipynb #a3f4ae9c
-def avg_dis_scale(p1: torch.Tensor, p2: torch.Tensor, v1: torch.Tensor, v2: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    "Per-batch-element avg_dis scale: mean distance to the origin over valid pixels of both views → (B,)."
-    d1 = (p1.norm(dim=-1) * v1).flatten(1).sum(1)          # (B,)
-    d2 = (p2.norm(dim=-1) * v2).flatten(1).sum(1)
-    n = v1.flatten(1).sum(1) + v2.flatten(1).sum(1)
-    return ((d1 + d2) / (n + eps)).clamp_min(eps)
-
-def normalize_pair(p1, p2, v1, v2):
-    "Divide both pointmaps by their joint avg_dis scale (DUSt3R's 'avg_dis' norm_mode)."
-    s = avg_dis_scale(p1, p2, v1.to(p1.dtype), v2.to(p1.dtype))[:, None, None, None]
-    return p1 / s, p2 / s
+from ..eval.metrics import avg_dis_scale, avg_dis_normalize     # the one avg_dis normalisation (NaN-safe)
 
 def regr3d(pred1, pred2, gt1, gt2, v1, v2):
-    "Per-pixel L21 distances (B,H,W) for both views after avg_dis normalisation of prediction and ground truth."
-    P1, P2 = normalize_pair(pred1, pred2, v1, v2)
-    G1, G2 = normalize_pair(gt1, gt2, v1, v2)
-    return (P1 - G1).norm(dim=-1), (P2 - G2).norm(dim=-1)
+    """Per-pixel L21 distances (B,H,W) for both views after avg_dis normalisation of prediction and ground truth;
+    0 at invalid pixels, zeroed before the distance so that NaN there reaches neither the value nor the gradient."""
+    m1, m2 = (v.bool()[..., None] for v in (v1, v2))
+    P1, P2 = avg_dis_normalize(pred1, pred2, v1, v2)
+    G1, G2 = avg_dis_normalize(gt1, gt2, v1, v2)
+    z = P1.new_zeros(())
+    return (torch.where(m1, P1 - G1, z).norm(dim=-1), torch.where(m2, P2 - G2, z).norm(dim=-1))
 
 def conf_regr_loss(pred1, pred2, conf1, conf2, gt1, gt2, v1, v2, alpha: float = 0.2, weight1=None, weight2=None):
     """DUSt3R's ConfLoss over Regr3D: Σ_views mean_valid(ℓ·c − α·log c). Returns (loss, details dict).
@@ -38,7 +31,7 @@ def conf_regr_loss(pred1, pred2, conf1, conf2, gt1, gt2, v1, v2, alpha: float = 
         term = l * c - alpha * torch.log(c)
         if w is not None: term = term * w
         n = v.sum().clamp_min(1)
-        lv = (term * v).sum() / n
+        lv = torch.where(v, term, term.new_zeros(())).sum() / n
         total = total + lv
         det[f'regr_{name}'] = float(((l * v).sum() / n).detach())
     return total, det
