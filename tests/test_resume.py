@@ -1,0 +1,103 @@
+"""SIGTERM and resume across process boundaries: a K run killed by SIGTERM (what schedulers and `timeout` send) ends
+with a `stopped` log; `pqk run <card> --resume RUN_ID` finishes it in the same folder, and its final metrics and
+weights equal those of an uninterrupted run. A draft card runs only with --force."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def _yaml_copy(src: Path, dst: Path, edit) -> Path:
+    d = yaml.safe_load(src.read_text()); edit(d)
+    dst.write_text(src.read_text().splitlines()[0] + '\n' + yaml.safe_dump(d, sort_keys=False))
+    return dst
+
+@pytest.fixture(scope='module')
+def card(tmp_path_factory):
+    "A K card on a tiny teacher and tiny data: 240 steps at 64 px, a checkpoint every 40 steps, 2 evaluation pairs."
+    d = tmp_path_factory.mktemp('card')
+    from pqk.models.dust3r import make_model
+    from pqk.models.config import DUSt3RConfig
+    from pqk.models.checkpoints import save_checkpoint
+    torch.manual_seed(0)
+    teacher = save_checkpoint(make_model(DUSt3RConfig(enc_embed_dim=32, enc_depth=3, enc_num_heads=2, dec_embed_dim=32,
+                                                      dec_depth=3, dec_num_heads=2, head_type='linear')), d / 'teacher.pt')
+    def wl(x): x['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
+    def ev(x): x['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
+    def dc(x):
+        x['train'].update(steps=240, batch_pairs=1, warmup_steps=2, lr=1e-3, res=64,
+                          train_data={'seed': 0, 'n_scenes': 2, 'views_per_scene': 2},
+                          val_data={'seed': 900, 'n_scenes': 1, 'views_per_scene': 2})
+        x['checkpoint'] = {'every_steps': 40, 'eval_every_steps': 120, 'keep_last': 2}
+        x['student'].update(reduction=0.3, reduce='depth', init='teacher')
+    w = _yaml_copy(ROOT / 'configs/workload.yaml', d / 'workload.yaml', wl)
+    e = _yaml_copy(ROOT / 'configs/eval.yaml', d / 'eval.yaml', ev)
+    c = _yaml_copy(ROOT / 'configs/distill.yaml', d / 'distill.yaml', dc)
+    front = {'id': 'R1_resume', 'kind': 'K', 'goal': 'test resume', 'status': 'ready', 'seed': 0,
+             'configs': {'workload': str(w), 'eval': str(e), 'method': str(c)},
+             'thresholds': {'quality_drop_pct': 'eval.thresholds.quality_drop_mainline_pct'},
+             'stop_loss': 'eval.stop_loss.gpu_hours_over_budget_ratio', 'early_stop': 'eval.early_stop.no_improve_ckpt',
+             'gpu_hours_budget': 5.0, 'expected_duration': '1 min', 'checkpoint': str(teacher)}
+    p = d / 'R1_resume.md'
+    p.write_text('---\n' + yaml.safe_dump(front, sort_keys=False) + '---\nResume test card.\n')
+    return p
+
+def _env(): return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+
+def _pqk(*args, **kw):
+    return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
+
+def _run(*args, timeout=600):
+    return subprocess.run(_pqk(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+def _log(runs: Path) -> tuple[Path, dict]:
+    (d,) = [p for p in runs.iterdir() if p.is_dir()]
+    return d, json.loads((d / 'log.json').read_text())
+
+def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
+    common = ['--no-aggregate', '--param', 'train_res=64', '--param', 'progress=false']
+    full = _run('run', card, '--runs-dir', tmp_path / 'full', *common)
+    d_full, r_full = _log(tmp_path / 'full')
+    assert r_full['training']['status'] == 'completed', full.stdout[-2000:] + full.stderr[-2000:]
+
+    runs = tmp_path / 'cut'
+    p = subprocess.Popen(_pqk('run', card, '--runs-dir', runs, *common), cwd=ROOT, env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    while not list(runs.glob('*/train/checkpoints/ckpt_000040.pt')):
+        assert p.poll() is None and time.monotonic() - t0 < 300, 'no first checkpoint'
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=120)
+    d_cut, r_cut = _log(runs)
+    assert p.returncode != 0 and 'STOPPED' in out.splitlines()[-3], out[-3000:]   # (the kernel may print its own noise)
+    assert r_cut['status'] == 'stopped' and 'SIGTERM' in r_cut['reason'] and '--resume' in r_cut['reason'], r_cut['reason']
+
+    res = _run('run', card, '--runs-dir', runs, '--resume', d_cut.name, *common)
+    d_res, r_res = _log(runs)
+    assert d_res == d_cut, 'resumed in the same folder'
+    assert r_res['training']['status'] == 'completed', res.stdout[-2000:] + res.stderr[-2000:]
+    assert r_res['resume']['count'] == 1 and r_res['resume']['previous'][0]['status'] == 'stopped'
+    assert (d_res / r_res['resume']['previous'][0]['notebook']).is_file()
+    assert r_res['quality']['metrics'] == r_full['quality']['metrics']
+    assert r_res['training']['final_loss'] == r_full['training']['final_loss']
+    a, b = (torch.load(d / 'student_best.pt', weights_only=True)['model'] for d in (d_full, d_res))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert r_res['resource']['device_hours'] >= r_cut['resource']['device_hours']   # both attempts are counted
+
+def test_resume_refuses_other_runs_and_passed_runs(card, tmp_path):
+    (tmp_path / 'runs' / 'E0_eval_teacher-20260101T000000Z-abcdef').mkdir(parents=True)
+    r = _run('run', card, '--runs-dir', tmp_path / 'runs', '--resume', 'E0_eval_teacher-20260101T000000Z-abcdef')
+    assert r.returncode == 1 and "a run of card 'R1_resume'" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    r = _run('run', card, '--runs-dir', tmp_path / 'runs', '--resume', 'nope')
+    assert r.returncode == 1 and 'the folder of an earlier run' in r.stderr, r.stderr
+
+def test_draft_card_needs_force(card, tmp_path):
+    draft = tmp_path / 'R1_draft.md'
+    draft.write_text(card.read_text().replace('status: ready', 'status: draft').replace('id: R1_resume', 'id: R1_draft'))
+    r = _run('run', draft, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
+    assert r.returncode == 1 and "status: got 'draft'; expected 'ready' (or run it anyway with --force)" in r.stderr, r.stderr
+    assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').iterdir())
