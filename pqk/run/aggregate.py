@@ -511,6 +511,9 @@ def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
     "Rebuild every report from `runs_dir/*/log.json` under the reports lock; skipped logs are printed with their problems."
     runs_dir = Path(runs_dir)
     paths = report_paths(reports_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():   # never rebuild the reports from nothing because of a stray file
+        raise NotADirectoryError(f'{runs_dir} is a file, not a runs folder; expected a folder of run folders '
+                                 '(move the file away or pass --runs-dir)')
     if not runs_dir.is_dir() and not quiet: print(f'pqk aggregate: {runs_dir} does not exist (no runs yet)', file=sys.stderr)
     t0 = time.perf_counter()
     with file_lock(paths['lock']):
