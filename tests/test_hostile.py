@@ -193,3 +193,8 @@ def test_aggregate_from_a_subfolder_gives_the_same_reports(tmp_path):
         summaries.append({k: v for k, v in s.items() if k not in ('generated', 'generated_utc', 'seconds')})
         assert not (cwd / 'reports').exists() or cwd == proj, 'reports written relative to the working directory'
     assert summaries[0]['n_runs'] == 12 and summaries[0] == summaries[1]
+
+
+def test_run_into_a_runs_path_that_is_a_file(tmp_path):
+    runs = tmp_path / 'runs'; runs.write_text('x')
+    one_clear_line(pqk('run', ROOT / 'taskcards' / 'E0_eval_teacher.md', '--runs-dir', runs), str(runs), 'move it away')
