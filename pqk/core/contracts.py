@@ -5,7 +5,7 @@
 # %% ../../nbs/core/00_contracts.ipynb #a63b2723
 from __future__ import annotations
 import hashlib, json, os, re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ def is_project_root(d: Path) -> bool:
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
     """The pqk project folder: `$PQK_ROOT`, else the nearest parent of `start` (then of the working directory) that
-    `is_project_root`, else the folder above the installed package. Runs, reports and default configs resolve against it,
-    so `pqk` behaves the same from any subfolder of the project."""
+    `is_project_root`, else the folder above the installed package. Runs, reports and default configs resolve against
+    it, so `pqk` behaves the same from any subfolder of the project."""
     if os.environ.get('PQK_ROOT'): return Path(os.environ['PQK_ROOT']).resolve()
     starts = [Path(start).resolve()] if start else []
     for p in starts + [Path.cwd().resolve()]:
@@ -124,13 +124,12 @@ def _jsonschema():
     """`jsonschema`, imported without `rfc3987_syntax`: when that optional package is installed (JupyterLab brings it),
     jsonschema's import builds ~40 grammar parsers with it, about 2 CPU seconds that `pqk devcheck` cannot afford. pqk's
     schemas use no IRI/URI formats, so nothing is lost; the module stays importable for everyone else afterwards."""
-    import sys
+    import importlib, sys
     if 'jsonschema' not in sys.modules and 'rfc3987_syntax' not in sys.modules:
-        sys.modules['rfc3987_syntax'] = None                      # makes `import rfc3987_syntax` fail fast inside jsonschema
-        try: import jsonschema
+        sys.modules['rfc3987_syntax'] = None             # makes `import rfc3987_syntax` fail fast inside jsonschema
+        try: return importlib.import_module('jsonschema')
         finally: sys.modules.pop('rfc3987_syntax', None)
-    import jsonschema
-    return jsonschema
+    return importlib.import_module('jsonschema')
 
 def schema_problems(data: Any, schema_name: str, file: str) -> list[Problem]:
     "Validate `data` against schema `schema_name`; one `Problem` per violation (unknown and missing keys included)."
@@ -138,8 +137,9 @@ def schema_problems(data: Any, schema_name: str, file: str) -> list[Problem]:
     schema = load_schema(schema_name)
     v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     out, errs = [], []
-    for e in v.iter_errors(data):                    # bounded: a huge wrong list gives MAX_PROBLEMS problems, not a million
-        if len(errs) >= MAX_PROBLEMS: out.append(Problem(file, '', '...', f'(more problems not shown; fix these first)')); break
+    for e in v.iter_errors(data):            # bounded: a huge wrong list gives MAX_PROBLEMS problems, not a million
+        if len(errs) >= MAX_PROBLEMS:
+            out.append(Problem(file, '', '...', '(more problems not shown; fix these first)')); break
         errs.append(e)
     for e in sorted(errs, key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
         path = _jpath(e.absolute_path)
@@ -168,7 +168,8 @@ def version_problems(text: str, data: Any, name: str, file: str) -> list[Problem
     if not m:
         return [Problem(file, 'line 1', first, f"a version comment like '# {name} v1.0 — <what changed>'")]
     out = []
-    if m['name'] != name: out.append(Problem(file, 'line 1', first, f'the contract name {name!r} in the version comment'))
+    if m['name'] != name:
+        out.append(Problem(file, 'line 1', first, f'the contract name {name!r} in the version comment'))
     ver = data.get('version') if isinstance(data, dict) else None
     if isinstance(ver, str) and ver != m['ver']:
         out.append(Problem(file, 'version', ver, f"{m['ver']!r}, the version in the first-line comment"))
@@ -256,21 +257,26 @@ def semantic_problems(name: str, data: dict, file: str) -> list[Problem]:
                 out.append(Problem(file, 'input.shape', shape, f'H == W (square input), got H={shape[2]} W={shape[3]}'))
         pg = data.get('pair_graph') or {}
         vps = ((data.get('data') or {}).get('eval') or {}).get('synthetic') or {}
-        if pg.get('strategy') == 'oneref' and isinstance(pg.get('ref'), int) and isinstance(vps.get('views_per_scene'), int) \
-                and pg['ref'] >= vps['views_per_scene']:
-            out.append(Problem(file, 'pair_graph.ref', pg['ref'], f"< data.eval.synthetic.views_per_scene ({vps['views_per_scene']})"))
+        if (pg.get('strategy') == 'oneref' and isinstance(pg.get('ref'), int)
+                and isinstance(vps.get('views_per_scene'), int) and pg['ref'] >= vps['views_per_scene']):
+            out.append(Problem(file, 'pair_graph.ref', pg['ref'],
+                               f"< data.eval.synthetic.views_per_scene ({vps['views_per_scene']})"))
         for blk in ('data.eval', 'calibration'):
             d = data
             for part in blk.split('.'): d = (d or {}).get(part) if isinstance(d, dict) else None
             if isinstance(d, dict):
                 if d.get('source') in ('manifest', 'folder') and not d.get('paths'):
-                    out.append(Problem(file, f'{blk}.paths', d.get('paths'), f"at least one path when source is {d['source']!r}"))
+                    out.append(Problem(file, f'{blk}.paths', d.get('paths'),
+                                       f"at least one path when source is {d['source']!r}"))
                 if d.get('source') == 'synthetic' and 'synthetic' not in d:
-                    out.append(Problem(file, f'{blk}.synthetic', '<missing>', "seed/n_scenes/views_per_scene when source is 'synthetic'"))
+                    out.append(Problem(file, f'{blk}.synthetic', '<missing>',
+                                       "seed/n_scenes/views_per_scene when source is 'synthetic'"))
     if name == 'eval':
         q = data.get('quality') or {}
-        if isinstance(q.get('metrics'), list) and isinstance(q.get('primary'), str) and q['primary'] not in q['metrics']:
-            out.append(Problem(file, 'quality.primary', q['primary'], 'one of quality.metrics: ' + ', '.join(map(str, q['metrics']))))
+        if (isinstance(q.get('metrics'), list) and isinstance(q.get('primary'), str)
+                and q['primary'] not in q['metrics']):
+            out.append(Problem(file, 'quality.primary', q['primary'],
+                               'one of quality.metrics: ' + ', '.join(map(str, q['metrics']))))
         t = data.get('thresholds') or {}
         a, b = t.get('quality_drop_q_only_pct'), t.get('quality_drop_mainline_pct')
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a:
@@ -278,7 +284,8 @@ def semantic_problems(name: str, data: dict, file: str) -> list[Problem]:
                                f'<= quality_drop_q_only_pct ({a}): the mainline threshold is the stricter one'))
     if name == 'distill':
         tr = data.get('train') or {}
-        if isinstance(tr.get('warmup_steps'), int) and isinstance(tr.get('steps'), int) and tr['warmup_steps'] >= tr['steps']:
+        if (isinstance(tr.get('warmup_steps'), int) and isinstance(tr.get('steps'), int)
+                and tr['warmup_steps'] >= tr['steps']):
             out.append(Problem(file, 'train.warmup_steps', tr['warmup_steps'], f"< train.steps ({tr['steps']})"))
     return out
 
@@ -300,8 +307,8 @@ def _read_text(path: Path, file: str, what: str = 'an existing file') -> str:
                                      'UTF-8 text')]) from None
 
 def parse_yaml(text: str, file: str, where: str = '', line_offset: int = 0) -> Any:
-    """`text` as YAML (libyaml's safe loader when available), refusing anchors/aliases (a few KB of aliases can expand to
-    gigabytes) and nesting deeper than `MAX_YAML_DEPTH`, with the line of the problem."""
+    """`text` as YAML (libyaml's safe loader when available), refusing anchors/aliases (a few KB of aliases can expand
+    to gigabytes) and nesting deeper than `MAX_YAML_DEPTH`, with the line of the problem."""
     Loader = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
     pre = f'{where} ' if where else ''
     def bad(mark, value, expected):
@@ -314,7 +321,8 @@ def parse_yaml(text: str, file: str, where: str = '', line_offset: int = 0) -> A
                 raise bad(ev.start_mark, f'&/* {getattr(ev, "anchor", "")}', 'plain YAML without anchors or aliases')
             if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
-                if depth > MAX_YAML_DEPTH: raise bad(ev.start_mark, f'{depth} levels', f'at most {MAX_YAML_DEPTH} levels of nesting')
+                if depth > MAX_YAML_DEPTH:
+                    raise bad(ev.start_mark, f'{depth} levels', f'at most {MAX_YAML_DEPTH} levels of nesting')
             elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)): depth -= 1
         return yaml.load(text, Loader=Loader)
     except yaml.YAMLError as e:
@@ -340,7 +348,8 @@ def check_contract(path, name: str | None = None) -> tuple[list[Problem], Contra
         return [Problem(file, 'method', (data or {}).get('method') if isinstance(data, dict) else data,
                         'a file named workload/eval/distill/quant/prune.yaml, or a method: field naming one')], None
     if not isinstance(data, dict): return [Problem(file, '', data, f'a YAML mapping (the {name} contract)')], None
-    ps = version_problems(text, data, name, file) + schema_problems(data, name, file) + semantic_problems(name, data, file)
+    ps = (version_problems(text, data, name, file) + schema_problems(data, name, file)
+          + semantic_problems(name, data, file))
     if ps: return ps, None
     return [], _CLASSES.get(name, Contract)(name, path.resolve(), data, data['version'], sha256_file(path))
 
@@ -350,7 +359,8 @@ def load_contract(path, name: str | None = None) -> Contract:
     if ps: raise ContractError(ps)
     return c
 
-def load_workload(path=None) -> Workload: return load_contract(path or project_root() / 'configs' / 'workload.yaml', 'workload')
+def load_workload(path=None) -> Workload:
+    return load_contract(path or project_root() / 'configs' / 'workload.yaml', 'workload')
 def load_eval(path=None) -> EvalContract: return load_contract(path or project_root() / 'configs' / 'eval.yaml', 'eval')
 
 # %% ../../nbs/core/00_contracts.ipynb #2a9b5786
@@ -447,7 +457,8 @@ def load_card(path) -> TaskCard:
     return c
 
 def card_threshold(card: TaskCard, ev: EvalContract) -> tuple[float | None, str | None]:
-    "The quality-drop threshold a card applies (its reference resolved, or its written exception) and the exception text."
+    """The quality-drop threshold a card applies (its reference resolved, or its written exception) and the exception
+    text."""
     for ex in card.front.get('exceptions') or []:
         if ex.get('field') == 'quality_drop_pct': return float(ex['value']), f"exception: {ex['reason']}"
     ref = card.front['thresholds']['quality_drop_pct']

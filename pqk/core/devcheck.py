@@ -4,7 +4,7 @@
 
 # %% ../../nbs/core/03_devcheck.ipynb #8fb9c9d4
 from __future__ import annotations
-import sys, time
+import sys
 from pathlib import Path
 
 from .contracts import Problem, check_contract, check_card, project_root, contracts_provenance, _rel
@@ -32,12 +32,14 @@ def devcheck(workload=None, eval=None, cfgs=None, cards=None) -> list[Problem]:
         problems += ps
         if c is None: continue
         if c.id in seen:                                  # run ids and reports are keyed by the card id
-            problems.append(Problem(_rel(c.path), 'id', c.id, f'a card id not used by another card (also {seen[c.id]})'))
+            problems.append(Problem(_rel(c.path), 'id', c.id,
+                                    f'a card id not used by another card (also {seen[c.id]})'))
         seen.setdefault(c.id, _rel(c.path))
     prov = contracts_provenance(*loaded)
     if 'workload' in prov and 'eval' in prov:
         for kind in ('eval', 'KQ'):
-            problems += [Problem('schemas/unified_log_schema.json', p.path, p.value, p.expected + ' (synthetic log record)')
+            problems += [Problem('schemas/unified_log_schema.json', p.path, p.value,
+                                 p.expected + ' (synthetic log record)')
                          for p in log_problems(synthetic_log(kind, contracts=prov))]
     return problems
 

@@ -4,10 +4,7 @@
 
 # %% ../../nbs/core/01_logschema.ipynb #479b723e
 from __future__ import annotations
-import hashlib, json, os, platform, socket, subprocess, sys, tempfile
-from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
+import hashlib, os, platform, socket, subprocess
 from typing import Any
 
 from .contracts import Problem, load_schema, schema_problems, project_root
@@ -25,7 +22,8 @@ def git_commit(root=None) -> str:
     try:
         c = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, timeout=5)
         if c.returncode: return 'unknown'
-        d = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True, text=True, timeout=5)
+        d = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True,
+                           text=True, timeout=5)
         return c.stdout.strip() + ('+dirty' if d.stdout.strip() else '')
     except Exception: return 'unknown'
 
@@ -36,7 +34,8 @@ def environment(device: str | None = None) -> dict:
         import torch; tv = torch.__version__
         dev = device or (torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu x{os.cpu_count()}')
     except Exception: tv, dev = 'not installed', device or f'cpu x{os.cpu_count()}'
-    return {'python': platform.python_version(), 'torch': tv, 'device': dev, 'pqk': pqk.__version__, 'host': socket.gethostname()}
+    return {'python': platform.python_version(), 'torch': tv, 'device': dev, 'pqk': pqk.__version__,
+            'host': socket.gethostname()}
 
 # %% ../../nbs/core/01_logschema.ipynb #01582fd1
 def log_problems(record: Any, file: str = '<log>') -> list[Problem]:
@@ -67,7 +66,8 @@ def synthetic_log(kind: str = 'eval', contracts: dict | None = None, **over) -> 
         'efficiency': {'latency_p50_ms': 1.0, 'latency_p95_ms': 1.0, 'pairs_per_s': 1000.0, 'params': 1, 'size_mb': 0.1,
                        'gflops': 0.1, 'device': 'cpu'},
         'resource': {'gpu_hours': 0.0, 'peak_mem_mb': 1.0, 'device_hours': 1 / 3600, 'device_kind': 'cpu'},
-        'thresholds': {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': 0.05, 'gpu_hours_over_budget_ratio': 1.2},
+        'thresholds': {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': 0.05,
+                       'gpu_hours_over_budget_ratio': 1.2},
     }
     if kind in ('Q', 'KQ', 'KPQ'):
         rec['calibration_set_hash'] = hashlib.sha256(b'devcheck synthetic calibration set').hexdigest()

@@ -8,19 +8,21 @@ import math
 import numpy as np
 
 # ## Camera geometry
-# Small helpers shared with `pqk.data.manifests`: build intrinsics, a look-at pose, back-project a depth map to world points and
-# project world points into a view.
+# Small helpers shared with `pqk.data.manifests`: build intrinsics, a look-at pose, back-project a depth map to world
+# points and project world points into a view.
 
 # %% auto #0
 __all__ = ['intrinsics', 'look_at', 'pixel_rays', 'depth_to_pts3d', 'project']
 
 # %% ../../nbs/data/20_geometry.ipynb #a177f8c7
 def intrinsics(f: float, cx: float, cy: float, fy: float | None = None) -> np.ndarray:
-    "3×3 pinhole intrinsics (float32), focal lengths in pixels, principal point `(cx, cy)` in pixel-centre coordinates."
+    """3×3 pinhole intrinsics (float32), focal lengths in pixels, principal point `(cx, cy)` in pixel-centre
+    coordinates."""
     return np.array([[f, 0, cx], [0, f if fy is None else fy, cy], [0, 0, 1]], np.float32)
 
 def look_at(eye, target, up=(0., 0., 1.), roll_deg: float = 0.) -> np.ndarray:
-    "OpenCV cam→world pose (4×4 float64) of a camera at `eye` looking at `target`, world `up`, rotated by `roll_deg` about its axis."
+    """OpenCV cam→world pose (4×4 float64) of a camera at `eye` looking at `target`, world `up`, rotated by
+    `roll_deg` about its axis."""
     eye, target, up = (np.asarray(a, np.float64) for a in (eye, target, up))
     z = target - eye; z /= np.linalg.norm(z)
     x = np.cross(z, up); nx = np.linalg.norm(x)
@@ -40,7 +42,8 @@ def pixel_rays(K, H: int, W: int) -> np.ndarray:
     return np.stack([x, y, np.ones_like(x)], -1)
 
 def depth_to_pts3d(depth, K, cam2world=None) -> np.ndarray:
-    "Back-project a z-depth map (H,W) to points (H,W,3) float32: world frame if `cam2world` is given, else camera frame."
+    """Back-project a z-depth map (H,W) to points (H,W,3) float32: world frame if `cam2world` is given, else camera
+    frame."""
     depth = np.asarray(depth, np.float64)
     P = pixel_rays(K, *depth.shape) * depth[..., None]
     if cam2world is not None:

@@ -32,13 +32,17 @@ __all__ = ['STRATEGIES', 'parse_strategy', 'make_pairs', 'dataset_pairs', 'Calib
 # %% ../../nbs/data/23_pairs.ipynb #1e787b59
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-def make_pairs(n: int, strategy: str = 'complete', k: int = 1, symmetrize: bool = True, ref: int = 0) -> list[tuple[int, int]]:
+def make_pairs(n: int, strategy: str = 'complete', k: int = 1, symmetrize: bool = True,
+               ref: int = 0) -> list[tuple[int, int]]:
     "Ordered image-index pairs `(i, j)` for a scene of `n` images under pair graph `strategy` (see the table above)."
     name, k, ref = parse_strategy(strategy, k, ref)
-    if not _is_int(n) or n < 1: raise ValueError(f"make_pairs: n (number of images) got {n!r}; expected an integer >= 1")
-    if not _is_int(k) or k < 1: raise ValueError(f"make_pairs: k (window size for {strategy!r}) got {k!r}; expected an integer >= 1")
+    if not _is_int(n) or n < 1:
+        raise ValueError(f"make_pairs: n (number of images) got {n!r}; expected an integer >= 1")
+    if not _is_int(k) or k < 1:
+        raise ValueError(f"make_pairs: k (window size for {strategy!r}) got {k!r}; expected an integer >= 1")
     if name == 'oneref' and (not _is_int(ref) or not 0 <= ref < n):
-        raise ValueError(f"make_pairs: ref (reference image for 'oneref') got {ref!r}; expected an integer in 0..{n - 1} for n={n} images")
+        raise ValueError(f"make_pairs: ref (reference image for 'oneref') got {ref!r}; "
+                         f"expected an integer in 0..{n - 1} for n={n} images")
     n, k, ref = int(n), int(k), int(ref)
     if n == 1: return [(0, 0)]                               # monocular: the image paired with itself
     if name == 'complete': fwd = [(i, j) for i in range(n) for j in range(i + 1, n)]
@@ -54,18 +58,20 @@ def make_pairs(n: int, strategy: str = 'complete', k: int = 1, symmetrize: bool 
     return fwd + [(j, i) for i, j in fwd] if symmetrize else fwd
 
 # %% ../../nbs/data/23_pairs.ipynb #a51ebcc8
-import hashlib, numbers
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 
 # ## Pairs over a dataset
-# `dataset_pairs` applies the pair graph (`pqk.data.pairs.make_pairs`) within each scene and returns `(scene_idx, i, j)`:
-# view `i` is DUSt3R's view 1 (the reference frame), view `j` its view 2. A one-view scene contributes `(s, 0, 0)`.
+# `dataset_pairs` applies the pair graph (`pqk.data.pairs.make_pairs`) within each scene and returns
+# `(scene_idx, i, j)`: view `i` is DUSt3R's view 1 (the reference frame), view `j` its view 2. A one-view scene
+# contributes `(s, 0, 0)`.
 
 # %% ../../nbs/data/23_pairs.ipynb #fe964d56
-def dataset_pairs(scenes: list, strategy: str = 'complete', k: int = 1, symmetrize: bool = True, ref: int = 0) -> list[tuple[int, int, int]]:
+def dataset_pairs(scenes: list, strategy: str = 'complete', k: int = 1, symmetrize: bool = True,
+                  ref: int = 0) -> list[tuple[int, int, int]]:
     "All `(scene_idx, i, j)` pairs of the pair graph applied within each scene."
     out = []
     for s, sc in enumerate(scenes):
@@ -94,16 +100,19 @@ def calibration_set(scenes: list, count: int, seed: int = 0, strategy: str = 'co
         raise ValueError(f"calibration_set: count got {count!r}; expected an integer >= 1")
     if count > len(pairs):
         raise ValueError(f"calibration_set: count got {count}; expected at most the {len(pairs)} pairs available "
-                         f"({len(scenes)} scenes, pair graph {strategy!r}, symmetrize={symmetrize}); use more scenes or views")
+                         f"({len(scenes)} scenes, pair graph {strategy!r}, symmetrize={symmetrize}); "
+                         "use more scenes or views")
     idx = np.random.default_rng(seed).choice(len(pairs), size=int(count), replace=False)
     return [CalibPair(s, i, j, scenes[s]['name'], scenes[s]['views'][i]['img'], scenes[s]['views'][j]['img'])
             for s, i, j in (pairs[t] for t in idx)]
 
 def calibration_set_hash(items: Iterable) -> str:
-    "SHA-256 hex digest over the images of `items` (CalibPair, (img1, img2) tuples or single images) with order and shapes."
+    """SHA-256 hex digest over the images of `items` (CalibPair, (img1, img2) tuples or single images) with order and
+    shapes."""
     h = hashlib.sha256(b'pqk-calibration-set-v1\n')
     for n, it in enumerate(items):
-        imgs = (it.img1, it.img2) if isinstance(it, CalibPair) else tuple(it) if isinstance(it, (tuple, list)) else (it,)
+        imgs = ((it.img1, it.img2) if isinstance(it, CalibPair)
+                else tuple(it) if isinstance(it, (tuple, list)) else (it,))
         for m, im in enumerate(imgs):
             a = np.ascontiguousarray(np.asarray(im))
             h.update(f'{n}.{m}:{a.dtype.str}:{a.shape};'.encode()); h.update(a.tobytes())
@@ -124,7 +133,7 @@ def sample_pairs(n_pairs: int, step: int, batch: int, seed=0, rank: int = 0, wor
 def pair_batch(scenes, pairs, idx, device='cpu', flip: bool = False) -> tuple:
     "`(view1, view2, gt)` for the pairs `idx`: image dicts and (pts1, pts2, valid1, valid2) in view 1's frame, or None."
     import torch
-    from pqk.data.manifests import to_tensor, gt_in_view1_frame              # manifests imports this module
+    from pqk.data.manifests import to_tensor, gt_in_view1_frame              # imported when first needed
     v = [(scenes[pairs[i][0]]['views'][pairs[i][1]], scenes[pairs[i][0]]['views'][pairs[i][2]]) for i in idx]
     i1, i2 = (to_tensor(np.stack([x[k]['img'] for x in v]), device) for k in (0, 1))
     has = all(a.get('pts3d') is not None and a.get('cam2world') is not None and b.get('pts3d') is not None

@@ -5,15 +5,15 @@ device and backend, measured in one pass and written as the log's `edge_device` 
 
 # %% ../../nbs/edge/62_edge_eval.ipynb #cc1f3203
 from __future__ import annotations
-import contextlib, math, time
+import contextlib, time
 from pathlib import Path
 import numpy as np
 import torch
 from ..eval.efficiency import (PeakMemory, measure_latency, pairs_per_s, resolve_device, count_params,
-                                 model_size_mb, size_on_disk_mb, gflops, _cpu_name)
+                                 model_size_mb, gflops, _cpu_name)
 from ..eval.protocol import TorchPredictor, as_predictor
 from ..export.ort import OrtPredictor, onnx_precision
-from .power import PowerSampler, NoneSampler, select_sampler, power_summary, jetson_state
+from .power import PowerSampler, NoneSampler, power_summary, jetson_state
 
 # %% auto #0
 __all__ = ['BACKENDS', 'DEFAULT_MIN_DURATION_S', 'edge_protocol', 'default_backend', 'load_predictor', 'load_edge_model',

@@ -5,7 +5,7 @@ one interface, and what an edge run reports from them: average and peak power, e
 
 # %% ../../nbs/edge/63_power.ipynb #d91afc9c
 from __future__ import annotations
-import math, os, re, shutil, subprocess, sys, threading, time
+import importlib, re, shutil, subprocess, threading, time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -256,7 +256,7 @@ class JtopSampler(PollingSampler):
     name = 'jtop'
     @classmethod
     def probe(cls, **kw) -> str | None:
-        try: import jtop  # noqa: F401
+        try: importlib.import_module('jtop')
         except Exception as e:
             return f'jtop not importable ({type(e).__name__}: {e}), install jetson-stats on a Jetson'
         return None

@@ -63,8 +63,8 @@ def _inconclusive(d, lo, hi, t, n_pairs, what: str) -> tuple[str, int | None]:
     n = pairs_to_resolve(n_pairs, d, lo, hi, t) if n_pairs else None
     h, gap = (hi - d if d <= t else d - lo), abs(d - t)
     if n is not None:
-        how = (f'about {n} pairs would resolve it (N·(h/|d−t|)² with N = {n_pairs}, h = {h:.3g}, |d−t| = {gap:.3g}, '
-               'if the per-pair spread and the drop stay as measured)')
+        how = (f'about {n} pairs would resolve it (N·(h/|d−t|)² with N = {n_pairs}, h = {h:.3g}, '
+               f'|d−t| = {gap:.3g}, if the per-pair spread and the drop stay as measured)')
     elif gap == 0: how = 'more pairs cannot resolve it while the drop equals the threshold'
     else: how = 'the number of pairs that would resolve it is unknown (n_pairs not recorded)'
     return f'inconclusive: {what}; {how}', n

@@ -4,13 +4,10 @@
 
 # %% ../../nbs/models/13_checkpoints.ipynb #852e37bc
 from __future__ import annotations
-import argparse, ast, dataclasses, json, math, os, pickle, re, tempfile
-from dataclasses import dataclass
+import argparse, ast, json, math, pickle, re
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['PQK_FORMAT', 'CheckpointError', 'parse_model_string', 'config_from_reference_args', 'model_string',
@@ -18,7 +15,7 @@ __all__ = ['PQK_FORMAT', 'CheckpointError', 'parse_model_string', 'config_from_r
            'save_release_checkpoint', 'save_hf_checkpoint']
 
 # %% ../../nbs/models/13_checkpoints.ipynb #5a37c89e
-from .config import DUSt3RConfig, SHAPE_FIELDS, _INF, _is_int, _decode_float, _encode_float
+from .config import DUSt3RConfig, SHAPE_FIELDS, _INF, _is_int, _decode_float
 from .dust3r import DUSt3R
 from ..core.io import atomic_path
 
@@ -60,18 +57,21 @@ def _literal(node, src):
 def parse_model_string(s: str, src: str = 'constructor string') -> dict:
     "Keyword arguments of a release constructor string `AsymmetricCroCo3DStereo(k=v, ...)`, parsed (never evaluated)."
     try: tree = ast.parse(s.strip(), mode='eval')
-    except SyntaxError as e: raise CheckpointError(f"{src}: the model constructor string is not valid Python ({e.msg}): {s!r}") from None
+    except SyntaxError as e:
+        raise CheckpointError(f"{src}: the model constructor string is not valid Python ({e.msg}): {s!r}") from None
     call = tree.body
     name = getattr(getattr(call, 'func', None), 'id', None) or getattr(getattr(call, 'func', None), 'attr', None)
     if not isinstance(call, ast.Call) or name != 'AsymmetricCroCo3DStereo':
         raise CheckpointError(f"{src}: expected a constructor string 'AsymmetricCroCo3DStereo(...)'; got {s[:120]!r}")
-    if call.args: raise CheckpointError(f"{src}: positional arguments are not supported in {s[:120]!r}; expected keywords only")
+    if call.args:
+        raise CheckpointError(f"{src}: positional arguments are not supported in {s[:120]!r}; expected keywords only")
     return {kw.arg: _literal(kw.value, src) for kw in call.keywords if kw.arg is not None}
 
 def config_from_reference_args(kw: dict, src: str = 'checkpoint') -> DUSt3RConfig:
     "Map reference constructor / HF config.json arguments to a `DUSt3RConfig` (CroCo defaults for missing dims)."
     unknown = sorted(set(kw) - set(_CFG_KEYS) - set(_IGNORED_ARGS))
-    if unknown: raise CheckpointError(f"{src}: unsupported model argument(s) {unknown}; supported: {sorted(_CFG_KEYS + tuple(_IGNORED_ARGS))}")
+    if unknown: raise CheckpointError(f"{src}: unsupported model argument(s) {unknown}; "
+                                      f"supported: {sorted(_CFG_KEYS + tuple(_IGNORED_ARGS))}")
     for k, allowed in _IGNORED_ARGS.items():
         if k in kw and allowed is not None and kw[k] not in allowed:
             raise CheckpointError(f"{src}: model argument {k}={kw[k]!r} is not supported; expected one of {allowed}")
@@ -100,7 +100,8 @@ def _describe(cfg: DUSt3RConfig) -> str:
     return model_string(c) if c.is_uniform else f'DUSt3RConfig.from_dict({json.dumps(c.to_dict())})'
 
 def model_string(cfg: DUSt3RConfig) -> str:
-    "The release-style constructor string for `cfg` (non-release fields are added only when they differ from the defaults)."
+    """The release-style constructor string for `cfg` (non-release fields are added only when they differ from the
+    defaults)."""
     cfg = _uniform(cfg, 'model_string')
     kw = {'pos_embed': cfg.pos_embed, 'img_size': cfg.img_size, 'head_type': cfg.head_type, 'output_mode': 'pts3d',
           'depth_mode': cfg.depth_mode, 'conf_mode': cfg.conf_mode}
@@ -136,8 +137,9 @@ def nonfinite_tensors(sd: dict) -> list[tuple[str, int, int]]:
     return out
 
 def load_state_into(model: DUSt3R, sd: dict, src: str = 'state_dict') -> DUSt3R:
-    """Strictly load `sd` into `model`; aliases filled in; missing/unexpected keys and shape mismatches raise CheckpointError.
-    A model built on the meta device gets the checkpoint tensors assigned (cast to its dtype), without a copy."""
+    """Strictly load `sd` into `model`; aliases filled in; missing/unexpected keys and shape mismatches raise
+    CheckpointError. A model built on the meta device gets the checkpoint tensors assigned (cast to its dtype), without
+    a copy."""
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
         raise CheckpointError(f"{src}: the state_dict must map str keys to tensors; got {type(sd).__name__}")
     bad = nonfinite_tensors(sd)
@@ -157,7 +159,8 @@ def load_state_into(model: DUSt3R, sd: dict, src: str = 'state_dict') -> DUSt3R:
     if missing or unexpected or shapes:
         parts = [f'{len(missing)} missing key(s): {_names(missing)}'] if missing else []
         parts += [f'{len(unexpected)} unexpected key(s): {_names(unexpected)}'] if unexpected else []
-        parts += [f'{len(shapes)} shape mismatch(es): ' + '; '.join(shapes[:12]) + (' ...' if len(shapes) > 12 else '')] if shapes else []
+        more = ' ...' if len(shapes) > 12 else ''
+        parts += [f'{len(shapes)} shape mismatch(es): ' + '; '.join(shapes[:12]) + more] if shapes else []
         raise CheckpointError(f"{src}: the state_dict does not match the model built from its config "
                               f"({_describe(model.cfg)}): " + ' | '.join(parts))
     if any(p.is_meta for p in model.parameters()):
@@ -171,7 +174,7 @@ def load_state_into(model: DUSt3R, sd: dict, src: str = 'state_dict') -> DUSt3R:
 def _torch_load(path: Path):
     "torch.load(weights_only=True) with only argparse.Namespace allowed; unsafe files are refused before unpickling."
     try: unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception: unsafe = None                                    # not a zip checkpoint: weights_only decides below
+    except Exception: unsafe = None                           # not a zip checkpoint: weights_only decides below
     if unsafe:
         bad = [g for g in unsafe if g not in _ALLOWED_GLOBALS]
         if bad: raise CheckpointError(f"{path}: refused to load: unpickling it would need the global(s) {bad}, which "
@@ -182,14 +185,16 @@ def _torch_load(path: Path):
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused to load with weights_only=True: {str(e).splitlines()[0]}") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 def _read_hf(path: Path):
     d = path if path.is_dir() else path.parent
     st = d / 'model.safetensors' if path.is_dir() else path
     cfg_path = d / 'config.json'
     for f in (st, cfg_path):
-        if not f.is_file(): raise CheckpointError(f"{path}: Hugging Face layout needs {f.name} next to it; {f} not found")
+        if not f.is_file():
+            raise CheckpointError(f"{path}: Hugging Face layout needs {f.name} next to it; {f} not found")
     try: kw = json.loads(cfg_path.read_text())
     except ValueError as e: raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
     if not isinstance(kw, dict): raise CheckpointError(f"{cfg_path}: expected a JSON object of model arguments")
@@ -200,7 +205,8 @@ def _read_hf(path: Path):
     return cfg, sd, {'format': 'hf'}
 
 def read_checkpoint(path) -> tuple[DUSt3RConfig, dict, dict]:
-    "`(config, state_dict, info)` of a release `.pth`, Hugging Face directory/safetensors or pqk checkpoint (CPU tensors)."
+    """`(config, state_dict, info)` of a release `.pth`, Hugging Face directory/safetensors or pqk checkpoint (CPU
+    tensors)."""
     p = Path(path)
     if not p.exists(): raise CheckpointError(f"{p}: checkpoint not found")
     if p.is_dir() or p.suffix == '.safetensors': return _read_hf(p)
@@ -209,7 +215,8 @@ def read_checkpoint(path) -> tuple[DUSt3RConfig, dict, dict]:
     if 'pqk_format' in obj:
         v = obj['pqk_format']
         if not _is_int(v) or v > PQK_FORMAT:
-            raise CheckpointError(f"{p}: pqk_format {v!r} is not supported by this pqk (reads <= {PQK_FORMAT}); upgrade pqk")
+            raise CheckpointError(f"{p}: pqk_format {v!r} is not supported by this pqk (reads <= {PQK_FORMAT}); "
+                                  "upgrade pqk")
         for k in ('config', 'model'):
             if k not in obj: raise CheckpointError(f"{p}: pqk checkpoint lacks the {k!r} entry")
         try: cfg = DUSt3RConfig.from_dict(obj['config'])
@@ -218,13 +225,16 @@ def read_checkpoint(path) -> tuple[DUSt3RConfig, dict, dict]:
     if 'model' in obj and 'args' in obj:
         s = getattr(obj['args'], 'model', None)
         if not isinstance(s, str):
-            raise CheckpointError(f"{p}: release checkpoint 'args' has no 'model' constructor string; got {type(obj['args']).__name__}")
-        return config_from_reference_args(parse_model_string(s, str(p)), str(p)), obj['model'], {'format': 'release', 'model_string': s}
-    raise CheckpointError(f"{p}: unrecognised checkpoint layout with top-level keys {sorted(map(str, obj))[:10]}; expected "
-                          "{'model', 'args'} (release) or {'pqk_format', 'config', 'model'} (pqk)")
+            raise CheckpointError(f"{p}: release checkpoint 'args' has no 'model' constructor string; "
+                                  f"got {type(obj['args']).__name__}")
+        return (config_from_reference_args(parse_model_string(s, str(p)), str(p)), obj['model'],
+                {'format': 'release', 'model_string': s})
+    raise CheckpointError(f"{p}: unrecognised checkpoint layout with top-level keys {sorted(map(str, obj))[:10]}; "
+                          "expected {'model', 'args'} (release) or {'pqk_format', 'config', 'model'} (pqk)")
 
 def load_checkpoint(path, map_location='cpu') -> DUSt3R:
-    "Load a release `.pth`, Hugging Face directory/`model.safetensors` or pqk checkpoint -> `DUSt3R` in eval mode on `map_location`."
+    """Load a release `.pth`, Hugging Face directory/`model.safetensors` or pqk checkpoint -> `DUSt3R` in eval mode on
+    `map_location`."""
     cfg, sd, info = read_checkpoint(path)
     with torch.device('meta'): model = DUSt3R(cfg)                     # no random init: the weights come from the file
     model = load_state_into(model, sd, str(path))
@@ -233,7 +243,6 @@ def load_checkpoint(path, map_location='cpu') -> DUSt3R:
 
 def _atomic_write(path, write):
     "Call `write(tmp_path)` then move the temporary file onto `path` (same directory) atomically."
-    from pqk.core.io import atomic_path
     with atomic_path(path) as tmp: write(str(tmp))
     return Path(path)
 
@@ -256,13 +265,14 @@ def _check_meta(v, where='meta'):
             if not isinstance(k, str): raise ValueError(f"save_checkpoint: {where} key {k!r} must be a str")
             _check_meta(x, f'{where}[{k!r}]')
         return
-    raise ValueError(f"save_checkpoint: {where} is a {type(v).__name__}; meta may hold only str/int/float/bool/None/list/dict "
-                     "(so that the file loads with weights_only=True)")
+    raise ValueError(f"save_checkpoint: {where} is a {type(v).__name__}; meta may hold only "
+                     "str/int/float/bool/None/list/dict (so that the file loads with weights_only=True)")
 
 def save_checkpoint(model: DUSt3R, path, meta: dict | None = None) -> Path:
     "Write pqk's format `{'pqk_format': 1, 'config', 'model', 'meta'}` atomically (loads with weights_only=True)."
     _check_meta(meta or {})
-    obj = {'pqk_format': PQK_FORMAT, 'config': model.cfg.to_dict(), 'model': _cpu_state(model), 'meta': dict(meta or {})}
+    obj = {'pqk_format': PQK_FORMAT, 'config': model.cfg.to_dict(), 'model': _cpu_state(model),
+           'meta': dict(meta or {})}
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 def save_release_checkpoint(model: DUSt3R, path) -> Path:
@@ -278,12 +288,14 @@ def save_hf_checkpoint(model: DUSt3R, directory) -> Path:
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
     kw = {'conf_mode': list(c.conf_mode), 'dec_depth': c.dec_depth, 'dec_embed_dim': c.dec_embed_dim,
           'dec_num_heads': c.dec_num_heads, 'depth_mode': list(c.depth_mode), 'enc_depth': c.enc_depth,
-          'enc_embed_dim': c.enc_embed_dim, 'enc_num_heads': c.enc_num_heads, 'freeze': 'none', 'head_type': c.head_type,
+          'enc_embed_dim': c.enc_embed_dim, 'enc_num_heads': c.enc_num_heads, 'freeze': 'none',
+          'head_type': c.head_type,
           'img_size': list(c.img_size), 'landscape_only': False, 'output_mode': 'pts3d',
           'patch_embed_cls': 'PatchEmbedDust3R', 'pos_embed': c.pos_embed}
     dflt = DUSt3RConfig()
     for k in ('mlp_ratio', 'patch_size', 'dpt_feature_dim', 'dpt_layer_dims', 'enc_head_dim', 'dec_head_dim'):
-        if getattr(c, k) != getattr(dflt, k): kw[k] = list(getattr(c, k)) if isinstance(getattr(c, k), tuple) else getattr(c, k)
+        v = getattr(c, k)
+        if v != getattr(dflt, k): kw[k] = list(v) if isinstance(v, tuple) else v
     sd = model.state_dict()
     aliases = {k: v for k, v in _alias_pairs(sd).items() if '.layer_rn.' in k}
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in sd.items() if k not in aliases}

@@ -4,14 +4,9 @@
 
 # %% ../../nbs/models/10_config.ipynb #018d4246
 from __future__ import annotations
-import argparse, ast, dataclasses, json, math, os, pickle, re, tempfile
+import dataclasses, math, re
 from collections import namedtuple
 from dataclasses import dataclass
-from pathlib import Path
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['HEAD_TYPES', 'BLOCK_FIELDS', 'DPT_FIELDS', 'SHAPE_FIELDS', 'BlockShape', 'DPTShape', 'PRESETS', 'DUSt3RConfig']
@@ -144,7 +139,8 @@ class DUSt3RConfig:
             bad('dpt_layer_dims', self.dpt_layer_dims, f'4 integers in [1, {_MAX_WIDTH}], e.g. (96, 192, 384, 768)')
         set_('dpt_layer_dims', lds)
         if self.head_type == 'dpt':
-            if self.dec_depth < 2: bad('dec_depth', self.dec_depth, '>= 2 for a DPT head (hooks [0, L*2//4, L*3//4, L])')
+            if self.dec_depth < 2:
+                bad('dec_depth', self.dec_depth, '>= 2 for a DPT head (hooks [0, L*2//4, L*3//4, L])')
             if self.patch_size != 16:
                 bad('patch_size', self.patch_size, '16 for a DPT head (its up-sampling path assumes 16)')
             if self.dpt_feature_dim % 2: bad('dpt_feature_dim', self.dpt_feature_dim, 'an even integer')

@@ -25,9 +25,11 @@ def period(since=None, until=None, now: datetime | None = None) -> tuple[datetim
     "UTC [start, end] of the review: whole days when given, else the 7 days up to `now`."
     now = now or datetime.now(timezone.utc)
     end = datetime.combine(_day(until, '--until'), dtime.max, timezone.utc) if until is not None else now
-    start = datetime.combine(_day(since, '--since'), dtime.min, timezone.utc) if since is not None else end - timedelta(days=7)
+    start = (datetime.combine(_day(since, '--since'), dtime.min, timezone.utc) if since is not None
+             else end - timedelta(days=7))
     if start > end:
-        raise ContractError([Problem('pqk review', '--since', str(since), f'a day on or before --until ({end.date()})')])
+        raise ContractError([Problem('pqk review', '--since', str(since),
+                                     f'a day on or before --until ({end.date()})')])
     return start, end
 
 def _utc(s) -> datetime | None:
@@ -75,7 +77,8 @@ def milestones_markdown(records: list[dict], start: datetime, end: datetime, ski
            '| card | kind | runs | passed | inconclusive | failed | stopped | device-h spent | budget device-h | used '
            '| latest verdict |', '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|']
     for c in rows:
-        used = '–' if c['used_pct'] is None else f"{c['used_pct']:.0f}%" + (' **over**' if c['used_pct'] > 100 else '')
+        used = ('–' if c['used_pct'] is None
+                else f"{c['used_pct']:.0f}%" + (' **over**' if c['used_pct'] > 100 else ''))
         lv, n = c['latest'], ' | '.join(str(c[k]) for k in STATUS_COLS)
         out.append(f"| {_md(c['card'])} | {c['kind']} | {c['runs']} | {n} | {_h(c['device_hours'])} | "
                    f"{_h(c['budget'])} | {used} | {lv['status']}: {_short(lv['reason'], 70)} |")

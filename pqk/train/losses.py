@@ -10,7 +10,7 @@ import torch
 __all__ = ['regr3d', 'conf_regr_loss']
 
 # %% ../../nbs/train/40_losses.ipynb #a3f4ae9c
-from ..eval.metrics import avg_dis_scale, avg_dis_normalize     # the one avg_dis normalisation (NaN-safe)
+from ..eval.metrics import avg_dis_normalize     # the one avg_dis normalisation (NaN-safe)
 
 def regr3d(pred1, pred2, gt1, gt2, v1, v2):
     """Per-pixel L21 distances (B,H,W) for both views after avg_dis normalisation of prediction and ground truth;

@@ -12,7 +12,6 @@ import torch
 
 from ..models.dust3r import make_model
 from ..models.checkpoints import save_checkpoint
-from ..models.config import DUSt3RConfig
 from ..models.teacher import demo_teacher_path
 from ..data.scenes import synthetic_dataset
 from ..data.pairs import PairBatcher
