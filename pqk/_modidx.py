@@ -63,6 +63,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'pqk.compress.prune.prune_step': ('compress/prune.html#prune_step', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.removed_report': ('compress/prune.html#removed_report', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.round_counts': ('compress/prune.html#round_counts', 'pqk/compress/prune.py'),
+                                    'pqk.compress.prune.side_by_side': ('compress/prune.html#side_by_side', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.start_lineage': ('compress/prune.html#start_lineage', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.target_units': ('compress/prune.html#target_units', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.taylor_gradients': ( 'compress/prune.html#taylor_gradients',
