@@ -741,6 +741,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'pqk.run.aggregate.plot_ablation': ('run/aggregate.html#plot_ablation', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.plot_latency': ('run/aggregate.html#plot_latency', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.plot_tradeoff': ('run/aggregate.html#plot_tradeoff', 'pqk/run/aggregate.py'),
+                                   'pqk.run.aggregate.prune_share_label': ('run/aggregate.html#prune_share_label', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.read_log_bytes': ('run/aggregate.html#read_log_bytes', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.read_logs': ('run/aggregate.html#read_logs', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.read_rows': ('run/aggregate.html#read_rows', 'pqk/run/aggregate.py'),
