@@ -57,10 +57,11 @@ def _yaml_copy(src: Path, dst: Path, edit) -> Path:
     return dst
 
 def _configs(tmp_path, prune_edit):
-    def wl(d): d['data']['eval']['synthetic'].update(n_scenes=5, views_per_scene=2, n_pairs=10)   # 5 scenes: an interval
+    def wl(d): d['data']['eval']['synthetic'].update(n_scenes=5, views_per_scene=2, n_pairs=10)   # 5: an interval
     def ev(d): d['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
     def pc(d):
-        d['finetune'].update(batch_pairs=1, warmup_steps=1, lr=1e-3, train_data={'seed': 0, 'n_scenes': 2, 'views_per_scene': 2},
+        d['finetune'].update(batch_pairs=1, warmup_steps=1, lr=1e-3,
+                             train_data={'seed': 0, 'n_scenes': 2, 'views_per_scene': 2},
                              val_data={'seed': 900, 'n_scenes': 1, 'views_per_scene': 2})
         d['checkpoint'] = {'every_steps': 1, 'eval_every_steps': 2, 'keep_last': 1}
         prune_edit(d)
@@ -79,7 +80,7 @@ def _run_prune(tmp_path, tiny, prune_edit, *params):
     return p, json.loads(log.read_text()), next((tmp_path / 'runs').iterdir())
 
 def test_run_prune_template_end_to_end(tmp_path, tiny):
-    "`pqk run-prune`: two rounds of prune -> fine-tune, pruned_best.pt, evaluation, side-by-side costs; the log validates."
+    "`pqk run-prune`: 2 rounds of prune -> fine-tune, pruned_best.pt, evaluation, side-by-side costs; a valid log."
     def edit(d): d.update(targets={'heads': 0.5, 'mlp': 0.5, 'dpt': 0.5}, rounds=2)
     p, rec, run_dir = _run_prune(tmp_path, tiny, edit, '--param', 'steps=2', '--param', 'train_res=64')
     from pqk.core.logschema import log_problems
@@ -90,13 +91,15 @@ def test_run_prune_template_end_to_end(tmp_path, tiny):
     assert [r['round'] for r in pr['rounds_done']] == [1, 2] and all(r['steps_done'] == 2 for r in pr['rounds_done'])
     assert pr['exactness']['max_rel_err'] <= 1e-5 and len(pr['exactness']['per_round']) == 2
     assert set(pr['removed']) == {'heads', 'mlp', 'dpt'}
-    assert pr['removed']['heads']['enc_blocks.0.attn'] == {'before': 2, 'after': 1, 'removed': pr['removed']['heads']['enc_blocks.0.attn']['removed']}
+    h = pr['removed']['heads']['enc_blocks.0.attn']
+    assert (h['before'], h['after'], len(h['removed'])) == (2, 1, 1) and h['removed'][0] in (0, 1)
     assert pr['params_after'] < pr['params_before'] and abs(sum(pr['share'].values()) - 1) < 1e-9
     sbs = pr['side_by_side']
     assert sbs['params']['after'] == pr['params_after'] == rec['model']['params']
     assert sbs['gflops']['after'] < sbs['gflops']['before'] and sbs['latency_p50_ms']['before'] > 0
     q = rec['quality']
-    assert q['quality_drop_pct'] is not None and q['quality_drop_lo_pct'] <= q['quality_drop_pct'] <= q['quality_drop_hi_pct']
+    assert q['quality_drop_pct'] is not None
+    assert q['quality_drop_lo_pct'] <= q['quality_drop_pct'] <= q['quality_drop_hi_pct']
     assert rec['training']['steps_done'] == 4 and rec['artifacts']['pruned_checkpoint'] == 'pruned_best.pt'
     from pqk.models.checkpoints import load_checkpoint
     m = load_checkpoint(run_dir / 'pruned_best.pt')

@@ -14,7 +14,8 @@ import torch.nn as nn
 from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int, _short
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
-from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model, slice_error,
+from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model,
+                                  slice_error,
                       top_indices, param_count)
 
 # %% auto #0
@@ -30,7 +31,8 @@ DEFAULTS = {
     'targets': {'heads': 0.5, 'mlp': 0.3},
     'importance': 'magnitude', 'rounds': 1, 'round_to': 8, 'ignored': [], 'calibration_pairs': 8,
     'finetune': {'steps': 40, 'lr': 1e-4, 'batch_pairs': 2, 'res': 224, 'warmup_steps': 4, 'weight_decay': 0.05,
-                 'grad_clip': 1.0, 'amp': True, 'seed': 0, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
+                 'grad_clip': 1.0, 'amp': True, 'seed': 0,
+                 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
                  'loss': {}},
     'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
 }
@@ -144,7 +146,8 @@ def final_counts(model: DUSt3R, pc: dict) -> dict:
                 raise PruneError(f"prune config: round_to: got {rt}, but {u} has {n} channels, not a multiple of it "
                                  f"(a model pruned with another round_to?); expected a round_to that divides every "
                                  f"width pruned, e.g. {math.gcd(n, rt)}")
-            if n >= step: out[u] = _keep_count(n, r, step, u, f'targets.{target}', 'head' if kind == 'heads' else 'channel')
+            if n >= step:
+                out[u] = _keep_count(n, r, step, u, f'targets.{target}', 'head' if kind == 'heads' else 'channel')
     return out
 
 def round_counts(final: dict, start: dict, k: int, rounds: int, round_to: int) -> dict:
@@ -331,7 +334,8 @@ def prune_step(model: DUSt3R, counts: dict, lin: dict, method: str, ignored=(), 
            'config': lin['config']}
     g2 = torch.Generator().manual_seed(0)
     p = next(model.parameters())
-    v = [{'img': (torch.rand(1, 3, check_res, check_res, generator=g2) * 2 - 1).to(p.device, p.dtype)} for _ in range(2)]
+    v = [{'img': (torch.rand(1, 3, check_res, check_res, generator=g2) * 2 - 1).to(p.device, p.dtype)}
+         for _ in range(2)]
     err = slice_error(model, pruned, plan, v[0], v[1])
     if not err <= tol:
         raise PruneError(f'prune: the pruned model differs from the masked original by {err:.3g} (relative), more '
@@ -368,8 +372,8 @@ def lineage_plan(lin: dict) -> dict:
     keep = {}
     for u, k in lin['keep'].items():
         st = u.split('.')[0]
-        if st in STACKS and int(u.split('.')[1]) not in lin['blocks']['enc_blocks' if st == 'enc_blocks' else 'dec_blocks']:
-            continue
+        side = 'enc_blocks' if st == 'enc_blocks' else 'dec_blocks'
+        if st in STACKS and int(u.split('.')[1]) not in lin['blocks'][side]: continue
         if len(k) < unit_size(cfg0, u)[1]: keep[u] = k
     if keep: plan['keep'] = keep
     return plan
@@ -471,12 +475,15 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
             model, lin = load_checkpoint(rd / 'finetuned.pt').to(device), st['lineage']
             rounds.append(st['round']); spent += st['round'].get('device_hours') or 0.0; continue
         if st is not None and (rd / 'pruned.pt').is_file():           # cut, fine-tune unfinished
-            pruned, lin, err, plan = load_checkpoint(rd / 'pruned.pt').to(device), st['lineage'], st['exact_err'], st['plan']
+            pruned = load_checkpoint(rd / 'pruned.pt').to(device)
+            lin, err, plan = st['lineage'], st['exact_err'], st['plan']
         else:
             cur = current_counts(model, lin)
-            counts = {u: c for u, c in round_counts(final, start, k, N, pc['round_to']).items() if u in cur and c < cur[u]}
+            counts = round_counts(final, start, k, N, pc['round_to'])
+            counts = {u: c for u, c in counts.items() if u in cur and c < cur[u]}
             if pc['importance'] == 'taylor': taylor_gradients(model, calib)
-            pruned, plan, lin, err = prune_step(model, counts, lin, pc['importance'], pc['ignored'], seed=ft['seed'] + k)
+            pruned, plan, lin, err = prune_step(model, counts, lin, pc['importance'], pc['ignored'],
+                                                seed=ft['seed'] + k)
             model.zero_grad(set_to_none=True)
             rd.mkdir(parents=True, exist_ok=True)
             save_checkpoint(pruned, rd / 'pruned.pt', meta={'kind': 'pruned', 'round': k})
