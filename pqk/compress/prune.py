@@ -30,10 +30,10 @@ IMPORTANCES = ('magnitude', 'taylor', 'random')
 DEFAULTS = {
     'targets': {'heads': 0.5, 'mlp': 0.3},
     'importance': 'magnitude', 'rounds': 1, 'round_to': 8, 'ignored': [], 'calibration_pairs': 8,
-    'finetune': {'steps': 40, 'lr': 1e-4, 'batch_pairs': 2, 'res': 224, 'warmup_steps': 4, 'weight_decay': 0.05,
+    'finetune': {'steps': 40, 'lr': 1e-4, 'batch_pairs': 1, 'res': None, 'warmup_steps': 4, 'weight_decay': 0.05,
                  'grad_clip': 1.0, 'amp': True, 'seed': 0,
                  'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
-                 'loss': {}},
+                 'val_data': {'seed': 900, 'n_scenes': 6, 'views_per_scene': 2}, 'loss': {}},
     'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
 }
 
@@ -76,9 +76,10 @@ def prune_config(cfg=None, **overrides) -> dict:
     ft = out['finetune']
     if not _is_int(ft['steps']) or ft['steps'] < 0: _bad('finetune.steps', ft['steps'], 'an integer >= 0')
     if not _num(ft['lr']) or not 0 < ft['lr'] <= 1: _bad('finetune.lr', ft['lr'], 'a number in (0, 1]')
-    for k in ('batch_pairs', 'res'):
-        if not _is_int(ft[k]) or ft[k] < 1: _bad(f'finetune.{k}', ft[k], 'an integer >= 1')
-    if ft['res'] % 16: _bad('finetune.res', ft['res'], 'a multiple of the patch size 16')
+    if not _is_int(ft['batch_pairs']) or ft['batch_pairs'] < 1:
+        _bad('finetune.batch_pairs', ft['batch_pairs'], 'an integer >= 1')
+    if ft['res'] is not None and (not _is_int(ft['res']) or ft['res'] < 16 or ft['res'] % 16):
+        _bad('finetune.res', ft['res'], "null (the workload's resolution) or a multiple of the patch size 16")
     if not isinstance(ft['loss'], dict): _bad('finetune.loss', ft['loss'], "a mapping (K's loss section)")
     return out
 
@@ -459,12 +460,12 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
         if workload is None: raise PruneError("importance 'taylor': needs the workload (its calibration set) or calib")
         calib, calib_hash = calibration_batches(workload, pc['calibration_pairs'], device=device)
     ft = pc['finetune']
+    res = int(ft['res'] or (workload.resolution if workload is not None else 224))
     scenes = vscenes = vpairs = None
     if ft['steps'] > 0:
-        scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['train_data'])}, int(ft['res']))
+        scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['train_data'])}, res)
         if evalc is not None and pc['checkpoint'].get('eval_every_steps'):
-            vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft.get('val_data') or VAL_DATA)},
-                                   int(ft['res']))
+            vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft.get('val_data') or VAL_DATA)}, res)
             vpairs = dataset_pairs(vscenes, 'complete', 1, False)
     out_dir.mkdir(parents=True, exist_ok=True)
     rounds, status, reason, spent = [], 'completed', f'completed {N} round(s)', 0.0
@@ -521,7 +522,7 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
                'exactness': {'tol': 1e-5, 'max_rel_err': max((x['exact_rel_err'] for x in rounds), default=None),
                              'per_round': [x['exact_rel_err'] for x in rounds]},
                'rounds_done': [{k: v for k, v in x.items() if k != 'history'} for x in rounds],
-               'config': model.cfg.to_dict(), 'calibration_set_hash': calib_hash}
+               'config': model.cfg.to_dict(), 'calibration_set_hash': calib_hash, 'finetune_res': res}
     tot = summary['params_removed']['total']
     summary['share'] = {t: v / tot for t, v in summary['params_removed'].items() if t != 'total'} if tot else {}
     return {'status': status, 'reason': reason, 'model': model, 'pruning': summary,
