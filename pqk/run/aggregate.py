@@ -495,8 +495,8 @@ def plot_ablation(rows, path) -> Path:
         ax.set_xticks(range(len(cards)), cards, rotation=45, ha='right', fontsize=7)
         for x, c in enumerate(cards):
             if (lab := prune_share_label(last[c])):
-                ax.annotate(lab, (x, last[c]['quality.quality_drop_pct']), xytext=(0, 3), textcoords='offset points',
-                            rotation=90, ha='center', va='bottom', fontsize=6)
+                ax.annotate(f'params removed: {lab}', (x, max(last[c]['quality.quality_drop_pct'], 0)), xytext=(0, 3),
+                            textcoords='offset points', rotation=90, ha='center', va='bottom', fontsize=6)
         for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r in last.values()} - {None}):
             ax.axhline(t, ls='--', lw=1, color='gray'); ax.text(len(cards) - 0.5, t, f' max {t:g}%', va='bottom', ha='right', fontsize=7)
         ax.legend(handles=[Patch(color=cmap[f], label=f'family {f}') for f in fams], fontsize=8, loc='upper right')
