@@ -100,7 +100,7 @@ CASES = [
     ('distill_reduction_1', 'distill', lambda: _edit('distill', setk('student.reduction', 1.0)), 'student.reduction', '1.0'),
     ('distill_lr_type', 'distill', lambda: _edit('distill', setk('train.lr', 'fast')), 'train.lr', 'fast'),
     ('quant_bits', 'quant', lambda: _edit('quant', setk('ptq.weight_bits', 3)), 'ptq.weight_bits', '3'),
-    ('prune_target', 'prune', lambda: _edit('prune', setk('target', ['neurons'])), 'target[0]', 'neurons'),
+    ('prune_target', 'prune', lambda: _edit('prune', setk('targets.neurons', 0.2)), 'targets.neurons', '0.2'),
 ]
 
 @pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])

@@ -17,8 +17,8 @@ __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'XLSX_MAX_TEXT', 'MAX_PANE
            'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log', 'read_logs',
            'upgrade_1_0_to_1_1', 'log_row', 'cache_key', 'read_rows', 'version_groups', 'report_columns', 'flat_rows',
            'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets', 'write_csv',
-           'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points', 'plot_tradeoff', 'plot_ablation',
-           'plot_latency', 'aggregate']
+           'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points', 'plot_tradeoff', 'prune_share_label',
+           'plot_ablation', 'plot_latency', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -473,8 +473,15 @@ def plot_tradeoff(rows, path) -> Path:
         ax.set_xlabel('latency p50 (ms)'); ax.set_ylabel('quality drop (%)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
 
+def prune_share_label(row: dict) -> str | None:
+    "'heads 41% · mlp 59%': each pruning target's share of the parameters a P/KP run removed (None for other runs)."
+    sh = {k[len('pruning.share.'):]: _num(v) for k, v in row.items() if k.startswith('pruning.share.')}
+    sh = {k: v for k, v in sh.items() if v}
+    return ' · '.join(f'{k} {v:.0%}' for k, v in sorted(sh.items(), key=lambda kv: -kv[1])) or None
+
 def plot_ablation(rows, path) -> Path:
-    "Per version group: quality drop of the latest run per card, bars coloured by card family; thresholds dashed."
+    """Per version group: quality drop of the latest run per card, bars coloured by card family; thresholds dashed;
+    a pruning run's bar names each target's share of the parameters it removed."""
     from matplotlib.patches import Patch
     fig, panels = _panels(rows, 'ablation: quality drop per card (latest run)')
     for ax, g in panels:
@@ -486,6 +493,10 @@ def plot_ablation(rows, path) -> Path:
         ax.bar(range(len(cards)), [last[c]['quality.quality_drop_pct'] for c in cards],
                color=[cmap[card_family(c)] for c in cards])
         ax.set_xticks(range(len(cards)), cards, rotation=45, ha='right', fontsize=7)
+        for x, c in enumerate(cards):
+            if (lab := prune_share_label(last[c])):
+                ax.annotate(f'params removed: {lab}', (x, max(last[c]['quality.quality_drop_pct'], 0)), xytext=(0, 3),
+                            textcoords='offset points', rotation=90, ha='center', va='bottom', fontsize=6)
         for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r in last.values()} - {None}):
             ax.axhline(t, ls='--', lw=1, color='gray'); ax.text(len(cards) - 0.5, t, f' max {t:g}%', va='bottom', ha='right', fontsize=7)
         ax.legend(handles=[Patch(color=cmap[f], label=f'family {f}') for f in fams], fontsize=8, loc='upper right')

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
     _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
     _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'), 'distill')
+    _method_args(sub.add_parser('run-prune', help='prune a model and fine-tune it with the prune template'), 'prune')
     p = sub.add_parser('edge-eval', help='latency, memory, power and throttling of a model on this device (run_edge)')
     _method_args(p, None)
     p.add_argument('--backend', choices=EDGE_BACKENDS, default=None,
@@ -142,7 +143,7 @@ def _main(args) -> int:
         if args.cmd == 'review':
             from pqk.run.review import review
             review(args.runs_dir, args.reports_dir, since=args.since, until=args.until); return 0
-        if args.cmd in ('run-eval', 'run-distill'):
+        if args.cmd in ('run-eval', 'run-distill', 'run-prune'):
             from pqk.run.runner import run_method
             res = run_method(args.cmd.split('-', 1)[1], workload=args.workload, eval=args.eval,
                              cfg=getattr(args, 'cfg', None), ckpt=args.ckpt, log=args.log, seed=args.seed,

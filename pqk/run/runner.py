@@ -141,7 +141,8 @@ def null_blocks(ev, device_hours: float = 0.0, device_kind: str = 'cpu') -> dict
             'resource': {'gpu_hours': dh if device_kind == 'cuda' else 0.0, 'peak_mem_mb': None, 'device_hours': dh,
                          'device_kind': device_kind}}
 
-LOG_BLOCKS = ('model', 'quality', 'efficiency', 'resource', 'calibration_set_hash', 'edge_device', 'training')
+LOG_BLOCKS = ('model', 'quality', 'efficiency', 'resource', 'calibration_set_hash', 'edge_device', 'training',
+              'pruning')
 Q_KINDS = ('Q', 'KQ', 'KPQ')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 
@@ -218,7 +219,8 @@ def repair_log(rec: dict, ev, device_hours: float, file: str, device_kind: str =
     out = dict(rec)
     for top in {re.split(r'[.\[]', p.path or '<top>')[0] for p in ps}:
         if top in nulls: out[top] = nulls[top]
-        elif top in ('training', 'edge_device', 'artifacts', 'environment', 'thresholds', 'calibration_set_hash'):
+        elif top in ('training', 'edge_device', 'artifacts', 'environment', 'thresholds', 'calibration_set_hash',
+                     'pruning'):
             out.pop(top, None)
     if 'environment' not in out: out['environment'] = {'python': sys.version.split()[0], 'torch': 'unknown', 'device': 'unknown'}
     if 'thresholds' not in out:
