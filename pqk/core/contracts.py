@@ -439,7 +439,26 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
                                                         f"(this file is a {got} config)"))
         if got is not None and not allowed and got in ('workload', 'eval'):
             ps.append(Problem(file, 'configs.method', m, f'a method config, not the {got} contract'))
+    up = front.get('upstream')
+    if isinstance(up, dict) and isinstance(up.get('card'), str):        # a chain: the upstream card must exist
+        ids = _card_ids(path.parent)
+        if up['card'] == front.get('id'): ps.append(Problem(file, 'upstream.card', up['card'], 'another card (not itself)'))
+        elif up['card'] not in ids:
+            ps.append(Problem(file, 'upstream.card', up['card'], f"the id of a task card in {_rel(path.parent)} "
+                                                                 f"({', '.join(sorted(ids)) or 'none'})"))
     return ps, (None if ps else card)
+
+_ID_LINE = re.compile(r'^id:\s*["\']?([A-Za-z0-9][A-Za-z0-9_.-]*)', re.M)
+
+def _card_ids(folder) -> set:
+    "Card ids of the `*.md` cards in `folder` (read from each front matter's `id:` line)."
+    out = set()
+    for f in Path(folder).glob('*.md'):
+        try: fm, _ = split_front_matter(f.read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError): continue
+        m = _ID_LINE.search(fm or '')
+        if m: out.add(m[1])
+    return out
 
 def load_card(path) -> TaskCard:
     ps, c = check_card(path)
