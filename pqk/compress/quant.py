@@ -27,7 +27,7 @@ __all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'BITS', 'GROUPS', 'QUANT_DEFA
            'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns', 'excluded', 'load_fp32',
            'calibration_data', 'calib_feeds', 'select_nodes', 'ort_quantize', 'mtq_quantize', 'set_groups',
            'qdq_report', 'latency_side_by_side', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy']
+           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -408,3 +408,23 @@ def fp32_weights_copy(fq_model: nn.Module) -> nn.Module:
     m = copy.deepcopy(fq_model)
     for _, q in _quantizers(m): q.disable()
     return m
+
+# %% ../../nbs/compress/52_quant.ipynb #428f042d
+def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
+    "int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); a report."
+    from pqk.export.onnx import export_onnx
+    qc, m = quant_config(cfg, check_backend=False), load_fp32(ckpt)
+    calib, h, info = calibration_data(workload)
+    out = Path(out); fp = out.with_name(out.stem + '.fp32.onnx')
+    rep = {'fp32': export_onnx(m, fp, workload=workload, polygraphy=False), 'calibration_set_hash': h}
+    if flavour == 'ort': rep['int8'] = ort_quantize(fp, out, calib, qc)
+    else:
+        try:
+            import_mtq()
+            qm = quant_config({**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
+                                             'method': 'static', 'symmetric': True}})
+            rep['int8'] = {**export_qdq(mtq_quantize(m, calib, qm), out, workload.shape), 'producer': 'modelopt'}
+        except ModelOptUnavailable:
+            rep['int8'] = {**ort_quantize(fp, out, calib, qc, flavour='tensorrt'), 'qdq': qdq_report(out),
+                           'producer': 'onnxruntime'}
+    return rep

@@ -17,7 +17,7 @@ from .ort import PAIR_INPUTS, PAIR_OUTPUTS, OrtPredictor
 
 # %% auto #0
 __all__ = ['ERROR_BUDGET', 'PRECISIONS', 'PairOutputs', 'onnx_size_mb', 'contract_shape', 'export_graph', 'check_onnx', 'rel_l2',
-           'compare_with_torch', 'polygraphy_summary', 'export_onnx']
+           'compare_with_torch', 'polygraphy_summary', 'export_onnx', 'export_checkpoint']
 
 # %% ../../nbs/export/64_onnx.ipynb #f6169182
 ERROR_BUDGET = {'fp32': 1e-4, 'fp16': 2e-2}
@@ -141,3 +141,10 @@ def export_onnx(model: nn.Module, path, res: int | None = None, precision: str =
             with atomic_path(sp) as t: Path(t).write_text(s + '\n')
             out['polygraphy'] = sp.name
     return out
+
+# %% ../../nbs/export/64_onnx.ipynb #a0132747
+def export_checkpoint(ckpt, out, precision: str = 'fp32', workload=None) -> dict:
+    "Export checkpoint `ckpt` ('demo' or a path) to `out` at the workload contract's shape in `precision`, checked."
+    from pqk.models.teacher import load_teacher
+    m = load_teacher(str(ckpt or 'demo'), 'cpu')
+    return export_onnx(m, out, precision=precision, workload=workload)
