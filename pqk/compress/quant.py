@@ -199,6 +199,7 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
     method = 'static' if flavour == 'tensorrt' else p['method']
     if method == 'static' and not calib_items:
         raise ValueError('calibration set: empty; static quantization needs at least one pair (calibration.count)')
+    out.parent.mkdir(parents=True, exist_ok=True)
     pre = out.with_name(out.stem + '.pre.onnx')
     quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
     m = onnx.load(str(pre))
