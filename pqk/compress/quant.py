@@ -42,7 +42,7 @@ QUANT_DEFAULTS = {
             'weight_bits': 8, 'activation_bits': 8, 'per_channel': True, 'symmetric': True,
             'op_types': list(OP_TYPES), 'attention_matmul': False, 'exclude_patterns': []},
     'keep_float': [],
-    'sensitivity': {'enabled': True, 'pairs': 8},
+    'sensitivity': {'enabled': True, 'pairs': 8, 'calib_pairs': 4},
     'qat': {'enabled': 'auto', 'epochs': 1, 'steps': 40, 'lr': 1e-5, 'freeze_bn_stats': True, 'batch_pairs': 1,
             'eval_every_steps': 0, 'res': None, 'train_data': {'seed': 0, 'n_scenes': 8, 'views_per_scene': 2}},
 }
@@ -107,8 +107,8 @@ def quant_config(cfg=None, check_backend: bool = True, **overrides) -> dict:
         if isinstance(q[k], bool) or not isinstance(q[k], int) or q[k] < 1: bad(f'qat.{k}', q[k], 'an integer >= 1')
     if not isinstance(q['lr'], (int, float)) or not 0 < q['lr'] <= 1: bad('qat.lr', q['lr'], 'a number in (0, 1]')
     s = out['sensitivity']
-    if isinstance(s['pairs'], bool) or not isinstance(s['pairs'], int) or s['pairs'] < 1:
-        bad('sensitivity.pairs', s['pairs'], 'an integer >= 1')
+    for k in ('pairs', 'calib_pairs'):
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1: bad(f'sensitivity.{k}', s[k], 'an integer >= 1')
     if ps: raise ContractError(ps)
     if check_backend and p['backend'] == 'modelopt':
         try: import_mtq()
@@ -313,17 +313,22 @@ def qdq_report(onnx_path) -> dict:
 
 # %% ../../nbs/compress/52_quant.ipynb #223ac217
 def latency_side_by_side(preds: dict, res: int, evalc, rounds: int = 3) -> dict:
-    "{name: {'p50_ms', 'p50_rounds_ms', 'noisy'}} for predictors timed in alternating rounds at `res`."
+    "{name: {'p50_ms', 'p90_ms', 'n', 'noisy'}} for predictors timed in alternating single calls at `res`."
     lat = evalc.data['efficiency']['latency']
     g = torch.Generator().manual_seed(0)
     x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1) for _ in range(2))
-    out = {k: {'p50_rounds_ms': [], 'noisy': False} for k in preds}
-    for _ in range(int(rounds)):
-        for k, p in preds.items():
-            L = measure_latency(lambda: p(x1.to(p.device), x2.to(p.device)), int(lat['warmup']), int(lat['repeats']),
-                                p.device, float(lat['min_seconds']), noisy_ratio=float(lat['noisy_ratio']))
-            out[k]['p50_rounds_ms'].append(round(L['p50_ms'], 3)); out[k]['noisy'] |= bool(L['noisy'])
-    for v in out.values(): v['p50_ms'] = float(np.median(v['p50_rounds_ms']))
+    fns = {k: (lambda p=p: p(x1.to(p.device), x2.to(p.device))) for k, p in preds.items()}
+    for k, f in fns.items(): measure_latency(f, int(lat['warmup']), 1, preds[k].device)   # warm-up (and one call)
+    ts = {k: [] for k in preds}
+    n_min, t_min, t0 = int(lat['repeats']) * max(1, int(rounds)), float(lat['min_seconds']) * max(1, int(rounds)), time.perf_counter()
+    while min(len(v) for v in ts.values()) < n_min or time.perf_counter() - t0 < t_min:
+        for k, f in fns.items(): ts[k].append(measure_latency(f, 0, 1, preds[k].device)['p50_ms'])
+    out = {}
+    for k, v in ts.items():
+        a = np.asarray(v)
+        p50, p95 = float(np.percentile(a, 50)), float(np.percentile(a, 95))
+        out[k] = {'p50_ms': p50, 'p90_ms': float(np.percentile(a, 90)), 'n': len(v),
+                  'noisy': bool(p95 > float(lat['noisy_ratio']) * p50)}
     return out
 
 # %% ../../nbs/compress/52_quant.ipynb #2e80e16f
