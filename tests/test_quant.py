@@ -91,9 +91,14 @@ def _onnx_qdq_facts(path):
 
 def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     "B1 on the tiny setting with a threshold no PTQ can meet: QAT runs; PTQ and QAT, exports, sizes in one log."
+    cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml',          # percentile 55: PTQ clips hard
+                     lambda x: x['ptq'].update(calibration='percentile', percentile=55.0))
+    # drops against the teacher (the model itself): any quantization error is a drop > 0, so threshold 0 is missed
+    ev = _yaml_copy(tiny / 'eval.yaml', tmp_path / 'eval.yaml', lambda x: x['quality'].update(reference='teacher'))
     card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1t.md', tiny, id='B1t',
-                      exceptions=[{'field': 'quality_drop_pct', 'value': -1000.0,
+                      exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
+    card.write_text(card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg)).replace(str(tiny / 'eval.yaml'), str(ev)))
     p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS)
     logs = list((tmp_path / 'runs').glob('B1t-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
@@ -102,10 +107,11 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert log_problems(rec) == [], log_problems(rec)
     assert rec['error'] is None, rec['error']
     q = rec['quantization']
-    assert q['qat']['ran'] and q['qat']['reason'].startswith('PTQ drop') and '> threshold -1000%' in q['qat']['reason']
+    assert q['qat']['ran'] and q['qat']['reason'].startswith('PTQ drop') and '> threshold 0%' in q['qat']['reason']
     assert q['qat']['status'] == 'completed' and q['qat']['steps_done'] == 2
     assert isinstance(q['ptq']['quality_drop_pct'], float) and isinstance(q['qat']['quality_drop_pct'], float)
-    assert rec['status'] == 'failed' and rec['thresholds']['quality_drop_max_pct'] == -1000.0
+    assert rec['thresholds']['quality_drop_max_pct'] == 0.0 and q['ptq']['quality_drop_pct'] > 0
+    assert q['final'] == ('qat' if q['qat']['quality_drop_pct'] <= q['ptq']['quality_drop_pct'] else 'ptq')
     assert rec['training']['kind'] == 'qat'
     # the calibration set: the workload's rule with the count overridden to 2, its hash recomputed here
     from pqk.core.contracts import load_workload
@@ -142,7 +148,7 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert any(z.any() for z in zps_bad)
     from pqk.compress.quant import qdq_report
     assert not qdq_report(tmp_path / 'doctored.onnx')['trt_style']
-    assert p.returncode == 1
+    assert p.returncode == (rec['status'] != 'passed')
 
 
 def _chain_card(d: Path, cid: str, kind: str, upstream=None, folder=None) -> Path:
