@@ -98,7 +98,8 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1t.md', tiny, id='B1t',
                       exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
-    card.write_text(card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg)).replace(str(tiny / 'eval.yaml'), str(ev)))
+    text = card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg))
+    card.write_text(text.replace(str(tiny / 'eval.yaml'), str(ev)))
     p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS)
     logs = list((tmp_path / 'runs').glob('B1t-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
@@ -127,7 +128,8 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert ex['fp32']['checker']['ok'] and ex['fp32']['ort_vs_torch']['ok']
     assert set(q['latency_side_by_side']) == {'ort_fp32', 'ort_int8', 'teacher_eager'}
     rows = (rd / 'sensitivity.csv').read_text().splitlines()
-    assert rows[0].startswith('group,') and [r.split(',')[0] for r in rows[1:]] == ['embeddings', 'encoder', 'decoder', 'heads']
+    assert rows[0].startswith('group,')
+    assert [r.split(',')[0] for r in rows[1:]] == ['embeddings', 'encoder', 'decoder', 'heads']
     # graph test: the TensorRT flavour has int8 zero-point-0 Q/DQ only, per-channel weight scales
     zps, w = _onnx_qdq_facts(rd / 'model_qdq_trt.onnx')
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
@@ -140,7 +142,8 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     zname = next(n.input[2] for n in m.graph.node if n.op_type == 'QuantizeLinear')
     for n in m.graph.node:
         if n.op_type == 'Constant' and n.output[0] == zname:
-            n.attribute[0].t.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(n.attribute[0].t)), zname))
+            one = np.ones_like(numpy_helper.to_array(n.attribute[0].t))
+            n.attribute[0].t.CopyFrom(numpy_helper.from_array(one, zname))
     for i in m.graph.initializer:
         if i.name == zname: i.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(i)), zname))
     onnx.save(m, str(tmp_path / 'doctored.onnx'))
@@ -223,7 +226,8 @@ def test_devcheck_unknown_upstream_card(tmp_path):
 
 def _fake_modelopt(d: Path) -> Path:
     (d / 'fake_site' / 'modelopt').mkdir(parents=True, exist_ok=True)
-    (d / 'fake_site' / 'modelopt' / '__init__.py').write_text("raise ImportError('simulated: modelopt not installed')\n")
+    init = d / 'fake_site' / 'modelopt' / '__init__.py'
+    init.write_text("raise ImportError('simulated: modelopt not installed')\n")
     return d / 'fake_site'
 
 
@@ -235,7 +239,8 @@ def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
         cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(weight_bits=4))
         want = ['ptq.weight_bits', '4']
     elif case == 'op_types':
-        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(op_types=['Conv', 'Softmax']))
+        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml',
+                         lambda x: x['ptq'].update(op_types=['Conv', 'Softmax']))
         want = ['ptq.op_types', 'Softmax']
     elif case == 'empty_calibration':
         extra, want = ['--param', 'calib_count=0'], ['calibration.count', '0']
@@ -247,7 +252,8 @@ def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
         cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(backend='modelopt'))
         env, want = _env(_fake_modelopt(tmp_path)), ['ptq.backend', 'modelopt', 'simulated']
     args = ['run-quant', '--workload', tiny / 'workload.yaml', '--eval', tiny / 'eval.yaml', '--cfg', cfg,
-            '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate', '--param', 'progress=false',
+            '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate',
+            '--param', 'progress=false',
             *(['--ckpt', ckpt] if ckpt else []), *extra]
     p = _pqk(*args, env=env)
     assert (tmp_path / 'log.json').is_file(), p.stderr[-3000:]

@@ -84,7 +84,8 @@ def quant_config(cfg=None, check_backend: bool = True, **overrides) -> dict:
             if p[k] not in ok: bad(f'ptq.{k}', p[k], f"{' or '.join(map(str, ok))}: what backend {p['backend']} "
                                                        'can run as int8 here')
     if p['method'] not in ('static', 'dynamic'): bad('ptq.method', p['method'], 'static or dynamic')
-    if p['calibration'] not in CALIBRATIONS: bad('ptq.calibration', p['calibration'], f"one of {', '.join(CALIBRATIONS)}")
+    if p['calibration'] not in CALIBRATIONS:
+        bad('ptq.calibration', p['calibration'], f"one of {', '.join(CALIBRATIONS)}")
     elif p['backend'] == 'modelopt' and p['calibration'] != 'minmax':
         bad('ptq.calibration', p['calibration'], 'minmax with backend modelopt (its max calibration)')
     if p['backend'] == 'modelopt' and p['method'] != 'static':
@@ -108,12 +109,14 @@ def quant_config(cfg=None, check_backend: bool = True, **overrides) -> dict:
     if not isinstance(q['lr'], (int, float)) or not 0 < q['lr'] <= 1: bad('qat.lr', q['lr'], 'a number in (0, 1]')
     s = out['sensitivity']
     for k in ('pairs', 'calib_pairs'):
-        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1: bad(f'sensitivity.{k}', s[k], 'an integer >= 1')
+        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
+            bad(f'sensitivity.{k}', s[k], 'an integer >= 1')
     if ps: raise ContractError(ps)
     if check_backend and p['backend'] == 'modelopt':
         try: import_mtq()
         except ModelOptUnavailable as e:
-            raise ContractError([Problem(file, 'ptq.backend', 'modelopt', f'a backend that imports here ({e})')]) from None
+            raise ContractError([Problem(file, 'ptq.backend', 'modelopt',
+                                         f'a backend that imports here ({e})')]) from None
     out['file'] = file
     return out
 
@@ -190,7 +193,7 @@ def select_nodes(model, qc: dict, only_group: str | None = None) -> tuple[list, 
     return [n for n in cand if n not in set(keep)], keep
 
 def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None) -> dict:
-    "Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); returns {'path', 'size_mb', 'quantized_nodes', ...}."
+    "Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}."
     import onnx
     from onnxruntime.quantization import (quantize_static, quantize_dynamic, QuantFormat, QuantType,
                                           CalibrationDataReader, CalibrationMethod)
@@ -320,7 +323,8 @@ def latency_side_by_side(preds: dict, res: int, evalc, rounds: int = 3) -> dict:
     fns = {k: (lambda p=p: p(x1.to(p.device), x2.to(p.device))) for k, p in preds.items()}
     for k, f in fns.items(): measure_latency(f, int(lat['warmup']), 1, preds[k].device)   # warm-up (and one call)
     ts = {k: [] for k in preds}
-    n_min, t_min, t0 = int(lat['repeats']) * max(1, int(rounds)), float(lat['min_seconds']) * max(1, int(rounds)), time.perf_counter()
+    k = max(1, int(rounds))
+    n_min, t_min, t0 = int(lat['repeats']) * k, float(lat['min_seconds']) * k, time.perf_counter()
     while min(len(v) for v in ts.values()) < n_min or time.perf_counter() - t0 < t_min:
         for k, f in fns.items(): ts[k].append(measure_latency(f, 0, 1, preds[k].device)['p50_ms'])
     out = {}
@@ -357,7 +361,8 @@ def plot_sensitivity(rows, threshold=None):
         err = [[max(0, v - (x.get('lo') if x.get('lo') is not None else v)) for v, x in zip(d, r)],
                [max(0, (x.get('hi') if x.get('hi') is not None else v) - v) for v, x in zip(d, r)]]
         ax.bar([x['group'] for x in r], d, yerr=err, capsize=4, color='tab:blue')
-    if threshold is not None: ax.axhline(threshold, color='tab:red', ls='--', label=f'threshold {threshold}%'); ax.legend()
+    if threshold is not None:
+        ax.axhline(threshold, color='tab:red', ls='--', label=f'threshold {threshold}%'); ax.legend()
     ax.set_ylabel('quality drop %'); ax.set_title('quantized alone: drop vs fp32')
     fig.tight_layout()
     return fig

@@ -126,10 +126,12 @@ def export_onnx(model: nn.Module, path, res: int | None = None, precision: str =
     t0 = time.perf_counter()
     p = export_graph(model, path, shape, precision, opset)
     out = {'path': str(p), 'precision': precision, 'shape': shape, 'export_s': round(time.perf_counter() - t0, 2),
-           'size_mb': round(onnx_size_mb(p), 4), 'exporter': f'torch.onnx legacy (dynamo=False), torch {torch.__version__}'}
+           'size_mb': round(onnx_size_mb(p), 4),
+           'exporter': f'torch.onnx legacy (dynamo=False), torch {torch.__version__}'}
     if check:
         out['checker'] = check_onnx(p)
-        if not out['checker']['ok']: raise ValueError(f"{p}: onnx checker rejected the export: {out['checker']['error']}")
+        if not out['checker']['ok']:
+            raise ValueError(f"{p}: onnx checker rejected the export: {out['checker']['error']}")
         b = ERROR_BUDGET[precision] if budget is None else float(budget)
         try: out['ort_vs_torch'] = compare_with_torch(model, p, shape, b)
         except ValueError as e:                          # e.g. ORT CPU lacks an fp16 kernel: said, not hidden
