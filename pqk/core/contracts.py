@@ -18,7 +18,7 @@ __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'SCHEMA_FILES', 'MAX_PROBL
            'ContractError', 'load_schema', 'schema_problems', 'version_problems', 'sha256_file', 'Contract', 'Workload',
            'EvalContract', 'semantic_problems', 'parse_yaml', 'guess_contract_name', 'check_contract', 'load_contract',
            'load_workload', 'load_eval', 'TaskCard', 'resolve_path', 'split_front_matter', 'resolve_ref', 'check_card',
-           'load_card', 'card_threshold', 'contracts_provenance']
+           'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -449,7 +449,22 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
                                                         f"(this file is a {got} config)"))
         if got is not None and not allowed and got in ('workload', 'eval'):
             ps.append(Problem(file, 'configs.method', m, f'a method config, not the {got} contract'))
+    up = front.get('upstream')
+    if isinstance(up, dict) and up.get('card') == front.get('id'):
+        ps.append(Problem(file, 'upstream.card', up['card'], 'another card (a card cannot chain from itself)'))
     return ps, (None if ps else card)
+
+_ID_LINE = re.compile(r'^id:\s*["\']?([A-Za-z0-9][A-Za-z0-9_.-]*)', re.M)
+
+def card_ids(folder) -> set:
+    "Card ids of the `*.md` cards in `folder` (read from each front matter's `id:` line)."
+    out = set()
+    for f in Path(folder).glob('*.md'):
+        try: fm, _ = split_front_matter(f.read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError): continue
+        m = _ID_LINE.search(fm or '')
+        if m: out.add(m[1])
+    return out
 
 def load_card(path) -> TaskCard:
     ps, c = check_card(path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .contracts import Problem, check_contract, check_card, project_root, contracts_provenance, _rel
+from .contracts import Problem, check_contract, check_card, project_root, contracts_provenance, _rel, card_ids
 from .logschema import synthetic_log, log_problems
 
 # %% auto #0
@@ -35,6 +35,12 @@ def devcheck(workload=None, eval=None, cfgs=None, cards=None) -> list[Problem]:
             problems.append(Problem(_rel(c.path), 'id', c.id,
                                     f'a card id not used by another card (also {seen[c.id]})'))
         seen.setdefault(c.id, _rel(c.path))
+        up = c.front.get('upstream')
+        if isinstance(up, dict) and isinstance(up.get('card'), str):   # a chain: the upstream card must exist
+            ids = card_ids(c.path.parent) | set(seen)
+            if up['card'] not in ids:
+                problems.append(Problem(_rel(c.path), 'upstream.card', up['card'], f"the id of a task card in "
+                                        f"{_rel(c.path.parent)} ({', '.join(sorted(ids))})"))
     prov = contracts_provenance(*loaded)
     if 'workload' in prov and 'eval' in prov:
         for kind in ('eval', 'KQ'):

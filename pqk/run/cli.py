@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
     _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
     _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'), 'distill')
+    _method_args(sub.add_parser('run-quant', help='quantize a checkpoint to int8 (PTQ, QAT if needed) with run_quant'),
+                 'quant')
+    p = sub.add_parser('export', help='export a checkpoint to ONNX at the contract shape (fp32, fp16; int8 via quant)')
+    p.add_argument('--ckpt', default='demo', help="checkpoint ('demo' or a path; default: demo)")
+    p.add_argument('--precision', choices=('fp32', 'fp16', 'int8'), default='fp32')
+    p.add_argument('--out', required=True, help='ONNX file to write')
+    p.add_argument('--workload', default='configs/workload.yaml', help='workload contract (input shape, calibration)')
+    p.add_argument('--cfg', default='configs/quant.yaml', help='quant config (int8 only)')
+    p.add_argument('--flavour', choices=('ort', 'tensorrt'), default='ort', help='int8 only: ORT-CPU or TensorRT Q/DQ')
     _method_args(sub.add_parser('run-prune', help='prune a model and fine-tune it with the prune template'), 'prune')
     p = sub.add_parser('edge-eval', help='latency, memory, power and throttling of a model on this device (run_edge)')
     _method_args(p, None)
@@ -143,7 +152,18 @@ def _main(args) -> int:
         if args.cmd == 'review':
             from pqk.run.review import review
             review(args.runs_dir, args.reports_dir, since=args.since, until=args.until); return 0
-        if args.cmd in ('run-eval', 'run-distill', 'run-prune'):
+        if args.cmd == 'export':
+            import json
+            from pqk.core.contracts import load_workload
+            wl = load_workload(args.workload)
+            if args.precision == 'int8':
+                from pqk.compress.quant import export_int8
+                rep = export_int8(args.ckpt, args.out, wl, args.cfg, args.flavour)
+            else:
+                from pqk.export.onnx import export_checkpoint
+                rep = export_checkpoint(args.ckpt, args.out, args.precision, wl)
+            print(json.dumps(rep, indent=1, default=str)); return 0
+        if args.cmd in ('run-eval', 'run-distill', 'run-quant', 'run-prune'):
             from pqk.run.runner import run_method
             res = run_method(args.cmd.split('-', 1)[1], workload=args.workload, eval=args.eval,
                              cfg=getattr(args, 'cfg', None), ckpt=args.ckpt, log=args.log, seed=args.seed,

@@ -18,10 +18,11 @@ from ..eval.verdict import thresholds_for, verdict, judge, has_quality, STATUSES
 
 # %% auto #0
 __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
-           'RESUME_FOLDER', 'templates_dir', 'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash',
-           'make_run_id', 'create_run_dir', 'RunSpec', 'null_blocks', 'real_hash', 'build_log', 'repair_log',
-           'remote_resources', 'export_html', 'template_params', 'kernel_env', 'live_progress', 'Terminated',
-           'terminate_as_interrupt', 'prepare_resume', 'execute_run', 'run_card', 'resume_folder', 'run_method']
+           'UPSTREAM_ARTIFACT', 'RESUME_FOLDER', 'templates_dir', 'TemplateNotFound', 'resolve_template',
+           'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir', 'RunSpec', 'null_blocks', 'real_hash',
+           'build_log', 'repair_log', 'remote_resources', 'export_html', 'template_params', 'kernel_env',
+           'live_progress', 'Terminated', 'terminate_as_interrupt', 'resolve_upstream', 'prepare_resume', 'execute_run',
+           'run_card', 'resume_folder', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #6c207d48
 TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
@@ -114,6 +115,7 @@ class RunSpec:
     nproc: int | None = None
     extra: dict = field(default_factory=dict)
     card_status: str | None = None                 # the card's `status` when the run started (None: no card)
+    upstream: dict | None = None                   # the card's `upstream:` (a chain), resolved into `ckpt` at run time
 
 def _check_extra(extra: dict | None, file='--param') -> dict:
     extra = dict(extra or {})
@@ -142,7 +144,7 @@ def null_blocks(ev, device_hours: float = 0.0, device_kind: str = 'cpu') -> dict
                          'device_kind': device_kind}}
 
 LOG_BLOCKS = ('model', 'quality', 'efficiency', 'resource', 'calibration_set_hash', 'edge_device', 'training',
-              'pruning')
+              'quantization', 'pruning')
 Q_KINDS = ('Q', 'KQ', 'KPQ')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 
@@ -220,7 +222,7 @@ def repair_log(rec: dict, ev, device_hours: float, file: str, device_kind: str =
     for top in {re.split(r'[.\[]', p.path or '<top>')[0] for p in ps}:
         if top in nulls: out[top] = nulls[top]
         elif top in ('training', 'edge_device', 'artifacts', 'environment', 'thresholds', 'calibration_set_hash',
-                     'pruning'):
+                     'quantization', 'upstream', 'pruning'):
             out.pop(top, None)
     if 'environment' not in out: out['environment'] = {'python': sys.version.split()[0], 'torch': 'unknown', 'device': 'unknown'}
     if 'thresholds' not in out:
@@ -361,6 +363,57 @@ def terminate_as_interrupt():
     try: yield state
     finally: signal.signal(signal.SIGTERM, old)
 
+UPSTREAM_ARTIFACT = 'student_best.pt'
+
+def _sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
+
+def _run_log(d: Path) -> dict | None:
+    try: rec = json.loads((d / 'log.json').read_text(encoding='utf-8'))
+    except (OSError, ValueError): return None
+    return rec if isinstance(rec, dict) else None
+
+def _usable(rec: dict | None) -> bool:
+    "A finished run that did not end in an error (any verdict: passed, failed, inconclusive, stopped)."
+    return rec is not None and rec.get('status') not in (None, 'error') and not rec.get('error')
+
+def resolve_upstream(up: dict, runs_dir, where: str = 'task card') -> tuple[Path, list[dict]]:
+    """A chain's upstream `{card, run: latest | <run id>, artifact}` → (absolute path of the artifact, the log's
+    `upstream` list: this run first, then the upstream's own list). `latest` is the newest run folder of that card
+    whose log exists, did not end in an error and holds the artifact."""
+    card, run = up['card'], up.get('run') or 'latest'
+    art = up.get('artifact') or UPSTREAM_ARTIFACT
+    runs_dir = Path(runs_dir)
+    rx = re.compile(re.escape(card) + r'-(\d{8}T\d{6}Z)-[0-9a-f]{6}(?:-(\d+))?')
+    if run == 'latest':
+        cands = []
+        for d in (runs_dir.iterdir() if runs_dir.is_dir() else []):
+            m = rx.fullmatch(d.name)
+            if not m or not d.is_dir() or not (d / art).is_file(): continue
+            rec = _run_log(d)
+            if _usable(rec): cands.append((str(rec.get('started_utc') or ''), m[1], int(m[2] or 1), d, rec))
+        if not cands:
+            raise ContractError([Problem(where, 'upstream.card', card,
+                                         f"a finished run of card {card!r} under {_rel(runs_dir)} holding {art} (none "
+                                         f"found: run `pqk run taskcards/{card}.md` first)")])
+        *_, d, rec = max(cands, key=lambda c: c[:3])
+    else:
+        d = runs_dir / str(run)
+        if not rx.fullmatch(d.name) or not d.is_dir():
+            raise ContractError([Problem(where, 'upstream.run', run, f'the id of a run of card {card!r} under '
+                                                                     f'{_rel(runs_dir)} (or latest)')])
+        rec = _run_log(d)
+        if not _usable(rec):
+            raise ContractError([Problem(where, 'upstream.run', run, 'a run whose log.json exists and that did not '
+                                         f"end in an error (its status: {(rec or {}).get('status', 'no log')})")])
+        if not (d / art).is_file():
+            raise ContractError([Problem(where, 'upstream.artifact', art, f'a file in run folder {_rel(d)}')])
+    prev = [u for u in (rec.get('upstream') or []) if isinstance(u, dict)]
+    return (d / art).resolve(), [{'run_id': d.name, 'card': card, 'artifact': art, 'sha256': _sha256(d / art)}, *prev]
+
 RESUME_FOLDER = 'attempts'
 
 def prepare_resume(run_dir: Path, card_id: str) -> dict:
@@ -379,6 +432,8 @@ def prepare_resume(run_dir: Path, card_id: str) -> dict:
              'device_hours': (prev.get('resource') or {}).get('device_hours'),
              'notebook': moved.get(f'{card_id}.ipynb'), 'log': moved.get('log.json')}
     return {'count': n, 'previous': [*past, entry]}
+
+class _UpstreamMissing(Exception): pass
 
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
                 stream_output: bool = True, resume_dir: Path | None = None) -> dict:
@@ -402,13 +457,19 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         resumed = prepare_resume(run_dir, spec.card_id)
         meter.add(sum(p['device_hours'] or 0.0 for p in resumed['previous'][-1:]))
     out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
+    error = stopped = chain = None
+    if spec.upstream:                                     # a chain: the upstream run's artifact becomes `ckpt`
+        try:
+            up_path, chain = resolve_upstream(spec.upstream, runs_dir, _rel(spec.card) if spec.card else 'upstream')
+            spec.ckpt = str(up_path)
+        except ContractError as e: error = f'upstream: {e}'
     params = template_params(spec, run_id, run_dir, copies)
     if resumed: params['resume'] = True
     print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed else ''),
           file=sys.stderr)
-    error = stopped = None
     sig = terminate_as_interrupt(); term = sig.__enter__()
     try:
+        if error: raise _UpstreamMissing(error)
         tpl = resolve_template(spec.kind, spec.template, spec.card)
         dst = run_dir / 'config' / tpl.name
         tpl = prepare_template(tpl, dst if not dst.exists() else run_dir / 'config' / f'template-{tpl.name}')
@@ -418,6 +479,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
             pm.execute_notebook(str(tpl), str(out_nb), parameters=params, kernel_name='python3', progress_bar=progress,
                                 cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
+    except _UpstreamMissing: pass
     except KeyboardInterrupt as e:
         why = 'SIGTERM' if isinstance(e, Terminated) else 'KeyboardInterrupt'
         stopped = (f'interrupted ({why}) while the template was running; continue it with '
@@ -446,6 +508,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
                     duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
                     device_hours=dh, device_kind=dk)
     if spec.card_status is not None: rec['card_status'] = spec.card_status
+    if chain: rec['upstream'] = chain
     if resumed: rec['resume'] = resumed
     rec, problems = repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
     log = write_json_atomic(run_dir / 'log.json', rec)
@@ -482,7 +545,8 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
     f = c.front
     spec = RunSpec(card_id=c.id, kind=c.kind, workload=wl_p, eval=ev_p, cfg=m_p, card=c.path, template=f.get('template'),
                    seed=seed if seed is not None else f.get('seed', 0), ckpt=f.get('checkpoint'), budget=c.budget,
-                   nproc=f.get('nproc'), extra=_check_extra(extra_params), card_status=status)
+                   nproc=f.get('nproc'), extra=_check_extra(extra_params), card_status=status,
+                   upstream=f.get('upstream'))
     resume_dir = resume_folder(runs_dir, resume, spec) if resume else None
     return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir)
 

@@ -1,0 +1,274 @@
+"""Process-boundary tests of Q (pqk.compress.quant through the run_quant template): a B1-like card on a tiny setting
+whose tight threshold exception makes PTQ miss so QAT runs (both results in the log), the TensorRT-flavour ONNX graph,
+chains (`upstream:` resolved by the runner: latest, named run, missing, a three-run chain), bad inputs that end in a
+failed log naming the field, and `pqk export`.
+
+Tiny setting: a 355k-parameter random DUSt3R as model and teacher, 2 eval pairs, 2 calibration pairs, 2 QAT steps at
+64 px, 1 pair per sensitivity group, one latency round."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TPL = ROOT / 'tests' / 'templates'
+
+
+def _env(extra_path=None):
+    pp = os.pathsep.join(filter(None, [str(extra_path) if extra_path else None, str(ROOT)]))
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': pp}
+
+
+def _pqk(*args, env=None, timeout=600):
+    p = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, env=env or _env(),
+                       capture_output=True, text=True, timeout=timeout)
+    return p
+
+
+def _yaml_copy(src: Path, dst: Path, edit) -> Path:
+    d = yaml.safe_load(src.read_text()); edit(d)
+    dst.write_text(src.read_text().splitlines()[0] + '\n' + yaml.safe_dump(d, sort_keys=False))
+    return dst
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "A tiny DUSt3R checkpoint (model and workload teacher) and tiny copies of the contracts and quant.yaml."
+    import torch
+    from pqk.models.dust3r import make_model
+    from pqk.models.checkpoints import save_checkpoint
+    d = tmp_path_factory.mktemp('quant')
+    torch.manual_seed(0)
+    save_checkpoint(make_model('tiny_linear').eval(), d / 'tiny.pt')
+    def wl(x):
+        x['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
+        x['calibration']['synthetic'].update(n_scenes=1)
+        x['teacher']['checkpoint'] = str(d / 'tiny.pt')
+    def ev(x): x['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
+    def qc(x):
+        x['qat'].update(steps=2, res=64, train_data={'seed': 0, 'n_scenes': 1, 'views_per_scene': 2})
+        x['sensitivity']['pairs'] = 1
+    _yaml_copy(ROOT / 'configs/workload.yaml', d / 'workload.yaml', wl)
+    _yaml_copy(ROOT / 'configs/eval.yaml', d / 'eval.yaml', ev)
+    _yaml_copy(ROOT / 'configs/quant.yaml', d / 'quant.yaml', qc)
+    return d
+
+
+TINY_PARAMS = ('--param', 'calib_count=2', '--param', 'progress=false', '--param', 'latency_rounds=1')
+
+
+def _card_from(src: Path, dst: Path, d: Path, **front) -> Path:
+    "A copy of a real card with its configs pointing at the tiny ones and `front` fields replaced."
+    fm, body = src.read_text().split('---\n', 2)[1:]
+    f = yaml.safe_load(fm)
+    f['configs'] = {'workload': str(d / 'workload.yaml'), 'eval': str(d / 'eval.yaml'), 'method': str(d / 'quant.yaml')}
+    f.update(front)
+    dst.write_text('---\n' + yaml.safe_dump(f, sort_keys=False) + '---\n' + body)
+    return dst
+
+
+def _onnx_qdq_facts(path):
+    "Independent read of a Q/DQ graph: zero-point dtypes and values, and the scale sizes of weight DequantizeLinear."
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(path))
+    vals = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    for n in m.graph.node:
+        if n.op_type == 'Constant': vals[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    made_by = {o: n for n in m.graph.node for o in n.output}
+    zps, w_scales = [], []
+    for n in m.graph.node:
+        if n.op_type not in ('QuantizeLinear', 'DequantizeLinear'): continue
+        zps.append(vals[n.input[2]])
+        q = made_by.get(n.input[0])
+        if n.op_type == 'DequantizeLinear' and q is not None and q.op_type == 'QuantizeLinear' and q.input[0] in vals:
+            w = vals[q.input[0]]
+            if w.ndim >= 2: w_scales.append((vals[n.input[1]].size, w.shape[0]))
+    return zps, w_scales
+
+
+def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
+    "B1 on the tiny setting with a threshold no PTQ can meet: QAT runs; PTQ and QAT, exports, sizes in one log."
+    cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml',          # percentile 55: PTQ clips hard
+                     lambda x: x['ptq'].update(calibration='percentile', percentile=55.0))
+    # drops against the teacher (the model itself): any quantization error is a drop > 0, so threshold 0 is missed
+    ev = _yaml_copy(tiny / 'eval.yaml', tmp_path / 'eval.yaml', lambda x: x['quality'].update(reference='teacher'))
+    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1t.md', tiny, id='B1t',
+                      exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
+                                   'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
+    text = card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg))
+    card.write_text(text.replace(str(tiny / 'eval.yaml'), str(ev)))
+    p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS)
+    logs = list((tmp_path / 'runs').glob('B1t-*/log.json'))
+    assert logs, p.stdout[-3000:] + p.stderr[-3000:]
+    rec = json.loads(logs[0].read_text())
+    from pqk.core.logschema import log_problems
+    assert log_problems(rec) == [], log_problems(rec)
+    assert rec['error'] is None, rec['error']
+    q = rec['quantization']
+    assert q['qat']['ran'] and q['qat']['reason'].startswith('PTQ drop') and '> threshold 0%' in q['qat']['reason']
+    assert q['qat']['status'] == 'completed' and q['qat']['steps_done'] == 2
+    assert isinstance(q['ptq']['quality_drop_pct'], float) and isinstance(q['qat']['quality_drop_pct'], float)
+    assert rec['thresholds']['quality_drop_max_pct'] == 0.0 and q['ptq']['quality_drop_pct'] > 0
+    assert q['final'] == ('qat' if q['qat']['quality_drop_pct'] <= q['ptq']['quality_drop_pct'] else 'ptq')
+    assert rec['training']['kind'] == 'qat'
+    # the calibration set: the workload's rule with the count overridden to 2, its hash recomputed here
+    from pqk.core.contracts import load_workload
+    from pqk.data.manifests import load_dataset
+    from pqk.data.pairs import calibration_set, calibration_set_hash
+    wl = load_workload(tiny / 'workload.yaml')
+    sc = load_dataset({'source': 'synthetic', 'synthetic': wl.data['calibration']['synthetic']}, wl.resolution)
+    assert rec['calibration_set_hash'] == calibration_set_hash(calibration_set(sc, 2, 0, 'complete', 1, True))
+    assert q['calibration_set']['count_override'] is True
+    ex, rd = q['exports'], logs[0].parent
+    for k, f in (('fp32', 'model_fp32.onnx'), ('ort_int8', ex['ort_int8']['file']), ('trt_qdq', 'model_qdq_trt.onnx')):
+        assert (rd / f).is_file() and (k == 'fp32' or ex[k]['size_mb'] > 0), k
+    assert ex['fp32']['checker']['ok'] and ex['fp32']['ort_vs_torch']['ok']
+    assert set(q['latency_side_by_side']) == {'ort_fp32', 'ort_int8', 'teacher_eager'}
+    rows = (rd / 'sensitivity.csv').read_text().splitlines()
+    assert rows[0].startswith('group,')
+    assert [r.split(',')[0] for r in rows[1:]] == ['embeddings', 'encoder', 'decoder', 'heads']
+    # graph test: the TensorRT flavour has int8 zero-point-0 Q/DQ only, per-channel weight scales
+    zps, w = _onnx_qdq_facts(rd / 'model_qdq_trt.onnx')
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    assert w and all(n == oc and n > 1 for n, oc in w), w[:5]
+    assert ex['trt_qdq']['qdq']['trt_style'] and ex['trt_qdq']['ort_vs_fake_quant']['rel_l2_pts3d'] >= 0
+    # negative control of the graph check: one zero point set to 1 is caught
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(rd / 'model_qdq_trt.onnx'))
+    zname = next(n.input[2] for n in m.graph.node if n.op_type == 'QuantizeLinear')
+    for n in m.graph.node:
+        if n.op_type == 'Constant' and n.output[0] == zname:
+            one = np.ones_like(numpy_helper.to_array(n.attribute[0].t))
+            n.attribute[0].t.CopyFrom(numpy_helper.from_array(one, zname))
+    for i in m.graph.initializer:
+        if i.name == zname: i.CopyFrom(numpy_helper.from_array(np.ones_like(numpy_helper.to_array(i)), zname))
+    onnx.save(m, str(tmp_path / 'doctored.onnx'))
+    zps_bad, _ = _onnx_qdq_facts(tmp_path / 'doctored.onnx')
+    assert any(z.any() for z in zps_bad)
+    from pqk.compress.quant import qdq_report
+    assert not qdq_report(tmp_path / 'doctored.onnx')['trt_style']
+    assert p.returncode == (rec['status'] != 'passed')
+
+
+def _chain_card(d: Path, cid: str, kind: str, upstream=None, folder=None) -> Path:
+    folder = folder or d
+    method = '' if kind == 'K' else f"  method: {ROOT / 'configs' / 'quant.yaml'}\n"
+    if kind == 'K': method = f"  method: {ROOT / 'configs' / 'distill.yaml'}\n"
+    if kind == 'KP': method = f"  method: {ROOT / 'configs' / 'prune.yaml'}\n"
+    up = f'upstream: {json.dumps(upstream)}\n' if upstream else ''
+    rule = 'quality_drop_mainline_pct'
+    p = folder / f'{cid}.md'
+    p.write_text(f"""---
+id: {cid}
+kind: {kind}
+goal: Exercise chains with a fake template.
+configs:
+  workload: {ROOT / 'configs' / 'workload.yaml'}
+  eval: {ROOT / 'configs' / 'eval.yaml'}
+{method}thresholds:
+  quality_drop_pct: eval.thresholds.{rule}
+exceptions: []
+stop_loss: eval.stop_loss.gpu_hours_over_budget_ratio
+gpu_hours_budget: 0.05
+expected_duration: 5 s
+status: ready
+template: {TPL / 'fake_chain.ipynb'}
+{up}---
+# {cid}
+""")
+    return p
+
+
+def _run_card(card, runs):
+    p = _pqk('run', card, '--runs-dir', runs, '--no-aggregate')
+    logs = sorted(Path(runs).glob(f'{Path(card).stem}-*/log.json'))
+    assert logs, p.stdout[-2000:] + p.stderr[-2000:]
+    return json.loads(logs[-1].read_text()), logs[-1].parent
+
+
+def test_chains_latest_named_missing(tmp_path):
+    "K → P → Q through `upstream:`: latest, a named run, the three-run list in the last log, a missing upstream."
+    import hashlib
+    runs = tmp_path / 'runs'
+    k, p_, q = (_chain_card(tmp_path, 'Kc', 'K'), _chain_card(tmp_path, 'Pc', 'KP', {'card': 'Kc'}),
+                _chain_card(tmp_path, 'Qc', 'KQ', {'card': 'Pc'}))
+    miss, _ = _run_card(q, runs)                      # no Pc run yet: a failed log that says what to run first
+    assert miss['status'] == 'failed' and 'upstream.card' in miss['error'] and "'Pc'" in miss['error']
+    assert 'pqk run taskcards/Pc.md' in miss['error'] and 'upstream' not in miss
+    k1, k1d = _run_card(k, runs)
+    k2, k2d = _run_card(k, runs)                      # the newest K run is the one a chain picks
+    pr, prd = _run_card(p_, runs)
+    assert pr['upstream'][0]['run_id'] == k2d.name and pr['model']['checkpoint'] == str(k2d / 'student_best.pt')
+    assert pr['upstream'][0]['sha256'] == hashlib.sha256((k2d / 'student_best.pt').read_bytes()).hexdigest()
+    qr, _ = _run_card(q, runs)
+    assert [(u['card'], u['run_id']) for u in qr['upstream']] == [('Pc', prd.name), ('Kc', k2d.name)]
+    named = _chain_card(tmp_path, 'Pn', 'KP', {'card': 'Kc', 'run': k1d.name})
+    pn, _ = _run_card(named, runs)
+    assert pn['upstream'][0]['run_id'] == k1d.name and pn['model']['checkpoint'] == str(k1d / 'student_best.pt')
+    gone = _chain_card(tmp_path, 'Pg', 'KP', {'card': 'Kc', 'run': 'Kc-20200101T000000Z-000000'})
+    pg, _ = _run_card(gone, runs)
+    assert pg['status'] == 'failed' and 'upstream.run' in pg['error']
+
+
+def test_devcheck_unknown_upstream_card(tmp_path):
+    from pqk.core.devcheck import devcheck
+    card = _chain_card(tmp_path, 'Qx', 'KQ', {'card': 'NoSuchCard'})
+    ps = devcheck(cards=[card])
+    assert [p.path for p in ps] == ['upstream.card'] and 'NoSuchCard' in str(ps[0]), ps
+    _chain_card(tmp_path, 'NoSuchCard', 'K')
+    assert devcheck(cards=[card]) == []
+    assert devcheck(cards=[ROOT / 'taskcards' / 'KQ_D1.md']) == []
+
+
+def _fake_modelopt(d: Path) -> Path:
+    (d / 'fake_site' / 'modelopt').mkdir(parents=True, exist_ok=True)
+    init = d / 'fake_site' / 'modelopt' / '__init__.py'
+    init.write_text("raise ImportError('simulated: modelopt not installed')\n")
+    return d / 'fake_site'
+
+
+@pytest.mark.parametrize('case', ['weight_bits', 'op_types', 'empty_calibration', 'not_dust3r', 'modelopt_missing'])
+def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
+    "Each bad input ends in a failed log whose error names the field and the value."
+    cfg, extra, env, ckpt = tiny / 'quant.yaml', [], None, None
+    if case == 'weight_bits':
+        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(weight_bits=4))
+        want = ['ptq.weight_bits', '4']
+    elif case == 'op_types':
+        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml',
+                         lambda x: x['ptq'].update(op_types=['Conv', 'Softmax']))
+        want = ['ptq.op_types', 'Softmax']
+    elif case == 'empty_calibration':
+        extra, want = ['--param', 'calib_count=0'], ['calibration.count', '0']
+    elif case == 'not_dust3r':
+        import torch
+        torch.save({'weights': torch.zeros(3)}, tmp_path / 'other.pt')
+        ckpt, want = tmp_path / 'other.pt', ['ckpt', 'other.pt', 'not a DUSt3R']
+    else:
+        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(backend='modelopt'))
+        env, want = _env(_fake_modelopt(tmp_path)), ['ptq.backend', 'modelopt', 'simulated']
+    args = ['run-quant', '--workload', tiny / 'workload.yaml', '--eval', tiny / 'eval.yaml', '--cfg', cfg,
+            '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate',
+            '--param', 'progress=false',
+            *(['--ckpt', ckpt] if ckpt else []), *extra]
+    p = _pqk(*args, env=env)
+    assert (tmp_path / 'log.json').is_file(), p.stderr[-3000:]
+    rec = json.loads((tmp_path / 'log.json').read_text())
+    assert p.returncode == 1 and rec['status'] == 'failed' and rec['kind'] == 'Q'
+    assert all(w in rec['error'] for w in want), rec['error']
+
+
+def test_export_cli(tiny, tmp_path):
+    "`pqk export` writes a checked ONNX at the contract shape; a bad precision is a usage error."
+    p = _pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'fp32', '--out', tmp_path / 'm.onnx',
+             '--workload', tiny / 'workload.yaml')
+    assert p.returncode == 0, p.stderr[-2000:]
+    rep = json.loads(p.stdout)
+    assert rep['shape'] == [1, 3, 384, 384] and rep['checker']['ok'] and rep['ort_vs_torch']['ok']
+    assert (tmp_path / 'm.onnx').is_file() and (tmp_path / 'm.onnx.polygraphy.txt').is_file()
+    p = _pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'int4', '--out', tmp_path / 'x.onnx')
+    assert p.returncode == 2 and 'int4' in p.stderr
