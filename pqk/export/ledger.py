@@ -34,7 +34,7 @@ def _load(onnx_model):
 def _shapes(m) -> tuple[dict, dict]:
     "{value name: shape (ints, None for unknown dims)} and {value name: elem_type} after shape inference."
     import onnx
-    try: m = onnx.shape_inference.infer_shapes(m, strict_mode=False)
+    try: m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)   # data_prop: Shape->Reshape
     except Exception: pass                                           # keep what the file already declares
     shapes, types = {}, {}
     for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output):
@@ -63,8 +63,10 @@ def node_macs(node, shapes: dict) -> int | None:
     get = lambda i: shapes.get(node.input[i]) if len(node.input) > i and node.input[i] else None
     a, b, out = get(ia), get(ib), shapes.get(node.output[0])
     if op in ('MatMul', 'MatMulInteger', 'QLinearMatMul', 'DynamicQuantizeMatMul', 'MatMulIntegerToFloat'):
-        if not a or out is None: return None
-        return _prod(out + [a[-1]]) if len(a) >= 1 else None
+        if not a: return None
+        if out is not None and None not in out: return _prod(out + [a[-1]])
+        if b and len(a) >= 2 and len(b) == 2: return _prod(a + [b[1]])   # (..., M, K) @ (K, N), output shape unknown
+        return None
     if op in ('Gemm', 'QGemm'):
         if not a or not b or len(a) != 2 or len(b) != 2: return None
         M, K = (a[1], a[0]) if _attr(node, 'transA', 0) else (a[0], a[1])
