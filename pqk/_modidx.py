@@ -489,6 +489,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'pqk.export.ledger._prod': ('export/ledger.html#_prod', 'pqk/export/ledger.py'),
                                    'pqk.export.ledger._reaches_int8': ('export/ledger.html#_reaches_int8', 'pqk/export/ledger.py'),
                                    'pqk.export.ledger._shapes': ('export/ledger.html#_shapes', 'pqk/export/ledger.py'),
+                                   'pqk.export.ledger._weight_source': ('export/ledger.html#_weight_source', 'pqk/export/ledger.py'),
                                    'pqk.export.ledger.ledger_summary': ('export/ledger.html#ledger_summary', 'pqk/export/ledger.py'),
                                    'pqk.export.ledger.node_macs': ('export/ledger.html#node_macs', 'pqk/export/ledger.py'),
                                    'pqk.export.ledger.precision_ledger': ('export/ledger.html#precision_ledger', 'pqk/export/ledger.py'),

@@ -92,6 +92,15 @@ def _dq_behind(name, producer, depth=8) -> bool:
         name = n.input[0]
     return False
 
+def _weight_source(name, producer, inits, depth=8):
+    "The initializer behind `name` (through DequantizeLinear, QuantizeLinear and layout-only ops), or None."
+    for _ in range(depth):
+        if name in inits: return name
+        n = producer.get(name)
+        if n is None or not n.input or n.op_type not in _PASS | {'DequantizeLinear', 'QuantizeLinear'}: return None
+        name = n.input[0]
+    return None
+
 def _reaches_int8(start, producer, consumers, is_int8, up: bool, limit=200_000) -> bool:
     "True when an int8 compute node is reachable upstream (`up`) or downstream of `start` through non-int8 nodes."
     seen, todo = {id(start)}, [start]
@@ -139,7 +148,7 @@ def precision_ledger(onnx_model, engine_layers: list[dict] | None = None) -> pd.
         else:
             adq, wdq = _dq_behind(x, producer), _dq_behind(w, producer)
             prec = 'int8' if adq and wdq else 'int8-weight-only' if wdq else _FLOAT_NAMES.get(types.get(x), 'fp32')
-        wname = w if (w in inits or _dq_behind(w, producer) or n.op_type in INT_OPS) else None
+        wname = _weight_source(w, producer, inits)                    # None for activation x activation MatMuls
         rows.append({'name': n.name, 'op': n.op_type, 'graph_precision': prec, 'act_dq': adq, 'weight_dq': wdq,
                      'weight': wname, 'macs': node_macs(n, shapes), '_node': n})
     int8 = {id(r['_node']) for r in rows if r['graph_precision'] == 'int8'}
