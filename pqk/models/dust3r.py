@@ -135,7 +135,7 @@ class DUSt3R(nn.Module):
         hd = self.cfg.dec_hd
         r1 = self.rope.tables(*hw1, hd, enc1.device, enc1.dtype)
         r2 = r1 if tuple(hw1) == tuple(hw2) else self.rope.tables(*hw2, hd, enc2.device, enc2.dtype)
-        f1, f2 = self.decoder_embed(enc1), self.decoder_embed(enc2)
+        f1, f2 = linear(self.decoder_embed, enc1), linear(self.decoder_embed, enc2)
         dec1, dec2 = [], []
         for b1, b2 in zip(self.dec_blocks, self.dec_blocks2):
             f1, f2 = b1(f1, f2, r1, r2), b2(f2, f1, r2, r1)

@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['RoPE2D', 'apply_rope', 'Mlp', 'Attention', 'CrossAttention', 'EncoderBlock', 'DecoderBlock', 'PatchEmbed',
-           'LinearHead', 'DPTHead']
+__all__ = ['RoPE2D', 'apply_rope', 'set_fast_linear', 'linear', 'Mlp', 'Attention', 'CrossAttention', 'EncoderBlock',
+           'DecoderBlock', 'PatchEmbed', 'LinearHead', 'DPTHead']
 
 # %% ../../nbs/models/11_layers.ipynb #2e589b88
 from .config import DUSt3RConfig
@@ -74,13 +74,45 @@ def apply_rope(u, cos, sin):
     sw = torch.cat([u[..., q:2 * q], u[..., :q], u[..., 3 * q:], u[..., 2 * q:3 * q]], -1)
     return u * cos + sw * sin
 
+# %% ../../nbs/models/11_layers.ipynb #c281b739
+_FAST = {'linear': True}
+
+def set_fast_linear(on: bool = True) -> bool:
+    "Switch the oneDNN Linear path on or off for the whole process; returns the previous setting."
+    old, _FAST['linear'] = _FAST['linear'], bool(on)
+    return old
+
+def _onednn_linear():
+    try: return torch.ops.mkldnn._linear_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError): return None
+
+_LP = _onednn_linear()
+
+def _fast_ok(m, x) -> bool:
+    from torch.nn.modules import module as _mm
+    return bool(_FAST['linear'] and _LP is not None and type(m) is nn.Linear and x.device.type == 'cpu'
+                and x.dtype == torch.float32 and m.weight.dtype == torch.float32 and x.dim() >= 2
+                and not torch.is_grad_enabled() and not m._forward_hooks and not m._forward_pre_hooks
+                and not _mm._global_forward_hooks and not _mm._global_forward_pre_hooks
+                and not torch.is_autocast_enabled('cpu') and not _tracing())
+
+def linear(m: nn.Module, x, gelu: bool = False):
+    "`m(x)` (then exact GELU when `gelu`), through oneDNN for a plain fp32 `nn.Linear` at CPU inference."
+    if _fast_ok(m, x):
+        return _LP(x, m.weight, m.bias, 'gelu', [], 'none') if gelu else _LP(x, m.weight, m.bias, 'none', [], '')
+    y = m(x)
+    return F.gelu(y) if gelu else y
+
 # %% ../../nbs/models/11_layers.ipynb #1a7d7395
 class Mlp(nn.Module):
     "fc1 -> exact GELU -> fc2."
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-    def forward(self, x): return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x):
+        if type(self.act) is nn.GELU and self.act.approximate == 'none' and not self.act._forward_hooks:
+            return linear(self.fc2, linear(self.fc1, x, gelu=True))
+        return linear(self.fc2, self.act(linear(self.fc1, x)))
 
 class Attention(nn.Module):
     "Multi-head self-attention with fused qkv and optional RoPE2D on q and k."
@@ -92,10 +124,10 @@ class Attention(nn.Module):
 
     def forward(self, x, rope=None):                                   # x (B, N, C); rope: (cos, sin) or None
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = linear(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None: q, k = apply_rope(q, *rope), apply_rope(k, *rope)   # (B, heads, N, hd)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
+        return linear(self.proj, x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
 
 class CrossAttention(nn.Module):
     "Multi-head cross-attention (queries from x, keys/values from y) with separate q/k/v projections."
@@ -109,13 +141,13 @@ class CrossAttention(nn.Module):
     def forward(self, x, y, rope_x=None, rope_y=None):                # x (B, Nx, C), y (B, Ny, C)
         B, Nx, _ = x.shape
         Ny = y.shape[1]
-        q = self.projq(x).reshape(B, Nx, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.projk(y).reshape(B, Ny, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.projv(y).reshape(B, Ny, self.num_heads, self.head_dim).transpose(1, 2)
+        q = linear(self.projq, x).reshape(B, Nx, self.num_heads, self.head_dim).transpose(1, 2)
+        k = linear(self.projk, y).reshape(B, Ny, self.num_heads, self.head_dim).transpose(1, 2)
+        v = linear(self.projv, y).reshape(B, Ny, self.num_heads, self.head_dim).transpose(1, 2)
         if rope_x is not None: q = apply_rope(q, *rope_x)
         if rope_y is not None: k = apply_rope(k, *rope_y)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, Nx, self.num_heads * self.head_dim))
+        return linear(self.proj, x.transpose(1, 2).reshape(B, Nx, self.num_heads * self.head_dim))
 
 def _ln(dim): return nn.LayerNorm(dim, eps=1e-6)
 
@@ -159,7 +191,7 @@ class LinearHead(nn.Module):
         self.patch_size = cfg.patch_size
         self.proj = nn.Linear(cfg.dec_embed_dim, 4 * cfg.patch_size ** 2)
     def forward(self, tokens: list, h: int, w: int):
-        x = self.proj(tokens[-1])                                      # (B, N, 4p²)
+        x = linear(self.proj, tokens[-1])                              # (B, N, 4p²)
         B = x.shape[0]
         return F.pixel_shuffle(x.transpose(1, 2).reshape(B, -1, h, w), self.patch_size)   # (B, 4, H, W)
 

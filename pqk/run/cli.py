@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--precision', default=None, help='torch backends: fp32 or fp16 (CUDA autocast)')
     p.add_argument('--min-pairs', type=int, default=None, help="timed pairs at least (default: the edge profile's)")
     p.add_argument('--min-seconds', type=float, default=None, help="timed seconds at least (default: the profile's)")
+    p = sub.add_parser('bench', help="torch eager/compiled, ORT fp32/int8 latency side by side at the contract's shape")
+    p.add_argument('--ckpt', default=None, help='checkpoint (default: the workload teacher)')
+    p.add_argument('--workload', default=None); p.add_argument('--eval', default=None)
+    p.add_argument('--threads', type=int, default=None, help='torch and ORT intra-op threads (default: torch default)')
+    p.add_argument('--warmup', type=int, default=None); p.add_argument('--repeats', type=int, default=None)
+    p.add_argument('--min-seconds', type=float, default=None, help="default: eval.yaml's latency protocol")
+    p.add_argument('--no-compile', action='store_true', help='skip the torch.compile row')
+    p.add_argument('--compile-timeout', type=float, default=600., help='seconds allowed for torch.compile (default 600)')
+    p.add_argument('--out', default=None, help='also write the result as JSON here')
     return ap
 
 class UsageError(ValueError):
@@ -171,6 +180,13 @@ def _main(args) -> int:
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
                              extra_params=_extra_params(args.param))
             return 0 if res.get('status') == 'passed' else 1
+        if args.cmd == 'bench':
+            from pqk.edge.bench import bench, BENCH_ROWS
+            rows = tuple(r for r in BENCH_ROWS if not (args.no_compile and r == 'compiled'))
+            ckpt = args.ckpt if args.ckpt in (None, 'teacher') else _abs(args.ckpt)
+            bench(ckpt, args.workload, args.eval, rows, args.warmup, args.repeats, args.min_seconds, args.threads,
+                  args.compile_timeout, args.out)
+            return 0
         if args.cmd == 'edge-eval':
             from pqk.run.runner import run_method
             extra = {'backend': args.backend, 'onnx': _abs(args.onnx), 'engine': _abs(args.engine),

@@ -1,0 +1,36 @@
+"""`pqk bench` end to end: a tiny checkpoint at the contract's shape through the CLI (torch eager rows, ORT fp32 and
+int8, the compile row switched off), its printed table and its JSON; a missing checkpoint is one clear error line."""
+import json, subprocess, sys
+from pathlib import Path
+import pytest, torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pqk(*args, timeout=900):
+    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=timeout)
+    return r.returncode, r.stdout[-4000:] + r.stderr[-3000:]
+
+
+def test_bench_cli(tmp_path):
+    from pqk.models.dust3r import make_model
+    from pqk.models.checkpoints import save_checkpoint
+    torch.manual_seed(0)
+    save_checkpoint(make_model('tiny_linear').eval(), tmp_path / 'tiny.pt')
+    rc, out = _pqk('bench', '--ckpt', tmp_path / 'tiny.pt', '--no-compile', '--warmup', 0, '--repeats', 2,
+                   '--min-seconds', 0, '--threads', 1, '--out', tmp_path / 'b.json')
+    assert rc == 0, out
+    for label in ('torch eager', 'torch eager, plain Linear', 'ORT fp32', 'ORT int8 (dynamic)', 'load average'):
+        assert label in out, out
+    res = json.loads((tmp_path / 'b.json').read_text())
+    assert res['shape'] == [1, 3, 384, 384] and res['model'] == 'tiny'
+    rows = {r['row']: r for r in res['rows']}
+    assert list(rows) == ['eager', 'eager_plain_linear', 'ort_fp32', 'ort_int8']
+    assert all(r['skipped'] is None and r['p50_ms'] > 0 for r in rows.values()), rows
+    assert rows['ort_fp32']['max_rel_err'] < 1e-4
+
+
+def test_bench_missing_checkpoint(tmp_path):
+    rc, out = _pqk('bench', '--ckpt', tmp_path / 'nope.pt', '--no-compile')
+    assert rc == 1 and 'pqk bench:' in out and 'nope.pt' in out, out
