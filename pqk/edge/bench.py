@@ -7,34 +7,16 @@ the workload contract's shape, with p50/p90, the speed-up over eager, the output
 from __future__ import annotations
 import contextlib, os, signal, tempfile, threading, time, warnings
 from pathlib import Path
-import numpy as np
 import torch
 import torch.nn as nn
 from ..eval.efficiency import measure_latency, _cpu_name
 from ..core.io import write_json_atomic
+from ..export.onnx import PairOutputs, export_graph
 
 # %% auto #0
 __all__ = ['BENCH_ROWS', 'CompileTimeout', 'bench_model', 'format_bench', 'bench']
 
 # %% ../../nbs/edge/64_bench.ipynb #330f1826
-class _ImgPair(nn.Module):
-    "(img1, img2) -> pts3d, conf1, pts3d_in_other_view, conf2 (tensors in, tensors out) for export and timing."
-    def __init__(self, m): super().__init__(); self.m = m
-    def forward(self, img1, img2):
-        r1, r2 = self.m(dict(img=img1), dict(img=img2))
-        return r1['pts3d'], r1['conf'], r2['pts3d_in_other_view'], r2['conf']
-
-# TODO: use pqk.export.onnx.export_onnx after merge
-def _export_onnx(model: nn.Module, shape, path) -> Path:
-    "Legacy (TorchScript) ONNX export of a DUSt3R pair model at a fixed `shape` [1, 3, H, W]."
-    from pqk.export.ort import PAIR_INPUTS, PAIR_OUTPUTS
-    x = torch.zeros(*shape)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(_ImgPair(model).eval(), (x, x.clone()), str(path), dynamo=False, opset_version=18,
-                          input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS))
-    return Path(path)
-
 def _int8_dynamic(src, dst) -> Path:
     "ONNX Runtime dynamic int8 (MatMul weights int8 per channel, activations quantized at run time)."
     from onnxruntime.quantization import quantize_dynamic, QuantType
@@ -80,7 +62,7 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
     model = model.float().eval()
     g = torch.Generator().manual_seed(seed)
     i1, i2 = (torch.rand(*shape, generator=g) * 2 - 1 for _ in range(2))
-    wrap = _ImgPair(model).eval()
+    wrap = PairOutputs(model).eval()
     lat = dict(warmup=warmup, repeats=repeats, min_seconds=min_seconds, on_error='return')
     out = {'shape': list(shape), 'threads': threads, 'cpu': _cpu_name(), 'torch': torch.__version__,
            'cpu_count': os.cpu_count(), 'load_before': _load(), 'rows': []}
@@ -124,7 +106,7 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
         if onnx_rows:
             from pqk.export.ort import OrtPredictor
             fp32 = tmp / 'model_fp32.onnx'
-            try: _export_onnx(model, shape, fp32); why = None
+            try: export_graph(model, fp32, list(shape), 'fp32'); why = None
             except Exception as e: why = f'ONNX export failed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
             for r in onnx_rows:
                 if why: row(r, skipped=why); continue
