@@ -135,6 +135,14 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
     assert w and all(n == oc and n > 1 for n, oc in w), w[:5]
     assert ex['trt_qdq']['qdq']['trt_style'] and ex['trt_qdq']['ort_vs_fake_quant']['rel_l2_pts3d'] >= 0
+    # precision ledger: one row per MatMul/Gemm/Conv node of each export (counted here from the graph itself)
+    import csv, onnx
+    for k, f in (('trt_qdq', 'model_qdq_trt.onnx'), ('ort_int8', ex['ort_int8']['file'])):
+        ops = ('MatMul', 'Gemm', 'Conv', 'ConvTranspose', 'MatMulInteger', 'ConvInteger', 'QLinearMatMul', 'QLinearConv')
+        nodes = sorted(n.name for n in onnx.load(str(rd / f)).graph.node if n.op_type in ops)
+        with open(rd / rec['artifacts'][f'ledger_{k}']) as fh: led = list(csv.DictReader(fh))
+        assert nodes and sorted(r['name'] for r in led) == nodes, k
+        assert q['ledger'][k]['n_layers'] == len(nodes) and {r['graph_precision'] for r in led} & {'int8'}, k
     # negative control of the graph check: one zero point set to 1 is caught
     import onnx
     from onnx import numpy_helper
