@@ -15,6 +15,7 @@ from ..data.pairs import dataset_pairs
 from .metrics import pair_metrics, teacher_metrics, aggregate, quality_drop_pct
 from .efficiency import measure_latency, pairs_per_s, count_params, model_size_mb, gflops, resolve_device, PeakMemory
 from .intervals import paired_bootstrap, drop_stat, mean_diff
+from .efficiency import stage_latency, has_stages, STAGES
 
 # %% auto #0
 __all__ = ['PER_PAIR_FILE', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'pair_quality',
@@ -199,9 +200,16 @@ def write_per_pair(path, rows: list[dict]) -> Path:
     return write_text_atomic(path, buf.getvalue())
 
 # %% ../../nbs/eval/33_protocol.ipynb #d035998d
+def _stages(pred, x1, x2, proto: dict) -> dict | None:
+    "The per-stage profile of a torch predictor's module (same protocol), None for other predictors."
+    if pred.backend != 'torch' or not has_stages(pred.module): return None
+    r = stage_latency(pred.module, {'img': x1}, {'img': x2}, device=pred.device, **proto)
+    return {k: r[k] for k in (*STAGES, 'total', 'n_timed')}
+
 def efficiency_block(model, res: int, evalc, device=None) -> dict:
     """Latency p50/p90/p95 (ms) of one pair forward at `res`×`res` with the contract's protocol (warm-up, repeats,
-    min_seconds; noisy when p95 > noisy_ratio × p50), pairs/s, params, size (MB), GFLOPs (torch modules only)."""
+    min_seconds; noisy when p95 > noisy_ratio × p50), pairs/s, params, size (MB), GFLOPs (torch modules only) and
+    the latency per stage (`stages_ms`, DUSt3R-like torch modules only, else None)."""
     pred = as_predictor(model, device)
     lat = evalc.data['efficiency']['latency']
     g = torch.Generator().manual_seed(0)
@@ -216,7 +224,8 @@ def efficiency_block(model, res: int, evalc, device=None) -> dict:
             'pairs_per_s': pairs_per_s(L),
             'params': info['params'], 'size_mb': info['size_mb'],
             'gflops': gflops(m, ({'img': x1}, {'img': x2})) if m is not None else None,
-            'device': str(pred.device), 'backend': pred.backend, 'resolution': res, 'load_avg': L['load_before']}
+            'device': str(pred.device), 'backend': pred.backend, 'resolution': res, 'load_avg': L['load_before'],
+            'stages_ms': _stages(pred, x1, x2, proto)}
 
 # %% ../../nbs/eval/33_protocol.ipynb #a0e43418
 def plane_baseline(scenes, pairs, depth: float = 1.0) -> list:
