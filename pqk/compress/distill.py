@@ -21,9 +21,11 @@ from ..eval.efficiency import count_params, resolve_device
 from ..train.loop import fit, LoopConfig, dist_info, distributed
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'VAL_DATA',
-           'distill_config', 'student_config', 'make_student', 'feature_dims', 'make_projections', 'layer_features',
-           'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'train_distill', 'distill_run', 'main']
+__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'TEACHER_CACHE_FORMAT',
+           'VAL_DATA', 'distill_config', 'student_config', 'make_student', 'feature_dims', 'make_projections',
+           'layer_features', 'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'model_checksum',
+           'default_teacher_cache_dir', 'teacher_cache_key', 'TeacherCache', 'CachedBatcher', 'train_distill',
+           'distill_run', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 DEFAULTS = {
@@ -31,7 +33,8 @@ DEFAULTS = {
     'loss': {'w_gt': 1.0, 'w_out': 1.0, 'w_conf': 0.1, 'w_feat': 0.5, 'feat_layers': ['enc_last', 'dec_mid', 'dec_last'],
              'alpha': 0.2, 'T': 1.0, 'beta': 1.0, 'gamma': 0.5},
     'train': {'steps': 60, 'batch_pairs': 2, 'lr': 3e-4, 'weight_decay': 0.05, 'warmup_steps': 6, 'grad_clip': 1.0,
-              'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2}},
+              'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
+              'teacher_cache': True},
     'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
 }
 REDUCE_MODES, INIT_MODES, FEAT_LAYERS = ('depth', 'width', 'both'), ('teacher', 'scratch'), ('enc_last', 'dec_mid', 'dec_last')
@@ -172,7 +175,8 @@ def make_projections(student_cfg: DUSt3RConfig, teacher_cfg: DUSt3RConfig, layer
     return nn.ModuleDict({k: (nn.Linear(ds[k], dt[k]) if ds[k] != dt[k] else nn.Identity()) for k in layers})
 
 def layer_features(f: dict, name: str) -> tuple:
-    "The (view 1, view 2) features of layer `name` from `DUSt3R.forward_features` outputs."
+    "The (view 1, view 2) features of layer `name` from `DUSt3R.forward_features` outputs (or a cache's `feats`)."
+    if 'feats' in f and name in f['feats']: return f['feats'][name]
     if name == 'enc_last': return f['enc1'], f['enc2']
     if name == 'dec_mid':
         i = max(0, len(f['dec1']) // 2 - 1)
@@ -238,20 +242,112 @@ def eval_metric(model, scenes, pairs, evalc, device, teacher_preds=None) -> dict
 def kd_loss_fn(teacher: DUSt3R, proj: nn.ModuleDict, loss_cfg: dict):
     "The loss function of `fit`: teacher features (no grad), student features via `ctx.forward`, then `distill_loss`."
     def loss(ctx, batch):
-        v1, v2, gt = batch
-        with torch.no_grad(), ctx.autocast(): ft = teacher.forward_features(v1, v2)
+        v1, v2, gt, *cached = batch                                  # a 4th item: the teacher's cached outputs
+        if cached: ft = cached[0]
+        else:
+            with torch.no_grad(), ctx.autocast(): ft = teacher.forward_features(v1, v2)
         return distill_loss(ctx.forward(v1, v2), ft, loss_cfg, proj, gt)
     return loss
 
 # %% ../../nbs/compress/51_distill.ipynb #61345c67
+import hashlib
+from ..core.io import save_torch_atomic
+from ..data.pairs import pair_batch, sample_pairs
+
+TEACHER_CACHE_FORMAT = 1
+
+def model_checksum(model: nn.Module) -> str:
+    "SHA-256 over a module's state dict (names, dtypes, shapes and bytes, in order): its identity in cache keys."
+    h = hashlib.sha256(b'pqk-state-dict-v1\n')
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def default_teacher_cache_dir() -> Path:
+    "`$PQK_CACHE/teacher` if PQK_CACHE is set, else `~/.cache/pqk/teacher`."
+    from pqk.data.scenes import default_cache_dir
+    return default_cache_dir().parent / 'teacher'
+
+def _images_hash(scenes, pairs) -> str:
+    h = hashlib.sha256()
+    for s, i, j in pairs:
+        for v in (i, j):
+            a = np.ascontiguousarray(scenes[s]['views'][v]['img'])
+            h.update(f'{s}.{v}:{a.dtype.str}:{a.shape};'.encode()); h.update(a.tobytes())
+    return h.hexdigest()
+
+def teacher_cache_key(teacher, scenes, pairs, layers, data_spec: dict | None = None, amp: bool = False,
+                      device='cpu') -> tuple[str, dict]:
+    "The cache key (24 hex digits) of a teacher's outputs on `pairs` of `scenes`, and the facts it hashes."
+    res = tuple(int(x) for x in np.shape(scenes[pairs[0][0]]['views'][pairs[0][1]]['img'])[:2]) if pairs else None
+    facts = {'format': TEACHER_CACHE_FORMAT, 'teacher': model_checksum(teacher), 'data': data_spec,
+             'images': _images_hash(scenes, pairs), 'n_pairs': len(pairs), 'resolution': res,
+             'layers': sorted(layers), 'amp': bool(amp), 'device': resolve_device(device).type,
+             'torch': str(torch.__version__)}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24], facts
+
+class TeacherCache:
+    "The teacher's outputs and features for every training pair, read from the cache file or computed once and saved."
+    KEYS = (('res1', 'pts3d'), ('res1', 'conf'), ('res2', 'pts3d_in_other_view'), ('res2', 'conf'))
+    def __init__(self, teacher, scenes, pairs, layers, device=None, data_spec: dict | None = None, cache_dir=None,
+                 amp: bool = False):
+        self.layers, self.device = list(layers), resolve_device(device)
+        self.key, facts = teacher_cache_key(teacher, scenes, pairs, self.layers, data_spec, amp, self.device)
+        self.path = Path(cache_dir if cache_dir is not None else default_teacher_cache_dir()) / f'teacher_{self.key}.pt'
+        t0, self.data, hit = time.perf_counter(), None, False
+        if self.path.exists():
+            try:
+                d = torch.load(self.path, map_location='cpu', weights_only=True)
+                if d.get('key') == self.key and d['out']['res1.conf'].shape[0] == len(pairs): self.data, hit = d['out'], True
+                else: warnings.warn(f'teacher cache {self.path}: key or size mismatch; computing again')
+            except Exception as e: warnings.warn(f'teacher cache {self.path}: unreadable ({e}); computing again')
+        if self.data is None:
+            self.data = self._compute(teacher, scenes, pairs, amp)
+            save_torch_atomic({'key': self.key, 'facts': facts, 'out': self.data}, self.path)
+        self.info = {'key': self.key, 'hit': hit, 'file': self.path.name, 'n_pairs': len(pairs),
+                     'seconds': round(time.perf_counter() - t0, 3)}
+
+    @torch.no_grad()
+    def _compute(self, teacher, scenes, pairs, amp: bool) -> dict:
+        out = {}
+        for n in range(len(pairs)):
+            v1, v2, _ = pair_batch(scenes, pairs, [n], self.device)
+            with torch.autocast(self.device.type, enabled=amp): f = teacher.forward_features(v1, v2)
+            items = {f'{a}.{b}': f[a][b] for a, b in self.KEYS}
+            for name in self.layers:
+                items[f'feat.{name}.1'], items[f'feat.{name}.2'] = layer_features(f, name)
+            for k, v in items.items(): out.setdefault(k, []).append(v.detach().cpu())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def features(self, idx, device=None) -> dict:
+        "The teacher's outputs for pairs `idx` in `forward_features`' layout (`feats` for the feature layers)."
+        g = lambda k: self.data[k][list(idx)].to(device or self.device)
+        return {'res1': {'pts3d': g('res1.pts3d'), 'conf': g('res1.conf')},
+                'res2': {'pts3d_in_other_view': g('res2.pts3d_in_other_view'), 'conf': g('res2.conf')},
+                'feats': {n: (g(f'feat.{n}.1'), g(f'feat.{n}.2')) for n in self.layers}}
+
+class CachedBatcher:
+    "A `PairBatcher` whose batches carry the teacher's cached outputs as a 4th item: `(view1, view2, gt, teacher)`."
+    def __init__(self, batcher: PairBatcher, cache: TeacherCache):
+        if batcher.flip: raise ValueError('CachedBatcher: the batcher mirrors images (flip=True); the teacher cache '
+                                          'holds unmirrored outputs: set train.teacher_cache to false or flip off')
+        self.b, self.cache, self.pairs = batcher, cache, batcher.pairs
+    def __call__(self, step: int, rank: int = 0, world: int = 1) -> tuple:
+        b = self.b
+        idx, _ = sample_pairs(len(b.pairs), step, b.batch, b.seed, rank, world, b.flip)
+        return (*pair_batch(b.scenes, b.pairs, idx, b.device), self.cache.features(idx, b.device))
+
+# %% ../../nbs/compress/51_distill.ipynb #8575ac82
 def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=None, *,
                   proj: nn.ModuleDict | None = None, eval_scenes=None, eval_pairs=None, evalc=None, resume=None,
                   device=None, gpu_hours_budget: float | None = None, over_budget_ratio: float = 1.2,
                   no_improve_ckpt: int = 3,
                   debug_nan_at_step: int | None = None, stop_after: int | None = None, progress: bool = True,
-                  clock=time.monotonic) -> dict:
+                  clock=time.monotonic, teacher_cache_dir=None, data_spec: dict | None = None) -> dict:
     """Distil `teacher` into `student` following `cfg` (distill.yaml); checkpoints under `out_dir/checkpoints`.
-    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', ...}."""
+    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', ...} and
+    `teacher_cache` (its key, hit or computed, seconds; None when `train.teacher_cache` is off)."""
     c = distill_config(cfg)
     tr, L = c['train'], c['loss']
     device = resolve_device(device)
@@ -261,16 +357,23 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
     student.mask_token.requires_grad_(False)                       # unused in training (DDP would wait for its grad)
     proj = (proj if proj is not None else make_projections(student.cfg, teacher.cfg, L['feat_layers'])).to(device)
     batches = PairBatcher(scenes, int(tr['batch_pairs']), int(tr['seed']), device=device)
+    cache = None
+    if tr.get('teacher_cache', True):
+        amp = bool(tr.get('amp')) and device.type == 'cuda'
+        cache = TeacherCache(teacher, scenes, batches.pairs, L['feat_layers'], device, data_spec, teacher_cache_dir, amp)
+        batches = CachedBatcher(batches, cache)
     evaluate = None
     if eval_scenes is not None:
         evaluate = lambda model, step: eval_metric(model, eval_scenes, eval_pairs, evalc, device)
-    return fit(student, kd_loss_fn(teacher, proj, L), batches, LoopConfig.from_sections(tr, c['checkpoint']),
-               extra={'projections': proj}, forward='forward_features',
-               ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
-               eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
-               patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
-               device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step, progress=progress,
-               desc='distill', kind='distill_train', clock=clock)
+    r = fit(student, kd_loss_fn(teacher, proj, L), batches, LoopConfig.from_sections(tr, c['checkpoint']),
+            extra={'projections': proj}, forward='forward_features',
+            ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
+            eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
+            patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
+            device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step, progress=progress,
+            desc='distill', kind='distill_train', clock=clock)
+    r['teacher_cache'] = cache.info if cache is not None else None
+    return r
 
 # %% ../../nbs/compress/51_distill.ipynb #c37ae960
 VAL_DATA = {'seed': 900, 'n_scenes': 2, 'views_per_scene': 2}
@@ -306,7 +409,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     r = train_distill(student, T, scenes, c, out_dir, eval_scenes=vscenes, eval_pairs=vpairs, evalc=ev, resume=resume,
                       device=device, gpu_hours_budget=gpu_hours_budget, over_budget_ratio=ratio,
                       no_improve_ckpt=patience, debug_nan_at_step=debug_nan_at_step, progress=progress,
-                      stop_after=stop_after)
+                      stop_after=stop_after, data_spec={**td['synthetic'], 'source': 'synthetic'})
     out_dir = Path(out_dir)
     rel = lambda p: None if p is None else os.path.relpath(p, out_dir)
     best = dict(r['best']) if r['best'] else None
