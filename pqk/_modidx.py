@@ -25,6 +25,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'pqk/compress/distill.py'),
                                       'pqk.compress.distill._unreachable_note': ( 'compress/distill.html#_unreachable_note',
                                                                                   'pqk/compress/distill.py'),
+                                      'pqk.compress.distill.auto_parts': ('compress/distill.html#auto_parts', 'pqk/compress/distill.py'),
                                       'pqk.compress.distill.default_teacher_cache_dir': ( 'compress/distill.html#default_teacher_cache_dir',
                                                                                           'pqk/compress/distill.py'),
                                       'pqk.compress.distill.distill_config': ( 'compress/distill.html#distill_config',

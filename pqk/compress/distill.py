@@ -21,11 +21,11 @@ from ..eval.efficiency import count_params, resolve_device
 from ..train.loop import fit, LoopConfig, dist_info, distributed
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'TEACHER_CACHE_FORMAT',
-           'VAL_DATA', 'distill_config', 'student_config', 'make_student', 'feature_dims', 'make_projections',
-           'layer_features', 'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'model_checksum',
-           'default_teacher_cache_dir', 'teacher_cache_key', 'TeacherCache', 'CachedBatcher', 'train_distill',
-           'distill_run', 'main']
+__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART',
+           'TEACHER_CACHE_FORMAT', 'VAL_DATA', 'distill_config', 'student_config', 'auto_parts', 'make_student',
+           'feature_dims', 'make_projections', 'layer_features', 'distill_loss', 'export_student', 'eval_metric',
+           'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir', 'teacher_cache_key', 'TeacherCache',
+           'CachedBatcher', 'train_distill', 'distill_run', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 DEFAULTS = {
@@ -71,15 +71,16 @@ from itertools import product
 from .surgery import PlanError, even_indices, leading_plan, param_count, slice_model
 from ..models.config import _tup
 
-SHRINK_PARTS, DEFAULT_SHRINK = ('encoder', 'decoder', 'dpt'), ('encoder', 'decoder')
+SHRINK_PARTS, DEFAULT_SHRINK = ('encoder', 'decoder', 'dpt', 'dpt_feature', 'dpt_layers', 'auto'), ('encoder', 'decoder')
+DPT_PARTS = ('dpt', 'dpt_feature', 'dpt_layers')
 
 def _shrink_parts(v, t: DUSt3RConfig) -> tuple:
-    "`student.shrink` checked: distinct parts of SHRINK_PARTS ('dpt' only for a DPT teacher)."
+    "`student.shrink` checked: distinct parts of SHRINK_PARTS (DPT parts only for a DPT teacher)."
     v = DEFAULT_SHRINK if v is None else v
     if not isinstance(v, (list, tuple)) or not v or len(set(v)) != len(v) or any(p not in SHRINK_PARTS for p in v):
         raise ValueError(f"distill config: student.shrink: got {v!r}; expected a non-empty list of distinct parts "
                          f"from {list(SHRINK_PARTS)}")
-    if 'dpt' in v and t.head_type != 'dpt':
+    if any(p in DPT_PARTS for p in v) and t.head_type != 'dpt':
         raise ValueError(f"distill config: student.shrink: got {list(v)!r}, but the teacher has a {t.head_type} head")
     return tuple(v)
 
@@ -105,8 +106,11 @@ def _candidates(t: DUSt3RConfig, reduce: str, shrink=DEFAULT_SHRINK):
     e_heads = range(1, t.enc_num_heads + 1) if reduce == 'width' and enc else [t.enc_num_heads]
     d_heads = range(1, t.dec_num_heads + 1) if reduce == 'width' and dec else [t.dec_num_heads]
     ratios = sorted({t.mlp_ratio * k / 8 for k in range(1, 9)}) if wide else [t.mlp_ratio]
-    dpts = [(max(2, 2 * round(t.dpt_feature_dim * k / 16)), tuple(max(1, round(w * k / 8)) for w in t.dpt_layer_dims))
-            for k in range(1, 9)] if 'dpt' in shrink else [(t.dpt_feature_dim, t.dpt_layer_dims)]
+    feat = lambda k: max(2, 2 * round(t.dpt_feature_dim * k / 16))
+    lays = lambda k: tuple(max(1, round(w * k / 8)) for w in t.dpt_layer_dims)
+    if 'dpt' in shrink: dpts = [(feat(k), lays(k)) for k in range(1, 9)]            # both widths scaled together
+    else: dpts = [(f, l) for f in sorted({feat(k) for k in range(1, 9)} if 'dpt_feature' in shrink else [t.dpt_feature_dim])
+                  for l in ([lays(k) for k in range(1, 9)] if 'dpt_layers' in shrink else [t.dpt_layer_dims])]
     for e, d, eh, dh, r, dpt in product(e_depths, d_depths, e_heads, d_heads, ratios, dpts):
         yield _student_shape(t, e, d, eh, dh, r if enc else t.mlp_ratio, r if dec else t.mlp_ratio, dpt)
 
@@ -115,6 +119,7 @@ def student_config(teacher_cfg: DUSt3RConfig, reduction: float = 0.3, reduce: st
     "The student shape whose removed parameter fraction is closest to `reduction` (see above), and that fraction."
     if reduce not in REDUCE_MODES: raise ValueError(f"student.reduce: got {reduce!r}; expected one of {REDUCE_MODES}")
     t, shrink = teacher_cfg.canonical(), _shrink_parts(shrink, teacher_cfg)
+    if 'auto' in shrink: raise ValueError("student_config: shrink 'auto' must be resolved first (see auto_parts)")
     if not t.is_uniform:
         raise ValueError("distill config: the student search needs a teacher with uniform blocks; this one has "
                          "per-block shapes (a pruned model?): give the student's shape as student.config")
@@ -135,13 +140,39 @@ def _unreachable_note(s: dict, t: DUSt3RConfig, got: float) -> str:
             f"{', DPT keeps >= 4 decoder blocks' if t.head_type == 'dpt' else ''}); closest: {got:.3f}. "
             f"Try reduce: width or both{', or shrink more parts' if sh else ''}")
 
-def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None) -> DUSt3R:
+STAGE_PART = {'encoder': 'encoder', 'decoder': 'decoder', 'heads': 'dpt_feature'}
+
+def auto_parts(teacher: DUSt3R, res: int | None = None, share: float = 0.25, profile: dict | None = None) -> tuple:
+    """The parts `shrink: auto` shrinks: every stage holding at least `share` of the teacher's stage latency (measured
+    by `pqk.eval.efficiency.stage_latency` at `res`, or the given `profile`), as shrinkable parts (heads → dpt_feature,
+    postprocess → nothing; at least the slowest stage). Returns (parts, profile)."""
+    from pqk.eval.efficiency import stage_latency, STAGES
+    if profile is None:
+        res = int(res or teacher.cfg.img_size[0]); dev = next(teacher.parameters()).device
+        x = {'img': torch.zeros(1, 3, res, res, device=dev)}
+        was = teacher.training; teacher.eval()
+        profile = stage_latency(teacher, x, x, warmup=1, repeats=3, device=dev)
+        teacher.train(was)
+    t = {k: float(profile[k]) for k in STAGES if profile.get(k) is not None}
+    tot = sum(max(v, 0.) for v in t.values())
+    if not tot > 0: raise ValueError(f'auto_parts: the stage profile {profile!r} holds no time')
+    ranked = sorted((k for k in t if k in STAGE_PART), key=lambda k: -t[k])
+    keep = [k for k in ranked if t[k] / tot >= share] or ranked[:1]
+    if teacher.cfg.head_type != 'dpt': keep = [k for k in keep if k != 'heads'] or ['decoder']
+    return tuple(dict.fromkeys(STAGE_PART[k] for k in keep)), {k: round(v, 3) for k, v in t.items()}
+
+def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None, res: int | None = None) -> DUSt3R:
     """A student built from `teacher` by `cfg['student']` (reduction, reduce, shrink, init); `student.distill_info`
     holds the parameter counts, the actual reduction and the kept blocks. An explicit `student.config` (dict of
     `DUSt3RConfig` fields) overrides the search (from scratch unless its shapes can be cut from the teacher)."""
     s, t_cfg = distill_config(cfg)['student'], teacher.cfg
     if seed is not None: torch.manual_seed(seed)
-    shrink = _shrink_parts(s.get('shrink'), t_cfg)
+    shrink, auto = _shrink_parts(s.get('shrink'), t_cfg), None
+    if 'auto' in shrink:                                                # where the measured time is
+        parts, prof = auto_parts(teacher, s.get('auto_res') or res, float(s.get('auto_share', 0.25)))
+        shrink = tuple(dict.fromkeys([p for p in shrink if p != 'auto'] + list(parts)))
+        auto = {'profile_ms': prof, 'parts': list(parts), 'share': float(s.get('auto_share', 0.25)),
+                'res': int(s.get('auto_res') or res or t_cfg.img_size[0])}
     if s.get('config'):
         try: s_cfg = dataclasses.replace(t_cfg, **{k: _tup(v) for k, v in s['config'].items()})
         except (TypeError, ValueError) as e: raise ValueError(f"distill config: student.config: {e}") from None
@@ -158,7 +189,8 @@ def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None) -> DUSt3R:
                             'reduction_actual': 1 - n_s / n_t, 'reduce': s['reduce'], 'init': init,
                             'keep_enc': keep(t_cfg.enc_depth, s_cfg.enc_depth),
                             'keep_dec': keep(t_cfg.dec_depth, s_cfg.dec_depth),
-                            'shrink': list(shrink), 'config': student.cfg.to_dict()}
+                            'shrink': list(shrink), 'config': student.cfg.to_dict(),
+                            **({'auto': auto} if auto else {})}
     if not s.get('config') and abs(student.distill_info['reduction_actual'] - float(s['reduction'])) > 0.05:
         student.distill_info['note'] = note = _unreachable_note(s, t_cfg, student.distill_info['reduction_actual'])
         warnings.warn(note)
@@ -397,7 +429,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     t_spec = teacher if teacher not in (None, 'workload') else \
         (c.get('teacher') if c.get('teacher') not in (None, 'workload') else wl.teacher)
     T = t_spec if isinstance(t_spec, nn.Module) else load_teacher(str(t_spec), device)
-    student = make_student(T, c, seed=int(c['train']['seed']))
+    student = make_student(T, c, seed=int(c['train']['seed']), res=wl.resolution)
     td = {'source': 'synthetic', 'synthetic': dict(c['train']['train_data'])}
     vd = {'source': 'synthetic', 'synthetic': dict(c['train'].get('val_data') or VAL_DATA)}
     scenes = load_dataset(td, res)

@@ -114,7 +114,7 @@ def stage_latency(model, view1: dict, view2: dict, warmup: int = 2, repeats: int
     def call():
         marks.clear(); model(view1, view2); calls.append(list(marks))
     try:
-        with torch.inference_mode(): L = measure_latency(call, warmup, repeats, d, min_seconds, noisy_ratio=noisy_ratio)
+        with torch.no_grad(): L = measure_latency(call, warmup, repeats, d, min_seconds, noisy_ratio=noisy_ratio)
     finally:
         for h in hs: h.remove()
     split = [_stage_split(m) for m in calls[len(calls) - L['n_timed']:]]
