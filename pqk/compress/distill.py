@@ -71,7 +71,8 @@ from itertools import product
 from .surgery import PlanError, even_indices, leading_plan, param_count, slice_model
 from ..models.config import _tup
 
-SHRINK_PARTS, DEFAULT_SHRINK = ('encoder', 'decoder', 'dpt', 'dpt_feature', 'dpt_layers', 'auto'), ('encoder', 'decoder')
+SHRINK_PARTS = ('encoder', 'decoder', 'dpt', 'dpt_feature', 'dpt_layers', 'auto')
+DEFAULT_SHRINK = ('encoder', 'decoder')
 DPT_PARTS = ('dpt', 'dpt_feature', 'dpt_layers')
 
 def _shrink_parts(v, t: DUSt3RConfig) -> tuple:
@@ -109,8 +110,10 @@ def _candidates(t: DUSt3RConfig, reduce: str, shrink=DEFAULT_SHRINK):
     feat = lambda k: max(2, 2 * round(t.dpt_feature_dim * k / 16))
     lays = lambda k: tuple(max(1, round(w * k / 8)) for w in t.dpt_layer_dims)
     if 'dpt' in shrink: dpts = [(feat(k), lays(k)) for k in range(1, 9)]            # both widths scaled together
-    else: dpts = [(f, l) for f in sorted({feat(k) for k in range(1, 9)} if 'dpt_feature' in shrink else [t.dpt_feature_dim])
-                  for l in ([lays(k) for k in range(1, 9)] if 'dpt_layers' in shrink else [t.dpt_layer_dims])]
+    else:
+        fs = sorted({feat(k) for k in range(1, 9)}) if 'dpt_feature' in shrink else [t.dpt_feature_dim]
+        dpts = [(f, l) for f in fs
+                for l in ([lays(k) for k in range(1, 9)] if 'dpt_layers' in shrink else [t.dpt_layer_dims])]
     for e, d, eh, dh, r, dpt in product(e_depths, d_depths, e_heads, d_heads, ratios, dpts):
         yield _student_shape(t, e, d, eh, dh, r if enc else t.mlp_ratio, r if dec else t.mlp_ratio, dpt)
 
@@ -293,7 +296,8 @@ def model_checksum(model: nn.Module) -> str:
     h = hashlib.sha256(b'pqk-state-dict-v1\n')
     for k, v in model.state_dict().items():
         t = v.detach().cpu().contiguous()
-        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 def default_teacher_cache_dir() -> Path:
@@ -331,7 +335,8 @@ class TeacherCache:
         if self.path.exists():
             try:
                 d = torch.load(self.path, map_location='cpu', weights_only=True)
-                if d.get('key') == self.key and d['out']['res1.conf'].shape[0] == len(pairs): self.data, hit = d['out'], True
+                if d.get('key') == self.key and d['out']['res1.conf'].shape[0] == len(pairs):
+                    self.data, hit = d['out'], True
                 else: warnings.warn(f'teacher cache {self.path}: key or size mismatch; computing again')
             except Exception as e: warnings.warn(f'teacher cache {self.path}: unreadable ({e}); computing again')
         if self.data is None:
@@ -392,7 +397,8 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
     cache = None
     if tr.get('teacher_cache', True):
         amp = bool(tr.get('amp')) and device.type == 'cuda'
-        cache = TeacherCache(teacher, scenes, batches.pairs, L['feat_layers'], device, data_spec, teacher_cache_dir, amp)
+        cache = TeacherCache(teacher, scenes, batches.pairs, L['feat_layers'], device, data_spec, teacher_cache_dir,
+                             amp)
         batches = CachedBatcher(batches, cache)
     evaluate = None
     if eval_scenes is not None:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_PARTS', 'MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'has_stages', 'stage_latency',
-           'count_params', 'size_on_disk_mb', 'model_size_mb', 'gflops', 'PeakMemory', 'DeviceHours',
+__all__ = ['STAGES', 'STAGE_PARTS', 'MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'interleaved_latency', 'has_stages',
+           'stage_latency', 'count_params', 'size_on_disk_mb', 'model_size_mb', 'gflops', 'PeakMemory', 'DeviceHours',
            'benchmark_forward']
 
 # %% ../../nbs/eval/32_efficiency.ipynb #4666f45b
@@ -75,13 +75,37 @@ def pairs_per_s(latency, pairs_per_call: int = 1) -> float:
     if not ms > 0 or not np.isfinite(ms): raise ValueError(f"pairs_per_s: latency {ms} ms; expected a finite time > 0")
     return 1000. * pairs_per_call / ms
 
+# %% ../../nbs/eval/32_efficiency.ipynb #71a4fcff
+def interleaved_latency(fns: dict, rounds: int = 3, warmup: int = 2, repeats: int = 10, device=None,
+                        min_seconds: float = 0.0, noisy_ratio: float = 3.0) -> dict:
+    """{name: {'p50_ms', 'cpu_p50_ms', 'round_p50_ms', 'n_timed', 'noisy', 'ratio_p50'}} of callables `fns` timed in
+    alternation over `rounds` rounds with `measure_latency` (ratio_p50: p50 / the first callable's p50)."""
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise ValueError(f'interleaved_latency: fns={fns!r}; expected a non-empty dict of callables')
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f'interleaved_latency: rounds={rounds!r}; expected an integer ≥ 1')
+    per = {k: [] for k in fns}
+    for r in range(rounds):
+        for k, f in fns.items():
+            per[k].append(measure_latency(f, warmup if r == 0 else 0, max(1, -(-repeats // rounds)), device,
+                                          min_seconds / rounds, noisy_ratio=noisy_ratio))
+    out = {}
+    for k, Ls in per.items():
+        p = [L['p50_ms'] for L in Ls]
+        out[k] = {'p50_ms': float(np.median(p)), 'cpu_p50_ms': float(np.median([L['cpu_p50_ms'] for L in Ls])),
+                  'round_p50_ms': p, 'n_timed': sum(L['n_timed'] for L in Ls), 'noisy': any(L['noisy'] for L in Ls)}
+    first = out[next(iter(out))]['p50_ms']
+    for v in out.values(): v['ratio_p50'] = v['p50_ms'] / first if first else None
+    return out
+
 # %% ../../nbs/eval/32_efficiency.ipynb #e952a191
 STAGES = ('encoder', 'decoder', 'heads', 'postprocess')
 STAGE_PARTS = ('enc_norm', 'downstream_head1', 'downstream_head2')
 
 def has_stages(model) -> bool:
     "True when `model` is a torch module with the public parts the stage profile hooks (enc_norm, both heads)."
-    return isinstance(model, torch.nn.Module) and all(isinstance(getattr(model, n, None), torch.nn.Module) for n in STAGE_PARTS)
+    return isinstance(model, torch.nn.Module) and all(isinstance(getattr(model, n, None), torch.nn.Module)
+                                                      for n in STAGE_PARTS)
 
 def _stage_split(m: list) -> dict:
     "Stage durations (ms) of one call from its marks [(event, time s)]; None when a boundary did not fire."

@@ -525,7 +525,7 @@ def plot_latency(rows, path) -> Path:
 STAGE_NAMES = ('encoder', 'decoder', 'heads', 'postprocess')
 
 def stage_bars(rows) -> list[tuple[str, dict]]:
-    "[(label, {stage: ms})] of the latest run per model and device with a stage profile, and of the teachers beside them."
+    "[(label, {stage: ms})] of the latest run per model and device with a stage profile, and of its teacher."
     out = {}
     for r in sorted(rows, key=lambda r: str(r.get('started_utc'))):
         for pre, name in (('efficiency.teacher.stages_ms', f"teacher {r.get('model.teacher') or ''}".strip()),
