@@ -121,7 +121,7 @@ CARD_CASES = [
     ('literal_threshold', lambda t: t.replace('quality_drop_pct: eval.thresholds.quality_drop_mainline_pct', 'quality_drop_pct: 3.0'), 'thresholds.quality_drop_pct', '3.0'),
     ('dangling_reference', lambda t: t.replace('eval.thresholds.quality_drop_mainline_pct', 'eval.thresholds.quality_drop_max_pct'), 'thresholds.quality_drop_pct', 'quality_drop_max_pct'),
     ('exception_without_reason', lambda t: t.replace('exceptions: []', 'exceptions: [{field: quality_drop_pct, value: 3.0}]'), 'exceptions[0].reason', 'missing'),
-    ('no_budget', lambda t: t.replace('gpu_hours_budget: 0.2\n', ''), 'gpu_hours_budget', 'missing'),
+    ('no_budget', lambda t: re.sub(r'gpu_hours_budget: [0-9.]+\n', '', t), 'gpu_hours_budget', 'missing'),
     ('no_front_matter', lambda t: t.split('---', 2)[2], 'front matter', 'YAML'),
 ]
 

@@ -129,3 +129,10 @@ def test_run_distill_template_end_to_end(tmp_path, teacher):
     assert exported['meta']['kind'] == 'distill_student' and 'extra' not in exported
     assert exported['meta']['source'] == f"train/{t['best']['checkpoint']}"
     assert rec['quality']['metrics'] and rec['model']['params'] == t['student']['student_params']
+    eff = rec['efficiency']                          # the cost profile per stage of student and teacher, same run
+    assert all(eff['stages_ms'][s] > 0 for s in ('encoder', 'decoder', 'heads')), eff
+    assert all(eff['teacher']['stages_ms'][s] > 0 for s in ('encoder', 'decoder', 'heads')), eff['teacher']
+    assert t['teacher_cache']['n_pairs'] > 0 and len(t['teacher_cache']['key']) == 24, t['teacher_cache']
+    sb = t['side_by_side']                           # teacher and student timed in alternation
+    want = sb['teacher']['p50_ms'] / sb['student']['p50_ms']
+    assert sb['rounds'] == 3 and abs(t['speedup_p50_side_by_side'] - want) < 1e-9, sb

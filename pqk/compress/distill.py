@@ -21,9 +21,11 @@ from ..eval.efficiency import count_params, resolve_device
 from ..train.loop import fit, LoopConfig, dist_info, distributed
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'VAL_DATA',
-           'distill_config', 'student_config', 'make_student', 'feature_dims', 'make_projections', 'layer_features',
-           'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'train_distill', 'distill_run', 'main']
+__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART',
+           'TEACHER_CACHE_FORMAT', 'VAL_DATA', 'distill_config', 'student_config', 'auto_parts', 'make_student',
+           'feature_dims', 'make_projections', 'layer_features', 'distill_loss', 'export_student', 'eval_metric',
+           'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir', 'teacher_cache_key', 'TeacherCache',
+           'CachedBatcher', 'train_distill', 'distill_run', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 DEFAULTS = {
@@ -31,7 +33,8 @@ DEFAULTS = {
     'loss': {'w_gt': 1.0, 'w_out': 1.0, 'w_conf': 0.1, 'w_feat': 0.5, 'feat_layers': ['enc_last', 'dec_mid', 'dec_last'],
              'alpha': 0.2, 'T': 1.0, 'beta': 1.0, 'gamma': 0.5},
     'train': {'steps': 60, 'batch_pairs': 2, 'lr': 3e-4, 'weight_decay': 0.05, 'warmup_steps': 6, 'grad_clip': 1.0,
-              'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2}},
+              'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
+              'teacher_cache': True},
     'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
 }
 REDUCE_MODES, INIT_MODES, FEAT_LAYERS = ('depth', 'width', 'both'), ('teacher', 'scratch'), ('enc_last', 'dec_mid', 'dec_last')
@@ -68,15 +71,17 @@ from itertools import product
 from .surgery import PlanError, even_indices, leading_plan, param_count, slice_model
 from ..models.config import _tup
 
-SHRINK_PARTS, DEFAULT_SHRINK = ('encoder', 'decoder', 'dpt'), ('encoder', 'decoder')
+SHRINK_PARTS = ('encoder', 'decoder', 'dpt', 'dpt_feature', 'dpt_layers', 'auto')
+DEFAULT_SHRINK = ('encoder', 'decoder')
+DPT_PARTS = ('dpt', 'dpt_feature', 'dpt_layers')
 
 def _shrink_parts(v, t: DUSt3RConfig) -> tuple:
-    "`student.shrink` checked: distinct parts of SHRINK_PARTS ('dpt' only for a DPT teacher)."
+    "`student.shrink` checked: distinct parts of SHRINK_PARTS (DPT parts only for a DPT teacher)."
     v = DEFAULT_SHRINK if v is None else v
     if not isinstance(v, (list, tuple)) or not v or len(set(v)) != len(v) or any(p not in SHRINK_PARTS for p in v):
         raise ValueError(f"distill config: student.shrink: got {v!r}; expected a non-empty list of distinct parts "
                          f"from {list(SHRINK_PARTS)}")
-    if 'dpt' in v and t.head_type != 'dpt':
+    if any(p in DPT_PARTS for p in v) and t.head_type != 'dpt':
         raise ValueError(f"distill config: student.shrink: got {list(v)!r}, but the teacher has a {t.head_type} head")
     return tuple(v)
 
@@ -102,8 +107,13 @@ def _candidates(t: DUSt3RConfig, reduce: str, shrink=DEFAULT_SHRINK):
     e_heads = range(1, t.enc_num_heads + 1) if reduce == 'width' and enc else [t.enc_num_heads]
     d_heads = range(1, t.dec_num_heads + 1) if reduce == 'width' and dec else [t.dec_num_heads]
     ratios = sorted({t.mlp_ratio * k / 8 for k in range(1, 9)}) if wide else [t.mlp_ratio]
-    dpts = [(max(2, 2 * round(t.dpt_feature_dim * k / 16)), tuple(max(1, round(w * k / 8)) for w in t.dpt_layer_dims))
-            for k in range(1, 9)] if 'dpt' in shrink else [(t.dpt_feature_dim, t.dpt_layer_dims)]
+    feat = lambda k: max(2, 2 * round(t.dpt_feature_dim * k / 16))
+    lays = lambda k: tuple(max(1, round(w * k / 8)) for w in t.dpt_layer_dims)
+    if 'dpt' in shrink: dpts = [(feat(k), lays(k)) for k in range(1, 9)]            # both widths scaled together
+    else:
+        fs = sorted({feat(k) for k in range(1, 9)}) if 'dpt_feature' in shrink else [t.dpt_feature_dim]
+        dpts = [(f, l) for f in fs
+                for l in ([lays(k) for k in range(1, 9)] if 'dpt_layers' in shrink else [t.dpt_layer_dims])]
     for e, d, eh, dh, r, dpt in product(e_depths, d_depths, e_heads, d_heads, ratios, dpts):
         yield _student_shape(t, e, d, eh, dh, r if enc else t.mlp_ratio, r if dec else t.mlp_ratio, dpt)
 
@@ -112,6 +122,7 @@ def student_config(teacher_cfg: DUSt3RConfig, reduction: float = 0.3, reduce: st
     "The student shape whose removed parameter fraction is closest to `reduction` (see above), and that fraction."
     if reduce not in REDUCE_MODES: raise ValueError(f"student.reduce: got {reduce!r}; expected one of {REDUCE_MODES}")
     t, shrink = teacher_cfg.canonical(), _shrink_parts(shrink, teacher_cfg)
+    if 'auto' in shrink: raise ValueError("student_config: shrink 'auto' must be resolved first (see auto_parts)")
     if not t.is_uniform:
         raise ValueError("distill config: the student search needs a teacher with uniform blocks; this one has "
                          "per-block shapes (a pruned model?): give the student's shape as student.config")
@@ -132,13 +143,39 @@ def _unreachable_note(s: dict, t: DUSt3RConfig, got: float) -> str:
             f"{', DPT keeps >= 4 decoder blocks' if t.head_type == 'dpt' else ''}); closest: {got:.3f}. "
             f"Try reduce: width or both{', or shrink more parts' if sh else ''}")
 
-def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None) -> DUSt3R:
+STAGE_PART = {'encoder': 'encoder', 'decoder': 'decoder', 'heads': 'dpt_feature'}
+
+def auto_parts(teacher: DUSt3R, res: int | None = None, share: float = 0.25, profile: dict | None = None) -> tuple:
+    """The parts `shrink: auto` shrinks: every stage holding at least `share` of the teacher's stage latency (measured
+    by `pqk.eval.efficiency.stage_latency` at `res`, or the given `profile`), as shrinkable parts (heads → dpt_feature,
+    postprocess → nothing; at least the slowest stage). Returns (parts, profile)."""
+    from pqk.eval.efficiency import stage_latency, STAGES
+    if profile is None:
+        res = int(res or teacher.cfg.img_size[0]); dev = next(teacher.parameters()).device
+        x = {'img': torch.zeros(1, 3, res, res, device=dev)}
+        was = teacher.training; teacher.eval()
+        profile = stage_latency(teacher, x, x, warmup=1, repeats=3, device=dev)
+        teacher.train(was)
+    t = {k: float(profile[k]) for k in STAGES if profile.get(k) is not None}
+    tot = sum(max(v, 0.) for v in t.values())
+    if not tot > 0: raise ValueError(f'auto_parts: the stage profile {profile!r} holds no time')
+    ranked = sorted((k for k in t if k in STAGE_PART), key=lambda k: -t[k])
+    keep = [k for k in ranked if t[k] / tot >= share] or ranked[:1]
+    if teacher.cfg.head_type != 'dpt': keep = [k for k in keep if k != 'heads'] or ['decoder']
+    return tuple(dict.fromkeys(STAGE_PART[k] for k in keep)), {k: round(v, 3) for k, v in t.items()}
+
+def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None, res: int | None = None) -> DUSt3R:
     """A student built from `teacher` by `cfg['student']` (reduction, reduce, shrink, init); `student.distill_info`
     holds the parameter counts, the actual reduction and the kept blocks. An explicit `student.config` (dict of
     `DUSt3RConfig` fields) overrides the search (from scratch unless its shapes can be cut from the teacher)."""
     s, t_cfg = distill_config(cfg)['student'], teacher.cfg
     if seed is not None: torch.manual_seed(seed)
-    shrink = _shrink_parts(s.get('shrink'), t_cfg)
+    shrink, auto = _shrink_parts(s.get('shrink'), t_cfg), None
+    if 'auto' in shrink:                                                # where the measured time is
+        parts, prof = auto_parts(teacher, s.get('auto_res') or res, float(s.get('auto_share', 0.25)))
+        shrink = tuple(dict.fromkeys([p for p in shrink if p != 'auto'] + list(parts)))
+        auto = {'profile_ms': prof, 'parts': list(parts), 'share': float(s.get('auto_share', 0.25)),
+                'res': int(s.get('auto_res') or res or t_cfg.img_size[0])}
     if s.get('config'):
         try: s_cfg = dataclasses.replace(t_cfg, **{k: _tup(v) for k, v in s['config'].items()})
         except (TypeError, ValueError) as e: raise ValueError(f"distill config: student.config: {e}") from None
@@ -155,7 +192,8 @@ def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None) -> DUSt3R:
                             'reduction_actual': 1 - n_s / n_t, 'reduce': s['reduce'], 'init': init,
                             'keep_enc': keep(t_cfg.enc_depth, s_cfg.enc_depth),
                             'keep_dec': keep(t_cfg.dec_depth, s_cfg.dec_depth),
-                            'shrink': list(shrink), 'config': student.cfg.to_dict()}
+                            'shrink': list(shrink), 'config': student.cfg.to_dict(),
+                            **({'auto': auto} if auto else {})}
     if not s.get('config') and abs(student.distill_info['reduction_actual'] - float(s['reduction'])) > 0.05:
         student.distill_info['note'] = note = _unreachable_note(s, t_cfg, student.distill_info['reduction_actual'])
         warnings.warn(note)
@@ -172,7 +210,8 @@ def make_projections(student_cfg: DUSt3RConfig, teacher_cfg: DUSt3RConfig, layer
     return nn.ModuleDict({k: (nn.Linear(ds[k], dt[k]) if ds[k] != dt[k] else nn.Identity()) for k in layers})
 
 def layer_features(f: dict, name: str) -> tuple:
-    "The (view 1, view 2) features of layer `name` from `DUSt3R.forward_features` outputs."
+    "The (view 1, view 2) features of layer `name` from `DUSt3R.forward_features` outputs (or a cache's `feats`)."
+    if 'feats' in f and name in f['feats']: return f['feats'][name]
     if name == 'enc_last': return f['enc1'], f['enc2']
     if name == 'dec_mid':
         i = max(0, len(f['dec1']) // 2 - 1)
@@ -238,20 +277,114 @@ def eval_metric(model, scenes, pairs, evalc, device, teacher_preds=None) -> dict
 def kd_loss_fn(teacher: DUSt3R, proj: nn.ModuleDict, loss_cfg: dict):
     "The loss function of `fit`: teacher features (no grad), student features via `ctx.forward`, then `distill_loss`."
     def loss(ctx, batch):
-        v1, v2, gt = batch
-        with torch.no_grad(), ctx.autocast(): ft = teacher.forward_features(v1, v2)
+        v1, v2, gt, *cached = batch                                  # a 4th item: the teacher's cached outputs
+        if cached: ft = cached[0]
+        else:
+            with torch.no_grad(), ctx.autocast(): ft = teacher.forward_features(v1, v2)
         return distill_loss(ctx.forward(v1, v2), ft, loss_cfg, proj, gt)
     return loss
 
 # %% ../../nbs/compress/51_distill.ipynb #61345c67
+import hashlib
+from ..core.io import save_torch_atomic
+from ..data.pairs import pair_batch, sample_pairs
+
+TEACHER_CACHE_FORMAT = 1
+
+def model_checksum(model: nn.Module) -> str:
+    "SHA-256 over a module's state dict (names, dtypes, shapes and bytes, in order): its identity in cache keys."
+    h = hashlib.sha256(b'pqk-state-dict-v1\n')
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def default_teacher_cache_dir() -> Path:
+    "`$PQK_CACHE/teacher` if PQK_CACHE is set, else `~/.cache/pqk/teacher`."
+    from pqk.data.scenes import default_cache_dir
+    return default_cache_dir().parent / 'teacher'
+
+def _images_hash(scenes, pairs) -> str:
+    h = hashlib.sha256()
+    for s, i, j in pairs:
+        for v in (i, j):
+            a = np.ascontiguousarray(scenes[s]['views'][v]['img'])
+            h.update(f'{s}.{v}:{a.dtype.str}:{a.shape};'.encode()); h.update(a.tobytes())
+    return h.hexdigest()
+
+def teacher_cache_key(teacher, scenes, pairs, layers, data_spec: dict | None = None, amp: bool = False,
+                      device='cpu') -> tuple[str, dict]:
+    "The cache key (24 hex digits) of a teacher's outputs on `pairs` of `scenes`, and the facts it hashes."
+    res = tuple(int(x) for x in np.shape(scenes[pairs[0][0]]['views'][pairs[0][1]]['img'])[:2]) if pairs else None
+    facts = {'format': TEACHER_CACHE_FORMAT, 'teacher': model_checksum(teacher), 'data': data_spec,
+             'images': _images_hash(scenes, pairs), 'n_pairs': len(pairs), 'resolution': res,
+             'layers': sorted(layers), 'amp': bool(amp), 'device': resolve_device(device).type,
+             'torch': str(torch.__version__)}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24], facts
+
+class TeacherCache:
+    "The teacher's outputs and features for every training pair, read from the cache file or computed once and saved."
+    KEYS = (('res1', 'pts3d'), ('res1', 'conf'), ('res2', 'pts3d_in_other_view'), ('res2', 'conf'))
+    def __init__(self, teacher, scenes, pairs, layers, device=None, data_spec: dict | None = None, cache_dir=None,
+                 amp: bool = False):
+        self.layers, self.device = list(layers), resolve_device(device)
+        self.key, facts = teacher_cache_key(teacher, scenes, pairs, self.layers, data_spec, amp, self.device)
+        self.path = Path(cache_dir if cache_dir is not None else default_teacher_cache_dir()) / f'teacher_{self.key}.pt'
+        t0, self.data, hit = time.perf_counter(), None, False
+        if self.path.exists():
+            try:
+                d = torch.load(self.path, map_location='cpu', weights_only=True)
+                if d.get('key') == self.key and d['out']['res1.conf'].shape[0] == len(pairs):
+                    self.data, hit = d['out'], True
+                else: warnings.warn(f'teacher cache {self.path}: key or size mismatch; computing again')
+            except Exception as e: warnings.warn(f'teacher cache {self.path}: unreadable ({e}); computing again')
+        if self.data is None:
+            self.data = self._compute(teacher, scenes, pairs, amp)
+            save_torch_atomic({'key': self.key, 'facts': facts, 'out': self.data}, self.path)
+        self.info = {'key': self.key, 'hit': hit, 'file': self.path.name, 'n_pairs': len(pairs),
+                     'seconds': round(time.perf_counter() - t0, 3)}
+
+    @torch.no_grad()
+    def _compute(self, teacher, scenes, pairs, amp: bool) -> dict:
+        out = {}
+        for n in range(len(pairs)):
+            v1, v2, _ = pair_batch(scenes, pairs, [n], self.device)
+            with torch.autocast(self.device.type, enabled=amp): f = teacher.forward_features(v1, v2)
+            items = {f'{a}.{b}': f[a][b] for a, b in self.KEYS}
+            for name in self.layers:
+                items[f'feat.{name}.1'], items[f'feat.{name}.2'] = layer_features(f, name)
+            for k, v in items.items(): out.setdefault(k, []).append(v.detach().cpu())
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def features(self, idx, device=None) -> dict:
+        "The teacher's outputs for pairs `idx` in `forward_features`' layout (`feats` for the feature layers)."
+        g = lambda k: self.data[k][list(idx)].to(device or self.device)
+        return {'res1': {'pts3d': g('res1.pts3d'), 'conf': g('res1.conf')},
+                'res2': {'pts3d_in_other_view': g('res2.pts3d_in_other_view'), 'conf': g('res2.conf')},
+                'feats': {n: (g(f'feat.{n}.1'), g(f'feat.{n}.2')) for n in self.layers}}
+
+class CachedBatcher:
+    "A `PairBatcher` whose batches carry the teacher's cached outputs as a 4th item: `(view1, view2, gt, teacher)`."
+    def __init__(self, batcher: PairBatcher, cache: TeacherCache):
+        if batcher.flip: raise ValueError('CachedBatcher: the batcher mirrors images (flip=True); the teacher cache '
+                                          'holds unmirrored outputs: set train.teacher_cache to false or flip off')
+        self.b, self.cache, self.pairs = batcher, cache, batcher.pairs
+    def __call__(self, step: int, rank: int = 0, world: int = 1) -> tuple:
+        b = self.b
+        idx, _ = sample_pairs(len(b.pairs), step, b.batch, b.seed, rank, world, b.flip)
+        return (*pair_batch(b.scenes, b.pairs, idx, b.device), self.cache.features(idx, b.device))
+
+# %% ../../nbs/compress/51_distill.ipynb #8575ac82
 def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=None, *,
                   proj: nn.ModuleDict | None = None, eval_scenes=None, eval_pairs=None, evalc=None, resume=None,
                   device=None, gpu_hours_budget: float | None = None, over_budget_ratio: float = 1.2,
                   no_improve_ckpt: int = 3,
                   debug_nan_at_step: int | None = None, stop_after: int | None = None, progress: bool = True,
-                  clock=time.monotonic) -> dict:
+                  clock=time.monotonic, teacher_cache_dir=None, data_spec: dict | None = None) -> dict:
     """Distil `teacher` into `student` following `cfg` (distill.yaml); checkpoints under `out_dir/checkpoints`.
-    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', ...}."""
+    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', ...} and
+    `teacher_cache` (its key, hit or computed, seconds; None when `train.teacher_cache` is off)."""
     c = distill_config(cfg)
     tr, L = c['train'], c['loss']
     device = resolve_device(device)
@@ -261,16 +394,24 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
     student.mask_token.requires_grad_(False)                       # unused in training (DDP would wait for its grad)
     proj = (proj if proj is not None else make_projections(student.cfg, teacher.cfg, L['feat_layers'])).to(device)
     batches = PairBatcher(scenes, int(tr['batch_pairs']), int(tr['seed']), device=device)
+    cache = None
+    if tr.get('teacher_cache', True):
+        amp = bool(tr.get('amp')) and device.type == 'cuda'
+        cache = TeacherCache(teacher, scenes, batches.pairs, L['feat_layers'], device, data_spec, teacher_cache_dir,
+                             amp)
+        batches = CachedBatcher(batches, cache)
     evaluate = None
     if eval_scenes is not None:
         evaluate = lambda model, step: eval_metric(model, eval_scenes, eval_pairs, evalc, device)
-    return fit(student, kd_loss_fn(teacher, proj, L), batches, LoopConfig.from_sections(tr, c['checkpoint']),
-               extra={'projections': proj}, forward='forward_features',
-               ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
-               eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
-               patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
-               device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step, progress=progress,
-               desc='distill', kind='distill_train', clock=clock)
+    r = fit(student, kd_loss_fn(teacher, proj, L), batches, LoopConfig.from_sections(tr, c['checkpoint']),
+            extra={'projections': proj}, forward='forward_features',
+            ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
+            eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
+            patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
+            device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step, progress=progress,
+            desc='distill', kind='distill_train', clock=clock)
+    r['teacher_cache'] = cache.info if cache is not None else None
+    return r
 
 # %% ../../nbs/compress/51_distill.ipynb #c37ae960
 VAL_DATA = {'seed': 900, 'n_scenes': 2, 'views_per_scene': 2}
@@ -294,7 +435,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     t_spec = teacher if teacher not in (None, 'workload') else \
         (c.get('teacher') if c.get('teacher') not in (None, 'workload') else wl.teacher)
     T = t_spec if isinstance(t_spec, nn.Module) else load_teacher(str(t_spec), device)
-    student = make_student(T, c, seed=int(c['train']['seed']))
+    student = make_student(T, c, seed=int(c['train']['seed']), res=wl.resolution)
     td = {'source': 'synthetic', 'synthetic': dict(c['train']['train_data'])}
     vd = {'source': 'synthetic', 'synthetic': dict(c['train'].get('val_data') or VAL_DATA)}
     scenes = load_dataset(td, res)
@@ -306,7 +447,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     r = train_distill(student, T, scenes, c, out_dir, eval_scenes=vscenes, eval_pairs=vpairs, evalc=ev, resume=resume,
                       device=device, gpu_hours_budget=gpu_hours_budget, over_budget_ratio=ratio,
                       no_improve_ckpt=patience, debug_nan_at_step=debug_nan_at_step, progress=progress,
-                      stop_after=stop_after)
+                      stop_after=stop_after, data_spec={**td['synthetic'], 'source': 'synthetic'})
     out_dir = Path(out_dir)
     rel = lambda p: None if p is None else os.path.relpath(p, out_dir)
     best = dict(r['best']) if r['best'] else None

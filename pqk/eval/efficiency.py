@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'count_params', 'size_on_disk_mb', 'model_size_mb', 'gflops',
-           'PeakMemory', 'DeviceHours', 'benchmark_forward']
+__all__ = ['STAGES', 'STAGE_PARTS', 'MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'interleaved_latency', 'has_stages',
+           'stage_latency', 'count_params', 'size_on_disk_mb', 'model_size_mb', 'gflops', 'PeakMemory', 'DeviceHours',
+           'benchmark_forward']
 
 # %% ../../nbs/eval/32_efficiency.ipynb #4666f45b
 def resolve_device(device=None) -> torch.device:
@@ -73,6 +74,77 @@ def pairs_per_s(latency, pairs_per_call: int = 1) -> float:
         raise ValueError(f"pairs_per_s: latency {latency!r}; expected a measure_latency dict or milliseconds") from None
     if not ms > 0 or not np.isfinite(ms): raise ValueError(f"pairs_per_s: latency {ms} ms; expected a finite time > 0")
     return 1000. * pairs_per_call / ms
+
+# %% ../../nbs/eval/32_efficiency.ipynb #71a4fcff
+def interleaved_latency(fns: dict, rounds: int = 3, warmup: int = 2, repeats: int = 10, device=None,
+                        min_seconds: float = 0.0, noisy_ratio: float = 3.0) -> dict:
+    """{name: {'p50_ms', 'cpu_p50_ms', 'round_p50_ms', 'n_timed', 'noisy', 'ratio_p50'}} of callables `fns` timed in
+    alternation over `rounds` rounds with `measure_latency` (ratio_p50: p50 / the first callable's p50)."""
+    if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
+        raise ValueError(f'interleaved_latency: fns={fns!r}; expected a non-empty dict of callables')
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f'interleaved_latency: rounds={rounds!r}; expected an integer ≥ 1')
+    per = {k: [] for k in fns}
+    for r in range(rounds):
+        for k, f in fns.items():
+            per[k].append(measure_latency(f, warmup if r == 0 else 0, max(1, -(-repeats // rounds)), device,
+                                          min_seconds / rounds, noisy_ratio=noisy_ratio))
+    out = {}
+    for k, Ls in per.items():
+        p = [L['p50_ms'] for L in Ls]
+        out[k] = {'p50_ms': float(np.median(p)), 'cpu_p50_ms': float(np.median([L['cpu_p50_ms'] for L in Ls])),
+                  'round_p50_ms': p, 'n_timed': sum(L['n_timed'] for L in Ls), 'noisy': any(L['noisy'] for L in Ls)}
+    first = out[next(iter(out))]['p50_ms']
+    for v in out.values(): v['ratio_p50'] = v['p50_ms'] / first if first else None
+    return out
+
+# %% ../../nbs/eval/32_efficiency.ipynb #e952a191
+STAGES = ('encoder', 'decoder', 'heads', 'postprocess')
+STAGE_PARTS = ('enc_norm', 'downstream_head1', 'downstream_head2')
+
+def has_stages(model) -> bool:
+    "True when `model` is a torch module with the public parts the stage profile hooks (enc_norm, both heads)."
+    return isinstance(model, torch.nn.Module) and all(isinstance(getattr(model, n, None), torch.nn.Module)
+                                                      for n in STAGE_PARTS)
+
+def _stage_split(m: list) -> dict:
+    "Stage durations (ms) of one call from its marks [(event, time s)]; None when a boundary did not fire."
+    t0, t1 = m[0][1], m[-1][1]
+    pre = [t for e, t in m if e == 'head_in']
+    heads = sum(t for e, t in m if e == 'head_out') - sum(pre)
+    enc = [t for e, t in m if e == 'enc_out' and (not pre or t <= pre[0])]
+    if not pre or not enc or len(pre) != sum(e == 'head_out' for e, _ in m): return dict.fromkeys(STAGES + ('total',))
+    out = {'encoder': enc[-1] - t0, 'decoder': pre[0] - enc[-1], 'heads': heads}
+    out['postprocess'] = (t1 - t0) - sum(out.values())
+    return {k: v * 1e3 for k, v in {**out, 'total': t1 - t0}.items()}
+
+def stage_latency(model, view1: dict, view2: dict, warmup: int = 2, repeats: int = 10, device=None,
+                  min_seconds: float = 0.0, noisy_ratio: float = 3.0) -> dict:
+    """Median latency (ms) per stage (encoder, decoder, heads, postprocess) and of the whole call of
+    `model(view1, view2)` under `measure_latency`'s protocol; `n_timed` calls, `method`, and the protocol's `noisy`."""
+    if not has_stages(model):
+        raise ValueError(f"stage_latency: got a {type(model).__name__}; expected a DUSt3R-like torch module with "
+                         f"sub-modules {', '.join(STAGE_PARTS)}")
+    d = resolve_device(device)
+    marks, calls = [], []
+    def mark(e):
+        def f(*_):
+            _sync(d); marks.append((e, time.perf_counter()))
+        return f
+    hs = [model.register_forward_pre_hook(mark('start')), model.enc_norm.register_forward_hook(mark('enc_out'))]
+    for h in (model.downstream_head1, model.downstream_head2):
+        hs += [h.register_forward_pre_hook(mark('head_in')), h.register_forward_hook(mark('head_out'))]
+    hs.append(model.register_forward_hook(mark('end')))
+    def call():
+        marks.clear(); model(view1, view2); calls.append(list(marks))
+    try:
+        with torch.no_grad(): L = measure_latency(call, warmup, repeats, d, min_seconds, noisy_ratio=noisy_ratio)
+    finally:
+        for h in hs: h.remove()
+    split = [_stage_split(m) for m in calls[len(calls) - L['n_timed']:]]
+    med = lambda k: None if any(s[k] is None for s in split) else float(np.median([s[k] for s in split]))
+    return {**{k: med(k) for k in STAGES + ('total',)}, 'n_timed': L['n_timed'], 'noisy': L['noisy'],
+            'method': 'forward hooks (enc_norm, downstream_head1/2), median per stage'}
 
 # %% ../../nbs/eval/32_efficiency.ipynb #11fdc2e6
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:

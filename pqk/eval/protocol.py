@@ -15,10 +15,11 @@ from ..data.pairs import dataset_pairs
 from .metrics import pair_metrics, teacher_metrics, aggregate, quality_drop_pct
 from .efficiency import measure_latency, pairs_per_s, count_params, model_size_mb, gflops, resolve_device, PeakMemory
 from .intervals import paired_bootstrap, drop_stat, mean_diff
+from .efficiency import stage_latency, has_stages, STAGES
 
 # %% auto #0
 __all__ = ['PER_PAIR_FILE', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'pair_quality',
-           'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'plane_baseline',
+           'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'side_by_side', 'plane_baseline',
            'check_predictions', 'check_ground_truth', 'evaluate', 'plot_predictions']
 
 # %% ../../nbs/eval/33_protocol.ipynb #3625a98d
@@ -199,9 +200,16 @@ def write_per_pair(path, rows: list[dict]) -> Path:
     return write_text_atomic(path, buf.getvalue())
 
 # %% ../../nbs/eval/33_protocol.ipynb #d035998d
+def _stages(pred, x1, x2, proto: dict) -> dict | None:
+    "The per-stage profile of a torch predictor's module (same protocol), None for other predictors."
+    if pred.backend != 'torch' or not has_stages(pred.module): return None
+    r = stage_latency(pred.module, {'img': x1}, {'img': x2}, device=pred.device, **proto)
+    return {k: r[k] for k in (*STAGES, 'total', 'n_timed')}
+
 def efficiency_block(model, res: int, evalc, device=None) -> dict:
     """Latency p50/p90/p95 (ms) of one pair forward at `res`×`res` with the contract's protocol (warm-up, repeats,
-    min_seconds; noisy when p95 > noisy_ratio × p50), pairs/s, params, size (MB), GFLOPs (torch modules only)."""
+    min_seconds; noisy when p95 > noisy_ratio × p50), pairs/s, params, size (MB), GFLOPs (torch modules only) and
+    the latency per stage (`stages_ms`, DUSt3R-like torch modules only, else None)."""
     pred = as_predictor(model, device)
     lat = evalc.data['efficiency']['latency']
     g = torch.Generator().manual_seed(0)
@@ -216,7 +224,24 @@ def efficiency_block(model, res: int, evalc, device=None) -> dict:
             'pairs_per_s': pairs_per_s(L),
             'params': info['params'], 'size_mb': info['size_mb'],
             'gflops': gflops(m, ({'img': x1}, {'img': x2})) if m is not None else None,
-            'device': str(pred.device), 'backend': pred.backend, 'resolution': res, 'load_avg': L['load_before']}
+            'device': str(pred.device), 'backend': pred.backend, 'resolution': res, 'load_avg': L['load_before'],
+            'stages_ms': _stages(pred, x1, x2, proto)}
+
+# %% ../../nbs/eval/33_protocol.ipynb #785559d8
+def side_by_side(models: dict, res: int, evalc, device=None, rounds: int = 3) -> dict:
+    "`interleaved_latency` of `{name: model or predictor}` at `res`×`res` with eval.yaml's protocol, plus `load_avg`."
+    import os
+    from pqk.eval.efficiency import interleaved_latency
+    preds = {k: as_predictor(m, device) for k, m in models.items()}
+    lat = evalc.data['efficiency']['latency']
+    g = torch.Generator().manual_seed(0)
+    dev = next(iter(preds.values())).device
+    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(dev) for _ in range(2))
+    out = interleaved_latency({k: (lambda p=p: p(x1, x2)) for k, p in preds.items()}, rounds, int(lat['warmup']),
+                              int(lat['repeats']), dev, float(lat['min_seconds']), float(lat['noisy_ratio']))
+    try: load = round(os.getloadavg()[0], 2)
+    except OSError: load = None
+    return {**out, 'rounds': rounds, 'load_avg': load}
 
 # %% ../../nbs/eval/33_protocol.ipynb #a0e43418
 def plane_baseline(scenes, pairs, depth: float = 1.0) -> list:

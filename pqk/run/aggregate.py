@@ -13,12 +13,12 @@ from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_p
 from ..core.io import utc_now, write_json_atomic, write_text_atomic, atomic_path, file_lock, clean_stale_tmp
 
 # %% auto #0
-__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS', 'report_paths',
-           'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log', 'read_logs',
-           'upgrade_1_0_to_1_1', 'log_row', 'cache_key', 'read_rows', 'version_groups', 'report_columns', 'flat_rows',
-           'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets', 'write_csv',
-           'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points', 'plot_tradeoff', 'prune_share_label',
-           'plot_ablation', 'plot_latency', 'aggregate']
+__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES',
+           'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log',
+           'read_logs', 'upgrade_1_0_to_1_1', 'log_row', 'cache_key', 'read_rows', 'version_groups', 'report_columns',
+           'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets', 'write_csv',
+           'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points', 'drop_errors', 'plot_tradeoff',
+           'prune_share_label', 'plot_ablation', 'plot_latency', 'stage_bars', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -454,16 +454,31 @@ def tradeoff_points(rows) -> tuple[list, list[int]]:
     pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None]
     return pts, pareto_front([(x, y) for _, x, y in pts])
 
+STATUS_COLORS = {'passed': 'tab:green', 'inconclusive': 'tab:purple', 'failed': 'tab:red', 'stopped': 'tab:orange'}
+
+def drop_errors(row) -> tuple[float, float] | None:
+    "(below, above) error-bar lengths of a row's quality drop from its logged interval; None when it has none."
+    d, lo, hi = (_num(row.get(f'quality.quality_drop{k}_pct')) for k in ('', '_lo', '_hi'))
+    if d is None or lo is None or hi is None: return None
+    return max(0., d - lo), max(0., hi - d)
+
 def plot_tradeoff(rows, path) -> Path:
-    "Per version group: quality drop (%) vs latency p50 (ms); its Pareto front joined, circled and labelled."
-    fig, panels = _panels(rows, 'quality drop vs latency (lower-left is better)')
-    colors = {'passed': 'tab:green', 'failed': 'tab:red', 'stopped': 'tab:orange'}
+    """Per version group: quality drop (%) vs latency p50 (ms), coloured by status, with the drop's 95% interval as
+    error bars; its Pareto front joined, circled and labelled."""
+    fig, panels = _panels(rows, 'quality drop vs latency (lower-left is better; bars: 95% interval of the drop)')
     for ax, g in panels:
         pts, front = tradeoff_points(g['rows'])
         if not pts: _nodata(ax, 'latency p50 and quality drop'); continue
-        for st, c in colors.items():
-            sel = [(x, y) for r, x, y in pts if r.get('status') == st]
-            if sel: ax.scatter(*zip(*sel), c=c, s=12, label=st, zorder=3, rasterized=len(sel) > 500)
+        for st, c in STATUS_COLORS.items():
+            sel = [(x, y, drop_errors(r)) for r, x, y in pts if r.get('status') == st]
+            if not sel: continue
+            ax.scatter([x for x, _, _ in sel], [y for _, y, _ in sel], c=c, s=12, label=st, zorder=3,
+                       rasterized=len(sel) > 500)
+            eb = [(x, y, e) for x, y, e in sel if e is not None]
+            if eb: ax.errorbar([x for x, _, _ in eb], [y for _, y, _ in eb], yerr=[[e[0] for *_, e in eb],
+                               [e[1] for *_, e in eb]], fmt='none', ecolor=c, elinewidth=0.8, capsize=2, zorder=2)
+        for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r, _, _ in pts} - {None}):
+            ax.axhline(t, ls='--', lw=0.8, color='gray')
         fx, fy = [pts[i][1] for i in front], [pts[i][2] for i in front]
         ax.step(fx, fy, where='post', color='k', lw=1, zorder=2, label='Pareto front')
         ax.scatter(fx, fy, s=120, facecolors='none', edgecolors='k', zorder=4)
@@ -517,6 +532,34 @@ def plot_latency(rows, path) -> Path:
         ax.set_ylabel('latency (ms)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
 
+# %% ../../nbs/run/72_aggregate.ipynb #ef5e16bc
+STAGE_NAMES = ('encoder', 'decoder', 'heads', 'postprocess')
+
+def stage_bars(rows) -> list[tuple[str, dict]]:
+    "[(label, {stage: ms})] of the latest run per model and device with a stage profile, and of its teacher."
+    out = {}
+    for r in sorted(rows, key=lambda r: str(r.get('started_utc'))):
+        for pre, name in (('efficiency.teacher.stages_ms', f"teacher {r.get('model.teacher') or ''}".strip()),
+                          ('efficiency.stages_ms', str(r.get('model.name')))):
+            st = {k: _num(r.get(f'{pre}.{k}')) for k in STAGE_NAMES}
+            if all(v is not None for v in st.values()): out[f"{name}\n{r.get('efficiency.device')}"] = st
+    return sorted(out.items())
+
+def plot_stages(rows, path) -> Path:
+    "Per version group: latency per stage (ms, median) of each model's latest run as stacked bars."
+    fig, panels = _panels(rows, 'latency per stage (latest run per model; teacher timed beside its student)')
+    for ax, g in panels:
+        bars = stage_bars(g['rows'])
+        if not bars: _nodata(ax, 'a stage profile'); continue
+        bottom = [0.] * len(bars)
+        for k, st in enumerate(STAGE_NAMES):
+            v = [max(0., b[1][st]) for b in bars]
+            ax.bar(range(len(bars)), v, 0.6, bottom=bottom, label=st, color=f'C{k}')
+            bottom = [a + b for a, b in zip(bottom, v)]
+        ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha='right', fontsize=7)
+        ax.set_ylabel('latency (ms)'); ax.legend(fontsize=8, loc='upper right')
+    return _save(fig, path)
+
 # %% ../../nbs/run/72_aggregate.ipynb #cd2b3cf6
 def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
     "Rebuild every report from `runs_dir/*/log.json` under the reports lock; skipped logs are printed with their problems."
@@ -545,7 +588,8 @@ def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
             'groups': gsum, 'skipped': skipped, 'columns': cols}, cols, rows)
         plots = {'tradeoff': plot_tradeoff(rows, paths['plots'] / 'tradeoff.png'),
                  'ablation': plot_ablation(rows, paths['plots'] / 'ablation.png'),
-                 'latency': plot_latency(rows, paths['plots'] / 'latency.png')}
+                 'latency': plot_latency(rows, paths['plots'] / 'latency.png'),
+                 'stages': plot_stages(rows, paths['plots'] / 'stages.png')}
     secs = time.perf_counter() - t0
     if not quiet:
         for s in skipped:

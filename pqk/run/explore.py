@@ -94,10 +94,14 @@ def sort_runs(table: pd.DataFrame, by: str = 'started', ascending: bool = False)
 # %% ../../nbs/run/74_explore.ipynb #1875e8a8
 CI_BOUNDS = (('lo', 'hi'), ('low', 'high'), ('lower', 'upper'), ('0', '1'))
 
-def ci_names(col: str) -> list[str]:
-    "Where an interval for `col` may be logged: `<stem>_ci_pct`, `<col>_ci`, `<stem>_ci`, `….metrics_ci.<name>`."
+def ci_names(col: str) -> list:
+    """Where an interval for `col` may be logged: a (low, high) pair of sibling columns (`<stem>_lo_pct` and
+    `<stem>_hi_pct`, as the log's quality block has them; `….lo`/`….hi` beside a `….diff`), then `<stem>_ci_pct`,
+    `<col>_ci`, `<stem>_ci`, `….metrics_ci.<name>`."""
     stem = col[:-4] if col.endswith('_pct') else col
-    out = ([f'{stem}_ci_pct'] if col.endswith('_pct') else []) + [f'{col}_ci', f'{stem}_ci']
+    out = [(f'{stem}_lo_pct', f'{stem}_hi_pct')] if col.endswith('_pct') else []
+    if col.endswith('.diff'): out.append((col[:-4] + 'lo', col[:-4] + 'hi'))
+    out += ([f'{stem}_ci_pct'] if col.endswith('_pct') else []) + [f'{col}_ci', f'{stem}_ci']
     if '.metrics.' in col: out.append(col.replace('.metrics.', '.metrics_ci.', 1))
     return list(dict.fromkeys(out))
 
@@ -112,6 +116,10 @@ def _pair(v):
 def interval(row: dict, col: str) -> tuple[float, float] | None:
     "The (low, high) interval logged for `col` in `row`: a [lo, hi] list, or lo/hi (low/high, lower/upper) sub-fields."
     for name in ci_names(col):
+        if isinstance(name, tuple):                                   # sibling columns: low, high
+            lo, hi = (_num(row.get(n)) for n in name)
+            if lo is not None and hi is not None: return lo, hi
+            continue
         p = _pair(row.get(name))
         if p: return p
         for a, b in CI_BOUNDS:
@@ -122,7 +130,7 @@ def interval(row: dict, col: str) -> tuple[float, float] | None:
 def is_ci_column(col: str) -> bool:
     "True for the fields that hold intervals (shown with their number, never as lines of their own)."
     import re
-    return bool(re.search(r'_ci(_pct)?($|\.)|\.metrics_ci\.', col))
+    return bool(re.search(r'_ci(_pct)?($|\.)|\.metrics_ci\.|_(lo|hi)_pct$|\.metric_diffs\..*\.(lo|hi)$', col))
 
 def fmt(v, ci=None) -> str:
     "A cell of the comparison: numbers to 4 significant digits, with ' [lo, hi]' when an interval is given."
