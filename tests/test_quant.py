@@ -126,7 +126,8 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     for k, f in (('fp32', 'model_fp32.onnx'), ('ort_int8', ex['ort_int8']['file']), ('trt_qdq', 'model_qdq_trt.onnx')):
         assert (rd / f).is_file() and (k == 'fp32' or ex[k]['size_mb'] > 0), k
     assert ex['fp32']['checker']['ok'] and ex['fp32']['ort_vs_torch']['ok']
-    assert set(q['latency_side_by_side']) == {'ort_fp32', 'ort_int8', 'teacher_eager'}
+    assert {'ort_fp32', 'ort_int8', 'teacher_eager'} <= set(q['latency_side_by_side'])
+    assert all(q['latency_side_by_side'][k]['n_timed'] >= 1 for k in ('ort_fp32', 'ort_int8', 'teacher_eager'))
     rows = (rd / 'sensitivity.csv').read_text().splitlines()
     assert rows[0].startswith('group,')
     assert [r.split(',')[0] for r in rows[1:]] == ['embeddings', 'encoder', 'decoder', 'heads']

@@ -22,7 +22,7 @@ from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, slic
 __all__ = ['TARGETS', 'IMPORTANCES', 'DEFAULTS', 'PruneError', 'prune_config', 'target_units', 'check_ignored', 'final_counts',
            'round_counts', 'unit_roots', 'dependency_graph', 'tp_importance', 'unit_scores', 'block_scores',
            'taylor_gradients', 'start_lineage', 'current_counts', 'prune_step', 'removed_report', 'lineage_plan',
-           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'side_by_side']
+           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'costs_before_after']
 
 # %% ../../nbs/compress/53_prune.ipynb #ccc134b2
 TARGETS = ('heads', 'mlp', 'blocks', 'dpt')
@@ -530,25 +530,17 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
             'train_seconds': round(time.time() - t0, 2), 'device_hours': spent}
 
 # %% ../../nbs/compress/53_prune.ipynb #482f9a2f
-def side_by_side(before: nn.Module, after: nn.Module, res: int, evalc, device=None, turns: int = 2) -> dict:
-    "{params, gflops, latency_p50_ms: {before, after, ratio}, latency_turns, load_avg} (see above)."
-    import statistics
-    from pqk.eval.protocol import as_predictor
-    from pqk.eval.efficiency import measure_latency, gflops, count_params
-    lat = evalc.data['efficiency']['latency']
-    proto = {'warmup': int(lat['warmup']), 'repeats': int(lat['repeats']), 'min_seconds': float(lat['min_seconds']),
-             'noisy_ratio': float(lat['noisy_ratio'])}
-    preds = {'before': as_predictor(before, device), 'after': as_predictor(after, device)}
+def costs_before_after(before: nn.Module, after: nn.Module, res: int, evalc, device=None, rounds: int = 2) -> dict:
+    "{params, gflops, latency_p50_ms: {before, after, ratio}, latency: side_by_side's numbers, resolution, load_avg}."
+    from pqk.eval.protocol import side_by_side
+    from pqk.eval.efficiency import gflops, count_params
+    t = side_by_side({'before': before, 'after': after}, res, evalc, device, rounds=int(rounds))
     g = torch.Generator().manual_seed(0)
-    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(preds['after'].device) for _ in range(2))
-    p50, load = {k: [] for k in preds}, []
-    for _ in range(int(turns)):
-        for k, p in preds.items():
-            L = measure_latency(lambda: p(x1, x2), device=p.device, **proto)
-            p50[k].append(L['p50_ms']); load.append(L['load_before'])
+    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1) for _ in range(2))
+    def fl(m):
+        d = next(m.parameters()).device
+        return gflops(m.eval(), ({'img': x1.to(d)}, {'img': x2.to(d)}))
     def pair(b, a): return {'before': b, 'after': a, 'ratio': a / b if b else None}
-    fl = {k: gflops(p.module, ({'img': x1}, {'img': x2})) for k, p in preds.items()}
-    med = {k: statistics.median(v) for k, v in p50.items()}
-    return {'params': pair(count_params(before), count_params(after)), 'gflops': pair(fl['before'], fl['after']),
-            'latency_p50_ms': pair(med['before'], med['after']), 'latency_turns': p50, 'latency_protocol': proto,
-            'resolution': int(res), 'load_avg': max([x for x in load if x is not None], default=None)}
+    return {'params': pair(count_params(before), count_params(after)), 'gflops': pair(fl(before), fl(after)),
+            'latency_p50_ms': pair(t['before']['p50_ms'], t['after']['p50_ms']),
+            'latency': {k: t[k] for k in ('before', 'after')}, 'resolution': int(res), 'load_avg': t['load_avg']}

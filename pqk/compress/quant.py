@@ -16,7 +16,6 @@ from ..core.io import atomic_path, write_text_atomic
 from ..data.manifests import to_tensor
 from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher
 from ..eval.protocol import Predictor, TorchPredictor, predict_pairs, pair_quality, quality_block
-from ..eval.efficiency import measure_latency
 from ..export.onnx import export_graph, onnx_size_mb, check_onnx, rel_l2
 from ..export.ort import OrtPredictor
 from ..train.loop import fit, LoopConfig
@@ -26,8 +25,8 @@ from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
 __all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QDQ_ERROR_BUDGET', 'ModelOptUnavailable',
            'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns', 'excluded', 'load_fp32',
            'calibration_data', 'calib_feeds', 'select_nodes', 'ort_quantize', 'mtq_quantize', 'set_groups',
-           'qdq_report', 'latency_side_by_side', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
+           'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'export_qdq',
+           'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -313,27 +312,6 @@ def qdq_report(onnx_path) -> dict:
     return {'quantize_linear': nq, 'dequantize_linear': len(qs) - nq, 'zero_point_types': sorted(zp_types),
             'nonzero_zero_points': nonzero, 'missing_zero_points': missing_zp, 'weights_per_channel': w_pc,
             'weights_per_tensor': w_pt, 'trt_style': ok}
-
-# %% ../../nbs/compress/52_quant.ipynb #223ac217
-def latency_side_by_side(preds: dict, res: int, evalc, rounds: int = 3) -> dict:
-    "{name: {'p50_ms', 'p90_ms', 'n', 'noisy'}} for predictors timed in alternating single calls at `res`."
-    lat = evalc.data['efficiency']['latency']
-    g = torch.Generator().manual_seed(0)
-    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1) for _ in range(2))
-    fns = {k: (lambda p=p: p(x1.to(p.device), x2.to(p.device))) for k, p in preds.items()}
-    for k, f in fns.items(): measure_latency(f, int(lat['warmup']), 1, preds[k].device)   # warm-up (and one call)
-    ts = {k: [] for k in preds}
-    k = max(1, int(rounds))
-    n_min, t_min, t0 = int(lat['repeats']) * k, float(lat['min_seconds']) * k, time.perf_counter()
-    while min(len(v) for v in ts.values()) < n_min or time.perf_counter() - t0 < t_min:
-        for k, f in fns.items(): ts[k].append(measure_latency(f, 0, 1, preds[k].device)['p50_ms'])
-    out = {}
-    for k, v in ts.items():
-        a = np.asarray(v)
-        p50, p95 = float(np.percentile(a, 50)), float(np.percentile(a, 95))
-        out[k] = {'p50_ms': p50, 'p90_ms': float(np.percentile(a, 90)), 'n': len(v),
-                  'noisy': bool(p95 > float(lat['noisy_ratio']) * p50)}
-    return out
 
 # %% ../../nbs/compress/52_quant.ipynb #2e80e16f
 def sensitivity_table(quantize_group, fp32_preds, scenes, pairs, evalc, groups=tuple(GROUPS)) -> list[dict]:

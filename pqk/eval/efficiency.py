@@ -77,23 +77,26 @@ def pairs_per_s(latency, pairs_per_call: int = 1) -> float:
 
 # %% ../../nbs/eval/32_efficiency.ipynb #71a4fcff
 def interleaved_latency(fns: dict, rounds: int = 3, warmup: int = 2, repeats: int = 10, device=None,
-                        min_seconds: float = 0.0, noisy_ratio: float = 3.0) -> dict:
-    """{name: {'p50_ms', 'cpu_p50_ms', 'round_p50_ms', 'n_timed', 'noisy', 'ratio_p50'}} of callables `fns` timed in
-    alternation over `rounds` rounds with `measure_latency` (ratio_p50: p50 / the first callable's p50)."""
+                        min_seconds: float = 0.0, noisy_ratio: float = 3.0, max_calls: int = 1000) -> dict:
+    """{name: {'p50_ms', 'p90_ms', 'p95_ms', 'cpu_p50_ms', 'n_timed', 'noisy', 'ratio_p50'}} of callables `fns`
+    timed call by call in alternation (ratio_p50: p50 / the first callable's p50)."""
     if not isinstance(fns, dict) or not fns or not all(callable(f) for f in fns.values()):
         raise ValueError(f'interleaved_latency: fns={fns!r}; expected a non-empty dict of callables')
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ValueError(f'interleaved_latency: rounds={rounds!r}; expected an integer ≥ 1')
-    per = {k: [] for k in fns}
-    for r in range(rounds):
+    d = resolve_device(device)
+    for f in fns.values(): measure_latency(f, warmup, 1, d)                 # warm-up and one discarded call each
+    ts, cs = {k: [] for k in fns}, {k: [] for k in fns}
+    n_min, ms_min = max(1, repeats) * rounds, min_seconds * rounds * 1e3
+    while min(map(len, ts.values())) < n_min or min(map(sum, ts.values())) < ms_min:
         for k, f in fns.items():
-            per[k].append(measure_latency(f, warmup if r == 0 else 0, max(1, -(-repeats // rounds)), device,
-                                          min_seconds / rounds, noisy_ratio=noisy_ratio))
+            L = measure_latency(f, 0, 1, d); ts[k].append(L['p50_ms']); cs[k].append(L['cpu_p50_ms'])
+        if len(ts[k]) >= max_calls: break
     out = {}
-    for k, Ls in per.items():
-        p = [L['p50_ms'] for L in Ls]
-        out[k] = {'p50_ms': float(np.median(p)), 'cpu_p50_ms': float(np.median([L['cpu_p50_ms'] for L in Ls])),
-                  'round_p50_ms': p, 'n_timed': sum(L['n_timed'] for L in Ls), 'noisy': any(L['noisy'] for L in Ls)}
+    for k, v in ts.items():
+        p50, p90, p95 = (float(np.percentile(v, q)) for q in (50, 90, 95))
+        out[k] = {'p50_ms': p50, 'p90_ms': p90, 'p95_ms': p95, 'cpu_p50_ms': float(np.median(cs[k])),
+                  'n_timed': len(v), 'noisy': bool(p95 > noisy_ratio * p50)}
     first = out[next(iter(out))]['p50_ms']
     for v in out.values(): v['ratio_p50'] = v['p50_ms'] / first if first else None
     return out

@@ -235,9 +235,10 @@ def side_by_side(models: dict, res: int, evalc, device=None, rounds: int = 3) ->
     preds = {k: as_predictor(m, device) for k, m in models.items()}
     lat = evalc.data['efficiency']['latency']
     g = torch.Generator().manual_seed(0)
-    dev = next(iter(preds.values())).device
-    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(dev) for _ in range(2))
-    out = interleaved_latency({k: (lambda p=p: p(x1, x2)) for k, p in preds.items()}, rounds, int(lat['warmup']),
+    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1) for _ in range(2))
+    xs = {k: (x1.to(p.device), x2.to(p.device)) for k, p in preds.items()}     # ORT on the CPU beside torch on CUDA
+    dev = next((str(p.device) for p in preds.values() if str(p.device).startswith('cuda')), 'cpu')   # what to sync
+    out = interleaved_latency({k: (lambda p=p, x=xs[k]: p(*x)) for k, p in preds.items()}, rounds, int(lat['warmup']),
                               int(lat['repeats']), dev, float(lat['min_seconds']), float(lat['noisy_ratio']))
     try: load = round(os.getloadavg()[0], 2)
     except OSError: load = None
