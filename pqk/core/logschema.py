@@ -9,7 +9,7 @@ from typing import Any
 
 from .contracts import Problem, load_schema, schema_problems, project_root
 
-LOG_SCHEMA_VERSION = '1.1'   # 1.1: intervals, inconclusive status, device-hours, no placeholder hashes
+LOG_SCHEMA_VERSION = '1.2'   # 1.1: intervals, inconclusive status, device-hours, no placeholder hashes; 1.2: Q/P/chains
 
 # %% auto #0
 __all__ = ['LOG_SCHEMA_VERSION', 'git_commit', 'environment', 'log_problems', 'validate_log', 'synthetic_log', 'log_columns',

@@ -15,10 +15,11 @@ from ..core.io import utc_now, write_json_atomic, write_text_atomic, atomic_path
 # %% auto #0
 __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES',
            'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log',
-           'read_logs', 'upgrade_1_0_to_1_1', 'log_row', 'cache_key', 'read_rows', 'version_groups', 'report_columns',
-           'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets', 'write_csv',
-           'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points', 'drop_errors', 'plot_tradeoff',
-           'prune_share_label', 'plot_ablation', 'plot_latency', 'stage_bars', 'plot_stages', 'aggregate']
+           'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'read_rows',
+           'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary',
+           'report_sheets', 'write_csv', 'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points',
+           'drop_errors', 'plot_tradeoff', 'prune_share_label', 'plot_ablation', 'plot_latency', 'stage_bars',
+           'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -125,6 +126,12 @@ def upgrade_1_0_to_1_1(rec: dict) -> dict:
         r['reason'] = f"upgraded from log schema 1.0: {why}; was {r.get('status')}: {r.get('reason', '')}"
         r['status'] = 'failed'
     return r
+
+# %% ../../nbs/run/72_aggregate.ipynb #330615b4
+@register_upgrade('1.1')
+def upgrade_1_1_to_1_2(rec: dict) -> dict:
+    "A log of schema 1.1 as schema 1.2 (see above): the version changes, nothing else."
+    return {**rec, 'schema_version': '1.2'}
 
 # %% ../../nbs/run/72_aggregate.ipynb #e4917163
 ROW_FORMAT = 1      # bump when flattening or cell conversion changes: invalidates every cache
