@@ -84,6 +84,11 @@ def load_edge_model(wl, ckpt=None, backend: str = 'torch', onnx=None, engine=Non
     from pqk.models.teacher import load_teacher
     from pqk.models.checkpoints import load_checkpoint
     exported = backend in ('ort', 'tensorrt')
+    if exported and not (onnx or engine):
+        raise ValueError(f"edge-eval: backend {backend!r} needs an exported model: --onnx FILE"
+                         f"{' or --engine FILE' if backend == 'tensorrt' else ''}; got neither (make one with "
+                         "`pqk export --ckpt CKPT --out FILE`, and pass --ckpt CKPT too to name the model and check "
+                         "its outputs)")
     if exported and ckpt in (None, ''): return None, Path(engine or onnx).stem, None
     teacher = ckpt in (None, '', 'teacher')
     m = load_teacher(wl.teacher, 'cpu') if teacher else load_checkpoint(ckpt).float().eval()
