@@ -4,16 +4,15 @@
 
 # %% ../../nbs/compress/51_distill.ipynb #86d2df33
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, re, sys, time, warnings
+import argparse, dataclasses, json, math, os, sys, time, warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..models.dust3r import DUSt3R, make_model
-from ..models.config import DUSt3RConfig, PRESETS
+from ..models.dust3r import DUSt3R
+from ..models.config import DUSt3RConfig
 from ..models.checkpoints import save_checkpoint, load_checkpoint
 from ..train.losses import conf_regr_loss
 from ..data.pairs import dataset_pairs, PairBatcher
@@ -30,14 +29,15 @@ __all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PART
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 DEFAULTS = {
     'student': {'reduction': 0.3, 'reduce': 'depth', 'init': 'teacher'},
-    'loss': {'w_gt': 1.0, 'w_out': 1.0, 'w_conf': 0.1, 'w_feat': 0.5, 'feat_layers': ['enc_last', 'dec_mid', 'dec_last'],
-             'alpha': 0.2, 'T': 1.0, 'beta': 1.0, 'gamma': 0.5},
+    'loss': {'w_gt': 1.0, 'w_out': 1.0, 'w_conf': 0.1, 'w_feat': 0.5,
+             'feat_layers': ['enc_last', 'dec_mid', 'dec_last'], 'alpha': 0.2, 'T': 1.0, 'beta': 1.0, 'gamma': 0.5},
     'train': {'steps': 60, 'batch_pairs': 2, 'lr': 3e-4, 'weight_decay': 0.05, 'warmup_steps': 6, 'grad_clip': 1.0,
               'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
               'teacher_cache': True},
     'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
 }
-REDUCE_MODES, INIT_MODES, FEAT_LAYERS = ('depth', 'width', 'both'), ('teacher', 'scratch'), ('enc_last', 'dec_mid', 'dec_last')
+REDUCE_MODES, INIT_MODES = ('depth', 'width', 'both'), ('teacher', 'scratch')
+FEAT_LAYERS = ('enc_last', 'dec_mid', 'dec_last')
 
 def distill_config(cfg=None, **overrides) -> dict:
     """The distill config as a dict with every section filled from `DEFAULTS`: `cfg` is a loaded contract, a path to
@@ -48,15 +48,19 @@ def distill_config(cfg=None, **overrides) -> dict:
         from pqk.core.contracts import load_contract
         d = load_contract(cfg).data
     elif isinstance(cfg, dict): d = cfg
-    else: raise ValueError(f"distill config: got {type(cfg).__name__}; expected a dict, a loaded contract or a path to distill.yaml")
+    else:
+        raise ValueError(f"distill config: got {type(cfg).__name__}; "
+                         "expected a dict, a loaded contract or a path to distill.yaml")
     out = {k: v for k, v in d.items() if k not in DEFAULTS}
     for sec, dflt in DEFAULTS.items():
         got = d.get(sec) or {}
-        if not isinstance(got, dict): raise ValueError(f"distill config: section {sec!r}: got {got!r}; expected a mapping")
+        if not isinstance(got, dict):
+            raise ValueError(f"distill config: section {sec!r}: got {got!r}; expected a mapping")
         out[sec] = {**dflt, **got, **(overrides.get(sec) or {})}
     s, l = out['student'], out['loss']
     def bad(field, v, want): raise ValueError(f"distill config: {field}: got {v!r}; expected {want}")
-    if not isinstance(s['reduction'], (int, float)) or not 0 <= s['reduction'] < 1: bad('student.reduction', s['reduction'], 'a number in [0, 1)')
+    if not isinstance(s['reduction'], (int, float)) or not 0 <= s['reduction'] < 1:
+        bad('student.reduction', s['reduction'], 'a number in [0, 1)')
     if s['reduce'] not in REDUCE_MODES: bad('student.reduce', s['reduce'], f'one of {REDUCE_MODES}')
     if s['init'] not in INIT_MODES: bad('student.init', s['init'], f'one of {INIT_MODES}')
     for k in l['feat_layers']:
@@ -147,8 +151,8 @@ STAGE_PART = {'encoder': 'encoder', 'decoder': 'decoder', 'heads': 'dpt_feature'
 
 def auto_parts(teacher: DUSt3R, res: int | None = None, share: float = 0.25, profile: dict | None = None) -> tuple:
     """The parts `shrink: auto` shrinks: every stage holding at least `share` of the teacher's stage latency (measured
-    by `pqk.eval.efficiency.stage_latency` at `res`, or the given `profile`), as shrinkable parts (heads → dpt_feature,
-    postprocess → nothing; at least the slowest stage). Returns (parts, profile)."""
+    by `pqk.eval.efficiency.stage_latency` at `res`, or the given `profile`), as shrinkable parts
+    (heads → dpt_feature, postprocess → nothing; at least the slowest stage). Returns (parts, profile)."""
     from pqk.eval.efficiency import stage_latency, STAGES
     if profile is None:
         res = int(res or teacher.cfg.img_size[0]); dev = next(teacher.parameters()).device
@@ -219,7 +223,8 @@ def layer_features(f: dict, name: str) -> tuple:
     if name == 'dec_last': return f['dec1'][-1], f['dec2'][-1]
     raise ValueError(f"loss.feat_layers: unknown layer {name!r}; expected one of {FEAT_LAYERS}")
 
-def distill_loss(fs: dict, ft: dict, loss_cfg: dict, proj: nn.ModuleDict | None = None, gt: tuple | None = None) -> tuple:
+def distill_loss(fs: dict, ft: dict, loss_cfg: dict, proj: nn.ModuleDict | None = None,
+                 gt: tuple | None = None) -> tuple:
     """Total KD loss and a dict of its (float) terms. `fs`/`ft`: student/teacher `forward_features` outputs;
     `gt`: (pts1, pts2, valid1, valid2) in view 1's frame, or None; `loss_cfg`: the config's `loss` section."""
     L = {**DEFAULTS['loss'], **(loss_cfg or {})}
@@ -233,7 +238,8 @@ def distill_loss(fs: dict, ft: dict, loss_cfg: dict, proj: nn.ModuleDict | None 
         c = c.pow(1.0 / L['T']); c = c / c.flatten(1).mean(1).clamp_min(1e-8)[:, None, None]
         return (1 - L['beta']) + L['beta'] * c
     ones1, ones2 = torch.ones_like(cs1, dtype=torch.bool), torch.ones_like(cs2, dtype=torch.bool)
-    l_out, _ = conf_regr_loss(ps1, ps2, cs1, cs2, pt1, pt2, ones1, ones2, alpha=L['alpha'], weight1=w(ct1), weight2=w(ct2))
+    l_out, _ = conf_regr_loss(ps1, ps2, cs1, cs2, pt1, pt2, ones1, ones2, alpha=L['alpha'],
+                              weight1=w(ct1), weight2=w(ct2))
     terms['out'] = l_out
     terms['conf'] = ((cs1.log() - ct1.log()) ** 2).mean() + ((cs2.log() - ct2.log()) ** 2).mean()
     fl = []
@@ -242,8 +248,9 @@ def distill_loss(fs: dict, ft: dict, loss_cfg: dict, proj: nn.ModuleDict | None 
         p = proj[name] if proj is not None and name in proj else nn.Identity()
         for a, b in ((a1, b1), (a2, b2)):
             a, b = p(a.float()), b.float().detach()
-            if a.shape != b.shape: raise ValueError(f"feature distillation {name}: student {tuple(a.shape)} vs teacher {tuple(b.shape)}; "
-                                                    "widths differ and no projection was given (use make_projections)")
+            if a.shape != b.shape:
+                raise ValueError(f"feature distillation {name}: student {tuple(a.shape)} vs teacher {tuple(b.shape)}; "
+                                 "widths differ and no projection was given (use make_projections)")
             fl.append((a - b).pow(2).mean() / b.pow(2).mean().clamp_min(1e-8))
     terms['feat'] = torch.stack(fl).mean() if fl else torch.zeros((), device=ps1.device)
     if gt is not None:

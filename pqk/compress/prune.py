@@ -5,13 +5,13 @@ distillation from the unpruned model."""
 
 # %% ../../nbs/compress/53_prune.ipynb #104b8d4d
 from __future__ import annotations
-import copy, dataclasses, json, math, os, time, warnings
+import copy, json, math, os, time, warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int, _short
+from ..models.config import DUSt3RConfig, _is_int, _short
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
 from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model,

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ..core.contracts import ContractError, Problem, _rel
-from ..core.io import atomic_path, write_text_atomic
+from ..core.io import atomic_path
 from ..data.manifests import to_tensor
 from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher
-from ..eval.protocol import Predictor, TorchPredictor, predict_pairs, pair_quality, quality_block
+from ..eval.protocol import predict_pairs, pair_quality, quality_block
 from ..export.onnx import export_graph, onnx_size_mb, check_onnx, rel_l2
 from ..export.ort import OrtPredictor
 from ..train.loop import fit, LoopConfig

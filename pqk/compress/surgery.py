@@ -4,7 +4,7 @@
 
 # %% ../../nbs/compress/50_surgery.ipynb #1a4eced2
 from __future__ import annotations
-import copy, dataclasses, math, re
+import copy, dataclasses, re
 from collections import Counter
 
 import torch

@@ -22,7 +22,8 @@ def _int8_dynamic(src, dst) -> Path:
     from onnxruntime.quantization import quantize_dynamic, QuantType
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=['MatMul'])
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=['MatMul'])
     return Path(dst)
 
 # %% ../../nbs/edge/64_bench.ipynb #e8e99662
@@ -41,7 +42,8 @@ def _time_limit(seconds: float | None):
         signal.setitimer(signal.ITIMER_REAL, 0); signal.signal(signal.SIGALRM, old)
 
 def _rel_err(outs, ref) -> float:
-    return max(float((torch.as_tensor(o).float() - r).abs().max() / r.abs().max().clamp(min=1e-12)) for o, r in zip(outs, ref))
+    return max(float((torch.as_tensor(o).float() - r).abs().max() / r.abs().max().clamp(min=1e-12))
+               for o, r in zip(outs, ref))
 
 # %% ../../nbs/edge/64_bench.ipynb #a58c40b6
 BENCH_ROWS = ('eager', 'eager_plain_linear', 'compiled', 'ort_fp32', 'ort_int8')
@@ -49,9 +51,11 @@ _LABELS = {'eager': 'torch eager', 'eager_plain_linear': 'torch eager, plain Lin
            'ort_fp32': 'ORT fp32', 'ort_int8': 'ORT int8 (dynamic)'}
 
 def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repeats: int = 10, min_seconds: float = 0.,
-                threads: int | None = None, compile_timeout_s: float | None = 600., seed: int = 0, work_dir=None) -> dict:
+                threads: int | None = None, compile_timeout_s: float | None = 600., seed: int = 0,
+                work_dir=None) -> dict:
     """Time `model` (a DUSt3R pair model) at `shape` [1, 3, H, W] on each backend in `rows`; returns
-    {'rows': [{row, label, p50_ms, p90_ms, speedup, max_rel_err, n_timed, skipped, ...}], 'load_before', 'load_after', ...}."""
+    {'rows': [{row, label, p50_ms, p90_ms, speedup, max_rel_err, n_timed, skipped, ...}],
+     'load_before', 'load_after', ...}."""
     from pqk.models.layers import set_fast_linear
     bad = [r for r in rows if r not in BENCH_ROWS]
     if bad: raise ValueError(f'bench: unknown row(s) {bad}; expected some of {list(BENCH_ROWS)}')
@@ -78,7 +82,8 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
                 m = measure_latency(fn, **lat)
             except Exception as e: r['skipped'] = f'{type(e).__name__}: {str(e)[:200]}'
             else:
-                r.update({k: m[k] for k in ('p50_ms', 'p90_ms', 'p95_ms', 'n_timed', 'noisy', 'load_before', 'load_after')})
+                r.update({k: m[k] for k in ('p50_ms', 'p90_ms', 'p95_ms', 'n_timed', 'noisy', 'load_before',
+                                            'load_after')})
                 if m['error']: r['error'] = m['error']
         out['rows'].append(r)
         return r
@@ -100,14 +105,16 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
                     row('compiled', lambda: cw(i1, i2), compile_s=round(time.perf_counter() - t0, 1),
                         compile_limit=compile_timeout_s if limited else None)
                 except Exception as e:
-                    why = str(e) if isinstance(e, CompileTimeout) else f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+                    why = (str(e) if isinstance(e, CompileTimeout)
+                           else f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}')
                     row('compiled', skipped=f'torch.compile failed: {why}')
         onnx_rows = [r for r in ('ort_fp32', 'ort_int8') if r in rows]
         if onnx_rows:
             from pqk.export.ort import OrtPredictor
             fp32 = tmp / 'model_fp32.onnx'
             try: export_graph(model, fp32, list(shape), 'fp32'); why = None
-            except Exception as e: why = f'ONNX export failed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+            except Exception as e:
+                why = f'ONNX export failed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
             for r in onnx_rows:
                 if why: row(r, skipped=why); continue
                 try:
@@ -138,7 +145,8 @@ def format_bench(res: dict, title: str = '') -> str:
     for r in res['rows']:
         if r.get('skipped'): lines.append(f"{r['label']:28} skipped: {r['skipped']}"); continue
         lines.append(f"{r['label']:28} {f(r.get('p50_ms'), '9.1f')} {f(r.get('p90_ms'), '9.1f')} "
-                     f"{f(r.get('speedup'), '8.2f') + 'x':>9} {f(r.get('max_rel_err'), '12.1e')}  {r.get('n_timed', '-')}"
+                     f"{f(r.get('speedup'), '8.2f') + 'x':>9} {f(r.get('max_rel_err'), '12.1e')}  "
+                     f"{r.get('n_timed', '-')}"
                      + (f"  (compile {r['compile_s']} s)" if r.get('compile_s') is not None else '')
                      + ('  NOISY' if r.get('noisy') else ''))
     lines.append(f"shape {res['shape']}, {res['threads']} threads on {res['cpu']} ({res['cpu_count']} CPUs), "
@@ -155,7 +163,8 @@ def bench(ckpt=None, workload=None, eval=None, rows=BENCH_ROWS, warmup: int | No
     lp = ev.data['efficiency']['latency']
     model, name, _ = load_edge_model(wl, ckpt, 'torch')
     res = bench_model(model, wl.shape, rows, lp['warmup'] if warmup is None else warmup,
-                      lp['repeats'] if repeats is None else repeats, lp['min_seconds'] if min_seconds is None else min_seconds,
+                      lp['repeats'] if repeats is None else repeats,
+                      lp['min_seconds'] if min_seconds is None else min_seconds,
                       threads, compile_timeout_s)
     res['model'] = name
     if verbose: print(format_bench(res, f'pqk bench: {name} at {wl.shape}'))

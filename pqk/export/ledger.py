@@ -28,7 +28,8 @@ def _load(onnx_model):
     p = Path(onnx_model)
     if not p.is_file(): raise ValueError(f'precision_ledger: {p} is not a file; expected an ONNX model')
     try: m = onnx.load(str(p), load_external_data=False)
-    except Exception as e: raise ValueError(f'precision_ledger: {p} is not a readable ONNX model ({type(e).__name__}: {e})') from None
+    except Exception as e:
+        raise ValueError(f'precision_ledger: {p} is not a readable ONNX model ({type(e).__name__}: {e})') from None
     return m, str(p)
 
 def _shapes(m) -> tuple[dict, dict]:
@@ -53,7 +54,8 @@ def _prod(xs):
 def _attr(node, name, default=None):
     for a in node.attribute:
         if a.name == name:
-            return a.i if a.type == a.INT else list(a.ints) if a.type == a.INTS else a.f if a.type == a.FLOAT else default
+            return (a.i if a.type == a.INT else list(a.ints) if a.type == a.INTS
+                    else a.f if a.type == a.FLOAT else default)
     return default
 
 def node_macs(node, shapes: dict) -> int | None:
@@ -106,7 +108,8 @@ def _reaches_int8(start, producer, consumers, is_int8, up: bool, limit=200_000) 
     seen, todo = {id(start)}, [start]
     while todo and len(seen) < limit:
         n = todo.pop()
-        nxt = [producer[i] for i in n.input if i in producer] if up else [c for o in n.output for c in consumers.get(o, ())]
+        nxt = ([producer[i] for i in n.input if i in producer] if up
+               else [c for o in n.output for c in consumers.get(o, ())])
         for m in nxt:
             if id(m) in seen: continue
             seen.add(id(m))
@@ -175,7 +178,8 @@ def ledger_summary(df: pd.DataFrame) -> dict:
     known = df[df['macs'].notna()]
     macs = int(known['macs'].sum()) if len(known) else 0
     m8 = int(known.loc[known['graph_precision'] == 'int8', 'macs'].sum()) if len(known) else 0
-    out = {'n_layers': int(len(df)), 'by_precision': {str(k): int(v) for k, v in df['graph_precision'].value_counts().items()},
+    out = {'n_layers': int(len(df)),
+           'by_precision': {str(k): int(v) for k, v in df['graph_precision'].value_counts().items()},
            'by_op': {str(k): int(v) for k, v in df['op'].value_counts().items()},
            'macs_total': macs, 'macs_int8': m8, 'int8_mac_share': (m8 / macs) if macs else None,
            'n_macs_unknown': int(df['macs'].isna().sum()), 'n_float_islands': int(df['float_island'].sum()),
@@ -184,16 +188,20 @@ def ledger_summary(df: pd.DataFrame) -> dict:
     if len(eng):
         e8 = eng[eng['engine_precision'] == 'int8']
         out['engine'] = {'n_matched': int(len(eng)), 'n_unmatched': int(len(df) - len(eng)),
-                         'by_precision': {str(k): int(v) for k, v in eng['engine_precision'].fillna('unknown').value_counts().items()},
+                         'by_precision': {str(k): int(v) for k, v
+                                          in eng['engine_precision'].fillna('unknown').value_counts().items()},
                          'macs_int8': int(e8['macs'].dropna().sum()),
                          'int8_mac_share': (int(e8['macs'].dropna().sum()) / macs) if macs else None,
-                         'asked_int8_ran_float': [str(x) for x in eng.loc[(eng['graph_precision'] == 'int8') &
-                                                  eng['engine_precision'].isin(['fp32', 'fp16', 'bf16']), 'name'].head(20)]}
+                         'asked_int8_ran_float': [
+                             str(x) for x in eng.loc[(eng['graph_precision'] == 'int8') &
+                                                     eng['engine_precision'].isin(['fp32', 'fp16', 'bf16']),
+                                                     'name'].head(20)]}
     return out
 
 def write_ledger(df: pd.DataFrame, path) -> Path:
     "Write the ledger as CSV atomically (temp file, then rename)."
-    if not isinstance(df, pd.DataFrame): raise ValueError(f'write_ledger: got a {type(df).__name__}; expected a DataFrame')
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f'write_ledger: got a {type(df).__name__}; expected a DataFrame')
     text = df.to_csv(index=False)
     with atomic_path(path) as tmp: Path(tmp).write_text(text, encoding='utf-8')
     return Path(path)

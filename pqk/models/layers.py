@@ -4,9 +4,6 @@
 
 # %% ../../nbs/models/11_layers.ipynb #6ca8c959
 from __future__ import annotations
-import argparse, ast, dataclasses, json, math, os, pickle, re, tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,7 +20,8 @@ from .config import DUSt3RConfig
 #
 # **RoPE2D.** Each head vector of size `D` is split in two halves; the first half is rotated by the token's row `y`,
 # the second by its column `x`. Within a half of size `h = D/2` the angles are `p · base^(-2k/h)`, `k = 0..h/2-1`, each
-# used twice ("rotate-half": `out = u·cos + rot(u)·sin`, `rot(u) = [-u2, u1]` for the two quarters `u1, u2` of the half).
+# used twice ("rotate-half": `out = u·cos + rot(u)·sin`, `rot(u) = [-u2, u1]` for the two quarters `u1, u2` of the
+# half).
 # We fold the sign into a signed sine table, so applying RoPE is two multiplies, an add and a quarter swap
 # (slices + concat, which exports cleanly). Tables depend only on `(h, w, D)`: they are built from those integers and
 # cached per grid, device and dtype (the cache is bypassed while tracing/compiling so no fake tensor is ever stored).
@@ -47,8 +45,8 @@ class RoPE2D(nn.Module):
         self.base, self.enabled, self._cache = float(base), True, {}
 
     def _build(self, h: int, w: int, dim: int, device, dtype):
-        q = dim // 4                                                   # frequencies per half
-        inv = 1.0 / (self.base ** (torch.arange(0, dim // 2, 2, device=device, dtype=torch.float32) / (dim // 2)))  # (q,)
+        # (q,) with q = dim // 4 frequencies per half
+        inv = 1.0 / (self.base ** (torch.arange(0, dim // 2, 2, device=device, dtype=torch.float32) / (dim // 2)))
         ys = torch.arange(h, device=device, dtype=torch.float32).repeat_interleave(w)   # (N,) row of each token
         xs = torch.arange(w, device=device, dtype=torch.float32).repeat(h)              # (N,) column of each token
         ay, ax = ys[:, None] * inv, xs[:, None] * inv                  # (N, q)
@@ -203,14 +201,16 @@ class _RCU(nn.Module):
     def forward(self, x): return x + self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
 
 class _Fusion(nn.Module):
-    "Feature fusion: (a [+ RCU1(b)]) -> RCU2 -> bilinear ×2 (align_corners) -> 1×1 out_conv (run before the up-sampling: same maths, 4× cheaper)."
+    ("Feature fusion: (a [+ RCU1(b)]) -> RCU2 -> bilinear ×2 (align_corners) -> 1×1 out_conv "
+     "(run before the up-sampling: same maths, 4× cheaper).")
     def __init__(self, c):
         super().__init__()
         self.out_conv = nn.Conv2d(c, c, 1)                             # registration order = release key order
         self.resConfUnit1, self.resConfUnit2 = _RCU(c), _RCU(c)
     def forward(self, a, b=None):
         if b is not None: a = a + self.resConfUnit1(b)
-        # out_conv is per-pixel affine and bilinear weights sum to 1, so conv∘upsample == upsample∘conv exactly (in exact arithmetic)
+        # out_conv is per-pixel affine and bilinear weights sum to 1, so conv∘upsample == upsample∘conv exactly
+        # (in exact arithmetic)
         return F.interpolate(self.out_conv(self.resConfUnit2(a)), scale_factor=2, mode='bilinear', align_corners=True)
 
 class _Scratch(nn.Module):

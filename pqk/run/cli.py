@@ -26,22 +26,27 @@ def _method_args(p: argparse.ArgumentParser, method: str | None):
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='extra template parameter (YAML value), e.g. steps=4')
 
-EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')      # = pqk.edge.edge_eval.BACKENDS (no torch import here)
+# = pqk.edge.edge_eval.BACKENDS (no torch import here)
+EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')
 
 def _abs(p): return None if p is None else str(Path(p).expanduser().resolve())
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='pqk', description='pqk — compress DUSt3R by distillation, quantization and pruning')
+    ap = argparse.ArgumentParser(prog='pqk',
+                                 description='pqk — compress DUSt3R by distillation, quantization and pruning')
     ap.add_argument('--debug', action='store_true', help='show the Python traceback of an error')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     p = sub.add_parser('devcheck', help='validate contracts, configs, task cards and the log schema (no model loaded)')
     p.add_argument('--workload', default=None); p.add_argument('--eval', default=None)
-    p.add_argument('--cfg', action='append', default=None, help='method config (repeatable; default: every other configs/*.yaml)')
-    p.add_argument('--card', action='append', default=None, help='task card (repeatable; default: every taskcards/*.md)')
+    p.add_argument('--cfg', action='append', default=None,
+                   help='method config (repeatable; default: every other configs/*.yaml)')
+    p.add_argument('--card', action='append', default=None,
+                   help='task card (repeatable; default: every taskcards/*.md)')
     p = sub.add_parser('run', help='run a task card through its template')
     p.add_argument('card'); p.add_argument('--runs-dir', default=None); p.add_argument('--reports-dir', default=None)
     p.add_argument('--no-aggregate', action='store_true'); p.add_argument('--seed', type=int, default=None)
-    p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE', help='extra template parameter (YAML value)')
+    p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
+                   help='extra template parameter (YAML value)')
     p.add_argument('--resume', default=None, metavar='RUN_ID',
                    help='continue a stopped or killed run of this card in its folder, from its last checkpoint')
     p.add_argument('--force', action='store_true', help="run a card whose status is not 'ready'")
@@ -49,14 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--runs-dir', default=None); p.add_argument('--reports-dir', default=None)
     p = sub.add_parser('review', help='milestone review table of runs in a period')
     p.add_argument('--runs-dir', default=None); p.add_argument('--reports-dir', default=None)
-    p.add_argument('--since', default=None, help='YYYY-MM-DD (default: 7 days ago)'); p.add_argument('--until', default=None)
+    p.add_argument('--since', default=None, help='YYYY-MM-DD (default: 7 days ago)')
+    p.add_argument('--until', default=None)
     p = sub.add_parser('lab', help='JupyterLab on the workbook, local only, with a token; opens on the run explorer')
     p.add_argument('--port', type=int, default=None, help='port (default: the first free one from 8888)')
     p.add_argument('--token', default=None, help='access token (default: $PQK_LAB_TOKEN or a random one)')
     p.add_argument('--ip', default='127.0.0.1', help='loopback address to listen on (127.0.0.1, localhost or ::1)')
     p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
     _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
-    _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'), 'distill')
+    _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'),
+                 'distill')
     _method_args(sub.add_parser('run-quant', help='quantize a checkpoint to int8 (PTQ, QAT if needed) with run_quant'),
                  'quant')
     p = sub.add_parser('export', help='export a checkpoint to ONNX at the contract shape (fp32, fp16; int8 via quant)')
@@ -85,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--warmup', type=int, default=None); p.add_argument('--repeats', type=int, default=None)
     p.add_argument('--min-seconds', type=float, default=None, help="default: eval.yaml's latency protocol")
     p.add_argument('--no-compile', action='store_true', help='skip the torch.compile row')
-    p.add_argument('--compile-timeout', type=float, default=600., help='seconds allowed for torch.compile (default 600)')
+    p.add_argument('--compile-timeout', type=float, default=600.,
+                   help='seconds allowed for torch.compile (default 600)')
     p.add_argument('--out', default=None, help='also write the result as JSON here')
     return ap
 
@@ -99,7 +107,8 @@ def _extra_params(items) -> dict:
         if '=' not in it: raise UsageError(f'--param {it!r}: expected KEY=VALUE')
         k, v = it.split('=', 1)
         try: out[k] = parse_yaml(v, f'--param {k}')
-        except ContractError as e: raise UsageError(f'--param {it!r}: the value is not valid YAML ({e.problems[0].value})') from None
+        except ContractError as e:
+            raise UsageError(f'--param {it!r}: the value is not valid YAML ({e.problems[0].value})') from None
     return out
 
 def _resolve_dirs(args):
@@ -123,7 +132,8 @@ def error_line(cmd: str, e: BaseException) -> str:
             hint = 'a file stands where a folder is expected; move it away'
         what = f'{type(e).__name__}: {e.strerror or e}: {e.filename} ({hint})'
     elif isinstance(e, RecursionError): what = 'RecursionError: an input is nested too deeply to process'
-    elif isinstance(e, UnicodeDecodeError): what = f'UnicodeDecodeError: a file is not UTF-8 text ({e.reason} at byte {e.start})'
+    elif isinstance(e, UnicodeDecodeError):
+        what = f'UnicodeDecodeError: a file is not UTF-8 text ({e.reason} at byte {e.start})'
     return f'pqk {cmd}: {what}  [run with --debug for the traceback]'
 
 EXPECTED_ERRORS = (ValueError, OSError, RecursionError, KeyboardInterrupt)
@@ -190,7 +200,8 @@ def _main(args) -> int:
         if args.cmd == 'edge-eval':
             from pqk.run.runner import run_method
             extra = {'backend': args.backend, 'onnx': _abs(args.onnx), 'engine': _abs(args.engine),
-                     'power_log': _abs(args.power_log), 'power_sampler': args.power_sampler, 'precision': args.precision,
+                     'power_log': _abs(args.power_log), 'power_sampler': args.power_sampler,
+                     'precision': args.precision,
                      'min_pairs': args.min_pairs, 'min_seconds': args.min_seconds}
             ckpt = args.ckpt if args.ckpt in (None, 'teacher') else _abs(args.ckpt)
             res = run_method('edge', workload=args.workload, eval=args.eval, ckpt=ckpt, log=args.log, seed=args.seed,
@@ -204,4 +215,5 @@ def _main(args) -> int:
     return 2
 
 # %% ../../nbs/run/75_cli.ipynb #4df52402
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # python -m pqk.run.cli (not when run as a notebook)
+# python -m pqk.run.cli (not when run as a notebook)
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())

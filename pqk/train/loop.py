@@ -226,7 +226,8 @@ class _Checkpoints:
         return p
 
 def latest_checkpoint(folder) -> Path | None:
-    "The training checkpoint of the highest step in `folder` (`ckpt_<step>.pt`), or None: where a resumed run continues."
+    ("The training checkpoint of the highest step in `folder` (`ckpt_<step>.pt`), or None: "
+     "where a resumed run continues.")
     f = Path(folder)
     steps = sorted((int(m.group(1)), q) for q in (f.glob('ckpt_*.pt') if f.is_dir() else [])
                    if (m := re.fullmatch(r'ckpt_(\d+)\.pt', q.name)))
