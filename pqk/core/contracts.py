@@ -131,11 +131,18 @@ def _jsonschema():
         finally: sys.modules.pop('rfc3987_syntax', None)
     return importlib.import_module('jsonschema')
 
-def schema_problems(data: Any, schema_name: str, file: str) -> list[Problem]:
-    "Validate `data` against schema `schema_name`; one `Problem` per violation (unknown and missing keys included)."
+@lru_cache(None)
+def _validator(name: str, root: str):
+    "One validator per schema and project (building it per call cost more than validating a run log)."
+    if name not in SCHEMA_FILES: raise KeyError(f"no schema named {name!r}; known: {', '.join(SCHEMA_FILES)}")
     jsonschema = _jsonschema()
-    schema = load_schema(schema_name)
-    v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return jsonschema.Draft202012Validator(_load_schema(name, root),
+                                           format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+def schema_problems(data: Any, schema_name: str, file: str, root: str | None = None) -> list[Problem]:
+    """Validate `data` against schema `schema_name` (of project `root`, default `project_root()`); one `Problem` per
+    violation (unknown and missing keys included)."""
+    v = _validator(schema_name, str(root or project_root()))
     out, errs = [], []
     for e in v.iter_errors(data):            # bounded: a huge wrong list gives MAX_PROBLEMS problems, not a million
         if len(errs) >= MAX_PROBLEMS:
@@ -182,9 +189,9 @@ def sha256_file(path) -> str:
         for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
     return h.hexdigest()
 
-def _rel(path) -> str:
+def _rel(path, root=None) -> str:
     p = Path(path).resolve()
-    try: return str(p.relative_to(project_root()))
+    try: return str(p.relative_to(root or project_root()))
     except ValueError: return str(p)
 
 @dataclass

@@ -38,9 +38,9 @@ def environment(device: str | None = None) -> dict:
             'host': socket.gethostname()}
 
 # %% ../../nbs/core/01_logschema.ipynb #01582fd1
-def log_problems(record: Any, file: str = '<log>') -> list[Problem]:
-    "Every way `record` violates the unified log schema."
-    return schema_problems(record, 'unified_log', file)
+def log_problems(record: Any, file: str = '<log>', root: str | None = None) -> list[Problem]:
+    "Every way `record` violates the unified log schema (of project `root`, default `project_root()`)."
+    return schema_problems(record, 'unified_log', file, root)
 
 def validate_log(record: Any, file: str = '<log>') -> dict:
     "Return `record` if it is a valid unified log, else raise `ContractError` with every problem."

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/run/72_aggregate.ipynb #49374a50
 from __future__ import annotations
-import csv, hashlib, json, math, re, sys, time, zipfile
+import csv, hashlib, json, math, os, re, sys, time, zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -13,13 +13,13 @@ from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_p
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, clean_stale_tmp
 
 # %% auto #0
-__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES',
-           'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log',
-           'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'read_rows',
-           'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary',
-           'report_sheets', 'write_csv', 'write_summary_json', 'pareto_front', 'card_family', 'tradeoff_points',
-           'drop_errors', 'plot_tradeoff', 'prune_share_label', 'plot_ablation', 'plot_latency', 'stage_bars',
-           'plot_stages', 'aggregate']
+__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS',
+           'STATUS_COLORS', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log',
+           'read_log_bytes', 'parse_log', 'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2', 'log_row',
+           'cache_key', 'parse_entries', 'read_rows', 'version_groups', 'report_columns', 'flat_rows', 'col_letter',
+           'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets', 'write_csv', 'write_summary_json',
+           'pareto_front', 'card_family', 'tradeoff_points', 'drop_errors', 'plot_tradeoff', 'prune_share_label',
+           'plot_ablation', 'plot_latency', 'stage_bars', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -74,15 +74,17 @@ def read_log_bytes(path) -> bytes:
     if n > MAX_LOG_BYTES: raise OSError(27, f'{n:,} bytes; a run log is at most {MAX_LOG_BYTES:,}')
     return Path(path).read_bytes()
 
-def parse_log(path, data: bytes | None = None) -> tuple[dict | None, list[str]]:
-    "One log file → (its valid, upgraded record, []) or (None, its problems as text); never raises on a bad file."
-    file = _rel(path)
+def parse_log(path, data: bytes | None = None, root=None) -> tuple[dict | None, list[str]]:
+    """One log file → (its valid, upgraded record, []) or (None, its problems as text); never raises on a bad file.
+    `root`: the project folder, found once by the caller when it parses many logs."""
+    root = str(root or project_root())
+    file = _rel(path, root)
     try:
         rec = json.loads(read_log_bytes(path) if data is None else data)
         if not isinstance(rec, dict):
             return None, [f'{file}: got a JSON {type(rec).__name__}; expected a JSON object (a run log)']
         rec = upgrade_log(rec, file)
-        ps = [str(x) for x in log_problems(rec, file)]
+        ps = [str(x) for x in log_problems(rec, file, root)]
     except json.JSONDecodeError as e: ps = [f'{file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})']
     except UnicodeDecodeError as e: ps = [f'{file}: not UTF-8 text ({e.reason})']
     except OSError as e: ps = [f'{file}: cannot be read ({e.strerror or e})']
@@ -95,12 +97,12 @@ def _dupe(file: str, rid: str, first: str) -> str:
 
 def read_logs(runs_dir) -> tuple[list[tuple[Path, dict]], list[dict]]:
     "Every valid (upgraded) `runs_dir/*/log.json` as (path, record), and the skipped ones as {'file', 'problems'}."
-    ok, skipped, ids = [], [], {}
+    ok, skipped, ids, root = [], [], {}, str(project_root())
     for p in sorted(Path(runs_dir).glob('*/log.json')):
-        rec, ps = parse_log(p)
-        if not ps and rec['run_id'] in ids: ps = [_dupe(_rel(p), rec['run_id'], ids[rec['run_id']])]
-        if ps: skipped.append({'file': _rel(p), 'problems': ps}); continue
-        ids[rec['run_id']] = _rel(p); ok.append((p, rec))
+        rec, ps = parse_log(p, root=root)
+        if not ps and rec['run_id'] in ids: ps = [_dupe(_rel(p, root), rec['run_id'], ids[rec['run_id']])]
+        if ps: skipped.append({'file': _rel(p, root), 'problems': ps}); continue
+        ids[rec['run_id']] = _rel(p, root); ok.append((p, rec))
     return ok, skipped
 
 # %% ../../nbs/run/72_aggregate.ipynb #8b1b03b0
@@ -163,23 +165,40 @@ def _load_cache(path, key: str, runs_dir: str) -> dict:
     except (OSError, ValueError, AttributeError): pass
     return {}
 
+PARALLEL_FROM = 500     # logs to parse before a second process helps (schema validation dominates a cold rebuild)
+
+def _entry(item) -> dict:
+    "(path, bytes, checksum, root) → a cache entry: the log's row, or its problems (runs in a worker process)."
+    p, b, s, root = item
+    rec, ps = parse_log(p, b, root)
+    return {'sum': s, 'problems': ps} if ps else {'sum': s, 'row': log_row(rec)}
+
+def parse_entries(items: list, workers: int | None = None) -> list[dict]:
+    "`_entry` of each item, in up to `workers` (default: 2 if the machine has them) forked processes when many."
+    n = min(workers or 2, os.cpu_count() or 1)
+    if n < 2 or len(items) < PARALLEL_FROM or sys.platform == 'win32': return [_entry(i) for i in items]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(n, mp_context=mp.get_context('fork')) as ex:
+        return list(ex.map(_entry, items, chunksize=max(1, len(items) // (8 * n))))
+
 def read_rows(runs_dir, cache=None, update_cache: bool = True) -> tuple[list[dict], list[dict], dict]:
     "Rows of every valid log in `runs_dir`, the skipped logs {'file', 'problems'}, and {'parsed', 'cached', 'folders'}."
     runs_dir = Path(runs_dir); rkey = str(runs_dir.resolve()); key = cache_key()
     old = _load_cache(cache, key, rkey) if cache is not None else {}
-    new, parsed = {}, 0
+    new, todo, root = {}, {}, str(project_root())
     for p in sorted(runs_dir.glob('*/log.json')):
         name = p.parent.name
         try: b = read_log_bytes(p)
         except OSError as e:
-            new[name] = {'sum': None, 'problems': [f'{_rel(p)}: cannot be read ({e.strerror or e})']}; continue
+            new[name] = {'sum': None, 'problems': [f'{_rel(p, root)}: cannot be read ({e.strerror or e})']}; continue
         s = _checksum(b); e = old.get(name)
-        if e is None or e.get('sum') != s:
-            rec, ps = parse_log(p, b); parsed += 1
-            e = {'sum': s, 'problems': ps} if ps else {'sum': s, 'row': log_row(rec)}
-        new[name] = e
+        if e is None or e.get('sum') != s: new[name], todo[name] = None, (p, b, s, root)
+        else: new[name] = e
+    for name, e in zip(todo, parse_entries(list(todo.values()))): new[name] = e
+    parsed = len(todo)
     rows, skipped, ids = [], [], {}
-    file = lambda name: _rel(runs_dir / name / 'log.json')
+    file = lambda name: _rel(runs_dir / name / 'log.json', root)
     for name, e in new.items():
         rid = e['row'].get('run_id') if 'row' in e else None
         if rid is not None and rid in ids:
