@@ -179,8 +179,9 @@ def parse_entries(items: list, workers: int | None = None) -> list[dict]:
     if n < 2 or len(items) < PARALLEL_FROM or sys.platform == 'win32': return [_entry(i) for i in items]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+    first = _entry(items[0])         # imports and the schema validator are ready in this process before it forks
     with ProcessPoolExecutor(n, mp_context=mp.get_context('fork')) as ex:
-        return list(ex.map(_entry, items, chunksize=max(1, len(items) // (8 * n))))
+        return [first, *ex.map(_entry, items[1:], chunksize=max(1, len(items) // (8 * n)))]
 
 def read_rows(runs_dir, cache=None, update_cache: bool = True) -> tuple[list[dict], list[dict], dict]:
     "Rows of every valid log in `runs_dir`, the skipped logs {'file', 'problems'}, and {'parsed', 'cached', 'folders'}."
