@@ -425,18 +425,16 @@ def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *,
 # %% ../../nbs/compress/53_prune.ipynb #04e37787
 def _round_dir(out_dir, k: int) -> Path: return Path(out_dir) / f'round{k}'
 
-def calibration_batches(workload, count: int, res: int | None = None, device='cpu') -> tuple[list, str]:
-    "(batches of one pair with ground truth, sha256 of the set) from the workload's calibration set."
+def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
+    """(batches of one pair with ground truth, sha256 of the set) from the workload's calibration set: the data that
+    `pqk.eval.protocol.load_eval_data` loads for it and the contract's selection rule (at most its `count` pairs)."""
     from pqk.data.pairs import calibration_set, calibration_set_hash, pair_batch
-    from pqk.data.manifests import load_dataset
-    spec = dict(workload.data['calibration'])
-    if spec.get('source') == 'eval': spec = workload.data['data']['eval']
-    spec = {k: v for k, v in spec.items() if k in ('source', 'paths', 'synthetic')}
-    scenes = load_dataset(spec, int(res or workload.resolution))
-    pg = workload.pair_graph
-    cal = calibration_set(scenes, min(int(count), int(workload.data['calibration'].get('count', count))),
-                          int(workload.data['calibration'].get('seed', 0)), pg['strategy'], pg['k'], pg['symmetrize'])
-    pairs = [(c.scene_idx, c.i, c.j) for c in cal]
+    from pqk.eval.protocol import load_eval_data
+    c, pg = workload.data['calibration'], workload.pair_graph
+    scenes, _ = load_eval_data(workload, 'calibration')
+    cal = calibration_set(scenes, min(int(count), int(c.get('count', count))), int(c.get('seed', 0)), pg['strategy'],
+                          pg['k'], pg['symmetrize'], pg.get('ref', 0))
+    pairs = [(x.scene_idx, x.i, x.j) for x in cal]
     return [pair_batch(scenes, pairs, [n], device) for n in range(len(pairs))], calibration_set_hash(cal)
 
 def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=None, evalc=None, resume: bool = False,
