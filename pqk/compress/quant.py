@@ -22,9 +22,10 @@ from ..train.loop import fit, LoopConfig
 from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
 
 # %% auto #0
-__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QDQ_ERROR_BUDGET', 'ModelOptUnavailable',
-           'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns', 'excluded', 'load_fp32',
-           'calibration_data', 'calib_feeds', 'select_nodes', 'ort_quantize', 'mtq_quantize', 'set_groups',
+__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QDQ_ERROR_BUDGET',
+           'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns',
+           'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
+           'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize', 'set_groups',
            'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'export_qdq',
            'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
@@ -32,6 +33,7 @@ __all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'BITS', 'GROUPS', 'QUANT_DEFA
 BACKENDS = ('onnxruntime', 'modelopt')
 OP_TYPES = ('MatMul', 'Gemm', 'Conv')
 CALIBRATIONS = ('minmax', 'entropy', 'percentile')
+CPU_ACTIVATIONS = ('auto', 'uint8', 'int8')
 BITS = {'onnxruntime': {'weight_bits': (8,), 'activation_bits': (8,)},
         'modelopt': {'weight_bits': (8,), 'activation_bits': (8,)}}
 GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder': ('enc_blocks', 'enc_norm'),
@@ -39,7 +41,8 @@ GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder
 QUANT_DEFAULTS = {
     'ptq': {'backend': 'onnxruntime', 'method': 'static', 'calibration': 'minmax', 'percentile': 99.99,
             'weight_bits': 8, 'activation_bits': 8, 'per_channel': True, 'symmetric': True,
-            'op_types': list(OP_TYPES), 'attention_matmul': False, 'exclude_patterns': []},
+            'op_types': list(OP_TYPES), 'attention_matmul': False, 'cpu_activations': 'auto', 'reduce_range': 'auto',
+            'exclude_patterns': []},
     'keep_float': [],
     'sensitivity': {'enabled': True, 'pairs': 8, 'calib_pairs': 4},
     'qat': {'enabled': 'auto', 'epochs': 1, 'steps': 40, 'lr': 1e-5, 'freeze_bn_stats': True, 'batch_pairs': 1,
@@ -83,6 +86,9 @@ def quant_config(cfg=None, check_backend: bool = True, **overrides) -> dict:
             if p[k] not in ok: bad(f'ptq.{k}', p[k], f"{' or '.join(map(str, ok))}: what backend {p['backend']} "
                                                        'can run as int8 here')
     if p['method'] not in ('static', 'dynamic'): bad('ptq.method', p['method'], 'static or dynamic')
+    if p['cpu_activations'] not in CPU_ACTIVATIONS:
+        bad('ptq.cpu_activations', p['cpu_activations'], f"one of {', '.join(CPU_ACTIVATIONS)}")
+    if p['reduce_range'] not in ('auto', True, False): bad('ptq.reduce_range', p['reduce_range'], 'auto, true or false')
     if p['calibration'] not in CALIBRATIONS:
         bad('ptq.calibration', p['calibration'], f"one of {', '.join(CALIBRATIONS)}")
     elif p['backend'] == 'modelopt' and p['calibration'] != 'minmax':
@@ -191,6 +197,48 @@ def select_nodes(model, qc: dict, only_group: str | None = None) -> tuple[list, 
             or (only_group is not None and layer_group(n) != only_group)]
     return [n for n in cand if n not in set(keep)], keep
 
+_KERNEL_CHECKS: dict = {}
+
+def gemm_shape(model) -> tuple[int, int, int]:
+    "(k, n, m) of the largest weight GEMM of an ONNX model: its weight k×n, m = tokens of one view (H·W/16²)."
+    from onnx import numpy_helper
+    w = {i.name: i.dims for i in model.graph.initializer if len(i.dims) == 2}
+    ks = [tuple(w[i]) for n in model.graph.node if n.op_type in ('MatMul', 'Gemm') for i in n.input[1:2] if i in w]
+    k, n = max(ks, key=lambda d: d[0] * d[1]) if ks else (128, 512)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
+    m = dims[2] * dims[3] // 256 if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else 576
+    return int(k), int(n), max(1, min(int(m), 16384))
+
+def cpu_activation_type(qc: dict, model=None) -> tuple[str, dict | None]:
+    "('uint8' | 'int8', the kernel check that chose it or None): `ptq.cpu_activations`, `auto` measured on `model`."
+    want = qc['ptq']['cpu_activations']
+    if want != 'auto': return want, None
+    from pqk.export.ort import int8_kernel_check
+    shape = gemm_shape(model) if model is not None else (128, 512, 576)
+    if shape not in _KERNEL_CHECKS: _KERNEL_CHECKS[shape] = int8_kernel_check(*shape)
+    chk = _KERNEL_CHECKS[shape]
+    return ('uint8' if chk['fastest'] == 'u8s8' else 'int8'), chk
+
+def int8_ceiling(fp32_onnx, kernel: dict | None = None) -> dict:
+    """`pqk.export.ort.int8_bound` of an fp32 ONNX on this CPU: its time share in GEMMs/convs (profiled) and the lowest
+    int8/fp32 ratio they allow at the measured kernel ratio (`kernel`: a kernel check, else measured here)."""
+    import onnx
+    from pqk.export.ort import op_time_shares, int8_bound, int8_kernel_check
+    if kernel is None:
+        shape = gemm_shape(onnx.load(str(fp32_onnx), load_external_data=False))
+        if shape not in _KERNEL_CHECKS: _KERNEL_CHECKS[shape] = int8_kernel_check(*shape)
+        kernel = _KERNEL_CHECKS[shape]
+    return {**int8_bound(op_time_shares(fp32_onnx), kernel), 'kernel': kernel}
+
+def reduce_range(qc: dict, isa=None) -> bool:
+    "`ptq.reduce_range`; `auto`: 7-bit weights on an x86 CPU without VNNI (`isa`: cpu_isa() flags, read when None)."
+    want = qc['ptq']['reduce_range']
+    if want != 'auto': return bool(want)
+    if isa is None:
+        from pqk.export.ort import cpu_isa
+        isa = cpu_isa()
+    return 'avx2' in isa and not {'avx512_vnni', 'avx_vnni', 'amx_int8'} & set(isa)
+
 def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None) -> dict:
     "Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}."
     import onnx
@@ -203,7 +251,7 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
         raise ValueError('calibration set: empty; static quantization needs at least one pair (calibration.count)')
     out.parent.mkdir(parents=True, exist_ok=True)
     pre = out.with_name(out.stem + '.pre.onnx')
-    quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True)
+    quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True, skip_optimization=True)
     m = onnx.load(str(pre))
     todo, keep = select_nodes(m, qc, only_group)
     if not todo: raise ValueError(f"ptq: no node to quantize in {Path(fp32_onnx).name} (op_types "
@@ -213,26 +261,35 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
     class Reader(CalibrationDataReader):
         def __init__(s): s.it = iter(feeds)
         def get_next(s): return next(s.it, None)
+    acts, chk = ('int8', None) if flavour == 'tensorrt' else (
+        cpu_activation_type(qc, m) if method == 'static' else ('uint8', None))   # dynamic: ORT's uint8 only
     sym = bool(p['symmetric']) or flavour == 'tensorrt'
+    asym_act = acts == 'uint8' or not sym
+    rr = flavour != 'tensorrt' and reduce_range(qc)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         if method == 'dynamic':
             quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
+                             reduce_range=rr,
                              op_types_to_quantize=ops, nodes_to_exclude=keep)
         else:
             cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
                   'percentile': CalibrationMethod.Percentile}[p['calibration']]
-            extra = {'ActivationSymmetric': sym, 'WeightSymmetric': sym, 'CalibPercentile': float(p['percentile'])}
+            extra = {'ActivationSymmetric': not asym_act, 'WeightSymmetric': sym,
+                     'CalibPercentile': float(p['percentile'])}
             if flavour == 'tensorrt': extra |= {'QuantizeBias': False, 'OpTypesToExcludeOutputQuantization': ops}
             quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
                             per_channel=bool(p['per_channel']), calibrate_method=cm, op_types_to_quantize=ops,
-                            activation_type=QuantType.QInt8 if sym else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8 if acts == 'uint8' else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, reduce_range=rr,
                             nodes_to_exclude=keep, extra_options=extra)
+        q = onnx.load(str(tmp)); del q.graph.value_info[:]; onnx.save(q, str(tmp))
     pre.unlink(missing_ok=True)
     for f in out.parent.glob(out.stem + '.pre*'): f.unlink(missing_ok=True)
     return {'path': str(out), 'size_mb': round(onnx_size_mb(out), 4), 'flavour': flavour, 'method': method,
             'calibration': p['calibration'] if method == 'static' else None, 'quantized_nodes': len(todo),
-            'float_nodes': len(keep), 'op_types': ops, 'seconds': round(time.perf_counter() - t0, 2),
+            'float_nodes': len(keep), 'op_types': ops, 'activations': acts, 'reduce_range': rr, 'kernel_check': chk,
+            'seconds': round(time.perf_counter() - t0, 2),
             **({'group': only_group} if only_group else {})}
 
 # %% ../../nbs/compress/52_quant.ipynb #318da0d5

@@ -46,7 +46,8 @@ class ExportedPredictor(Predictor):
                 'size_mb': sum(size_on_disk_mb(f) for f in fs) if fs else None}
 
 # %% auto #0
-__all__ = ['PAIR_INPUTS', 'PAIR_OUTPUTS', 'pair_from_outputs', 'ExportedPredictor', 'onnx_precision', 'OrtPredictor']
+__all__ = ['PAIR_INPUTS', 'PAIR_OUTPUTS', 'GEMM_OPS', 'pair_from_outputs', 'ExportedPredictor', 'onnx_precision', 'OrtPredictor',
+           'cpu_isa', 'int8_kernel_check', 'op_time_shares', 'int8_bound']
 
 # %% ../../nbs/export/60_ort.ipynb #909e6afd
 _INT8_OPS = {'QuantizeLinear', 'DequantizeLinear', 'DynamicQuantizeLinear', 'MatMulInteger', 'ConvInteger',
@@ -101,3 +102,85 @@ class OrtPredictor(ExportedPredictor):
         feeds = {n: x.detach().to('cpu').numpy().astype(self.input_types[n], copy=False)
                  for n, x in zip(self.input_names, (img1, img2))}
         return {n: torch.from_numpy(v) for n, v in zip(self.output_names, self.sess.run(self.output_names, feeds))}
+
+# %% ../../nbs/export/60_ort.ipynb #716f1172
+_ISA_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx_vnni', 'amx_int8', 'asimddp', 'i8mm', 'sve')
+
+def cpu_isa() -> list[str]:
+    "The int8-relevant instruction-set flags of this CPU (from /proc/cpuinfo; [] where it cannot be read)."
+    try: words = set(Path('/proc/cpuinfo').read_text(errors='replace').split())
+    except OSError: return []
+    return [f for f in _ISA_FLAGS if f in words]
+
+def _gemm_model(kind: str, w: np.ndarray, m: int, y_max: float = 1.0):
+    "ONNX y = x @ w (x in [-1, 1]): one fp32 MatMul, or Q → QLinearMatMul → DQ with `kind` u8s8 / s8s8 activations."
+    from onnx import helper as h, TensorProto as T, numpy_helper as nh
+    k, n = w.shape
+    io = ([h.make_tensor_value_info('x', T.FLOAT, [m, k])], [h.make_tensor_value_info('y', T.FLOAT, [m, n])])
+    if kind == 'fp32':
+        g = h.make_graph([h.make_node('MatMul', ['x', 'w'], ['y'])], kind, *io, [nh.from_array(w, 'w')])
+    else:
+        at, zp = (np.uint8, 128) if kind == 'u8s8' else (np.int8, 0)
+        sw = np.abs(w).max(0) / 127
+        c = {'sx': np.float32(1 / 127), 'zx': at(zp), 'wq': np.round(w / sw).astype(np.int8),
+             'sw': sw.astype(np.float32), 'zw': np.zeros(n, np.int8), 'sy': np.float32(y_max / 127),
+             'zy': at(zp)}
+        nodes = [h.make_node('QuantizeLinear', ['x', 'sx', 'zx'], ['xq']),
+                 h.make_node('QLinearMatMul', ['xq', 'sx', 'zx', 'wq', 'sw', 'zw', 'sy', 'zy'], ['yq']),
+                 h.make_node('DequantizeLinear', ['yq', 'sy', 'zy'], ['y'])]
+        g = h.make_graph(nodes, kind, *io, [nh.from_array(np.asarray(v), k_) for k_, v in c.items()])
+    return h.make_model(g, opset_imports=[h.make_opsetid('', 18)]).SerializeToString()
+
+def int8_kernel_check(k: int, n: int, m: int, threads: int | None = None, rounds: int = 5, seed: int = 0) -> dict:
+    """Side-by-side p50 of y = x @ w (x: m×k, w: k×n) in fp32 and as int8 (u8s8 and s8s8 activations), in ORT on
+    this CPU; 'ratio' (int8 / fp32 p50), 'rel_err' (vs the fp32 product), 'fastest' int8 kind and 'isa'."""
+    import onnxruntime as ort
+    from pqk.eval.efficiency import interleaved_latency
+    for v, what in ((k, 'k'), (n, 'n'), (m, 'm')):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16384:
+            raise ValueError(f'int8_kernel_check: {what}={v!r}; expected an integer in [1, 16384]')
+    rs = np.random.RandomState(seed)
+    w = (rs.randn(k, n) / np.sqrt(k)).astype(np.float32)
+    x = {'x': rs.uniform(-1, 1, (m, k)).astype(np.float32)}
+    ref = x['x'] @ w
+    so = ort.SessionOptions()
+    if threads: so.intra_op_num_threads = int(threads)
+    so.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    sess = {kd: ort.InferenceSession(_gemm_model(kd, w, m, float(np.abs(ref).max())), so,
+                                     providers=['CPUExecutionProvider']) for kd in ('fp32', 'u8s8', 's8s8')}
+    err = {kd: float(np.linalg.norm(s.run(None, x)[0] - ref) / np.linalg.norm(ref)) for kd, s in sess.items()}
+    lat = interleaved_latency({kd: (lambda s=s: s.run(None, x)) for kd, s in sess.items()}, rounds=rounds,
+                              warmup=2, repeats=3, device='cpu')
+    ratio = {kd: round(lat[kd]['ratio_p50'], 3) for kd in ('u8s8', 's8s8')}
+    return {'shape': [m, k, n], 'threads': threads, 'p50_ms': {kd: round(v['p50_ms'], 3) for kd, v in lat.items()},
+            'ratio': ratio, 'rel_err': {kd: round(v, 5) for kd, v in err.items()},
+            'fastest': min(ratio, key=ratio.get), 'isa': cpu_isa()}
+
+# %% ../../nbs/export/60_ort.ipynb #81b0eaae
+GEMM_OPS = ('Conv', 'Gemm', 'MatMul', 'FusedMatMul', 'FusedConv', 'ConvTranspose')
+
+def op_time_shares(path, runs: int = 3, threads: int | None = None, seed: int = 0) -> dict:
+    "{'total_ms': kernel ms per run, 'ms': {op type: ms per run}} of an ONNX pair model in ORT (CPU, profiled)."
+    import json, tempfile, onnxruntime as ort
+    with tempfile.TemporaryDirectory() as td:
+        so = ort.SessionOptions(); so.enable_profiling = True; so.profile_file_prefix = str(Path(td) / 'p')
+        if threads: so.intra_op_num_threads = int(threads)
+        s = ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+        rs = np.random.RandomState(seed)
+        feeds = {i.name: rs.uniform(-1, 1, [d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
+                 for i in s.get_inputs()}
+        for _ in range(runs + 1): s.run(None, feeds)
+        ev = json.loads(Path(s.end_profiling()).read_text())
+    node = [e for e in ev if e.get('cat') == 'Node' and e.get('name', '').endswith('_kernel_time')]
+    per_run = max(1, len(node) // (runs + 1))
+    ms: dict = {}
+    for e in node[per_run:]:                                    # the first run (allocation, first touch) left out
+        op = e.get('args', {}).get('op_name', '?'); ms[op] = ms.get(op, 0.0) + e['dur'] / 1e3 / runs
+    return {'total_ms': sum(ms.values()), 'ms': dict(sorted(ms.items(), key=lambda kv: -kv[1]))}
+
+def int8_bound(shares: dict, kernel: dict) -> dict:
+    "Lowest int8/fp32 ratio (Amdahl) from `op_time_shares` of the fp32 model and an `int8_kernel_check`."
+    gemm = sum(v for k, v in shares['ms'].items() if k in GEMM_OPS) / (shares['total_ms'] or float('nan'))
+    r = min(kernel['ratio'].values())
+    return {'gemm_share': round(gemm, 4), 'kernel_ratio': r, 'bound': round(1 - gemm + gemm * r, 4),
+            'kernel_shape': kernel['shape']}
