@@ -72,6 +72,7 @@ class OrtPredictor(ExportedPredictor):
         if not p.is_file(): raise ValueError(f'{p}: no such ONNX file; expected a model written by pqk export')
         so = ort.SessionOptions()
         if threads: so.intra_op_num_threads = int(threads)
+        so.add_session_config_entry('session.intra_op.allow_spinning', '0')   # see below
         if providers is None:
             cuda = 'CUDAExecutionProvider' in ort.get_available_providers() and torch.cuda.is_available()
             providers = ['CUDAExecutionProvider', 'CPUExecutionProvider'] if cuda else ['CPUExecutionProvider']
