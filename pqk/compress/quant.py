@@ -415,7 +415,7 @@ def qat_decision(enabled, ptq_drop, threshold) -> tuple[bool, str]:
 
 def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_dir=None, *, resume=None,
               eval_fn=None, higher_is_better=True, patience=None, budget_hours=None, over_budget_ratio=1.2,
-              device=None, progress=True, seed: int = 0) -> dict:
+              device=None, progress=True, seed: int = 0, stop_after: int | None = None) -> dict:
     "Train the fake-quant model with K's losses from the fp32 model (see above); `fit`'s result."
     q = qc['qat']
     teacher = fp32_model.eval()
@@ -430,7 +430,8 @@ def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_
                extra={'projections': proj}, forward='forward_features',
                ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
                eval_fn=eval_fn, higher_is_better=higher_is_better, patience=patience, budget_hours=budget_hours,
-               over_budget_ratio=over_budget_ratio, device=device, progress=progress, desc='qat', kind='qat_train')
+               over_budget_ratio=over_budget_ratio, device=device, progress=progress, desc='qat', kind='qat_train',
+               stop_after=stop_after)
 
 # %% ../../nbs/compress/52_quant.ipynb #3945adbd
 QDQ_ERROR_BUDGET = 0.05
