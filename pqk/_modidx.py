@@ -116,6 +116,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'pqk.compress.quant.int8_ceiling': ('compress/quant.html#int8_ceiling', 'pqk/compress/quant.py'),
                                     'pqk.compress.quant.layer_group': ('compress/quant.html#layer_group', 'pqk/compress/quant.py'),
                                     'pqk.compress.quant.load_fp32': ('compress/quant.html#load_fp32', 'pqk/compress/quant.py'),
+                                    'pqk.compress.quant.model_kernel_check': ( 'compress/quant.html#model_kernel_check',
+                                                                               'pqk/compress/quant.py'),
                                     'pqk.compress.quant.module_path': ('compress/quant.html#module_path', 'pqk/compress/quant.py'),
                                     'pqk.compress.quant.mtq_quantize': ('compress/quant.html#mtq_quantize', 'pqk/compress/quant.py'),
                                     'pqk.compress.quant.ort_quantize': ('compress/quant.html#ort_quantize', 'pqk/compress/quant.py'),

@@ -25,9 +25,9 @@ from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
 __all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QDQ_ERROR_BUDGET',
            'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns',
            'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
-           'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize', 'set_groups',
-           'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'export_qdq',
-           'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
+           'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
+           'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
+           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -201,7 +201,6 @@ _KERNEL_CHECKS: dict = {}
 
 def gemm_shape(model) -> tuple[int, int, int]:
     "(k, n, m) of the largest weight GEMM of an ONNX model: its weight k×n, m = tokens of one view (H·W/16²)."
-    from onnx import numpy_helper
     w = {i.name: i.dims for i in model.graph.initializer if len(i.dims) == 2}
     ks = [tuple(w[i]) for n in model.graph.node if n.op_type in ('MatMul', 'Gemm') for i in n.input[1:2] if i in w]
     k, n = max(ks, key=lambda d: d[0] * d[1]) if ks else (128, 512)
@@ -209,25 +208,26 @@ def gemm_shape(model) -> tuple[int, int, int]:
     m = dims[2] * dims[3] // 256 if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else 576
     return int(k), int(n), max(1, min(int(m), 16384))
 
-def cpu_activation_type(qc: dict, model=None) -> tuple[str, dict | None]:
+def model_kernel_check(model) -> dict:
+    "`pqk.export.ort.int8_kernel_check` at the largest weight GEMM of an ONNX model, measured once per shape."
+    from pqk.export.ort import int8_kernel_check
+    shape = gemm_shape(model)
+    if shape not in _KERNEL_CHECKS: _KERNEL_CHECKS[shape] = int8_kernel_check(*shape)
+    return _KERNEL_CHECKS[shape]
+
+def cpu_activation_type(qc: dict, model) -> tuple[str, dict | None]:
     "('uint8' | 'int8', the kernel check that chose it or None): `ptq.cpu_activations`, `auto` measured on `model`."
     want = qc['ptq']['cpu_activations']
     if want != 'auto': return want, None
-    from pqk.export.ort import int8_kernel_check
-    shape = gemm_shape(model) if model is not None else (128, 512, 576)
-    if shape not in _KERNEL_CHECKS: _KERNEL_CHECKS[shape] = int8_kernel_check(*shape)
-    chk = _KERNEL_CHECKS[shape]
+    chk = model_kernel_check(model)
     return ('uint8' if chk['fastest'] == 'u8s8' else 'int8'), chk
 
 def int8_ceiling(fp32_onnx, kernel: dict | None = None) -> dict:
     """`pqk.export.ort.int8_bound` of an fp32 ONNX on this CPU: its time share in GEMMs/convs (profiled) and the lowest
     int8/fp32 ratio they allow at the measured kernel ratio (`kernel`: a kernel check, else measured here)."""
     import onnx
-    from pqk.export.ort import op_time_shares, int8_bound, int8_kernel_check
-    if kernel is None:
-        shape = gemm_shape(onnx.load(str(fp32_onnx), load_external_data=False))
-        if shape not in _KERNEL_CHECKS: _KERNEL_CHECKS[shape] = int8_kernel_check(*shape)
-        kernel = _KERNEL_CHECKS[shape]
+    from pqk.export.ort import op_time_shares, int8_bound
+    kernel = kernel or model_kernel_check(onnx.load(str(fp32_onnx), load_external_data=False))
     return {**int8_bound(op_time_shares(fp32_onnx), kernel), 'kernel': kernel}
 
 def reduce_range(qc: dict, isa=None) -> bool:
