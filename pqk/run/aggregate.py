@@ -13,13 +13,14 @@ from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_p
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, clean_stale_tmp
 
 # %% auto #0
-__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT', 'MAX_PANELS', 'MAX_LABELS',
-           'STATUS_COLORS', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log',
-           'read_log_bytes', 'parse_log', 'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2', 'log_row',
-           'cache_key', 'parse_entries', 'read_rows', 'version_groups', 'report_columns', 'flat_rows', 'col_letter',
-           'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets', 'write_csv', 'write_summary_json',
-           'pareto_front', 'card_family', 'tradeoff_points', 'drop_errors', 'plot_tradeoff', 'prune_share_label',
-           'plot_ablation', 'plot_latency', 'stage_bars', 'plot_stages', 'aggregate']
+__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ID_PATTERN', 'ID_RULE', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT',
+           'CSV_FORMULA_LEAD', 'MAX_PANELS', 'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES', 'report_paths',
+           'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems',
+           'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'parse_entries',
+           'read_rows', 'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx',
+           'group_summary', 'report_sheets', 'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front',
+           'card_family', 'tradeoff_points', 'drop_errors', 'plot_tradeoff', 'prune_share_label', 'plot_ablation',
+           'plot_latency', 'stage_bars', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -92,17 +93,29 @@ def parse_log(path, data: bytes | None = None, root=None) -> tuple[dict | None, 
     except RecursionError: ps = [f'{file}: JSON nested too deeply to be a run log']
     return (None, ps) if ps else (rec, [])
 
-def _dupe(file: str, rid: str, first: str) -> str:
-    return f"{file}: run_id: got {rid!r}; expected a unique run id (also in {first})"
+ID_PATTERN = r'[A-Za-z0-9][A-Za-z0-9_.-]{0,127}'      # run ids and card ids: names, never paths
+_ID = re.compile(ID_PATTERN)
+ID_RULE = 'a name: letters, digits, _ . - (a letter or digit first, at most 128 characters)'
+
+def identity_problems(path, run_id, task_card, root=None) -> list[str]:
+    """Why the names of the log at `path` (`runs/<folder>/log.json`) cannot be trusted: a `run_id` or `task_card` that
+    is not a name (`ID_PATTERN`, whole string), or a `run_id` that is not the name of its folder; [] when none."""
+    folder = Path(path).parent.name
+    bad = [(k, v, ID_RULE) for k, v in (('run_id', run_id), ('task_card', task_card))
+           if not isinstance(v, str) or _ID.fullmatch(v) is None]
+    if run_id != folder: bad.append(('run_id', run_id, f'the name of its run folder ({folder!r})'))
+    if not bad: return []
+    file = _rel(path, root)
+    return [str(Problem(file, *b)) for b in bad]
 
 def read_logs(runs_dir) -> tuple[list[tuple[Path, dict]], list[dict]]:
     "Every valid (upgraded) `runs_dir/*/log.json` as (path, record), and the skipped ones as {'file', 'problems'}."
-    ok, skipped, ids, root = [], [], {}, str(project_root())
+    ok, skipped, root = [], [], str(project_root())
     for p in sorted(Path(runs_dir).glob('*/log.json')):
         rec, ps = parse_log(p, root=root)
-        if not ps and rec['run_id'] in ids: ps = [_dupe(_rel(p, root), rec['run_id'], ids[rec['run_id']])]
+        if not ps: ps = identity_problems(p, rec['run_id'], rec['task_card'], root)
         if ps: skipped.append({'file': _rel(p, root), 'problems': ps}); continue
-        ids[rec['run_id']] = _rel(p, root); ok.append((p, rec))
+        ok.append((p, rec))
     return ok, skipped
 
 # %% ../../nbs/run/72_aggregate.ipynb #8b1b03b0
@@ -194,18 +207,17 @@ def read_rows(runs_dir, cache=None, update_cache: bool = True) -> tuple[list[dic
         except OSError as e:
             new[name] = {'sum': None, 'problems': [f'{_rel(p, root)}: cannot be read ({e.strerror or e})']}; continue
         s = _checksum(b); e = old.get(name)
-        if e is None or e.get('sum') != s: new[name], todo[name] = None, (p, b, s, root)
+        if not isinstance(e, dict) or e.get('sum') != s or not isinstance(e.get('row', e.get('problems')), dict | list):
+            new[name], todo[name] = None, (p, b, s, root)
         else: new[name] = e
     for name, e in zip(todo, parse_entries(list(todo.values()))): new[name] = e
     parsed = len(todo)
     rows, skipped, ids = [], [], {}
-    file = lambda name: _rel(runs_dir / name / 'log.json', root)
-    for name, e in new.items():
-        rid = e['row'].get('run_id') if 'row' in e else None
-        if rid is not None and rid in ids:
-            skipped.append({'file': file(name), 'problems': [_dupe(file(name), rid, file(ids[rid]))]})
-        elif 'row' in e: ids[e['row']['run_id']] = name; rows.append(e['row'])
-        else: skipped.append({'file': file(name), 'problems': e['problems']})
+    for name, e in new.items():              # the names are checked here, on every read: a cached row is no exception
+        p, r = runs_dir / name / 'log.json', e.get('row')
+        ps = e.get('problems') if r is None else identity_problems(p, r.get('run_id'), r.get('task_card'), root)
+        if ps: skipped.append({'file': _rel(p, root), 'problems': list(ps)})
+        else: ids[r['run_id']] = name; rows.append(r)
     if cache is not None and update_cache and (parsed or new.keys() != old.keys()):
         write_json_atomic(cache, {'key': key, 'runs_dir': rkey, 'entries': new}, indent=None)
     return rows, skipped, {'parsed': parsed, 'cached': len(new) - parsed, 'folders': ids}
@@ -407,11 +419,18 @@ def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]
              'last run (UTC)', 'kind sheets']
     return [('versions', icols, index)] + body
 
+CSV_FORMULA_LEAD = frozenset('=+-@\t\r')      # what makes a spreadsheet read a cell as a formula (OWASP)
+
+def csv_text(v):
+    "A CSV cell: a string starting with = + - @ tab or CR gets a leading ' (never run as a formula); others unchanged."
+    return "'" + v if type(v) is str and v[:1] in CSV_FORMULA_LEAD else v
+
 def write_csv(path, cols: list[str], rows: list[dict]) -> Path:
-    "`rows` as CSV (empty for None), streamed into an atomic file."
+    ("`rows` as CSV (empty for None; text through `csv_text`, numbers as numbers), streamed into an atomic file; "
+     "CRLF line ends (RFC 4180), so a CR or LF inside a cell is quoted and never starts a row.")
     with atomic_path(path) as tmp, open(tmp, 'w', newline='', encoding='utf-8') as f:
-        w = csv.writer(f, lineterminator='\n'); w.writerow(cols)
-        for r in rows: w.writerow(['' if r.get(c) is None else r.get(c) for c in cols])
+        w = csv.writer(f, lineterminator='\r\n'); w.writerow(map(csv_text, cols))
+        for r in rows: w.writerow(['' if v is None else csv_text(v) if type(v) is str else v for v in map(r.get, cols)])
     return Path(path)
 
 def write_summary_json(path, head: dict, cols: list[str], rows: list[dict]) -> Path:
@@ -431,6 +450,12 @@ MAX_LABELS = 40         # labels on a Pareto front
 
 def _num(v):
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+def plot_text(v, n: int = 60) -> str:
+    "Text from a log as plot text: at most `n` characters, `$` escaped (matplotlib reads `$…$` as mathtext)."
+    s = str(v)
+    if len(s) > n: s = s[:n - 1] + '…'
+    return s.replace('$', r'\$')
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     "Indices of the points not dominated when both coordinates are better lower (ties kept), sorted by x."
@@ -468,7 +493,7 @@ def _panels(rows, title: str, h: float = 4.2):
     more = len(groups) - len(shown)
     fig.suptitle(title + (f'  ({more} older version group(s) not drawn: see result_table.xlsx)' if more else ''),
                  fontsize=10)
-    for ax, g in zip(axes, shown): ax.set_title(f"{g['label']} — {len(g['rows'])} run(s)", fontsize=9)
+    for ax, g in zip(axes, shown): ax.set_title(f"{plot_text(g['label'], 120)} — {len(g['rows'])} run(s)", fontsize=9)
     return fig, list(zip(axes, shown))
 
 def _save(fig, path) -> Path:
@@ -515,7 +540,7 @@ def plot_tradeoff(rows, path) -> Path:
         ax.step(fx, fy, where='post', color='k', lw=1, zorder=2, label='Pareto front')
         ax.scatter(fx, fy, s=120, facecolors='none', edgecolors='k', zorder=4)
         for i in front[:MAX_LABELS]:
-            ax.annotate(str(pts[i][0].get('task_card')), (pts[i][1], pts[i][2]), fontsize=7, xytext=(3, 3),
+            ax.annotate(plot_text(pts[i][0].get('task_card')), (pts[i][1], pts[i][2]), fontsize=7, xytext=(3, 3),
                         textcoords='offset points')
         ax.set_xlabel('latency p50 (ms)'); ax.set_ylabel('quality drop (%)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
@@ -539,15 +564,17 @@ def plot_ablation(rows, path) -> Path:
         fams = sorted({card_family(c) for c in cards}); cmap = {f: f'C{i % 10}' for i, f in enumerate(fams)}
         ax.bar(range(len(cards)), [last[c]['quality.quality_drop_pct'] for c in cards],
                color=[cmap[card_family(c)] for c in cards])
-        ax.set_xticks(range(len(cards)), cards, rotation=45, ha='right', fontsize=7)
+        ax.set_xticks(range(len(cards)), [plot_text(c) for c in cards], rotation=45, ha='right', fontsize=7)
         for x, c in enumerate(cards):
             if (lab := prune_share_label(last[c])):
-                ax.annotate(f'params removed: {lab}', (x, max(last[c]['quality.quality_drop_pct'], 0)), xytext=(0, 3),
-                            textcoords='offset points', rotation=90, ha='center', va='bottom', fontsize=6)
+                ax.annotate(plot_text(f'params removed: {lab}', 120), (x, max(last[c]['quality.quality_drop_pct'], 0)),
+                            xytext=(0, 3), textcoords='offset points', rotation=90, ha='center', va='bottom',
+                            fontsize=6)
         for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r in last.values()} - {None}):
             ax.axhline(t, ls='--', lw=1, color='gray')
             ax.text(len(cards) - 0.5, t, f' max {t:g}%', va='bottom', ha='right', fontsize=7)
-        ax.legend(handles=[Patch(color=cmap[f], label=f'family {f}') for f in fams], fontsize=8, loc='upper right')
+        ax.legend(handles=[Patch(color=cmap[f], label=f'family {plot_text(f)}') for f in fams], fontsize=8,
+                  loc='upper right')
         ax.set_ylabel('quality drop (%)')
     return _save(fig, path)
 
@@ -563,7 +590,8 @@ def plot_latency(rows, path) -> Path:
         ax.bar([x - w / 2 for x in xs], [last[k]['efficiency.latency_p50_ms'] for k in ks], w, label='p50')
         ax.bar([x + w / 2 for x in xs], [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], w,
                label='p95')
-        ax.set_xticks(list(xs), [f'{m}\n{dv}' for m, dv in ks], rotation=30, ha='right', fontsize=7)
+        ax.set_xticks(list(xs), [f'{plot_text(m)}\n{plot_text(dv)}' for m, dv in ks], rotation=30, ha='right',
+                      fontsize=7)
         ax.set_ylabel('latency (ms)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
 
@@ -591,7 +619,7 @@ def plot_stages(rows, path) -> Path:
             v = [max(0., b[1][st]) for b in bars]
             ax.bar(range(len(bars)), v, 0.6, bottom=bottom, label=st, color=f'C{k}')
             bottom = [a + b for a, b in zip(bottom, v)]
-        ax.set_xticks(range(len(bars)), [b[0] for b in bars], rotation=30, ha='right', fontsize=7)
+        ax.set_xticks(range(len(bars)), [plot_text(b[0], 120) for b in bars], rotation=30, ha='right', fontsize=7)
         ax.set_ylabel('latency (ms)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
 

@@ -12,7 +12,7 @@ from .aggregate import read_logs, report_paths
 from ..core.contracts import ContractError, Problem, _rel
 
 # %% auto #0
-__all__ = ['STATUS_COLS', 'period', 'device_hours', 'milestone_rows', 'milestones_markdown', 'review']
+__all__ = ['STATUS_COLS', 'period', 'md_text', 'device_hours', 'milestone_rows', 'milestones_markdown', 'review']
 
 # %% ../../nbs/run/73_review.ipynb #d54bfc6f
 def _day(s, what: str) -> date:
@@ -37,11 +37,15 @@ def _utc(s) -> datetime | None:
     except ValueError: return None
 
 # %% ../../nbs/run/73_review.ipynb #eb3a11eb
-def _md(v) -> str:
-    return str(v).replace('|', '\\|').replace('\n', ' ')
+_MD = str.maketrans({**{chr(c): ' ' for c in (*range(32), 0x7f, 0x85, 0x2028, 0x2029)},
+                     **{c: '\\' + c for c in '\\`|[]'}, '&': '&amp;', '<': '&lt;', '>': '&gt;'})
 
-def _short(s, n=90) -> str:
-    s = _md(s); return s if len(s) <= n else s[:n - 1] + '…'
+def md_text(v, n: int | None = None) -> str:
+    """Text from a log as inert Markdown (a table cell or a list item): at most `n` characters; `\\`, backticks, `|`,
+    `[`, `]` backslash-escaped, `& < >` as entities, line breaks and other control characters as spaces."""
+    s = str(v)
+    if n is not None and len(s) > n: s = s[:n - 1] + '…'
+    return s.translate(_MD)
 
 def _h(x) -> str: return '–' if x is None else f'{x:.3g}'
 
@@ -80,18 +84,19 @@ def milestones_markdown(records: list[dict], start: datetime, end: datetime, ski
         used = ('–' if c['used_pct'] is None
                 else f"{c['used_pct']:.0f}%" + (' **over**' if c['used_pct'] > 100 else ''))
         lv, n = c['latest'], ' | '.join(str(c[k]) for k in STATUS_COLS)
-        out.append(f"| {_md(c['card'])} | {c['kind']} | {c['runs']} | {n} | {_h(c['device_hours'])} | "
-                   f"{_h(c['budget'])} | {used} | {lv['status']}: {_short(lv['reason'], 70)} |")
+        out.append(f"| {md_text(c['card'])} | {md_text(c['kind'])} | {c['runs']} | {n} | {_h(c['device_hours'])} | "
+                   f"{_h(c['budget'])} | {used} | {md_text(lv['status'])}: {md_text(lv['reason'], 70)} |")
     if rows:
         t, n = sum(c['device_hours'] for c in rows), ' | '.join(str(sum(c[k] for c in rows)) for k in STATUS_COLS)
         out.append(f"| **total** | | {len(records)} | {n} | {_h(t)} | | | |")
     out += ['', '## Runs', '', '| run | status | device-h | device | reason |', '|---|---|---:|---|---|']
     for r in sorted(records, key=lambda r: r['started_utc']):
         kind = (r.get('resource') or {}).get('device_kind') or '–'
-        out.append(f"| {_md(r['run_id'])} | {r['status']} | {_h(device_hours(r))} | {kind} | {_short(r['reason'])} |")
+        out.append(f"| {md_text(r['run_id'])} | {md_text(r['status'])} | {_h(device_hours(r))} | {md_text(kind)} | "
+                   f"{md_text(r['reason'], 90)} |")
     if skipped:
         out += ['', '## Invalid logs (skipped)', '']
-        out += [f"- `{s['file']}`: {_short('; '.join(s['problems']), 200)}" for s in skipped]
+        out += [f"- {md_text(s['file'])}: {md_text('; '.join(s['problems']), 200)}" for s in skipped]
     return '\n'.join(out) + '\n'
 
 def review(runs_dir='runs', reports_dir=None, since=None, until=None, now: datetime | None = None) -> Path:
