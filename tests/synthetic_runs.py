@@ -105,9 +105,11 @@ def _tiny_png() -> bytes:
     b = io.BytesIO(); Image.new('RGB', (8, 8), (200, 30, 30)).save(b, format='PNG'); return b.getvalue()
 
 
-def write_run(runs_dir, rec: dict, notebooks: bool = False, pointmaps: bool = False) -> Path:
-    "Write one run folder: log.json (+ notebook, HTML, config snapshot, pointmaps when asked)."
-    d = Path(runs_dir) / rec['run_id']; d.mkdir(parents=True, exist_ok=True)
+def write_run(runs_dir, rec: dict, notebooks: bool = False, pointmaps: bool = False,
+              folder: str | None = None) -> Path:
+    """Write one run folder: log.json (+ notebook, HTML, config snapshot, pointmaps when asked). The folder is named by
+    the run id, as the runner names it; `folder` names it otherwise (a moved or edited log, for the readers' tests)."""
+    d = Path(runs_dir) / (rec['run_id'] if folder is None else folder); d.mkdir(parents=True, exist_ok=True)
     if notebooks:
         nb = d / rec['artifacts']['notebook']; nb.write_text(json.dumps(_notebook(rec)))
         (d / rec['artifacts']['html']).write_text(f"<html><body>{rec['run_id']}</body></html>")
