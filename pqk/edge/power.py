@@ -268,7 +268,7 @@ BOARDS = (   # NVIDIA Jetson Linux Developer Guide, "Power Monitoring" of each m
     BoardRails('NVIDIA GPU (NVML)', frozenset({'gpu'}), ('gpu',), 'board power of one GPU'),
 )
 WHOLE_RAILS = ('VIN', 'VDD_IN', 'POM_5V_IN', 'psys')      # a rail that measures a whole board's input
-_RAPL = re.compile(r'package-\d+|dram', re.ASCII)
+_RAPL = re.compile(r'package-\d+|dram|intel-rapl:\d+', re.ASCII)     # top-level zones (unnamed: their folder)
 
 def board_rails(names) -> tuple[str, tuple, tuple, str]:
     """(family, the rails whose sum is the board's power, the other rails (parts of those), why) for these rail
