@@ -147,3 +147,28 @@ def test_card_exception_with_reason_passes(tmp_path):
     p = tmp_path / 'card.md'; p.write_text(t)
     r = pqk('devcheck', '--card', p)
     assert r.returncode == 0, r.stdout
+
+# NaN and infinity: JSON Schema's "number" accepts them and they pass every range check; the loader refuses them
+NONFINITE = [('nan', '.nan'), ('inf', '.inf'), ('minus_inf', '-.inf'), ('overflow', '1.0e+999')]
+
+@pytest.mark.parametrize('token', [t for _, t in NONFINITE], ids=[i for i, _ in NONFINITE])
+def test_nonfinite_threshold_is_refused(tmp_path, token):
+    src = (CFG / 'eval.yaml').read_text()
+    assert 'quality_drop_mainline_pct: 1.5 ' in src
+    p = _write(tmp_path, 'eval', src.replace('quality_drop_mainline_pct: 1.5 ', f'quality_drop_mainline_pct: {token} '))
+    r = pqk('devcheck', '--eval', p, '--card', ROOT / 'taskcards' / 'E0_eval_teacher.md')
+    shown = '.nan' if token == '.nan' else '-.inf' if token == '-.inf' else '.inf'
+    assert (r.returncode, r.stdout.splitlines()) == (1, [
+        f'FAIL {p}: thresholds.quality_drop_mainline_pct: got {shown}; expected a finite number',
+        '1 problem(s) found']), r.stdout + r.stderr
+    assert r.stderr == ''
+
+def test_nonfinite_in_a_method_config_and_a_card(tmp_path):
+    cfg = _write(tmp_path, 'distill', (CFG / 'distill.yaml').read_text().replace('lr: 3.0e-4', 'lr: .NaN'))
+    card = tmp_path / 'card.md'
+    card.write_text(re.sub(r'gpu_hours_budget: [0-9.]+', 'gpu_hours_budget: -.inf',
+                           (ROOT / 'taskcards' / 'A1_K_only.md').read_text()))
+    r = pqk('devcheck', '--cfg', cfg, '--card', card)
+    assert r.returncode == 1 and r.stdout.splitlines() == [
+        f'FAIL {cfg}: train.lr: got .nan; expected a finite number',
+        f'FAIL {card}: gpu_hours_budget: got -.inf; expected a finite number', '2 problem(s) found'], r.stdout

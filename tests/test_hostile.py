@@ -4,7 +4,7 @@ Each case checks the *behaviour* a user sees: exit status, one clear line naming
 traceback unless `--debug`), a `failed` log with the reason for runs that started, nothing half-written, and reports
 that do not depend on the working directory. Cheap cases only: the run cases stop before any prediction.
 """
-import json, os, shutil, subprocess, sys
+import json, os, re, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +198,80 @@ def test_aggregate_from_a_subfolder_gives_the_same_reports(tmp_path):
 def test_run_into_a_runs_path_that_is_a_file(tmp_path):
     runs = tmp_path / 'runs'; runs.write_text('x')
     one_clear_line(pqk('run', ROOT / 'taskcards' / 'E0_eval_teacher.md', '--runs-dir', runs), str(runs), 'move it away')
+
+
+# --- 7. no non-finite number gets past devcheck (the loaders refuse it, so a run stops before any work) ---------------
+
+def test_run_refuses_a_nan_in_its_card_before_any_work(tmp_path):
+    card = _card(tmp_path, 'card.md', lambda t: re.sub(r'gpu_hours_budget: [0-9.]+', 'gpu_hours_budget: .nan', t))
+    r = pqk('run', card, '--runs-dir', tmp_path / 'runs')
+    one_clear_line(r, f'FAIL {card}: gpu_hours_budget: got .nan; expected a finite number')
+    assert not (tmp_path / 'runs').exists(), 'nothing runs'
+
+
+def test_run_eval_refuses_a_nan_threshold_before_any_work(tmp_path):
+    ev = tmp_path / 'eval.yaml'
+    ev.write_text((CFG / 'eval.yaml').read_text().replace('quality_drop_mainline_pct: 1.5 ',
+                                                         'quality_drop_mainline_pct: .nan '))
+    r = pqk('run-eval', '--eval', ev, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
+    one_clear_line(r, f'FAIL {ev}: thresholds.quality_drop_mainline_pct: got .nan; expected a finite number')
+    assert not (tmp_path / 'runs').exists(), 'nothing runs'
+
+
+# --- 8. a power log of any size and content is read in bounded memory -------------------------------------------------
+
+_REPLAY = '''import json, re, sys
+from pqk.edge.power import TegrastatsReplay, power_summary, save_trace
+tr = TegrastatsReplay(sys.argv[1]).start().stop()
+ps = power_summary(tr, n_pairs=10, window_s=2.0)
+save_trace(tr, sys.argv[2])
+peak = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+print(json.dumps({"n": len(tr), "skipped": tr.skipped, "summary": ps, "peak_rss_mb": peak}))
+'''
+# peak RSS from the child's own VmHWM: getrusage(RUSAGE_CHILDREN) would report the largest child this test process
+# ever waited for (a pqk run of an earlier test), not this one
+
+
+def test_hostile_100mb_power_log_is_replayed_in_bounded_memory(tmp_path):
+    "100 MB: a 10 MB line, 10 MB of 8 KB lines, and 80 MB of good lines (~200,000) mixed with bad and garbage ones."
+    line = ('04-21-2024 09:52:{s:02d} RAM 3421/15656MB (lfb 1050x4MB) SWAP 0/7828MB (cached 0MB) CPU [21%@1984,'
+            '11%@1984,off,off] EMC_FREQ 9%@3199 GR3D_FREQ 93%@[918] cpu@50.5C gpu@51.4C tj@{tj}C VDD_IN {mw}mW/{mw}mW '
+            'VDD_CPU_GPU_CV 3000mW/3000mW VDD_SOC 1500mW/1500mW')
+    good = [line.format(s=1, tj=60, mw=6000), line.format(s=2, tj=61, mw=8000)]          # 7 W average, 8 W peak
+    g = good[0]
+    hostile = [('implausible power value', g.replace('VDD_IN 6000mW', 'VDD_IN 99999999999mW')),      # 100 MW
+               ('implausible power value', g.replace('/6000mW', '/' + '9' * 300 + 'mW')),            # 1e300 average
+               ('unreadable power rails', g.replace('VDD_IN 6000mW', 'VDD_IN nanmW')),
+               ('unreadable power rails', g.replace('VDD_SOC 1500mW', 'VDD_SOC -1500mW')),
+               ('unreadable power rails', g.replace('VDD_SOC 1500mW', 'VDD_SOC 1e300mW')),
+               ('implausible temperature', g.replace('tj@60C', 'tj@1000C')),
+               ('implausible temperature', g.replace('tj@60C', 'tj@-100C')),
+               ('implausible clock', g.replace('@[918]', '@[91800000]')),
+               ('implausible load', g.replace('CPU [21%', 'CPU [2100%')),
+               ('unreadable time stamp', g.replace('04-21-2024', '99-99-2024')),
+               ('no RAM header', '\x00\x01\x7f garbage ' * 20)]
+    block = ('\n'.join(good * 16 + [h for _, h in hostile]) + '\n').encode()
+    n_long, n_blocks = 10 << 20 >> 13, (80 << 20) // len(block)                     # 8 KiB lines; blocks
+    log = tmp_path / 'tegrastats.log'
+    with open(log, 'wb') as f:
+        f.write(b'RAM ' + b'9' * (10 << 20) + b'\n')                                  # one 10 MB line
+        f.write((b'x' * 8191 + b'\n') * n_long)
+        f.write(block * n_blocks)
+    assert 99 << 20 < log.stat().st_size < 101 << 20
+    r = subprocess.run([sys.executable, '-c', _REPLAY, str(log), str(tmp_path / 'power_trace.json')],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    want = {'line over 4096 bytes': 1 + n_long}
+    for reason, _ in hostile: want[reason] = want.get(reason, 0) + n_blocks
+    assert (out['n'], out['skipped']) == (32 * n_blocks, want)
+    s = out['summary']                                   # the bad values did not reach the numbers: by hand from `good`
+    assert (s['power_rail'], s['power_avg_W'], s['power_peak_W'], s['temp_max_C']) == ('VDD_IN', 7.0, 8.0, 61.0)
+    assert s['energy_per_pair_J'] == pytest.approx(7.0 * 2.0 / 10) and s['power_samples'] == 32 * n_blocks
+    assert out['peak_rss_mb'] < 300, out['peak_rss_mb']            # was 4.7-6.4 GB before the bounds
+    print(f"peak RSS {out['peak_rss_mb']:.0f} MB, trace {(tmp_path / 'power_trace.json').stat().st_size:,} bytes")
+    trace = json.loads((tmp_path / 'power_trace.json').read_text())
+    assert len(trace['samples']) <= 10_000 and trace['n_samples'] == 32 * n_blocks, len(trace['samples'])
+    assert (tmp_path / 'power_trace.json').stat().st_size < 8 << 20                 # was 386 MB
+    assert 6000. <= min(x['power_mW']['VDD_IN'] for x in trace['samples']) <= 8000.
+    assert max(x['power_max_mW']['VDD_IN'] for x in trace['samples']) == 8000.     # the bucket keeps the peak

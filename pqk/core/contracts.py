@@ -16,9 +16,10 @@ import yaml
 __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'RESOLUTIONS', 'MAX_CONFIG_BYTES',
            'MAX_YAML_DEPTH', 'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'Problem',
            'ContractError', 'load_schema', 'schema_problems', 'version_problems', 'sha256_file', 'Contract', 'Workload',
-           'EvalContract', 'semantic_problems', 'parse_yaml', 'guess_contract_name', 'check_contract', 'load_contract',
-           'load_workload', 'load_eval', 'TaskCard', 'resolve_path', 'split_front_matter', 'resolve_ref', 'check_card',
-           'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
+           'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml', 'guess_contract_name',
+           'check_contract', 'load_contract', 'load_workload', 'load_eval', 'TaskCard', 'resolve_path',
+           'split_front_matter', 'resolve_ref', 'check_card', 'card_ids', 'load_card', 'card_threshold',
+           'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -50,6 +51,8 @@ def schemas_dir() -> Path: return project_root() / 'schemas'
 def _brief(v, n: int) -> str:
     "A JSON-like rendering of `v` that stops after about `n` characters (never walks a huge value whole)."
     if isinstance(v, str): return repr(v[:n + 1])
+    if isinstance(v, float) and (v != v or abs(v) == float('inf')):              # as YAML writes them
+        return '.nan' if v != v else ('.inf' if v > 0 else '-.inf')
     if n < 4 and isinstance(v, (dict, list, tuple)): return '...' 
     if isinstance(v, dict):
         out = []
@@ -313,9 +316,31 @@ def _read_text(path: Path, file: str, what: str = 'an existing file') -> str:
         raise ContractError([Problem(file, f'line {line}', f'byte 0x{raw[e.start]:02x} at offset {e.start}',
                                      'UTF-8 text')]) from None
 
+_FLOAT_MAX = 1.7976931348623157e308
+
+def nonfinite_problems(data: Any, file: str) -> list[Problem]:
+    """A `Problem` (file, field path, value) for every number in `data` that is not finite: YAML's `.nan`, `.inf`,
+    `-.inf`, a float literal beyond the float range (`1.0e+999` reads as inf) or an integer too large to become a
+    float. JSON Schema's "number" accepts NaN, and NaN passes every range check (`nan < 0` and `nan >= 0` are both
+    false), so without this a NaN threshold reaches a run and fails it minutes later."""
+    out, stack = [], [((), data)]
+    while stack and len(out) <= MAX_PROBLEMS:
+        path, v = stack.pop()
+        if isinstance(v, dict):
+            for k in reversed(list(v)):                          # reversed onto the stack: reported in file order
+                stack.append(((*path, k), v[k]))
+                if not isinstance(k, (bool, str)) and isinstance(k, (int, float)) and not abs(k) <= _FLOAT_MAX:
+                    out.append(Problem(file, _jpath(path), k, 'a finite number as a key'))
+        elif isinstance(v, list): stack.extend(((*path, i), x) for i, x in reversed(list(enumerate(v))))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and not abs(v) <= _FLOAT_MAX:
+            out.append(Problem(file, _jpath(path), v, 'a finite number'))
+    if len(out) > MAX_PROBLEMS: out[MAX_PROBLEMS:] = [Problem(file, '', '...', '(more problems not shown)')]
+    return out
+
 def parse_yaml(text: str, file: str, where: str = '', line_offset: int = 0) -> Any:
     """`text` as YAML (libyaml's safe loader when available), refusing anchors/aliases (a few KB of aliases can expand
-    to gigabytes) and nesting deeper than `MAX_YAML_DEPTH`, with the line of the problem."""
+    to gigabytes) and nesting deeper than `MAX_YAML_DEPTH`, with the line of the problem, and numbers that are not
+    finite (`nonfinite_problems`): every contract, method config, task card and `--param` value is read here."""
     Loader = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
     pre = f'{where} ' if where else ''
     def bad(mark, value, expected):
@@ -331,9 +356,12 @@ def parse_yaml(text: str, file: str, where: str = '', line_offset: int = 0) -> A
                 if depth > MAX_YAML_DEPTH:
                     raise bad(ev.start_mark, f'{depth} levels', f'at most {MAX_YAML_DEPTH} levels of nesting')
             elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)): depth -= 1
-        return yaml.load(text, Loader=Loader)
+        data = yaml.load(text, Loader=Loader)
     except yaml.YAMLError as e:
         raise bad(getattr(e, 'problem_mark', None), getattr(e, 'problem', None) or str(e)[:200], 'valid YAML') from None
+    ps = nonfinite_problems(data, file)
+    if ps: raise ContractError(ps)
+    return data
 
 def _read_yaml(path: Path, file: str) -> tuple[str, Any]:
     text = _read_text(path, file)

@@ -176,6 +176,7 @@ def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | 
                            thermal_limit_c=protocol['thermal_limit_C'], clocks_locked=state.get('clocks_locked'))
     except ValueError as e:                               # e.g. the profile's rail is not among the sampler's rails
         notes.append(f'power: {e}'); pw = power_summary(type(trace)(trace.sampler), 'auto')
+    notes += pw['power_notes']                            # e.g. no energy per pair from a replayed log
     fid = None
     if reference is not None and 'out' in last:
         try:
@@ -228,9 +229,10 @@ def edge_log_blocks(edge: dict, ev, model_name: str, predictor=None, torch_model
     if edge['error']: v = verdict('edge', error=edge['error'])
     elif not edge['timed_pairs']: v = {'status': 'failed', 'reason': 'no pair was timed'}
     else:
+        e = edge['energy_per_pair_J']
         pw = (f"{edge['power_avg_W']:.2f} W avg ({edge['power_sampler']}, {edge['power_rail']}), "
-              f"{edge['energy_per_pair_J']:.3g} J/pair" if edge['power_avg_W'] is not None else
-              f"power not measured ({edge['power_sampler']})")
+              + (f'{e:.3g} J/pair' if e is not None else 'no energy per pair (see notes)')
+              if edge['power_avg_W'] is not None else f"power not measured ({edge['power_sampler']})")
         v = {'status': 'passed', 'reason': f"completed: {edge['timed_pairs']} timed pairs on {dev}, p50 "
              f"{edge['latency_p50_ms']:.1f} ms, p99 {edge['latency_p99_ms']:.1f} ms, "
              f"{edge['pairs_per_s']:.2f} pairs/s; {pw}" + ('; throttled' if edge['throttle'] else '')}

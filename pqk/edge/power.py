@@ -5,15 +5,19 @@ one interface, and what an edge run reports from them: average and peak power, e
 
 # %% ../../nbs/edge/63_power.ipynb #d91afc9c
 from __future__ import annotations
-import importlib, re, shutil, subprocess, threading, time
-from dataclasses import dataclass, field
+import importlib, math, re, shutil, subprocess, threading, time
+from array import array
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+import numpy as np
 
 # %% auto #0
-__all__ = ['MAX_RAIL_MW', 'INPUT_RAILS', 'NVML_THROTTLE', 'NVML_THROTTLE_MASK', 'SAMPLERS', 'MalformedLine',
-           'parse_tegrastats_line', 'PowerTrace', 'resolve_rail', 'rail_mw', 'PowerSampler', 'NoneSampler',
-           'PollingSampler', 'TegrastatsSampler', 'TegrastatsReplay', 'JtopSampler', 'NvmlSampler', 'rapl_zones',
+__all__ = ['RAIL_MW', 'TEMP_C', 'CLOCK_MHZ', 'PCT', 'RAM_MB', 'MAX_RAIL_MW', 'MAX_NAMES', 'BOARDS', 'WHOLE_RAILS',
+           'MAX_LINE_BYTES', 'NVML_THROTTLE', 'NVML_THROTTLE_MASK', 'SAMPLERS', 'REPLAY_ENERGY_NOTE', 'MAX_TRACE_BYTES',
+           'MalformedLine', 'parse_tegrastats_line', 'sample_problem', 'PowerTrace', 'BoardRails', 'board_rails',
+           'select_rail', 'rail_names', 'resolve_rail', 'rail_mw', 'PowerSampler', 'NoneSampler', 'PollingSampler',
+           'bounded_lines', 'TegrastatsSampler', 'TegrastatsReplay', 'JtopSampler', 'NvmlSampler', 'rapl_zones',
            'RaplSampler', 'select_sampler', 'window_samples', 'power_summary', 'parse_nvpmodel', 'parse_jetson_clocks',
            'jetson_state', 'save_trace', 'load_trace', 'plot_power']
 
@@ -24,94 +28,302 @@ class MalformedLine(ValueError):
         self.reason = reason
         super().__init__(f"{reason}: {line[:80]!r}{'...' if len(line) > 80 else ''}")
 
-_STAMP = re.compile(r'^(\d{2}-\d{2}-\d{4} \d{2}:\d{2}:\d{2})\s+')
-_RAM = re.compile(r'^RAM (\d+)/(\d+)MB(?=\s|$)')
+RAIL_MW = (0., 1e6)           # one rail (current, average or max): 0 .. 1 kW; no Jetson rail reads more
+TEMP_C = (-40., 150.)         # a sensor: modules run at -25 .. 105 °C; -256 °C means "off" and is ignored, not bad
+CLOCK_MHZ = (0., 1e5)         # CPU, GPU and EMC clocks: 0 .. 100 GHz
+PCT = (0., 100.)              # loads
+RAM_MB = (0., float(1 << 24)) # 16 TB
+MAX_RAIL_MW = RAIL_MW[1]
+
+_A = re.ASCII
+_STAMP = re.compile(r'^(\d{2})-(\d{2})-(\d{4}) (\d{2}):(\d{2}):(\d{2})\s+', _A)
+_RAM = re.compile(r'^RAM (\d+)/(\d+)MB(?=\s|$)', _A)
 _VAL = r'\d+(?:mW)?'
-_RAIL = re.compile(rf'(?<!\S)([A-Za-z][A-Za-z0-9_]*) ({_VAL})((?:/{_VAL}){{1,2}})(?=\s|$)')
-_RAILS_TAIL = re.compile(rf'(?:[A-Za-z][A-Za-z0-9_]* {_VAL}(?:/{_VAL}){{1,2}}(?:\s+|$))+')
-_GR3D = re.compile(r'(?<!\S)GR3D_FREQ (?:(\d+)%)?(?:@\[?(\d+(?:,\d+)*)\]?)?(?=\s|$)')
-_CPU = re.compile(r'(?<!\S)CPU \[([^\]]*)\](?:@(\d+))?')
-_EMC = re.compile(r'(?<!\S)EMC_FREQ (\d+)%(?:@(\d+))?')
-_TEMP = re.compile(r'(?<!\S)([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C(?:/-?\d+(?:\.\d+)?C)?(?=\s|$)')
-MAX_RAIL_MW = 1e6                       # 1 kW: no Jetson rail reads more; a larger value is garbage
+_RAIL = re.compile(rf'(?<!\S)([A-Za-z][A-Za-z0-9_]*) ({_VAL})((?:/{_VAL}){{1,2}})(?=\s|$)', _A)
+_RAILS_TAIL = re.compile(rf'(?:[A-Za-z][A-Za-z0-9_]* {_VAL}(?:/{_VAL}){{1,2}}(?:\s+|$))+', _A)
+_GR3D = re.compile(r'(?<!\S)GR3D_FREQ (?:(\d+)%)?(?:@\[?(\d+(?:,\d+)*)\]?)?(?=\s|$)', _A)
+_CPU = re.compile(r'(?<!\S)CPU \[([^\]]*)\](?:@(\d+))?', _A)
+_NAME = re.compile(r'[A-Za-z][A-Za-z0-9_]*', _A)
+_CORE = re.compile(r'(\d+)%(?:@(\d+))?', _A)
+_EMC = re.compile(r'(?<!\S)EMC_FREQ (\d+)%(?:@(\d+))?', _A)
+_TEMP = re.compile(r'(?<!\S)([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C(?:/-?\d+(?:\.\d+)?C)?(?=\s|$)', _A)
 
 def _mw(s: str) -> float: return float(s[:-2] if s.endswith('mW') else s)
+
+def _inside(v: float, bounds) -> bool: return bounds[0] <= v <= bounds[1]      # False for NaN
 
 def _cpu(field: str, freq: str | None):
     loads, mhz = [], []
     for c in field.split(','):
-        c = c.strip()
-        if not c or c == 'off': continue
-        load, _, f = c.partition('@')
-        if load.endswith('%') and load[:-1].isdigit(): loads.append(float(load[:-1]))
-        if f.isdigit(): mhz.append(float(f))
+        m = _CORE.fullmatch(c.strip())
+        if m is None: continue                                   # 'off', or an unreadable core
+        loads.append(float(m[1]))
+        if m[2]: mhz.append(float(m[2]))
     if freq and not mhz and loads: mhz = [float(freq)]
     return (max(mhz) if mhz else None), (max(loads) if loads else None)
+
+def _stamp(m, line) -> float:
+    mo, d, y, hh, mm, ss = map(int, m.groups())
+    try: return datetime(y, mo, d, hh, mm, ss).timestamp()
+    except (ValueError, OverflowError, OSError): raise MalformedLine('unreadable time stamp', line) from None
 
 def parse_tegrastats_line(line: str) -> dict:
     "One tegrastats line → sample dict (rails mW, clocks MHz, temperatures °C); `MalformedLine` if unusable."
     s = line.strip()
     stamp, m = None, _STAMP.match(s)
-    if m:
-        stamp = datetime.strptime(m.group(1), '%m-%d-%Y %H:%M:%S').timestamp(); s = s[m.end():]
+    if m: stamp = _stamp(m, line); s = s[m.end():]
     ram = _RAM.match(s)
     if not ram: raise MalformedLine('no RAM header', line)
+    used, total = float(ram[1]), float(ram[2])
+    if not (_inside(total, RAM_MB) and used <= total): raise MalformedLine('implausible RAM', line)
     rails = list(_RAIL.finditer(s))
-    if not rails:
-        raise MalformedLine('no power rail', line)
+    if not rails: raise MalformedLine('no power rail', line)
     if not _RAILS_TAIL.fullmatch(s[rails[0].start():].strip()): raise MalformedLine('unreadable power rails', line)
-    power, avg = {}, {}
+    head = s[:rails[0].start()]
+    last = head.split()[-2:]                 # 'VDD_IN nanmW/6000mW' before the first readable rail: a garbled rail
+    if len(last) == 2 and '/' in last[1] and _NAME.fullmatch(last[0]) and last[0] not in ('RAM', 'SWAP', 'IRAM'):
+        raise MalformedLine('unreadable power rails', line)
+    power, avg, (lo, hi) = {}, {}, RAIL_MW
     for r in rails:
-        power[r.group(1)] = _mw(r.group(2)); avg[r.group(1)] = _mw(r.group(3).split('/')[1])
-    if any(v > MAX_RAIL_MW for v in power.values()): raise MalformedLine('implausible power value', line)
+        name, cur, rest = r.groups()
+        c, more = _mw(cur), rest.split('/')                                  # current, average (, maximum)
+        a = _mw(more[1])
+        if not (lo <= c <= hi and lo <= a <= hi and (len(more) < 3 or lo <= _mw(more[2]) <= hi)):
+            raise MalformedLine('implausible power value', line)
+        power[name], avg[name] = c, a
     gpu_util = gpu_mhz = None
-    g = _GR3D.search(s)
+    g = _GR3D.search(head)
     if g:
-        gpu_util = float(g.group(1)) if g.group(1) else None
-        gpu_mhz = max(float(x) for x in g.group(2).split(',')) if g.group(2) else None
-    c = _CPU.search(s)
-    cpu_mhz, cpu_util = _cpu(c.group(1), c.group(2)) if c else (None, None)
-    e = _EMC.search(s)
-    temps = {k: float(v) for k, v in _TEMP.findall(s[:rails[0].start()]) if float(v) > -200 and k.lower() != 'pmic'}
+        gpu_util = float(g[1]) if g[1] else None
+        gpu_mhz = max(float(x) for x in g[2].split(',')) if g[2] else None
+    c = _CPU.search(head)
+    cpu_mhz, cpu_util = _cpu(c[1], c[2]) if c else (None, None)
+    e = _EMC.search(head)
+    emc_mhz = float(e[2]) if e and e[2] else None
+    if any(v is not None and not _inside(v, CLOCK_MHZ) for v in (gpu_mhz, cpu_mhz, emc_mhz)):
+        raise MalformedLine('implausible clock', line)
+    if any(v is not None and not _inside(v, PCT) for v in (gpu_util, cpu_util, float(e[1]) if e else None)):
+        raise MalformedLine('implausible load', line)
+    temps = {}
+    for k, v in _TEMP.findall(head):
+        t = float(v)
+        if t <= -200 or k.lower() == 'pmic': continue                # -256 °C: sensor off; PMIC@100C: placeholder
+        if not _inside(t, TEMP_C): raise MalformedLine('implausible temperature', line)
+        temps[k] = t
     return {'t': None, 't_stamp': stamp, 'power_mW': power, 'power_avg_mW': avg, 'gpu_mhz': gpu_mhz,
-            'gpu_util_pct': gpu_util, 'cpu_mhz': cpu_mhz, 'cpu_util_pct': cpu_util,
-            'emc_mhz': float(e.group(2)) if e and e.group(2) else None,
-            'temps_C': temps, 'throttle_reasons': None, 'ram_mb': (int(ram.group(1)), int(ram.group(2)))}
+            'gpu_util_pct': gpu_util, 'cpu_mhz': cpu_mhz, 'cpu_util_pct': cpu_util, 'emc_mhz': emc_mhz,
+            'temps_C': temps, 'throttle_reasons': None, 'ram_mb': (int(used), int(total))}
 
 # %% ../../nbs/edge/63_power.ipynb #36383d01
-INPUT_RAILS = ('VIN', 'VDD_IN', 'POM_5V_IN')
+_SCALARS = ('gpu_mhz', 'gpu_util_pct', 'cpu_mhz', 'cpu_util_pct', 'emc_mhz')
+_BOUNDS = {'gpu_mhz': CLOCK_MHZ, 'cpu_mhz': CLOCK_MHZ, 'emc_mhz': CLOCK_MHZ, 'gpu_util_pct': PCT, 'cpu_util_pct': PCT}
+MAX_NAMES = 64                 # distinct rails, and distinct sensors, one trace may hold
 
-@dataclass
+def _num(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)): raise TypeError(type(v).__name__)
+    return float(v)
+
+def sample_problem(s: dict) -> str | None:
+    "Why sample `s` cannot be used (a value that is not a number or is outside its bounds), or None."
+    try:
+        if s.get('t') is not None and not math.isfinite(_num(s['t'])): return 'non-finite time'
+        if not all(_inside(_num(v), RAIL_MW) for v in (s.get('power_mW') or {}).values()):
+            return 'implausible power value'
+        if not all(_inside(_num(v), TEMP_C) for v in (s.get('temps_C') or {}).values()):
+            return 'implausible temperature'
+        for k, b in _BOUNDS.items():
+            if s.get(k) is not None and not _inside(_num(s[k]), b):
+                return 'implausible clock' if b is CLOCK_MHZ else 'implausible load'
+        thr = s.get('throttle_reasons')
+        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, int) or not 0 <= thr < 1 << 63):
+            return 'unreadable throttle reasons'
+    except (TypeError, AttributeError): return 'unreadable value'
+    return None
+
+def _nan_col(n: int) -> array: return array('d', [math.nan]) * n
+
 class PowerTrace:
     "Samples of one sampler; `aligned`: sample times are this process' time.monotonic() (False for a replayed file)."
-    sampler: str
-    samples: list = field(default_factory=list)
-    aligned: bool = True
-    interval_s: float | None = None
-    skipped: dict = field(default_factory=dict)        # reason -> number of lines / reads skipped
-    errors: list = field(default_factory=list)
-    source: str | None = None
+    def __init__(self, sampler: str, samples=(), aligned: bool = True, interval_s: float | None = None,
+                 skipped: dict | None = None, errors: list | None = None, source: str | None = None,
+                 max_samples: int = 1_000_000, keep: int = 10_000):
+        self.sampler, self.aligned, self.interval_s, self.source = sampler, aligned, interval_s, source
+        self.skipped, self.errors = dict(skipped or {}), list(errors or [])   # reason -> lines / reads skipped
+        self.max_samples, self.keep = int(max_samples), max(1, int(keep))
+        self.n = 0
+        self._t, self._stamp, self._thr = array('d'), array('d'), array('q')
+        self._cols = {k: array('d') for k in _SCALARS}
+        self.rails, self.temps = {}, {}          # name -> array('d') of one value per sample (NaN where absent)
+        self._view = None
+        for s in samples: self.add(s)
     @property
     def n_skipped(self) -> int: return int(sum(self.skipped.values()))
     def skip(self, reason: str, n: int = 1): self.skipped[reason] = self.skipped.get(reason, 0) + n
+    def __len__(self): return self.n
+    def __repr__(self):
+        return (f'PowerTrace({self.sampler!r}, {self.n} samples, rails {list(self.rails)}, skipped {self.skipped}, '
+                f'aligned={self.aligned})')
+    def add(self, s: dict, checked: bool = False) -> bool:
+        "Keep sample `s` (True), or count why not (False); `checked`: its values are known to be in bounds."
+        why = None if checked else sample_problem(s)
+        if why is None and self.n >= self.max_samples: why = f'beyond max_samples={self.max_samples}'
+        pw, tc = s.get('power_mW') or {}, s.get('temps_C') or {}
+        if why is None and (len(self.rails.keys() | pw.keys()) > MAX_NAMES
+                            or len(self.temps.keys() | tc.keys()) > MAX_NAMES):
+            why = f'more than {MAX_NAMES} rail or sensor names'
+        if why is not None: self.skip(why); return False
+        for cols, vals in ((self.rails, pw), (self.temps, tc)):
+            for k in vals:
+                if k not in cols: cols[k] = _nan_col(self.n)
+            for k, col in cols.items(): col.append(float(vals[k]) if k in vals else math.nan)
+        for k in _SCALARS: self._cols[k].append(math.nan if s.get(k) is None else float(s[k]))
+        self._t.append(math.nan if s.get('t') is None else float(s['t']))
+        self._stamp.append(math.nan if s.get('t_stamp') is None else float(s['t_stamp']))
+        self._thr.append(-1 if s.get('throttle_reasons') is None else int(s['throttle_reasons']))
+        self.n += 1; self._view = None
+        return True
+    def col(self, name: str) -> np.ndarray:
+        """A copy of one column: 't', 't_stamp', 'throttle_reasons' (-1: none), a scalar field, or `rail:NAME` /
+        `temp:NAME` (NaN where a sample lacks the value). A copy: a live view would stop the sampler's appends."""
+        if name.startswith('rail:'): a = self.rails[name[5:]]
+        elif name.startswith('temp:'): a = self.temps[name[5:]]
+        else:
+            named = {'t': self._t, 't_stamp': self._stamp, 'throttle_reasons': self._thr}
+            a = named[name] if name in named else self._cols[name]
+        return np.array(a, dtype=np.int64 if a.typecode == 'q' else np.float64)
+    def set_times(self, t) -> None:
+        "Replace every sample's time (a replay sets them once all lines are read)."
+        t = np.asarray(t, dtype=np.float64)
+        if t.shape != (self.n,): raise ValueError(f'{t.size} times for {self.n} samples')
+        self._t = array('d'); self._t.frombytes(t.tobytes()); self._view = None
+    @property
+    def samples(self) -> tuple:
+        "The samples as dicts: all of them up to `keep`, else `keep` buckets (see above). Read-only: use `add`."
+        if self._view is None: self._view = tuple(self._dicts())
+        return self._view
+    def _dicts(self):
+        n = self.n
+        if n == 0: return []
+        k = -(-n // self.keep)                                           # samples per bucket
+        starts = np.arange(0, n, k)
+        def opt(x): return None if x != x else float(x)
+        def stat(a):
+            a = np.array(a, dtype=np.float64)
+            if k == 1: return a, a, a
+            ok = ~np.isnan(a)
+            cnt = np.add.reduceat(ok.astype(np.int64), starts)
+            mean = np.add.reduceat(np.where(ok, a, 0.), starts) / np.maximum(cnt, 1)
+            mean[cnt == 0] = np.nan
+            return mean, np.fmin.reduceat(a, starts), np.fmax.reduceat(a, starts)
+        t, stamp = stat(self._t)[0], stat(self._stamp)[0]
+        cols = {c: stat(a)[0] for c, a in self._cols.items()}
+        rails = {r: stat(a) for r, a in self.rails.items()}
+        temps = {c: stat(a) for c, a in self.temps.items()}
+        thr = self.col('throttle_reasons')
+        if k > 1:
+            known = np.maximum.reduceat(thr, starts) >= 0
+            thr = np.where(known, np.bitwise_or.reduceat(np.where(thr < 0, 0, thr), starts), -1)
+        out = []
+        for i in range(len(starts)):
+            s = {'t': opt(t[i]), 't_stamp': opt(stamp[i]),
+                 'power_mW': {r: float(v[0][i]) for r, v in rails.items() if v[0][i] == v[0][i]},
+                 **{c: opt(a[i]) for c, a in cols.items()},
+                 'temps_C': {c: float(v[0][i]) for c, v in temps.items() if v[0][i] == v[0][i]},
+                 'throttle_reasons': None if thr[i] < 0 else int(thr[i])}
+            if k > 1:
+                s['power_min_mW'] = {r: float(v[1][i]) for r, v in rails.items() if v[1][i] == v[1][i]}
+                s['power_max_mW'] = {r: float(v[2][i]) for r, v in rails.items() if v[2][i] == v[2][i]}
+                s['temps_max_C'] = {c: float(v[2][i]) for c, v in temps.items() if v[2][i] == v[2][i]}
+                s['n'] = int(min(k, n - starts[i]))
+            out.append(s)
+        return out
 
-def resolve_rail(samples, rail: str = 'auto') -> tuple[str, list]:
-    "(`rail` as logged, the rails it sums) for these samples: a named rail, or `auto` (input rail, else sum)."
-    names = []
-    for s in samples:
-        for k in s['power_mW']:
-            if k not in names: names.append(k)
+# %% ../../nbs/edge/63_power.ipynb #a7c1e0b3
+@dataclass(frozen=True)
+class BoardRails:
+    "A family's rails and which of them add up to the board's power (`total`); `why`: the documented reason."
+    family: str
+    rails: frozenset
+    total: tuple
+    why: str
+
+BOARDS = (   # NVIDIA Jetson Linux Developer Guide, "Power Monitoring" of each module; module data sheets (see above)
+    BoardRails('Jetson Nano', frozenset({'POM_5V_IN', 'POM_5V_GPU', 'POM_5V_CPU'}), ('POM_5V_IN',),
+               'POM_5V_IN is the module input; GPU and CPU rails are parts of it'),
+    BoardRails('Jetson TX2', frozenset({'VDD_IN', 'VDD_SYS_CPU', 'VDD_SYS_GPU', 'VDD_SYS_SOC', 'VDD_SYS_DDR',
+                                        'VDD_4V0_WIFI'}), ('VDD_IN',),
+               'VDD_IN is the module input; the VDD_SYS_* and Wi-Fi rails are parts of it'),
+    BoardRails('Jetson Xavier NX / Orin NX / Orin Nano', frozenset({'VDD_IN', 'VDD_CPU_GPU_CV', 'VDD_SOC'}),
+               ('VDD_IN',), 'VDD_IN is the total module power; the other rails are parts of it'),
+    BoardRails('Jetson Thor', frozenset({'VIN', 'VDD_GPU', 'VDD_CPU_SOC_MSS', 'VIN_SYS_5V0'}), ('VIN',),
+               'VIN is the module input; the other rails are parts of it'),
+    # no input rail is monitored: the three supplies drawn from the module input, side by side; the 5 V system rail
+    # supplies the DDR (the guide's description of VIN_SYS_5V0), so VDDQ_VDD2_1V8AO is a part of it, not a fourth input
+    BoardRails('Jetson AGX Orin', frozenset({'VDD_GPU_SOC', 'VDD_CPU_CV', 'VIN_SYS_5V0', 'VDDQ_VDD2_1V8AO'}),
+               ('VDD_GPU_SOC', 'VDD_CPU_CV', 'VIN_SYS_5V0'),
+               'no input rail: the sum of the three module supplies; VDDQ_VDD2_1V8AO is part of VIN_SYS_5V0'),
+    # no input rail is monitored; NVIDIA's answer for this module: the sum of all six rails (assumed disjoint)
+    BoardRails('Jetson AGX Xavier', frozenset({'GPU', 'CPU', 'SOC', 'CV', 'VDDRQ', 'SYS5V'}),
+               ('GPU', 'CPU', 'SOC', 'CV', 'VDDRQ', 'SYS5V'), 'no input rail: the sum of its six rails'),
+    BoardRails('NVIDIA GPU (NVML)', frozenset({'gpu'}), ('gpu',), 'board power of one GPU'),
+)
+WHOLE_RAILS = ('VIN', 'VDD_IN', 'POM_5V_IN', 'psys')      # a rail that measures a whole board's input
+_RAPL = re.compile(r'package-\d+|dram|intel-rapl:\d+', re.ASCII)     # top-level zones (unnamed: their folder)
+
+def board_rails(names) -> tuple[str, tuple, tuple, str]:
+    """(family, the rails whose sum is the board's power, the other rails (parts of those), why) for these rail
+    names (`NC` left out); ValueError when the board is not known and no rail is its input."""
+    names = [n for n in dict.fromkeys(names) if n != 'NC']
+    have = set(names)
+    for b in BOARDS:
+        if have <= b.rails and have & set(b.total):
+            miss = [r for r in b.total if r not in have]
+            if miss:
+                raise ValueError(f"power rails of a {b.family}: its power is {' + '.join(b.total)} ({b.why}); the "
+                                 f"samples lack {', '.join(miss)}; set edge_profile.power_rail to one rail")
+            return b.family, b.total, tuple(n for n in names if n not in b.total), b.why
+    if names and all(_RAPL.fullmatch(n) or n == 'psys' for n in names):
+        tot = ('psys',) if 'psys' in have else tuple(names)
+        return 'RAPL', tot, tuple(n for n in names if n not in tot), 'psys is the platform; packages, DRAM disjoint'
+    for w in WHOLE_RAILS:
+        if w in have: return f'board with input rail {w}', (w,), tuple(n for n in names if n != w), \
+            f'{w} is the input; the other rails are parts of it'
+    if len(names) == 1: return 'single-rail board', tuple(names), (), 'its only rail'
+    raise ValueError(f"power rails {', '.join(names) or '(none)'}: not a known board and none is an input rail "
+                     f"({', '.join(WHOLE_RAILS)}), so which rails make the board's power is not known; set "
+                     "edge_profile.power_rail to one of them, or 'sum' if they are disjoint")
+
+def _rail_label(parts) -> str:
+    return f"sum({'+'.join(parts)})" if len(parts) > 1 else (parts[0] if parts else 'sum')
+
+def select_rail(names, rail: str = 'auto') -> tuple[str, list]:
+    "(`rail` as logged, the rails it sums) for these rail names: a named rail, `sum`, or `auto` (see the table)."
+    names = [n for n in dict.fromkeys(names)]
     if rail in (None, '', 'auto'):
-        for r in INPUT_RAILS:
-            if r in names: return r, [r]
-        rail = 'sum'
+        if not names: return 'auto', []
+        tot = board_rails(names)[1]
+        return _rail_label(tot), list(tot)
     if rail == 'sum':
-        parts = [k for k in names if k != 'NC']
-        return (f"sum({'+'.join(parts)})" if len(parts) > 1 else (parts[0] if parts else 'sum')), parts
+        parts = [n for n in names if n != 'NC']
+        try: fam, tot, sub, why = board_rails(parts)
+        except ValueError: sub = ()                                   # not a known board: the user's word
+        if sub:
+            raise ValueError(f"power rail 'sum' on a {fam}: its power is {' + '.join(tot)} ({why}); adding "
+                             f"{', '.join(sub)} would count that power twice; use 'auto' or one rail")
+        return _rail_label(parts), parts
     if names and rail not in names:
         raise ValueError(f"power rail {rail!r} (workload edge_profile.power_rail) is not in the samples; the sampler "
                          f"reports: {', '.join(names)}; expected one of them, 'auto' or 'sum'")
     return rail, [rail]
+
+def rail_names(samples) -> list:
+    "The rail names of a `PowerTrace` or of sample dicts, in the order first seen."
+    if isinstance(samples, PowerTrace): return list(samples.rails)
+    return list(dict.fromkeys(k for s in samples for k in s['power_mW']))
+
+def resolve_rail(samples, rail: str = 'auto') -> tuple[str, list]:
+    "(`rail` as logged, the rails it sums) for a trace or sample dicts; see `select_rail`."
+    return select_rail(rail_names(samples), rail)
 
 def rail_mw(sample: dict, parts) -> float | None:
     "Power of the resolved rail(s) in one sample (mW); None when a part is missing."
@@ -149,7 +361,7 @@ class PollingSampler(PowerSampler):
         while not self._stop.is_set():
             try:
                 s = self.read(); fails = 0
-                if s is not None: self.trace.samples.append(s)
+                if s is not None: self.trace.add(s)
             except Exception as e:
                 fails += 1; self.trace.skip('read error')
                 if len(self.trace.errors) < 5: self.trace.errors.append(f'{type(e).__name__}: {e}')
@@ -178,6 +390,28 @@ def _sample(t, power, **kw) -> dict:
     return {'t': t, 'power_mW': dict(power), **base, **kw}
 
 # %% ../../nbs/edge/63_power.ipynb #e24e2633
+MAX_LINE_BYTES = 4096          # a tegrastats line is under 1 KiB (Thor, 14 cores: ~600 bytes)
+
+def bounded_lines(read, max_bytes: int = MAX_LINE_BYTES, chunk: int = 1 << 16):
+    """The lines (bytes, without the newline) of a stream read with `read(n)` (b'' at its end), in bounded memory: a
+    line longer than `max_bytes` is yielded as None, its bytes dropped as they arrive."""
+    buf, over = bytearray(), False
+    while True:
+        b = read(chunk)
+        if not b: break
+        start = 0
+        while True:
+            i = b.find(b'\n', start)
+            piece = b[start:] if i < 0 else b[start:i]
+            if not over:
+                if len(buf) + len(piece) > max_bytes: over = True; buf.clear()
+                else: buf += piece
+            if i < 0: break
+            yield None if over else bytes(buf)
+            buf.clear(); over = False; start = i + 1
+    if over: yield None
+    elif buf: yield bytes(buf)
+
 class TegrastatsSampler(PowerSampler):
     "Live tegrastats: `tegrastats --interval N` in a child process, lines read by a daemon thread."
     name = 'tegrastats'
@@ -188,17 +422,18 @@ class TegrastatsSampler(PowerSampler):
     def probe(cls, cmd: str = 'tegrastats', **kw) -> str | None:
         return None if shutil.which(cmd) else f'{cmd} is not on the PATH (not a Jetson)'
     def _read(self):
-        for line in self._proc.stdout:
-            if not line.strip(): continue
+        for raw in bounded_lines(self._proc.stdout.read1):
+            if raw is None: self.trace.skip(f'line over {MAX_LINE_BYTES} bytes'); continue
+            if not raw.strip(): continue
             t = time.monotonic()
-            try: s = parse_tegrastats_line(line)
+            try: s = parse_tegrastats_line(raw.decode('utf-8', 'replace'))
             except MalformedLine as e: self.trace.skip(e.reason); continue
-            s['t'] = t; self.trace.samples.append(s)
+            s['t'] = t; self.trace.add(s, checked=True)
     def start(self):
         exe = shutil.which(self.cmd)
         if exe is None: raise FileNotFoundError(f'tegrastats sampler: {self.cmd!r} is not on the PATH')
         self._proc = subprocess.Popen([exe, '--interval', str(self.interval_ms)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1, errors='replace')
+                                      stderr=subprocess.PIPE)
         self._thread = threading.Thread(target=self._read, name='pqk-power-tegrastats', daemon=True)
         self._thread.start()
         return self
@@ -212,7 +447,7 @@ class TegrastatsSampler(PowerSampler):
             except subprocess.TimeoutExpired: p.kill(); p.wait(timeout=2)
         self._thread.join(timeout=2)
         if early is not None:
-            err = (p.stderr.read() or '').strip().splitlines()
+            err = p.stderr.read(MAX_LINE_BYTES * 4).decode('utf-8', 'replace').strip().splitlines()
             self.trace.errors.append(f'{self.cmd} exited by itself with code {early}' + (f': {err[-1]}' if err else ''))
         for f in (p.stdout, p.stderr):
             try: f.close()
@@ -225,25 +460,27 @@ class TegrastatsReplay(PowerSampler):
     name = 'tegrastats-replay'
     def __init__(self, path, interval_ms: int = 1000, max_lines: int = 1_000_000):
         super().__init__(interval_ms)
-        self.path, self.max_lines = Path(path), max_lines
+        self.path, self.max_lines, self._done = Path(path), max_lines, False
         if not self.path.is_file():
             raise ValueError(f'--power-log {self.path}: no such file; expected a file written by '
                              '`tegrastats --interval N --logfile FILE`')
         self.trace.source, self.trace.aligned = str(self.path), False
     def stop(self) -> PowerTrace:
         tr = self.trace
-        if tr.samples or tr.skipped: return tr
-        with open(self.path, encoding='utf-8', errors='replace') as f:
-            for i, line in enumerate(f):
-                if i >= self.max_lines: tr.skip(f'beyond max_lines={self.max_lines}'); continue
-                if not line.strip(): continue
-                try: tr.samples.append(parse_tegrastats_line(line))
-                except MalformedLine as e: tr.skip(e.reason)
-        st = [s['t_stamp'] for s in tr.samples]
-        if len(st) > 1 and None not in st and all(b > a for a, b in zip(st, st[1:])):
-            for s in tr.samples: s['t'] = s['t_stamp'] - st[0]
-        else:
-            for k, s in enumerate(tr.samples): s['t'] = k * self.interval_ms / 1e3
+        if self._done: return tr
+        self._done, lines = True, 0
+        with open(self.path, 'rb') as f:
+            for raw in bounded_lines(f.read):
+                if raw is None: tr.skip(f'line over {MAX_LINE_BYTES} bytes'); continue
+                if not raw.strip(): continue
+                lines += 1
+                if lines > self.max_lines: tr.skip(f'beyond max_lines={self.max_lines}'); continue
+                try: s = parse_tegrastats_line(raw.decode('utf-8', 'replace'))
+                except MalformedLine as e: tr.skip(e.reason); continue
+                tr.add(s, checked=True)
+        st = tr.col('t_stamp')
+        if len(st) > 1 and not np.isnan(st).any() and (np.diff(st) > 0).all(): tr.set_times(st - st[0])
+        else: tr.set_times(np.arange(tr.n) * (self.interval_ms / 1e3))
         return tr
 
 # %% ../../nbs/edge/63_power.ipynb #79fc5bcc
@@ -373,21 +610,21 @@ def select_sampler(prefer: str = 'auto', power_log=None, interval_ms: int = 100,
 # %% ../../nbs/edge/63_power.ipynb #7df598f4
 def _events(flags) -> int:
     "Number of False→True transitions (a run of True counts once)."
-    n, prev = 0, False
-    for f in flags:
-        if f and not prev: n += 1
-        prev = bool(f)
-    return n
+    f = np.asarray(flags, dtype=bool)
+    return int(f[0] + np.count_nonzero(f[1:] & ~f[:-1])) if f.size else 0
 
-def _clock_drops(samples, clock_drop: float) -> int:
-    key, util = ('gpu_mhz', 'gpu_util_pct') if any(s.get('gpu_mhz') for s in samples) else ('cpu_mhz', 'cpu_util_pct')
-    busy = [s for s in samples if s.get(key) is not None and (s.get(util) is None or s[util] > 0)]
-    if not busy: return 0
-    top = max(s[key] for s in busy)
-    return _events(s[key] < (1 - clock_drop) * top for s in busy)
+def _window_index(trace: PowerTrace, window=None) -> np.ndarray:
+    "Indices of the samples that belong to the timed window (see above)."
+    n = trace.n
+    if not trace.aligned or window is None or not n: return np.arange(n)
+    t0, t1 = window; t = trace.col('t')
+    inside = np.flatnonzero((t >= t0) & (t <= t1))
+    if inside.size: return inside
+    before, after = np.flatnonzero(t < t0), np.flatnonzero(t > t1)
+    return np.array(([before[-1]] if before.size else []) + ([after[0]] if after.size else []), dtype=np.int64)
 
 def window_samples(trace: PowerTrace, window=None) -> list:
-    "The samples that belong to the timed window (see above)."
+    "The samples (as dicts, of the `samples` view) that belong to the timed window (see above)."
     ss = trace.samples
     if not trace.aligned or window is None or not ss: return list(ss)
     t0, t1 = window
@@ -396,26 +633,51 @@ def window_samples(trace: PowerTrace, window=None) -> list:
     before, after = [s for s in ss if s['t'] < t0], [s for s in ss if s['t'] > t1]
     return ([before[-1]] if before else []) + ([after[0]] if after else [])
 
+def _clock_drops(trace: PowerTrace, idx, clock_drop: float) -> int:
+    gpu = trace.col('gpu_mhz')[idx]
+    key, util = ('gpu_mhz', 'gpu_util_pct') if np.any(np.nan_to_num(gpu) != 0) else ('cpu_mhz', 'cpu_util_pct')
+    k, u = trace.col(key)[idx], trace.col(util)[idx]
+    busy = ~np.isnan(k) & (np.isnan(u) | (u > 0))
+    if not busy.any(): return 0
+    k = k[busy]
+    return _events(k < (1 - clock_drop) * k.max())
+
+REPLAY_ENERGY_NOTE = ('energy per pair not computed: the power log was replayed (recorded on another machine at '
+                      "another time), so its power cannot be multiplied by this host's timed window")
+
 def power_summary(trace: PowerTrace, rail: str = 'auto', window=None, n_pairs: int | None = None,
                   window_s: float | None = None, thermal_limit_c: float = 95.0, clock_drop: float = 0.1,
                   clocks_locked: bool | None = None) -> dict:
-    "The edge log's power and throttling numbers for the timed window (see the table above)."
-    ss = window_samples(trace, window)
-    name, parts = resolve_rail(ss, rail) if ss else (rail, [])
-    mw = [v for v in (rail_mw(s, parts) for s in ss) if v is not None]
-    avg = sum(mw) / len(mw) / 1e3 if mw else None
-    dur = (window[1] - window[0]) if window is not None else window_s
+    "The edge log's power and throttling numbers for the timed window (see the table above), from every sample."
+    idx = _window_index(trace, window)
+    names = [r for r, a in trace.rails.items() if idx.size and not np.isnan(trace.col(f'rail:{r}')[idx]).all()]
+    name, parts = select_rail(names, rail) if idx.size else (rail, [])
+    mw = np.zeros(idx.size)
+    for p in parts: mw = mw + trace.col(f'rail:{p}')[idx]                   # NaN where a part is missing
+    mw = mw[~np.isnan(mw)] if parts else mw[:0]
+    avg = float(mw.mean()) / 1e3 if mw.size else None
+    notes = []
+    if trace.aligned or window is None: dur = (window[1] - window[0]) if window is not None else window_s
+    else:                                         # a replayed trace: this host's window is not the log's duration
+        dur = window_s
+        if dur is None and avg is not None and n_pairs: notes.append(REPLAY_ENERGY_NOTE)
     energy = avg * dur / n_pairs if avg is not None and dur and n_pairs else None
-    temps = [max(s['temps_C'].values()) for s in ss if s.get('temps_C')]
-    drops = _clock_drops(ss, clock_drop)
-    thermal = _events(max(s['temps_C'].values(), default=-1e9) >= thermal_limit_c for s in ss)
-    nvml = _events((s.get('throttle_reasons') or 0) & NVML_THROTTLE_MASK for s in ss)
+    if trace.temps and idx.size:
+        tt = np.stack([trace.col(f'temp:{c}')[idx] for c in trace.temps])
+        hot = np.where(np.isnan(tt), -np.inf, tt).max(0)            # hottest sensor per sample
+    else: hot = np.full(idx.size, -np.inf)
+    drops = _clock_drops(trace, idx, clock_drop) if idx.size else 0
+    thermal = _events(hot >= thermal_limit_c)
+    thr = trace.col('throttle_reasons')[idx]
+    nvml = _events((np.where(thr < 0, 0, thr) & NVML_THROTTLE_MASK) != 0)
     counted = thermal + nvml + (drops if clocks_locked is not False else 0)
-    return {'power_sampler': trace.sampler, 'power_rail': name if mw else None, 'power_avg_W': avg,
-            'power_peak_W': max(mw) / 1e3 if mw else None, 'energy_per_pair_J': energy, 'power_samples': len(mw),
-            'power_skipped_lines': trace.n_skipped, 'throttle': (counted > 0) if ss else None,
-            'throttle_events': counted if ss else None, 'clock_drop_events': drops if ss else None,
-            'thermal_events': thermal if ss else None, 'temp_max_C': max(temps) if temps else None}
+    some = bool(idx.size)
+    return {'power_sampler': trace.sampler, 'power_rail': name if mw.size else None, 'power_avg_W': avg,
+            'power_peak_W': float(mw.max()) / 1e3 if mw.size else None, 'energy_per_pair_J': energy,
+            'power_samples': int(mw.size), 'power_skipped_lines': trace.n_skipped,
+            'throttle': (counted > 0) if some else None, 'throttle_events': counted if some else None,
+            'clock_drop_events': drops if some else None, 'thermal_events': thermal if some else None,
+            'temp_max_C': float(hot.max()) if np.isfinite(hot).any() else None, 'power_notes': notes}
 
 # %% ../../nbs/edge/63_power.ipynb #7b52cb64
 def parse_nvpmodel(text: str) -> str | None:
@@ -449,26 +711,36 @@ def jetson_state(run=_run_cmd, which=shutil.which) -> dict:
     return {**out, 'notes': notes}
 
 # %% ../../nbs/edge/63_power.ipynb #878a79ea
+MAX_TRACE_BYTES = 64 << 20
+
 def save_trace(trace: PowerTrace, path, window=None) -> Path:
-    "Write `trace` (samples, skipped lines, errors, source) and the timed window to `path` as JSON, atomically."
+    "Write `trace` (samples view, skipped lines, errors, source) and the timed window to `path` as JSON, atomically."
     from pqk.core.io import write_json_atomic
+    ss = trace.samples
     return write_json_atomic(path, {'sampler': trace.sampler, 'source': trace.source, 'aligned': trace.aligned,
                                     'interval_s': trace.interval_s, 'skipped': trace.skipped, 'errors': trace.errors,
-                                    'window': list(window) if window is not None else None, 'samples': trace.samples})
+                                    'window': list(window) if window is not None else None, 'n_samples': trace.n,
+                                    'bucket': -(-trace.n // len(ss)) if ss else 1, 'samples': list(ss)},
+                             indent=None)                              # compact: 10,000 samples in ~4 MB
 
 def load_trace(path) -> tuple[PowerTrace, tuple | None]:
     "(PowerTrace, window) from a file written by `save_trace`."
     import json
-    d = json.loads(Path(path).read_text())
+    path = Path(path)
+    if path.stat().st_size > MAX_TRACE_BYTES:
+        raise ValueError(f'{path}: {path.stat().st_size:,} bytes; expected a power trace of at most '
+                         f'{MAX_TRACE_BYTES:,} bytes (save_trace writes at most ~10 MB)')
+    d = json.loads(path.read_text())
     tr = PowerTrace(d['sampler'], d['samples'], d['aligned'], d['interval_s'], d['skipped'], d['errors'], d['source'])
     return tr, (tuple(d['window']) if d['window'] else None)
 
 # %% ../../nbs/edge/63_power.ipynb #4098fe78
 def plot_power(trace: PowerTrace, rail: str = 'auto', window=None, ax=None):
     "Matplotlib figure of the rail's power (W) over time, the timed window shaded; None without samples."
-    if not trace.samples: return None
+    if not trace.n: return None
     import matplotlib.pyplot as plt
-    name, parts = resolve_rail(trace.samples, rail)
+    try: name, parts = resolve_rail(trace, rail)
+    except ValueError: return None                      # no rail to plot (the log's notes say why)
     pts = [(s['t'], v / 1e3) for s in trace.samples if (v := rail_mw(s, parts)) is not None]
     if not pts: return None
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3))
@@ -477,6 +749,7 @@ def plot_power(trace: PowerTrace, rail: str = 'auto', window=None, ax=None):
     if window is not None and trace.aligned:
         ax.axvspan(0, window[1] - window[0], color='tab:green', alpha=.15, label='timed pairs')
     ax.set_xlabel('s' + (' from the first timed pair' if window is not None and trace.aligned else ''))
-    ax.set_ylabel(f'{name} (W)'); ax.set_title(f'power ({trace.sampler})'); ax.grid(alpha=.3)
+    means = ', bucket means' if any('n' in s for s in trace.samples[:1]) else ''
+    ax.set_ylabel(f'{name} (W)'); ax.set_title(f'power ({trace.sampler}{means})'); ax.grid(alpha=.3)
     if window is not None and trace.aligned: ax.legend(loc='lower right')
     return fig
