@@ -54,8 +54,8 @@ def lab(tmp_path):
     chrome, driver = _browser()
     root = _workbook(tmp_path)
     token = 'pqk-test-' + os.urandom(12).hex()
-    cmd, url = lab_command(root, token=token)
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+    cmd, lab_env, url = lab_command(root, token=token)            # lab_env: the token (JUPYTER_TOKEN), PQK_ROOT
+    env = {**os.environ, **lab_env, 'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep),
            'PQK_ROOT': str(root), **{f'JUPYTER_{k}_DIR': str(tmp_path / 'jupyter' / k.lower()) for k in ('RUNTIME', 'CONFIG')}}
     log = open(tmp_path / 'lab.log', 'w')
     p = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -40,7 +40,7 @@ def write_json_atomic(path, obj, indent=2) -> Path:
 
 # %% auto #0
 __all__ = ['TMP_PREFIX', 'utc_now', 'atomic_path', 'write_json_atomic', 'write_text_atomic', 'save_torch_atomic',
-           'save_npz_atomic', 'file_lock', 'clean_stale_tmp']
+           'save_npz_atomic', 'file_lock', 'tmp_writer_pid', 'pid_alive', 'clean_stale_tmp']
 
 # %% ../../nbs/core/02_io.ipynb #e8bd80f8
 def write_text_atomic(path, text: str) -> Path:
@@ -76,10 +76,28 @@ def file_lock(path, timeout: float = 600.0):
         try: yield
         finally: fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
-def clean_stale_tmp(folder) -> list[Path]:
-    "Remove temporaries left in `folder` by killed writers (call only while holding the lock)."
+def tmp_writer_pid(path) -> int | None:
+    "The pid of the process that made the temporary `path` (`atomic_path` names it `.tmp-<pid>-…`); else None."
+    name = Path(path).name
+    if not name.startswith(TMP_PREFIX): return None
+    pid = name[len(TMP_PREFIX):].split('-', 1)[0]
+    return int(pid) if pid.isdigit() and int(pid) > 0 else None
+
+def pid_alive(pid: int) -> bool:
+    "Whether a process `pid` runs on this machine (one of another user counts)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def clean_stale_tmp(folder, dead_only: bool = False) -> list[Path]:
+    """Remove temporaries left in `folder` by killed writers: all of them (call only while holding the folder's lock),
+    or with `dead_only` those whose writer (the pid in the name) no longer runs, which is safe beside live writers."""
     gone = []
     for p in Path(folder).glob(f'{TMP_PREFIX}*'):
+        if dead_only:
+            pid = tmp_writer_pid(p)
+            if pid is None or pid_alive(pid): continue
         try: p.unlink(); gone.append(p)
         except OSError: pass
     return gone

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core.io import atomic_path
+from ..core.io import TMP_PREFIX, atomic_path, clean_stale_tmp
 from ..eval.efficiency import size_on_disk_mb
 from .ort import PAIR_INPUTS, PAIR_OUTPUTS, OrtPredictor
 
 # %% auto #0
-__all__ = ['ERROR_BUDGET', 'PRECISIONS', 'PairOutputs', 'onnx_size_mb', 'contract_shape', 'export_graph', 'check_onnx', 'rel_l2',
-           'compare_with_torch', 'polygraphy_summary', 'export_onnx', 'export_checkpoint']
+__all__ = ['ERROR_BUDGET', 'PRECISIONS', 'MODEL_PROTO_FIELDS', 'PairOutputs', 'onnx_size_mb', 'contract_shape', 'export_graph',
+           'looks_like_onnx', 'ExportTargetError', 'check_export_target', 'check_onnx', 'rel_l2', 'compare_with_torch',
+           'polygraphy_summary', 'export_onnx', 'export_checkpoint']
 
 # %% ../../nbs/export/64_onnx.ipynb #f6169182
 ERROR_BUDGET = {'fp32': 1e-4, 'fp16': 2e-2}
@@ -67,6 +68,49 @@ def export_graph(model: nn.Module, path, shape, precision: str = 'fp32', opset: 
         torch.onnx.export(m, tuple(x), str(tmp), dynamo=False, opset_version=int(opset),
                           input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS), do_constant_folding=True)
     return path
+
+# %% ../../nbs/export/64_onnx.ipynb #2d9e7a15
+# ModelProto's fields (onnx.proto): number -> protobuf wire type (0 varint, 2 length-delimited)
+MODEL_PROTO_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+def _varint(b: bytes, i: int) -> tuple[int | None, int]:
+    v = s = 0
+    while i < len(b) and s < 64:
+        v |= (b[i] & 0x7f) << s; i += 1
+        if not b[i - 1] & 0x80: return v, i
+        s += 7
+    return None, i
+
+def looks_like_onnx(path) -> bool:
+    "Whether the file `path` begins as a serialized ONNX model does (`ir_version` 1..99, then a ModelProto field)."
+    with open(path, 'rb') as f: b = f.read(32)
+    if not b or b[0] != 0x08: return False
+    ir, i = _varint(b, 1)
+    if ir is None or not 1 <= ir < 100: return False
+    tag, _ = _varint(b, i)
+    return tag is not None and MODEL_PROTO_FIELDS.get(tag >> 3) == tag & 7
+
+class ExportTargetError(ValueError):
+    "An export target that is not a path for an ONNX file, or that holds something an export must not replace."
+
+def check_export_target(out, force: bool = False, arg: str = 'out', force_arg: str = 'force=True') -> Path:
+    """`out` as a Path if an export may write there, else an `ExportTargetError` naming `arg`, the value and what was
+    expected; nothing is created or changed. An existing ONNX model is replaced only with `force`."""
+    p, want = Path(out).expanduser(), 'the path of an ONNX file to write (ending in .onnx)'
+    def bad(why, expected=want): return ExportTargetError(f'{arg} {str(out)!r}: {why}; expected {expected}')
+    if p.is_dir(): raise bad('is a folder')
+    if p.suffix != '.onnx': raise bad('does not end in .onnx')
+    if p.name.startswith(TMP_PREFIX): raise bad(f"starts with {TMP_PREFIX!r}, pqk's name for temporary files")
+    top = next((a for a in p.parents if a.exists()), None)
+    if top is not None and not top.is_dir(): raise bad(f'{str(top)!r} is a file, not a folder')
+    if p.exists() or p.is_symlink():
+        if not p.is_file(): raise bad('is not a regular file (left unchanged)')
+        if not looks_like_onnx(p):
+            raise bad('is a file that is not an ONNX model (left unchanged)',
+                      f'a new path, or an ONNX model to replace with {force_arg}')
+        if not force:
+            raise bad('an ONNX model exists there (left unchanged)', f'a new path, or {force_arg} to replace it')
+    return p
 
 # %% ../../nbs/export/64_onnx.ipynb #3eeedfd8
 def check_onnx(path) -> dict:
@@ -121,32 +165,44 @@ def export_onnx(model: nn.Module, path, res: int | None = None, precision: str =
                 opset: int = 18, check: bool = True, budget: float | None = None, polygraphy: bool = True) -> dict:
     """Export `model` to `path` at `[1, 3, res, res]` (default: the workload contract's shape) in `precision`, then
     check it: onnx's checker, ORT against torch within `budget` (default `ERROR_BUDGET[precision]`), polygraphy's
-    summary (written next to the file as `<name>.polygraphy.txt`) and the size. Returns the report dict."""
+    summary (written next to the file as `<name>.polygraphy.txt`) and the size. Returns the report dict. The export
+    and its checks happen in a temp file beside `path`, renamed onto it at the end (removed on an error or Ctrl-C);
+    temp files that killed exports left in that folder (their pid no longer runs) are removed first."""
     shape = contract_shape(workload, res)
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(path.parent, dead_only=True)        # temps of killed exports (a SIGKILL cannot clean up)
     t0 = time.perf_counter()
-    p = export_graph(model, path, shape, precision, opset)
-    out = {'path': str(p), 'precision': precision, 'shape': shape, 'export_s': round(time.perf_counter() - t0, 2),
-           'size_mb': round(onnx_size_mb(p), 4),
-           'exporter': f'torch.onnx legacy (dynamo=False), torch {torch.__version__}'}
-    if check:
-        out['checker'] = check_onnx(p)
-        if not out['checker']['ok']:
-            raise ValueError(f"{p}: onnx checker rejected the export: {out['checker']['error']}")
-        b = ERROR_BUDGET[precision] if budget is None else float(budget)
-        try: out['ort_vs_torch'] = compare_with_torch(model, p, shape, b)
-        except ValueError as e:                          # e.g. ORT CPU lacks an fp16 kernel: said, not hidden
-            out['ort_vs_torch'] = {'ok': None, 'budget': b, 'skipped': str(e)}
+    with atomic_path(path) as tmp:                       # the target changes only after the checker accepted it
+        export_graph(model, tmp, shape, precision, opset)
+        out = {'path': str(path), 'precision': precision, 'shape': shape,
+               'export_s': round(time.perf_counter() - t0, 2), 'size_mb': round(onnx_size_mb(tmp), 4),
+               'exporter': f'torch.onnx legacy (dynamo=False), torch {torch.__version__}'}
+        if check:
+            out['checker'] = check_onnx(tmp)
+            if not out['checker']['ok']:
+                raise ValueError(f"{path}: onnx checker rejected the export: {out['checker']['error']}")
+            b = ERROR_BUDGET[precision] if budget is None else float(budget)
+            try: out['ort_vs_torch'] = compare_with_torch(model, tmp, shape, b)
+            except ValueError as e:                      # e.g. ORT CPU lacks an fp16 kernel: said, not hidden
+                out['ort_vs_torch'] = {'ok': None, 'budget': b, 'skipped': str(e)}
     if polygraphy:
-        s = polygraphy_summary(p)
-        sp = Path(f'{p}.polygraphy.txt')
+        s = polygraphy_summary(path)
+        sp = Path(f'{path}.polygraphy.txt')
         if s is not None:
             with atomic_path(sp) as t: Path(t).write_text(s + '\n')
             out['polygraphy'] = sp.name
     return out
 
 # %% ../../nbs/export/64_onnx.ipynb #a0132747
-def export_checkpoint(ckpt, out, precision: str = 'fp32', workload=None) -> dict:
-    "Export checkpoint `ckpt` ('demo' or a path) to `out` at the workload contract's shape in `precision`, checked."
+def export_checkpoint(ckpt, out, precision: str = 'fp32', workload=None, force: bool = False) -> dict:
+    """Export checkpoint `ckpt` ('demo', 'teacher' or None for the workload contract's teacher, or a path) to `out` at
+    the workload contract's shape in `precision`, checked. `out` must pass `check_export_target` (an existing ONNX
+    model is replaced only with `force`), before the checkpoint is loaded."""
+    check_export_target(out, force)
     from pqk.models.teacher import load_teacher
-    m = load_teacher(str(ckpt or 'demo'), 'cpu')
-    return export_onnx(m, out, precision=precision, workload=workload)
+    if ckpt in (None, '', 'teacher'):
+        if workload is None:
+            from pqk.core.contracts import load_workload
+            workload = load_workload()
+        ckpt = workload.teacher
+    return export_onnx(load_teacher(str(ckpt), 'cpu'), out, precision=precision, workload=workload)

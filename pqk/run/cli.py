@@ -8,14 +8,15 @@ import argparse, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['EDGE_BACKENDS', 'EXPECTED_ERRORS', 'build_parser', 'UsageError', 'error_line', 'main']
+__all__ = ['EDGE_BACKENDS', 'EXPECTED_ERRORS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError', 'error_line', 'main']
 
 # %% ../../nbs/run/75_cli.ipynb #bd6efae4
 def _method_args(p: argparse.ArgumentParser, method: str | None):
     p.add_argument('--workload', default='configs/workload.yaml', help='workload contract')
     p.add_argument('--eval', default='configs/eval.yaml', help='evaluation contract')
     if method: p.add_argument('--cfg', default=f'configs/{method}.yaml', help=f'{method} config')
-    p.add_argument('--ckpt', default=None, help='checkpoint to evaluate / start from (default: the workload teacher)')
+    p.add_argument('--ckpt', default=None, help="checkpoint to evaluate / start from: a path, 'demo' (the shipped demo "
+                   "teacher) or 'teacher' (the workload contract's; the default)")
     p.add_argument('--log', default=None, help='where to copy the run log JSON (the run folder keeps its own)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--runs-dir', default=None, help='where runs go (default: runs/ of the project)')
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--until', default=None)
     p = sub.add_parser('lab', help='JupyterLab on the workbook, local only, with a token; opens on the run explorer')
     p.add_argument('--port', type=int, default=None, help='port (default: the first free one from 8888)')
-    p.add_argument('--token', default=None, help='access token (default: $PQK_LAB_TOKEN or a random one)')
+    p.add_argument('--token', default=None, help='access token (default: $PQK_LAB_TOKEN or a random one; prefer '
+                   'the variable: a command line is visible to every local user)')
     p.add_argument('--ip', default='127.0.0.1', help='loopback address to listen on (127.0.0.1, localhost or ::1)')
     p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
     _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
@@ -67,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     _method_args(sub.add_parser('run-quant', help='quantize a checkpoint to int8 (PTQ, QAT if needed) with run_quant'),
                  'quant')
     p = sub.add_parser('export', help='export a checkpoint to ONNX at the contract shape (fp32, fp16; int8 via quant)')
-    p.add_argument('--ckpt', default='demo', help="checkpoint ('demo' or a path; default: demo)")
+    p.add_argument('--ckpt', default='demo', help="checkpoint: a path, 'demo' (default) or 'teacher' (the workload's)")
     p.add_argument('--precision', choices=('fp32', 'fp16', 'int8'), default='fp32')
-    p.add_argument('--out', required=True, help='ONNX file to write')
+    p.add_argument('--out', required=True, help='ONNX file to write (a path ending in .onnx)')
+    p.add_argument('--force', action='store_true', help='replace an ONNX model that exists at --out')
     p.add_argument('--workload', default='configs/workload.yaml', help='workload contract (input shape, calibration)')
     p.add_argument('--cfg', default='configs/quant.yaml', help='quant config (int8 only)')
     p.add_argument('--flavour', choices=('ort', 'tensorrt'), default='ort', help='int8 only: ORT-CPU or TensorRT Q/DQ')
@@ -86,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--min-pairs', type=int, default=None, help="timed pairs at least (default: the edge profile's)")
     p.add_argument('--min-seconds', type=float, default=None, help="timed seconds at least (default: the profile's)")
     p = sub.add_parser('bench', help="torch eager/compiled, ORT fp32/int8 latency side by side at the contract's shape")
-    p.add_argument('--ckpt', default=None, help='checkpoint (default: the workload teacher)')
+    p.add_argument('--ckpt', default=None, help="checkpoint: a path, 'demo' or 'teacher' (the workload's; default)")
     p.add_argument('--workload', default=None); p.add_argument('--eval', default=None)
     p.add_argument('--threads', type=int, default=None, help='torch and ORT intra-op threads (default: torch default)')
     p.add_argument('--warmup', type=int, default=None); p.add_argument('--repeats', type=int, default=None)
@@ -174,18 +177,23 @@ def _main(args) -> int:
         if args.cmd == 'export':
             import json
             from pqk.core.contracts import load_workload
-            wl = load_workload(args.workload)
-            if args.precision == 'int8':
-                from pqk.compress.quant import export_int8
-                rep = export_int8(args.ckpt, args.out, wl, args.cfg, args.flavour)
-            else:
-                from pqk.export.onnx import export_checkpoint
-                rep = export_checkpoint(args.ckpt, args.out, args.precision, wl)
+            from pqk.export.onnx import ExportTargetError, check_export_target
+            from pqk.run.runner import terminate_as_interrupt
+            try: check_export_target(args.out, args.force, '--out', '--force')     # before anything is loaded
+            except ExportTargetError as e: print(f'pqk export: {e}', file=sys.stderr); return 2
+            wl, ckpt = load_workload(args.workload), _ckpt_arg(args)
+            with terminate_as_interrupt():        # SIGTERM, like Ctrl-C, removes the temp file before pqk exits
+                if args.precision == 'int8':
+                    from pqk.compress.quant import export_int8
+                    rep = export_int8(ckpt, args.out, wl, args.cfg, args.flavour)
+                else:
+                    from pqk.export.onnx import export_checkpoint
+                    rep = export_checkpoint(ckpt, args.out, args.precision, wl, force=args.force)
             print(json.dumps(rep, indent=1, default=str)); return 0
         if args.cmd in ('run-eval', 'run-distill', 'run-quant', 'run-prune'):
             from pqk.run.runner import run_method
             res = run_method(args.cmd.split('-', 1)[1], workload=args.workload, eval=args.eval,
-                             cfg=getattr(args, 'cfg', None), ckpt=args.ckpt, log=args.log, seed=args.seed,
+                             cfg=getattr(args, 'cfg', None), ckpt=_ckpt_arg(args), log=args.log, seed=args.seed,
                              runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
                              extra_params=_extra_params(args.param))
@@ -193,7 +201,7 @@ def _main(args) -> int:
         if args.cmd == 'bench':
             from pqk.edge.bench import bench, BENCH_ROWS
             rows = tuple(r for r in BENCH_ROWS if not (args.no_compile and r == 'compiled'))
-            ckpt = args.ckpt if args.ckpt in (None, 'teacher') else _abs(args.ckpt)
+            ckpt = _abs(_ckpt_arg(args))
             bench(ckpt, args.workload, args.eval, rows, args.warmup, args.repeats, args.min_seconds, args.threads,
                   args.compile_timeout, args.out)
             return 0
@@ -203,7 +211,7 @@ def _main(args) -> int:
                      'power_log': _abs(args.power_log), 'power_sampler': args.power_sampler,
                      'precision': args.precision,
                      'min_pairs': args.min_pairs, 'min_seconds': args.min_seconds}
-            ckpt = args.ckpt if args.ckpt in (None, 'teacher') else _abs(args.ckpt)
+            ckpt = _abs(_ckpt_arg(args))
             res = run_method('edge', workload=args.workload, eval=args.eval, ckpt=ckpt, log=args.log, seed=args.seed,
                              runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
@@ -213,6 +221,22 @@ def _main(args) -> int:
         print(error_line(args.cmd, e), file=sys.stderr)
         return 1
     return 2
+
+# %% ../../nbs/run/75_cli.ipynb #0f5a8c37
+TEACHER_BY_DEFAULT = ('run-eval', 'run-quant', 'run-prune', 'edge-eval', 'bench')
+
+def _ckpt_arg(args) -> str | None:
+    "`args.ckpt` as the library reads it: 'teacher' and 'demo' resolved (see above), a path as typed."
+    c = getattr(args, 'ckpt', None)
+    if c == 'teacher':
+        if args.cmd in TEACHER_BY_DEFAULT: return None
+        from pqk.core.contracts import load_workload, project_root
+        c = load_workload(args.workload).teacher                        # 'demo' or a path from the project root
+        if c != 'demo': return str(project_root() / Path(c).expanduser())
+    if c == 'demo':
+        from pqk.models.teacher import demo_teacher_path
+        return str(demo_teacher_path())
+    return c
 
 # %% ../../nbs/run/75_cli.ipynb #4df52402
 # python -m pqk.run.cli (not when run as a notebook)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/run/74_explore.ipynb #a0da6059
 from __future__ import annotations
-import html, io, json, math, os, secrets, socket, subprocess, sys
+import html, io, json, math, os, secrets, signal, socket, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ __all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', '
            'sort_runs', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures',
            'ParetoResult', 'pareto', 'notebook_link', 'png', 'pareto_figure', 'save_pointmaps', 'PointmapError',
            'load_pointmaps', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser',
-           'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command', 'lab']
+           'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command', 'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'latency p50 (ms)': 'efficiency.latency_p50_ms',
@@ -640,8 +640,9 @@ def free_port(start: int = 8888, host: str = '127.0.0.1') -> int:
     raise OSError(f'no free port in {start}..{start + 199} on {host}')
 
 def lab_command(root=None, port: int | None = None, token: str | None = None, ip: str = '127.0.0.1',
-                open_browser: bool = False) -> tuple[list[str], str]:
-    "(the `jupyter lab` command line, the explorer's URL) for a local, token-protected JupyterLab on the workbook."
+                open_browser: bool = False) -> tuple[list[str], dict, str]:
+    """(the `jupyter lab` command line, the environment variables it needs, the explorer's URL) for a local,
+    token-protected JupyterLab on the workbook. The token is in the environment (`JUPYTER_TOKEN`), not the command."""
     if ip not in LOOPBACK:
         raise ValueError(f'pqk lab: --ip {ip!r}: expected a loopback address ({", ".join(LOOPBACK)}); '
                          'the lab runs code as you and is served locally only')
@@ -649,16 +650,42 @@ def lab_command(root=None, port: int | None = None, token: str | None = None, ip
     token = token or os.environ.get('PQK_LAB_TOKEN') or secrets.token_hex(24)
     if len(token) < 16: raise ValueError('pqk lab: the token must have at least 16 characters')
     cmd = [sys.executable, '-m', 'jupyterlab', f'--ip={ip}', f'--port={port}', f'--ServerApp.root_dir={root}',
-           f'--IdentityProvider.token={token}', '--ServerApp.port_retries=0']
+           '--ServerApp.port_retries=0']
     if not open_browser: cmd.append('--no-browser')
     if hasattr(os, 'geteuid') and os.geteuid() == 0: cmd.append('--allow-root')
     host = f'[{ip}]' if ':' in ip else ip
-    return cmd, f'http://{host}:{port}/lab/tree/{EXPLORER_NB}?token={token}'
+    env = {'JUPYTER_TOKEN': token, 'PQK_ROOT': str(root)}
+    return cmd, env, f'http://{host}:{port}/lab/tree/{EXPLORER_NB}?token={token}'
 
-def lab(port: int | None = None, token: str | None = None, ip: str = '127.0.0.1', open_browser: bool = False) -> int:
-    "Run JupyterLab on the workbook until it is stopped (Ctrl-C); its exit code."
-    cmd, url = lab_command(None, port, token, ip, open_browser)
-    print(f'pqk lab: JupyterLab on {project_root()} (local only)\n  explorer: {url}', file=sys.stderr, flush=True)
-    env = {**os.environ, 'PQK_ROOT': str(project_root())}
-    try: return subprocess.call(cmd, env=env)
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
+    """Stop the process group that `proc` leads (started with `start_new_session=True`): SIGTERM, then SIGKILL if it
+    has not exited after `grace` seconds; its exit code (None if it was not even reaped 30 s after SIGKILL)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30.0)):
+        try: os.killpg(proc.pid, sig)
+        except ProcessLookupError: pass                  # the group is gone already
+        try: return proc.wait(wait)
+        except subprocess.TimeoutExpired: continue
+    return proc.poll()
+
+def _stop(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
+
+def lab(port: int | None = None, token: str | None = None, ip: str = '127.0.0.1', open_browser: bool = False,
+        grace: float = 10.0) -> int:
+    """Run JupyterLab on the workbook until it exits or pqk is stopped (Ctrl-C, SIGTERM, SIGHUP), then stop its
+    process group (`stop_group`, killed after `grace` seconds); the server's exit code, 0 when pqk was stopped."""
+    cmd, env, url = lab_command(None, port, token, ip, open_browser)
+    sigs = [getattr(signal, n) for n in ('SIGINT', 'SIGTERM', 'SIGHUP') if hasattr(signal, n)]
+    old = {s: signal.signal(s, _stop) for s in sigs}      # before the server starts: no stop can orphan it
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True)
+        print(f"pqk lab: JupyterLab on {env['PQK_ROOT']} (local only), server pid {proc.pid}; stop with Ctrl-C\n"
+              f'  explorer: {url}', file=sys.stderr, flush=True)
+        return proc.wait()
     except KeyboardInterrupt: return 0
+    finally:
+        for s in sigs: signal.signal(s, signal.SIG_IGN)    # the stop below is bounded: let it finish
+        try:
+            if proc is not None: stop_group(proc, grace)
+        finally:
+            for s, h in old.items(): signal.signal(s, h)
