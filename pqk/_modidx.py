@@ -97,6 +97,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'pqk.compress.prune.taylor_gradients': ( 'compress/prune.html#taylor_gradients',
                                                                              'pqk/compress/prune.py'),
                                     'pqk.compress.prune.tp_importance': ('compress/prune.html#tp_importance', 'pqk/compress/prune.py'),
+                                    'pqk.compress.prune.training_block': ('compress/prune.html#training_block', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.unit_roots': ('compress/prune.html#unit_roots', 'pqk/compress/prune.py'),
                                     'pqk.compress.prune.unit_scores': ('compress/prune.html#unit_scores', 'pqk/compress/prune.py')},
             'pqk.compress.quant': { 'pqk.compress.quant.ModelOptUnavailable': ( 'compress/quant.html#modeloptunavailable',

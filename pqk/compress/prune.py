@@ -22,7 +22,7 @@ from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, slic
 __all__ = ['TARGETS', 'IMPORTANCES', 'DEFAULTS', 'PruneError', 'prune_config', 'target_units', 'check_ignored', 'final_counts',
            'round_counts', 'unit_roots', 'dependency_graph', 'tp_importance', 'unit_scores', 'block_scores',
            'taylor_gradients', 'start_lineage', 'current_counts', 'prune_step', 'removed_report', 'lineage_plan',
-           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'costs_before_after']
+           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'training_block', 'costs_before_after']
 
 # %% ../../nbs/compress/53_prune.ipynb #ccc134b2
 TARGETS = ('heads', 'mlp', 'blocks', 'dpt')
@@ -532,6 +532,17 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
     return {'status': status, 'reason': reason, 'signal': got, 'model': model, 'pruning': summary,
             'history': [dict(h, round=x['round']) for x in rounds for h in x.get('history', [])],
             'train_seconds': round(time.time() - t0, 2), 'device_hours': spent}
+
+# %% ../../nbs/compress/53_prune.ipynb #282f6c35
+def training_block(result: dict, pc: dict, where: str = 'prune') -> dict:
+    "The log's `training` block of a `prune_run` result (every round's fine-tune); `where`: its folder in the run."
+    rd = result['pruning']['rounds_done']
+    last = rd[-1].get('last_checkpoint') if rd else None
+    return {'status': result['status'], 'reason': result['reason'], 'signal': result.get('signal'),
+            'steps_done': sum(r['steps_done'] for r in rd), 'steps': pc['finetune']['steps'] * pc['rounds'],
+            'final_loss': rd[-1].get('final_loss') if rd else None, 'best': rd[-1].get('best') if rd else None,
+            'last_checkpoint': f'{where}/{last}' if last else None, 'train_seconds': result['train_seconds'],
+            'nproc': 1, 'device_hours_train': result['device_hours']}
 
 # %% ../../nbs/compress/53_prune.ipynb #482f9a2f
 def costs_before_after(before: nn.Module, after: nn.Module, res: int, evalc, device=None, rounds: int = 2) -> dict:
