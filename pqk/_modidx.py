@@ -131,6 +131,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'pqk.compress.quant.plot_sensitivity': ( 'compress/quant.html#plot_sensitivity',
                                                                              'pqk/compress/quant.py'),
                                     'pqk.compress.quant.qat_decision': ('compress/quant.html#qat_decision', 'pqk/compress/quant.py'),
+                                    'pqk.compress.quant.qat_training_block': ( 'compress/quant.html#qat_training_block',
+                                                                               'pqk/compress/quant.py'),
                                     'pqk.compress.quant.qdq_report': ('compress/quant.html#qdq_report', 'pqk/compress/quant.py'),
                                     'pqk.compress.quant.quant_config': ('compress/quant.html#quant_config', 'pqk/compress/quant.py'),
                                     'pqk.compress.quant.reduce_range': ('compress/quant.html#reduce_range', 'pqk/compress/quant.py'),

@@ -27,7 +27,7 @@ __all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'G
            'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
            'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
            'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
+           'qat_training_block', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -439,6 +439,14 @@ def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_
                eval_fn=eval_fn, higher_is_better=higher_is_better, patience=patience, budget_hours=budget_hours,
                over_budget_ratio=over_budget_ratio, device=device, progress=progress, desc='qat', kind='qat_train',
                stop_after=stop_after, debug_sigterm_at_step=debug_sigterm_at_step, stop=stop)
+
+def qat_training_block(r: dict, run_dir='.') -> dict:
+    "The log's `training` block of a `train_qat` result; its checkpoint path relative to the run folder."
+    lc = r.get('last_checkpoint')
+    return {'status': r['status'], 'reason': r['reason'], 'signal': r.get('signal'), 'steps_done': r['step'],
+            'steps': r['steps'], 'final_loss': r['final_loss'], 'kind': 'qat',
+            'device_hours_train': r.get('device_hours'),
+            'last_checkpoint': os.path.relpath(lc, run_dir) if lc else None}
 
 # %% ../../nbs/compress/52_quant.ipynb #3945adbd
 QDQ_ERROR_BUDGET = 0.05
