@@ -184,7 +184,8 @@ def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     assert rec['reason'] == ('SIGTERM received: stopped at step 1 of 2; resumable checkpoint ckpt_000001.pt; '
                              f'continue it with `pqk run taskcards/B1s.md --resume {rd.name}`'), rec['reason']
     q, t = rec['quantization'], rec['training']
-    assert q['final'] == 'ptq' and q['qat']['ran'] and (q['qat']['status'], q['qat']['signal']) == ('stopped', 'SIGTERM')
+    assert q['final'] == 'ptq' and q['qat']['ran']
+    assert (q['qat']['status'], q['qat']['signal']) == ('stopped', 'SIGTERM'), q['qat']
     assert isinstance(q['ptq']['quality_drop_pct'], float) and q['ptq']['quality_drop_pct'] > 0
     assert rec['quality']['quality_drop_pct'] == q['ptq']['quality_drop_pct']          # PTQ's numbers are kept
     assert q['qat']['quality_drop_pct'] is None and 'exports' not in q                  # nothing after QAT ran
