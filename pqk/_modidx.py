@@ -1104,6 +1104,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'pqk/train/stoprules.py'),
                                      'pqk.train.stoprules.StopSignal.__init__': ( 'train/stoprules.html#stopsignal.__init__',
                                                                                   'pqk/train/stoprules.py'),
+                                     'pqk.train.stoprules.StopSignal._restore': ( 'train/stoprules.html#stopsignal._restore',
+                                                                                  'pqk/train/stoprules.py'),
                                      'pqk.train.stoprules.StopSignal.installed': ( 'train/stoprules.html#stopsignal.installed',
                                                                                    'pqk/train/stoprules.py'),
                                      'pqk.train.stoprules.StopSignal.name': ( 'train/stoprules.html#stopsignal.name',

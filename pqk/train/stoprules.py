@@ -97,12 +97,15 @@ STOP_SIGNALS = ('SIGTERM', 'SIGINT')
 
 class StopSignal:
     "While entered (main thread): SIGTERM / SIGINT set `.signum` (the first one) and `.count` instead of ending us."
-    def __init__(self): self.signum, self.count, self._old = None, 0, {}
+    def __init__(self, escalate: int = 3):
+        self.signum, self.count, self.escalate, self._old, self._depth = None, 0, int(escalate), {}, 0
 
     def trip(self, signum=signal.SIGTERM, frame=None):
         "The handler (also callable directly): remember the signal; the loop stops at its next step boundary."
         self.count += 1
         if self.signum is None: self.signum = int(signum)
+        if self.count >= self.escalate and self._old:      # the escape hatch: acts as if we were not there
+            self._restore(); signal.raise_signal(signum)
 
     @property
     def name(self) -> str | None:
@@ -112,15 +115,20 @@ class StopSignal:
     @property
     def installed(self) -> bool: return bool(self._old)
 
+    def _restore(self):
+        for s, h in self._old.items(): signal.signal(s, signal.SIG_DFL if h is None else h)
+        self._old = {}
+
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1                                     # re-entrant: only the outermost installs and restores
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for n in STOP_SIGNALS:
                 s = getattr(signal, n); self._old[s] = signal.signal(s, self.trip)
         return self
 
     def __exit__(self, *exc):
-        for s, h in self._old.items(): signal.signal(s, signal.SIG_DFL if h is None else h)
-        self._old = {}
+        self._depth -= 1
+        if self._depth == 0: self._restore()
 
 # %% ../../nbs/train/41_stoprules.ipynb #67b6bcb2
 def continue_command(run_id: str, card: str | None = None, command: str | None = None) -> str | None:
