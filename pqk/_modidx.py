@@ -1112,8 +1112,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                               'pqk/train/stoprules.py'),
                                      'pqk.train.stoprules.StopSignal.trip': ( 'train/stoprules.html#stopsignal.trip',
                                                                               'pqk/train/stoprules.py'),
-                                     'pqk.train.stoprules.continue_command': ( 'train/stoprules.html#continue_command',
-                                                                               'pqk/train/stoprules.py'),
                                      'pqk.train.stoprules.default_n_devices': ( 'train/stoprules.html#default_n_devices',
                                                                                 'pqk/train/stoprules.py'),
                                      'pqk.train.stoprules.nonfinite_reason': ( 'train/stoprules.html#nonfinite_reason',

@@ -236,8 +236,7 @@ print(json.dumps({{k: r[k] for k in ('status', 'reason', 'step', 'world', 'signa
 
 def test_run_distill_template_stopped_by_sigterm_keeps_its_numbers(tmp_path, teacher):
     """`pqk run-distill` whose training gets SIGTERM during step 2 (the test hook, in the kernel): no evaluation, a
-    `stopped` log that keeps the training block, the resumable checkpoint and the reason (an ad-hoc run names no
-    resume command it does not have)."""
+    `stopped` log that keeps the training block, the resumable checkpoint and the reason."""
     def wl(d): d['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
     def dc(d):
         d['train'].update(TINY['train'], res=64)
@@ -257,8 +256,8 @@ def test_run_distill_template_stopped_by_sigterm_keeps_its_numbers(tmp_path, tea
     rec = json.loads(log.read_text())
     assert log_problems(rec) == [] and rec['error'] is None, (log_problems(rec), rec['error'])
     assert rec['status'] == 'stopped' and p.returncode != 0, rec['reason']
-    assert rec['reason'].startswith('SIGTERM received: stopped at step 2 of 4; resumable checkpoint ckpt_000002.pt; '
-                                    'an ad-hoc run cannot be resumed'), rec['reason']
+    assert rec['reason'].startswith('SIGTERM received: stopped at step 2 of 4; resumable checkpoint ckpt_000002.pt'), \
+        rec['reason']
     t = rec['training']
     assert (t['status'], t['signal'], t['steps_done'], t['steps']) == ('stopped', 'SIGTERM', 2, 4), t
     assert t['last_checkpoint'] == 'train/checkpoints/ckpt_000002.pt' and isinstance(t['final_loss'], float)

@@ -11,7 +11,7 @@ from ..eval.verdict import _num, _fmt, _as_eval, thresholds_for
 
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'EarlyStopper', 'default_n_devices', 'BudgetGuard', 'nonfinite_reason', 'StopSignal',
-           'continue_command', 'stop_verdict_reason', 'StopRules']
+           'stop_verdict_reason', 'StopRules']
 
 # %% ../../nbs/train/41_stoprules.ipynb #67be0ce7
 class EarlyStopper:
@@ -131,19 +131,11 @@ class StopSignal:
         if self._depth == 0: self._restore()
 
 # %% ../../nbs/train/41_stoprules.ipynb #67b6bcb2
-def continue_command(run_id: str, card: str | None = None, command: str | None = None) -> str | None:
-    "The command that continues stopped run `run_id` (see above); None for an ad-hoc run."
-    if command: return str(command)
-    if not card: return None
-    return f'pqk run taskcards/{os.path.basename(str(card))} --resume {run_id}'
-
 def stop_verdict_reason(result: dict, command: str | None = None) -> str | None:
     "None unless training `result` stopped; else its reason, plus the command that continues a stop by a signal."
     if not isinstance(result, dict) or result.get('status') != 'stopped': return None
     why = str(result.get('reason') or 'stopped')
-    if not result.get('signal'): return why
-    if command: return f'{why}; continue it with `{command}`'
-    return f'{why}; an ad-hoc run cannot be resumed (no task card): run it from a task card to continue a stop'
+    return f'{why}; continue it with `{command}`' if command and result.get('signal') else why
 
 # %% ../../nbs/train/41_stoprules.ipynb #4cf3e79d
 class StopRules:
