@@ -136,3 +136,133 @@ def test_run_distill_template_end_to_end(tmp_path, teacher):
     sb = t['side_by_side']                           # teacher and student timed in alternation
     want = sb['teacher']['p50_ms'] / sb['student']['p50_ms']
     assert sb['rounds'] == 3 and abs(t['speedup_p50_side_by_side'] - want) < 1e-9, sb
+
+# --- a stop is a checkpoint: SIGTERM across process boundaries -------------------------------------------------------
+
+def _no_cadence(steps, **ckpt):
+    "TINY with `steps` steps, no evaluation and checkpoints only on a stop (or as `ckpt` says)."
+    return {**TINY, 'train': {**TINY['train'], 'steps': steps},
+            'checkpoint': {'every_steps': 0, 'every_seconds': 0, 'eval_every_steps': 0, 'keep_last': 2, **ckpt}}
+
+def _wait_for(cond, p, what, timeout=240):
+    import time
+    t0 = time.monotonic()
+    while not cond():
+        assert p.poll() is None, f'{what}: the process ended first (exit {p.returncode})'
+        assert time.monotonic() - t0 < timeout, f'{what}: not within {timeout} s'
+        time.sleep(0.05)
+
+def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_resume_finishes(tmp_path, teacher):
+    """A real SIGTERM to `python -m pqk.compress.distill` while it trains (no checkpoint cadence): a stopped result and
+    a resumable checkpoint of the step it reached; resuming from it finishes the run."""
+    import re, signal, threading
+    out = tmp_path / 'run'
+    env = {**_env(), 'PQK_PROGRESS': 'text', 'PQK_CACHE': str(tmp_path / 'cache')}
+    args = [a for a in _args(out, teacher, _no_cadence(100_000)) if a != '--quiet']
+    p = subprocess.Popen([sys.executable, '-m', 'pqk.compress.distill', *args], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = []
+    threading.Thread(target=lambda: err.extend(iter(lambda: p.stderr.read(1).decode(errors='replace'), '')),
+                     daemon=True).start()
+    def steps_shown():                                  # the progress bar exists once fit's handlers are installed
+        got = re.findall(r'(\d+)/100000', ''.join(err))
+        return got and int(got[-1]) >= 2
+    _wait_for(steps_shown, p, 'two training steps')
+    p.send_signal(signal.SIGTERM)
+    out_txt = p.stdout.read().decode(); assert p.wait(timeout=120) == 0, ''.join(err)[-3000:]
+    r = _result(out)
+    k = r['step']
+    assert (r['status'], r['signal']) == ('stopped', 'SIGTERM') and k >= 2, r['reason']
+    assert r['reason'] == f'SIGTERM received: stopped at step {k} of 100000; resumable checkpoint ckpt_{k:06d}.pt'
+    assert f"stopped: {r['reason']}" in out_txt
+    assert r['last_checkpoint'] == f'checkpoints/ckpt_{k:06d}.pt'
+    assert sorted(x.name for x in (out / 'checkpoints').iterdir()) == [f'ckpt_{k:06d}.pt']   # no cadence: only this
+    ck = torch.load(out / r['last_checkpoint'], weights_only=True)
+    assert ck['step'] == k and len(ck['train']['history']) == k
+    first = r['history']
+    _run(_args(out, teacher, _no_cadence(k + 2), '--resume', out / r['last_checkpoint']))
+    b = _result(out)
+    assert (b['status'], b['step'], b['signal']) == ('completed', k + 2, None)
+    assert b['history'][:k] == first and len(b['history']) == k + 2
+
+def test_torchrun_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, teacher):
+    """Under DDP only rank 1 gets SIGTERM (the test hook, during step 2): both ranks stop after step 2, rank 0 writes
+    that step's checkpoint and a stopped result naming another rank."""
+    from pqk.train.loop import torchrun
+    args = _args(tmp_path / 'ddp', teacher, _no_cadence(6), '--debug-sigterm-at-step', 2)
+    p = torchrun('pqk.compress.distill', 2, args, env={'PYTHONPATH': str(ROOT), 'PQK_CACHE': str(tmp_path / 'cache')},
+                 timeout=300)
+    assert p.signal is None and p.returncode == 0
+    r = _result(tmp_path / 'ddp')
+    assert (r['status'], r['step'], r['world'], r['signal']) == ('stopped', 2, 2, 'SIGTERM'), r
+    assert r['reason'] == ('SIGTERM received by another rank: stopped at step 2 of 6; '
+                           'resumable checkpoint ckpt_000002.pt')
+    files = sorted(str(x.relative_to(tmp_path / 'ddp')) for x in (tmp_path / 'ddp').rglob('*') if x.is_file())
+    assert files == ['checkpoints/ckpt_000002.pt', 'result.json'], files
+    ck = torch.load(tmp_path / 'ddp' / 'checkpoints' / 'ckpt_000002.pt', weights_only=True)
+    assert ck['step'] == 2 and ck['train']['world'] == 2
+
+def test_sigterm_to_the_kernels_process_group_stops_torchrun_workers(tmp_path, teacher):
+    """What `pqk run` does on a stop: SIGTERM to the process group of the kernel that runs `train_student(nproc=2)`.
+    The kernel stands in here as a Python process in its own session; it survives, torchrun's agent passes the signal
+    to its workers (they run in sessions of their own), they stop at one step with its checkpoint, and the kernel
+    gets their stopped result."""
+    import signal
+    cfg = _yaml_copy(ROOT / 'configs/distill.yaml', tmp_path / 'distill.yaml',
+                     lambda d: d.update(checkpoint={'every_steps': 1, 'every_seconds': 0, 'eval_every_steps': 100000,
+                                                    'keep_last': 1}))
+    out = tmp_path / 'train'
+    code = f"""
+import json
+from pqk.compress.distill import distill_config, train_student
+dc = distill_config({str(cfg)!r}, train={{**{TINY['train']!r}, 'steps': 100000}}, student={TINY['student']!r})
+r = train_student(dc, {str(out)!r}, {str(ROOT / 'configs/workload.yaml')!r}, {str(ROOT / 'configs/eval.yaml')!r},
+                  None, cfg={str(cfg)!r}, teacher_spec={str(teacher)!r}, nproc=2, res=64, progress=False)
+print(json.dumps({{k: r[k] for k in ('status', 'reason', 'step', 'world', 'signal', 'last_checkpoint')}}))
+"""
+    p = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, start_new_session=True, text=True,
+                         env={**_env(), 'PQK_CACHE': str(tmp_path / 'cache')},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: (out / 'checkpoints' / 'ckpt_000001.pt').is_file(), p, 'the first checkpoint')
+    os.killpg(p.pid, signal.SIGTERM)
+    o, e = p.communicate(timeout=180)
+    assert p.returncode == 0, e[-3000:]
+    r = json.loads(o.strip().splitlines()[-1])
+    k = r['step']
+    assert (r['status'], r['signal'], r['world']) == ('stopped', 'SIGTERM', 2) and k >= 1, r
+    assert r['reason'].startswith(f'SIGTERM received') and r['reason'].endswith(f'ckpt_{k:06d}.pt'), r['reason']
+    assert r['last_checkpoint'] == f'checkpoints/ckpt_{k:06d}.pt' and (out / r['last_checkpoint']).is_file()
+    assert torch.load(out / r['last_checkpoint'], weights_only=True)['step'] == k
+
+def test_run_distill_template_stopped_by_sigterm_keeps_its_numbers(tmp_path, teacher):
+    """`pqk run-distill` whose training gets SIGTERM during step 2 (the test hook, in the kernel): no evaluation, a
+    `stopped` log that keeps the training block, the resumable checkpoint and the reason."""
+    def wl(d): d['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
+    def dc(d):
+        d['train'].update(TINY['train'], res=64)
+        d['checkpoint'] = {'every_steps': 100, 'every_seconds': 0, 'eval_every_steps': 100, 'keep_last': 1}
+        d['student'] = TINY['student']
+    w = _yaml_copy(ROOT / 'configs/workload.yaml', tmp_path / 'workload.yaml', wl)
+    c = _yaml_copy(ROOT / 'configs/distill.yaml', tmp_path / 'distill.yaml', dc)
+    log = tmp_path / 'log.json'
+    p = subprocess.run([sys.executable, '-m', 'pqk.run.cli', 'run-distill', '--workload', str(w), '--cfg', str(c),
+                        '--ckpt', str(teacher), '--log', str(log), '--runs-dir', str(tmp_path / 'runs'),
+                        '--no-aggregate', '--param', 'steps=4', '--param', 'train_res=64', '--param', 'progress=false',
+                        '--param', 'debug_sigterm_at_step=2'],
+                       cwd=ROOT, env={**_env(), 'PQK_CACHE': str(tmp_path / 'cache')}, capture_output=True, text=True,
+                       timeout=600)
+    assert log.is_file(), p.stdout[-3000:] + p.stderr[-3000:]
+    from pqk.core.logschema import log_problems
+    rec = json.loads(log.read_text())
+    assert log_problems(rec) == [] and rec['error'] is None, (log_problems(rec), rec['error'])
+    assert rec['status'] == 'stopped' and p.returncode != 0, rec['reason']
+    assert rec['reason'].startswith('SIGTERM received: stopped at step 2 of 4; resumable checkpoint ckpt_000002.pt'), \
+        rec['reason']
+    t = rec['training']
+    assert (t['status'], t['signal'], t['steps_done'], t['steps']) == ('stopped', 'SIGTERM', 2, 4), t
+    assert t['last_checkpoint'] == 'train/checkpoints/ckpt_000002.pt' and isinstance(t['final_loss'], float)
+    assert rec['artifacts']['train_checkpoint'] == t['last_checkpoint']
+    run_dir = next((tmp_path / 'runs').iterdir())
+    assert torch.load(run_dir / t['last_checkpoint'], weights_only=True)['step'] == 2
+    assert not (run_dir / 'student_best.pt').exists() and not (run_dir / 'per_pair.csv').exists()   # not evaluated
+    assert rec['quality']['quality_drop_pct'] is None and rec['model']['params'] == t['student']['student_params']

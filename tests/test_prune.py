@@ -113,3 +113,22 @@ def test_run_prune_bad_ratio_fails_with_a_clear_error(tmp_path, tiny):
     assert 'PruneError' in rec['error'] and 'targets.heads' in rec['error'] and '0.9' in rec['error'], rec['error']
     assert 'every head' in rec['reason']
     assert not (run_dir / 'pruned_best.pt').exists() and not (run_dir / 'prune').exists()
+
+def test_run_prune_template_stopped_by_sigterm_keeps_its_numbers(tmp_path, tiny):
+    """SIGTERM during step 1 of round 1's fine-tune (the test hook, in the kernel): the fine-tune stops there with its
+    checkpoint; nothing is saved or evaluated; the `stopped` log keeps the pruning and training blocks."""
+    def edit(d): d.update(targets={'heads': 0.5, 'mlp': 0.5}, rounds=2)
+    p, rec, run_dir = _run_prune(tmp_path, tiny, edit, '--param', 'steps=2', '--param', 'train_res=64',
+                                 '--param', 'debug_sigterm_at_step=1')
+    from pqk.core.logschema import log_problems
+    assert log_problems(rec) == [] and rec['error'] is None, (log_problems(rec), rec['error'])
+    assert rec['status'] == 'stopped' and p.returncode != 0
+    assert rec['reason'].startswith('round 1: SIGTERM received: stopped at step 1 of 2; resumable checkpoint '
+                                    'ckpt_000001.pt'), rec['reason']
+    t, pr = rec['training'], rec['pruning']
+    assert (t['status'], t['signal'], t['steps_done'], t['steps']) == ('stopped', 'SIGTERM', 1, 4), t
+    assert t['last_checkpoint'] == 'prune/round1/checkpoints/ckpt_000001.pt' == rec['artifacts']['train_checkpoint']
+    assert torch.load(run_dir / t['last_checkpoint'], weights_only=True)['step'] == 1
+    assert len(pr['rounds_done']) == 1 and pr['params_after'] < pr['params_before']
+    assert rec['model']['params'] == pr['params_after']
+    assert not (run_dir / 'pruned_best.pt').exists() and rec['quality']['quality_drop_pct'] is None

@@ -163,6 +163,40 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert p.returncode == (rec['status'] != 'passed')
 
 
+
+def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
+    """B1 with a threshold PTQ misses, QAT stopped by SIGTERM during step 1 (the test hook, in the kernel): QAT leaves
+    its checkpoint, nothing after QAT runs, and the `stopped` log keeps PTQ's quality and quantization numbers, the
+    QAT training block, and a reason that names the step, the checkpoint and the command that continues the run (the
+    template parameter `resume_command`, which the runner passes)."""
+    ev = _yaml_copy(tiny / 'eval.yaml', tmp_path / 'eval.yaml', lambda x: x['quality'].update(reference='teacher'))
+    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1s.md', tiny, id='B1s',
+                      exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
+                                   'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
+    card.write_text(card.read_text().replace(str(tiny / 'eval.yaml'), str(ev)))
+    p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS,
+             '--param', 'debug_sigterm_at_step=1', '--param', 'resume_command=pqk run B1s.md --resume THIS_RUN')
+    logs = list((tmp_path / 'runs').glob('B1s-*/log.json'))
+    assert logs, p.stdout[-3000:] + p.stderr[-3000:]
+    rec, rd = json.loads(logs[0].read_text()), logs[0].parent
+    from pqk.core.logschema import log_problems
+    assert log_problems(rec) == [] and rec['error'] is None, (log_problems(rec), rec['error'])
+    assert rec['status'] == 'stopped' and p.returncode != 0
+    assert rec['reason'] == ('SIGTERM received: stopped at step 1 of 2; resumable checkpoint ckpt_000001.pt; '
+                             'continue it with `pqk run B1s.md --resume THIS_RUN`'), rec['reason']   # resume_command
+    q, t = rec['quantization'], rec['training']
+    assert q['final'] == 'ptq' and q['qat']['ran']
+    assert (q['qat']['status'], q['qat']['signal']) == ('stopped', 'SIGTERM'), q['qat']
+    assert isinstance(q['ptq']['quality_drop_pct'], float) and q['ptq']['quality_drop_pct'] > 0
+    assert rec['quality']['quality_drop_pct'] == q['ptq']['quality_drop_pct']          # PTQ's numbers are kept
+    assert q['qat']['quality_drop_pct'] is None and 'exports' not in q                  # nothing after QAT ran
+    assert (t['kind'], t['status'], t['steps_done'], t['steps']) == ('qat', 'stopped', 1, 2), t
+    assert t['last_checkpoint'] == 'qat/checkpoints/ckpt_000001.pt' == rec['artifacts']['qat_checkpoint']
+    import torch
+    assert torch.load(rd / t['last_checkpoint'], weights_only=True)['step'] == 1
+    assert not (rd / 'model_qdq_trt.onnx').exists() and (rd / 'model_int8.onnx').is_file()
+    assert rec['calibration_set_hash'] and rec['model']['size_mb'] > 0
+
 def _chain_card(d: Path, cid: str, kind: str, upstream=None, folder=None) -> Path:
     folder = folder or d
     method = '' if kind == 'K' else f"  method: {ROOT / 'configs' / 'quant.yaml'}\n"

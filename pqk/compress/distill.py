@@ -24,7 +24,7 @@ __all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PART
            'TEACHER_CACHE_FORMAT', 'VAL_DATA', 'distill_config', 'student_config', 'auto_parts', 'make_student',
            'feature_dims', 'make_projections', 'layer_features', 'distill_loss', 'export_student', 'eval_metric',
            'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir', 'teacher_cache_key', 'TeacherCache',
-           'CachedBatcher', 'train_distill', 'distill_run', 'main']
+           'CachedBatcher', 'train_distill', 'distill_run', 'train_student', 'training_summary', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 DEFAULTS = {
@@ -34,7 +34,7 @@ DEFAULTS = {
     'train': {'steps': 60, 'batch_pairs': 2, 'lr': 3e-4, 'weight_decay': 0.05, 'warmup_steps': 6, 'grad_clip': 1.0,
               'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
               'teacher_cache': True},
-    'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
+    'checkpoint': {'every_steps': 20, 'every_seconds': 300, 'eval_every_steps': 20, 'keep_last': 2},
 }
 REDUCE_MODES, INIT_MODES = ('depth', 'width', 'both'), ('teacher', 'scratch')
 FEAT_LAYERS = ('enc_last', 'dec_mid', 'dec_last')
@@ -387,10 +387,12 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
                   proj: nn.ModuleDict | None = None, eval_scenes=None, eval_pairs=None, evalc=None, resume=None,
                   device=None, gpu_hours_budget: float | None = None, over_budget_ratio: float = 1.2,
                   no_improve_ckpt: int = 3,
-                  debug_nan_at_step: int | None = None, stop_after: int | None = None, progress: bool = True,
+                  debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
+                  stop_after: int | None = None, progress: bool = True,
                   clock=time.monotonic, teacher_cache_dir=None, data_spec: dict | None = None) -> dict:
     """Distil `teacher` into `student` following `cfg` (distill.yaml); checkpoints under `out_dir/checkpoints`.
-    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', ...} and
+    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', 'signal',
+    ...} and
     `teacher_cache` (its key, hit or computed, seconds; None when `train.teacher_cache` is off)."""
     c = distill_config(cfg)
     tr, L = c['train'], c['loss']
@@ -415,8 +417,9 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
             ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
             eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
             patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
-            device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step, progress=progress,
-            desc='distill', kind='distill_train', clock=clock)
+            device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
+            debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, desc='distill', kind='distill_train',
+            clock=clock)
     r['teacher_cache'] = cache.info if cache is not None else None
     return r
 
@@ -426,8 +429,9 @@ VAL_DATA = {'seed': 900, 'n_scenes': 2, 'views_per_scene': 2}
 def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/eval.yaml', teacher=None, *,
                 res: int | None = None, resume=None, device=None, gpu_hours_budget: float | None = None,
                 over_budget_ratio: float | None = None,
-                no_improve_ckpt: int | None = None, debug_nan_at_step: int | None = None, progress: bool = True,
-                seed: int | None = None, overrides: dict | None = None, stop_after: int | None = None) -> dict:
+                no_improve_ckpt: int | None = None, debug_nan_at_step: int | None = None,
+                debug_sigterm_at_step: int | None = None, progress: bool = True, seed: int | None = None,
+                overrides: dict | None = None, stop_after: int | None = None) -> dict:
     "Teacher → student → training → `out_dir/result.json` (see above); returns the result dict."
     from pqk.core.contracts import load_workload, load_eval
     from pqk.data.manifests import load_dataset
@@ -453,7 +457,8 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     t0 = time.time()
     r = train_distill(student, T, scenes, c, out_dir, eval_scenes=vscenes, eval_pairs=vpairs, evalc=ev, resume=resume,
                       device=device, gpu_hours_budget=gpu_hours_budget, over_budget_ratio=ratio,
-                      no_improve_ckpt=patience, debug_nan_at_step=debug_nan_at_step, progress=progress,
+                      no_improve_ckpt=patience, debug_nan_at_step=debug_nan_at_step,
+                      debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
                       stop_after=stop_after, data_spec={**td['synthetic'], 'source': 'synthetic'})
     out_dir = Path(out_dir)
     rel = lambda p: None if p is None else os.path.relpath(p, out_dir)
@@ -466,6 +471,46 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
               'resolution': res, 'device': str(device), 'n_train_scenes': len(scenes), 'n_val_pairs': len(vpairs)}
     if rank == 0: write_json_atomic(out_dir / 'result.json', json.loads(json.dumps(result, default=float)))
     return result
+
+# %% ../../nbs/compress/51_distill.ipynb #9bd3dc50
+def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teacher_spec=None, nproc: int = 1,
+                  seed: int = 0, res: int | None = None, gpu_hours_budget: float | None = None,
+                  debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
+                  progress: bool = True, resume: bool = False, device=None) -> dict:
+    "Train the student in this process or under torchrun (see above); the training result (`result.json`)."
+    from pqk.train.loop import torchrun, latest_checkpoint
+    out_dir = Path(out_dir)
+    resume_from = latest_checkpoint(out_dir / 'checkpoints') if resume else None
+    if resume: print(f'resuming from {resume_from}' if resume_from else 'resume: no training checkpoint; starting over')
+    if int(nproc) <= 1:
+        return distill_run(dc, out_dir, workload, eval, teacher, device=device, seed=seed, res=res,
+                           gpu_hours_budget=gpu_hours_budget, debug_nan_at_step=debug_nan_at_step,
+                           debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, resume=resume_from)
+    if cfg is None or teacher_spec is None:
+        raise ValueError('train_student: nproc > 1 needs cfg (the distill.yaml path) and teacher_spec (a path or name)')
+    args = ['--config', cfg, '--out', out_dir, '--workload', workload, '--eval', eval, '--teacher', teacher_spec,
+            '--seed', seed, '--quiet', *(['--res', res] if res else []),
+            '--overrides', json.dumps({'train': dc['train']})]
+    for flag, v in (('--gpu-hours-budget', gpu_hours_budget), ('--debug-nan-at-step', debug_nan_at_step),
+                    ('--debug-sigterm-at-step', debug_sigterm_at_step), ('--resume', resume_from)):
+        if v is not None: args += [flag, v]
+    (out_dir / 'result.json').unlink(missing_ok=True)
+    p = torchrun('pqk.compress.distill', int(nproc), args)
+    print(p.stdout[-2000:])
+    if not (out_dir / 'result.json').is_file():
+        raise RuntimeError(f'torchrun ended ({p.signal} received here) before rank 0 wrote {out_dir / "result.json"}; '
+                           f'the latest checkpoint: {latest_checkpoint(out_dir / "checkpoints")}\n{p.stderr[-2000:]}')
+    return json.loads((out_dir / 'result.json').read_text())
+
+def training_summary(result: dict, nproc: int = 1, where: str = 'train') -> dict:
+    "The log's `training` block of a K training result; `where`: the training folder inside the run folder."
+    at = lambda p: f'{where}/{p}' if p else None
+    return {'status': result['status'], 'reason': result['reason'], 'signal': result.get('signal'),
+            'steps_done': result['step'], 'steps': result['steps'], 'final_loss': result['final_loss'],
+            'best': result['best'], 'last_checkpoint': at(result.get('last_checkpoint')),
+            'evals': [{k: e[k] for k in ('step', 'value', 'metric', 'improved')} for e in result['evals']],
+            'train_seconds': result.get('train_seconds'), 'nproc': int(nproc), 'student': result.get('student'),
+            'device_hours_train': result.get('device_hours'), 'teacher_cache': result.get('teacher_cache')}
 
 # %% ../../nbs/compress/51_distill.ipynb #2b028e20
 def _parser():
@@ -486,6 +531,8 @@ def _parser():
     ap.add_argument('--gpu-hours-budget', type=float, default=None)
     ap.add_argument('--over-budget-ratio', type=float, default=None)
     ap.add_argument('--debug-nan-at-step', type=int, default=None); ap.add_argument('--quiet', action='store_true')
+    ap.add_argument('--debug-sigterm-at-step', type=int, default=None,
+                    help='test hook: the last rank sends itself SIGTERM during this step (the run stops there)')
     ap.add_argument('--stop-after', type=int, default=None,
                     help='end the run after this step (simulates an interruption)')
     return ap
@@ -500,8 +547,8 @@ def main(argv=None) -> int:
         with distributed(a.device) as device:
             r = distill_run(a.config, a.out, a.workload, a.eval, a.teacher, res=a.res, resume=a.resume, device=device,
                             gpu_hours_budget=a.gpu_hours_budget, over_budget_ratio=a.over_budget_ratio,
-                            debug_nan_at_step=a.debug_nan_at_step, progress=not a.quiet, seed=a.seed, overrides=ov,
-                            stop_after=a.stop_after)
+                            debug_nan_at_step=a.debug_nan_at_step, debug_sigterm_at_step=a.debug_sigterm_at_step,
+                            progress=not a.quiet, seed=a.seed, overrides=ov, stop_after=a.stop_after)
     except (FileNotFoundError, ValueError) as e:                  # bad input: the message names file, field and value
         print(f'python -m pqk.compress.distill: {type(e).__name__}: {e}', file=sys.stderr); return 2
     if int(os.environ.get('RANK', '0')) == 0:

@@ -22,7 +22,7 @@ from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, slic
 __all__ = ['TARGETS', 'IMPORTANCES', 'DEFAULTS', 'PruneError', 'prune_config', 'target_units', 'check_ignored', 'final_counts',
            'round_counts', 'unit_roots', 'dependency_graph', 'tp_importance', 'unit_scores', 'block_scores',
            'taylor_gradients', 'start_lineage', 'current_counts', 'prune_step', 'removed_report', 'lineage_plan',
-           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'costs_before_after']
+           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'training_block', 'costs_before_after']
 
 # %% ../../nbs/compress/53_prune.ipynb #ccc134b2
 TARGETS = ('heads', 'mlp', 'blocks', 'dpt')
@@ -34,7 +34,7 @@ DEFAULTS = {
                  'grad_clip': 1.0, 'amp': True, 'seed': 0,
                  'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
                  'val_data': {'seed': 900, 'n_scenes': 6, 'views_per_scene': 2}, 'loss': {}},
-    'checkpoint': {'every_steps': 20, 'eval_every_steps': 20, 'keep_last': 2},
+    'checkpoint': {'every_steps': 20, 'every_seconds': 300, 'eval_every_steps': 20, 'keep_last': 2},
 }
 
 class PruneError(ValueError):
@@ -398,7 +398,8 @@ def param_shares(lin: dict) -> dict:
 # %% ../../nbs/compress/53_prune.ipynb #dc189821
 def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *, eval_scenes=None, eval_pairs=None,
              evalc=None, resume=None, device=None, budget_hours=None, over_budget_ratio: float = 1.2,
-             patience: int | None = None, progress: bool = True, stop_after=None, debug_nan_at_step=None) -> dict:
+             patience: int | None = None, progress: bool = True, stop_after=None, debug_nan_at_step=None,
+             debug_sigterm_at_step=None) -> dict:
     "Distil `teacher` into the pruned `model` for `pc['finetune']['steps']` steps with the one loop; fit's result."
     from pqk.compress.distill import DEFAULTS as KD, make_projections, kd_loss_fn, eval_metric
     from pqk.data.pairs import PairBatcher
@@ -420,7 +421,8 @@ def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *,
                extra={'projections': proj}, forward='forward_features', ckpt_dir=ckpt_dir, resume=resume, eval_fn=ev,
                higher_is_better=evalc.higher_is_better if evalc is not None else True, patience=patience,
                budget_hours=budget_hours, over_budget_ratio=over_budget_ratio, device=device, stop_after=stop_after,
-               debug_nan_at_step=debug_nan_at_step, progress=progress, desc='prune fine-tune', kind='prune_train')
+               debug_nan_at_step=debug_nan_at_step, debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
+               desc='prune fine-tune', kind='prune_train')
 
 # %% ../../nbs/compress/53_prune.ipynb #04e37787
 def _round_dir(out_dir, k: int) -> Path: return Path(out_dir) / f'round{k}'
@@ -439,7 +441,8 @@ def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
 
 def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=None, evalc=None, resume: bool = False,
               device=None, gpu_hours_budget=None, over_budget_ratio: float = 1.2, patience: int | None = None,
-              progress: bool = True, stop_after=None, debug_nan_at_step=None, calib=None) -> dict:
+              progress: bool = True, stop_after=None, debug_nan_at_step=None, debug_sigterm_at_step=None,
+              calib=None) -> dict:
     """Prune `model` by `pc` (a checked prune config) in `pc['rounds']` rounds of prune → fine-tune (distilled from
     `teacher`); see above. `calib`: Taylor batches (default: the workload's calibration set)."""
     from pqk.eval.efficiency import resolve_device
@@ -466,7 +469,7 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
             vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft.get('val_data') or VAL_DATA)}, res)
             vpairs = dataset_pairs(vscenes, 'complete', 1, False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rounds, status, reason, spent = [], 'completed', f'completed {N} round(s)', 0.0
+    rounds, status, reason, spent, got = [], 'completed', f'completed {N} round(s)', 0.0, None
     for k in range(1, N + 1):
         rd = _round_dir(out_dir, k)
         st = json.loads((rd / 'state.json').read_text()) if resume and (rd / 'state.json').is_file() else None
@@ -496,10 +499,13 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
                            resume=latest_checkpoint(ck) if resume else None, device=device,
                            budget_hours=None if gpu_hours_budget is None else max(1e-9, gpu_hours_budget - spent),
                            over_budget_ratio=over_budget_ratio, patience=patience, progress=progress,
-                           stop_after=stop_after, debug_nan_at_step=debug_nan_at_step)
+                           stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
+                           debug_sigterm_at_step=debug_sigterm_at_step)
             best = (res.get('best') or {}).get('checkpoint')
             if best and (ck / best).is_file(): pruned.load_state_dict(read_train_checkpoint(ck / best)['model'])
+            got, lc = res.get('signal'), res['last_checkpoint']
             r.update(status=res['status'], reason=res['reason'], steps_done=res['step'], steps=res['steps'],
+                     last_checkpoint=os.path.relpath(lc, out_dir) if lc else None,
                      final_loss=res['final_loss'], best=res['best'], device_hours=res['device_hours'],
                      evals=[{x: e[x] for x in ('step', 'value', 'metric', 'improved')} for e in res['evals']],
                      history=res['history'])
@@ -523,9 +529,20 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
                'config': model.cfg.to_dict(), 'calibration_set_hash': calib_hash, 'finetune_res': res}
     tot = summary['params_removed']['total']
     summary['share'] = {t: v / tot for t, v in summary['params_removed'].items() if t != 'total'} if tot else {}
-    return {'status': status, 'reason': reason, 'model': model, 'pruning': summary,
+    return {'status': status, 'reason': reason, 'signal': got, 'model': model, 'pruning': summary,
             'history': [dict(h, round=x['round']) for x in rounds for h in x.get('history', [])],
             'train_seconds': round(time.time() - t0, 2), 'device_hours': spent}
+
+# %% ../../nbs/compress/53_prune.ipynb #282f6c35
+def training_block(result: dict, pc: dict, where: str = 'prune') -> dict:
+    "The log's `training` block of a `prune_run` result (every round's fine-tune); `where`: its folder in the run."
+    rd = result['pruning']['rounds_done']
+    last = rd[-1].get('last_checkpoint') if rd else None
+    return {'status': result['status'], 'reason': result['reason'], 'signal': result.get('signal'),
+            'steps_done': sum(r['steps_done'] for r in rd), 'steps': pc['finetune']['steps'] * pc['rounds'],
+            'final_loss': rd[-1].get('final_loss') if rd else None, 'best': rd[-1].get('best') if rd else None,
+            'last_checkpoint': f'{where}/{last}' if last else None, 'train_seconds': result['train_seconds'],
+            'nproc': 1, 'device_hours_train': result['device_hours']}
 
 # %% ../../nbs/compress/53_prune.ipynb #482f9a2f
 def costs_before_after(before: nn.Module, after: nn.Module, res: int, evalc, device=None, rounds: int = 2) -> dict:

@@ -22,12 +22,12 @@ from ..train.loop import fit, LoopConfig
 from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
 
 # %% auto #0
-__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QDQ_ERROR_BUDGET',
-           'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns',
-           'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
+__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QAT_CKPT_EVERY_S',
+           'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group',
+           'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
            'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
            'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
+           'qat_training_block', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -413,25 +413,40 @@ def qat_decision(enabled, ptq_drop, threshold) -> tuple[bool, str]:
         return True, f'PTQ drop {ptq_drop:.3g}% > threshold {threshold:g}% (qat.enabled: auto)'
     return False, f'PTQ drop {ptq_drop:.3g}% <= threshold {threshold:g}% (qat.enabled: auto): PTQ is enough'
 
+QAT_CKPT_EVERY_S = 300                  # qat.checkpoint_every_seconds when the config leaves it out
+
 def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_dir=None, *, resume=None,
               eval_fn=None, higher_is_better=True, patience=None, budget_hours=None, over_budget_ratio=1.2,
-              device=None, progress=True, seed: int = 0, stop_after: int | None = None) -> dict:
+              device=None, progress=True, seed: int = 0, stop_after: int | None = None,
+              debug_sigterm_at_step: int | None = None, stop=None) -> dict:
     "Train the fake-quant model with K's losses from the fp32 model (see above); `fit`'s result."
     q = qc['qat']
+    every_s = q.get('checkpoint_every_seconds', QAT_CKPT_EVERY_S)
+    if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not 0 <= every_s < math.inf:
+        raise ValueError(f'quant config: qat.checkpoint_every_seconds: got {every_s!r}; expected a number >= 0 '
+                         '(seconds; 0 = checkpoints by steps only)')
     teacher = fp32_model.eval()
     for p in teacher.parameters(): p.requires_grad_(False)
     if hasattr(fq_model, 'mask_token'): fq_model.mask_token.requires_grad_(False)
     L = dict(KD_DEFAULTS['loss'])
     proj = nn.ModuleDict({k: nn.Identity() for k in L['feat_layers']})
     cfg = LoopConfig(steps=int(q['steps']), lr=float(q['lr']), warmup=0, amp=False, weight_decay=0.0,
-                     ckpt_every=max(1, int(q['steps']) // 2), eval_every=int(q.get('eval_every_steps') or 0),
-                     keep_last=1)
+                     ckpt_every=max(1, int(q['steps']) // 2), ckpt_every_s=float(every_s),
+                     eval_every=int(q.get('eval_every_steps') or 0), keep_last=1)
     return fit(fq_model, kd_loss_fn(teacher, proj, L), PairBatcher(scenes, int(q['batch_pairs']), seed), cfg,
                extra={'projections': proj}, forward='forward_features',
                ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
                eval_fn=eval_fn, higher_is_better=higher_is_better, patience=patience, budget_hours=budget_hours,
                over_budget_ratio=over_budget_ratio, device=device, progress=progress, desc='qat', kind='qat_train',
-               stop_after=stop_after)
+               stop_after=stop_after, debug_sigterm_at_step=debug_sigterm_at_step, stop=stop)
+
+def qat_training_block(r: dict, run_dir='.') -> dict:
+    "The log's `training` block of a `train_qat` result; its checkpoint path relative to the run folder."
+    lc = r.get('last_checkpoint')
+    return {'status': r['status'], 'reason': r['reason'], 'signal': r.get('signal'), 'steps_done': r['step'],
+            'steps': r['steps'], 'final_loss': r['final_loss'], 'kind': 'qat',
+            'device_hours_train': r.get('device_hours'),
+            'last_checkpoint': os.path.relpath(lc, run_dir) if lc else None}
 
 # %% ../../nbs/compress/52_quant.ipynb #3945adbd
 QDQ_ERROR_BUDGET = 0.05

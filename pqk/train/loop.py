@@ -4,7 +4,7 @@
 
 # %% ../../nbs/train/42_loop.ipynb #8511349c
 from __future__ import annotations
-import math, os, random, re, subprocess, sys, time
+import math, os, random, re, signal, subprocess, sys, time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from ..core.progress import tqdm
 from ..core.io import save_torch_atomic
 from ..models.checkpoints import PQK_FORMAT
 from ..eval.efficiency import DeviceHours, resolve_device
-from .stoprules import EarlyStopper, BudgetGuard, nonfinite_reason
+from .stoprules import EarlyStopper, BudgetGuard, StopSignal, nonfinite_reason
 
 # %% auto #0
 __all__ = ['TRAIN_KEYS', 'warmup_cosine', 'LoopConfig', 'rng_state', 'set_rng_state', 'save_train_checkpoint',
@@ -36,8 +36,8 @@ def warmup_cosine(warmup: int, total: int, floor: float = 0.0) -> Callable[[int]
 # %% ../../nbs/train/42_loop.ipynb #1eb612a4
 _KEYS = {'steps': 'train.steps', 'lr': 'train.lr', 'warmup': 'train.warmup_steps', 'schedule': 'train.schedule_steps',
          'floor': 'train.lr_floor', 'weight_decay': 'train.weight_decay', 'grad_clip': 'train.grad_clip',
-         'amp': 'train.amp', 'ckpt_every': 'checkpoint.every_steps', 'eval_every': 'checkpoint.eval_every_steps',
-         'keep_last': 'checkpoint.keep_last'}
+         'amp': 'train.amp', 'ckpt_every': 'checkpoint.every_steps', 'ckpt_every_s': 'checkpoint.every_seconds',
+         'eval_every': 'checkpoint.eval_every_steps', 'keep_last': 'checkpoint.keep_last'}
 
 @dataclass
 class LoopConfig:
@@ -52,6 +52,7 @@ class LoopConfig:
     grad_clip: float = 1.0
     amp: bool = True                     # mixed precision on CUDA (bf16 when supported, else fp16); ignored on CPU
     ckpt_every: int = 0
+    ckpt_every_s: float = 0.0            # also a checkpoint once this many seconds passed since the last one
     eval_every: int = 0
     keep_last: int = 2
 
@@ -64,7 +65,7 @@ class LoopConfig:
         if self.schedule is not None and (isinstance(self.schedule, bool) or not isinstance(self.schedule, int)
                                           or self.schedule < 1): bad('schedule', 'an integer >= 1 or null')
         if not num(self.lr) or self.lr <= 0: bad('lr', 'a number > 0')
-        for k in ('weight_decay', 'grad_clip'):
+        for k in ('weight_decay', 'grad_clip', 'ckpt_every_s'):
             if not num(getattr(self, k)) or getattr(self, k) < 0: bad(k, 'a number >= 0')
         if not num(self.floor) or not 0 <= self.floor <= 1: bad('floor', 'a number in [0, 1]')
         if not isinstance(self.amp, bool): bad('amp', 'true or false')
@@ -77,7 +78,8 @@ class LoopConfig:
             if k not in t: raise ValueError(f"train.{k}: missing; expected a value in the config's train section")
         opt = {'warmup': t.get('warmup_steps'), 'schedule': t.get('schedule_steps'), 'floor': t.get('lr_floor'),
                'weight_decay': t.get('weight_decay'), 'grad_clip': t.get('grad_clip'), 'amp': t.get('amp'),
-               'ckpt_every': c.get('every_steps'), 'eval_every': c.get('eval_every_steps'),
+               'ckpt_every': c.get('every_steps'), 'ckpt_every_s': c.get('every_seconds'),
+               'eval_every': c.get('eval_every_steps'),
                'keep_last': c.get('keep_last')}
         return cls(steps=t['steps'], lr=t['lr'], **{k: v for k, v in opt.items() if v is not None})
 
@@ -153,14 +155,16 @@ def distributed(device=None):
         if own and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
 
 def torchrun(module: str, nproc: int, args=(), env: dict | None = None, timeout: float | None = None):
-    "Run `python -m module *args` in `nproc` processes with torchrun; raises with the command and stderr on failure."
+    "Run `python -m module *args` in `nproc` processes with torchrun (see above); raises on failure, not on a stop."
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f'nproc: got {nproc!r}; expected an integer >= 1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc-per-node={nproc}', '-m', module,
            *map(str, args)]
     e = {**os.environ, 'OMP_NUM_THREADS': os.environ.get('OMP_NUM_THREADS', '1'), **(env or {})}
-    p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
-    if p.returncode != 0:
+    with StopSignal() as stop:                        # a stop signal goes to our process group: the workers handle it
+        p = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=timeout)
+    p.signal = stop.name
+    if p.returncode != 0 and p.signal is None:
         raise RuntimeError(f"torchrun ({nproc} processes) failed with exit code {p.returncode}: {' '.join(cmd)}\n"
                            f"{p.stderr[-4000:]}")
     return p
@@ -208,6 +212,15 @@ def _stop_reason(lv: float, step: int, guard, dist, device) -> str | None:
         if flag.item() > 0 and why is None: why = 'stopped by another rank (non-finite loss or stop-loss)'
     return why
 
+def _agree(stop: StopSignal, due: bool, dist, device) -> tuple[int, bool]:
+    "(the stop signal's number or 0, a checkpoint due by time) at a step boundary, as agreed by every rank."
+    v = [float(stop.signum or 0), 1.0 if due else 0.0]
+    if dist:
+        t = torch.tensor(v, device=device); dist.all_reduce(t, op=dist.ReduceOp.MAX); v = t.tolist()
+    return int(v[0]), bool(v[1])
+
+def _ckpt_name(n: int) -> str: return f'ckpt_{n:06d}.pt'
+
 class _Checkpoints:
     "Checkpoints `ckpt_<step>.pt` in `folder` (rank 0 writes): the last `keep_last` plus the best one are kept."
     def __init__(self, folder, keep_last: int, rank: int, kept=()):
@@ -216,7 +229,7 @@ class _Checkpoints:
     def save(self, n: int, write, best) -> Path | None:
         "Write step `n`'s checkpoint with `write(path, kept)`; delete the oldest beyond `keep_last` (never the best)."
         if self.folder is None: return None
-        p = self.folder / f'ckpt_{n:06d}.pt'
+        p = self.folder / _ckpt_name(n)
         if self.rank == 0: write(p, self.kept + [p.name])
         if p.name not in self.kept: self.kept.append(p.name)
         protect = (best or {}).get('checkpoint')
@@ -265,12 +278,27 @@ def _restore(path, model, extra, opt, sched, scaler) -> dict:
     return {**st['train'], 'step': int(st['step'])}
 
 # %% ../../nbs/train/42_loop.ipynb #140f653e
+def _self_sigterm(stop: StopSignal):
+    "Test hook: SIGTERM to this process when `stop` catches signals here (main thread), else trip the flag directly."
+    if stop.installed: os.kill(os.getpid(), signal.SIGTERM)
+    else: stop.trip(signal.SIGTERM)
+
+def _stop_text(what: str, n: int, steps: int, last) -> str:
+    "'<what>: stopped at step n of N; resumable checkpoint ckpt_<n>.pt' (or why there is none)."
+    where = (f'resumable checkpoint {last.name}' if last is not None and last.name == _ckpt_name(n) else
+             'no checkpoint written (fit has no checkpoint folder)')
+    return f'{what}: stopped at step {n} of {steps}; {where}'
+
+def _received(signum: int, stop: StopSignal) -> str:
+    return f"{signal.Signals(signum).name} received{'' if stop.signum == signum else ' by another rank'}"
+
 def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig, *, extra: dict | None = None,
         forward: str = 'forward', ckpt_dir=None, resume=None, eval_fn: Callable | None = None,
         higher_is_better: bool = True, patience: int | None = None, budget_hours: float | None = None,
         over_budget_ratio: float = 1.2, device=None, stop_after: int | None = None,
-        debug_nan_at_step: int | None = None, progress: bool = True, desc: str = 'train', kind: str = 'train',
-        clock: Callable[[], float] = time.monotonic) -> dict:
+        debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None, progress: bool = True,
+        desc: str = 'train', kind: str = 'train', clock: Callable[[], float] = time.monotonic,
+        stop: StopSignal | None = None) -> dict:
     "Train `model` with `loss_fn(ctx, batch_fn(step, rank, world))` following `cfg` (see above)."
     dist, rank, world = dist_info()
     device = resolve_device(device)
@@ -297,39 +325,75 @@ def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig
         train = {'history': hist, 'evals': evals, 'best': best, 'kept': kept, 'world': world,
                  'device_hours': meter.device_hours}
         save_train_checkpoint(p, model, extra, opt, sched, scaler, n, train, kind)
-    status, reason, last, n = 'completed', 'completed all steps', None, start
-    bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress or rank != 0, mininterval=2, initial=start,
-               total=cfg.steps)
-    for step in bar:
-        ctx.step = step
-        out = loss_fn(ctx, batch_fn(step, rank, world))
-        loss, terms = out if isinstance(out, tuple) else (out, {})
-        if debug_nan_at_step is not None and step == int(debug_nan_at_step): loss = loss * float('nan')
-        lv = loss.detach().float().reshape(1)
-        if dist: dist.all_reduce(lv); lv = lv / world
-        why = _stop_reason(float(lv), step, guard, dist, device)
-        if why: status, reason = 'stopped', why; break
-        gn = _update(loss, opt, scaler, params, float(cfg.grad_clip))
-        sched.step()
-        n = step + 1
-        hist.append({'step': n, 'loss': float(lv), **{k: round(v, 6) for k, v in terms.items()},
-                     'lr': opt.param_groups[0]['lr'], 'grad_norm': gn})
-        stop_now = False
-        if eval_fn is not None and cfg.eval_every and (n % cfg.eval_every == 0 or n == cfg.steps):
-            best, stop_now = _evaluate(eval_fn, model, n, stopper, evals, best, rank, dist, device)
-            if best is not None and best['step'] == n and not (cfg.ckpt_every and n % cfg.ckpt_every == 0):
-                last = ckpts.save(n, write, best)                             # the best model always has a checkpoint
-        if cfg.ckpt_every and (n % cfg.ckpt_every == 0 or n == cfg.steps) or stop_now:
-            if last is None or last.name != f'ckpt_{n:06d}.pt': last = ckpts.save(n, write, best)
-        bar.set_postfix(loss=f'{float(lv):.3f}', **({'metric': f"{evals[-1]['value']:.3f}"} if evals else {}))
-        if stop_now:                                                       # early stop is a normal end of training
-            status = 'completed' if stopper.reason.startswith('early stop') else 'stopped'
-            reason = stopper.reason; break
-        if stop_after is not None and stop_after <= n < cfg.steps:
-            status, reason = 'interrupted', f'interrupted after step {n} (stop_after)'; break
-    bar.close(); meter.stop()
+    def save_once(k):                                   # the checkpoint of step k unless it was just written
+        return last if last is not None and last.name == _ckpt_name(k) else ckpts.save(k, write, best)
+    status, reason, last, n, got = 'completed', 'completed all steps', None, start, None
+    stop = stop if stop is not None else StopSignal()
+    t_ckpt = clock() if cfg.ckpt_every_s else None
+    phase, rng0, keyboard = None, None, False
+    with stop:
+        hooked = stop.installed
+        bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress or rank != 0, mininterval=2,
+                   initial=start, total=cfg.steps)
+        try:
+            for step in bar:
+                ctx.step, phase, rng0 = step, 'forward', rng_state()
+                if debug_sigterm_at_step is not None and step + 1 == int(debug_sigterm_at_step) and rank == world - 1:
+                    _self_sigterm(stop)
+                out = loss_fn(ctx, batch_fn(step, rank, world))
+                loss, terms = out if isinstance(out, tuple) else (out, {})
+                if debug_nan_at_step is not None and step == int(debug_nan_at_step): loss = loss * float('nan')
+                lv = loss.detach().float().reshape(1)
+                if dist: dist.all_reduce(lv); lv = lv / world
+                why = _stop_reason(float(lv), step, guard, dist, device)
+                if why: status, reason = 'stopped', why; break
+                phase = 'update'
+                gn = _update(loss, opt, scaler, params, float(cfg.grad_clip))
+                sched.step()
+                hist.append({'step': step + 1, 'loss': float(lv), **{k: round(v, 6) for k, v in terms.items()},
+                             'lr': opt.param_groups[0]['lr'], 'grad_norm': gn})
+                phase, n, stop_now = 'boundary', step + 1, False
+                if eval_fn is not None and cfg.eval_every and (n % cfg.eval_every == 0 or n == cfg.steps):
+                    best, stop_now = _evaluate(eval_fn, model, n, stopper, evals, best, rank, dist, device)
+                    if best is not None and best['step'] == n and not (cfg.ckpt_every and n % cfg.ckpt_every == 0):
+                        last = ckpts.save(n, write, best)                     # the best model always has a checkpoint
+                if cfg.ckpt_every and (n % cfg.ckpt_every == 0 or n == cfg.steps) or stop_now: last = save_once(n)
+                signum, due = _agree(stop, t_ckpt is not None and clock() - t_ckpt >= cfg.ckpt_every_s, dist, device)
+                if due or signum: last = save_once(n)
+                if t_ckpt is not None and last is not None and last.name == _ckpt_name(n): t_ckpt = clock()
+                phase = None
+                bar.set_postfix(loss=f'{float(lv):.3f}', **({'metric': f"{evals[-1]['value']:.3f}"} if evals else {}))
+                if signum:                                                 # a stop signal: the checkpoint is written
+                    got = signal.Signals(signum).name
+                    status, reason = 'stopped', _stop_text(_received(signum, stop), n, cfg.steps, last); break
+                if stop_now:                                               # early stop is a normal end of training
+                    status = 'completed' if stopper.reason.startswith('early stop') else 'stopped'
+                    reason = stopper.reason; break
+                if stop_after is not None and stop_after <= n < cfg.steps:
+                    status, reason = 'interrupted', f'interrupted after step {n} (stop_after)'; break
+        except KeyboardInterrupt:                   # SIGINT's default action where no handler of ours is installed
+            keyboard, got, status = True, 'SIGINT', 'stopped'
+            if phase == 'update':                   # the weights may be half-updated: no checkpoint of this state
+                last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+                reason = (f'KeyboardInterrupt during the update of step {n + 1}: stopped at step {n} of {cfg.steps}; '
+                          f"no checkpoint of this step; the last one is {last.name if last else 'none'}")
+            else:
+                if phase == 'forward': set_rng_state(rng0)        # nothing trained yet: back to the step boundary
+                last = save_once(n)
+                reason = _stop_text('KeyboardInterrupt', n, cfg.steps, last)
+        if not keyboard and got is None:           # a signal during a stop by another rule, or after the last step
+            signum, _ = _agree(stop, False, dist, device)
+            if signum and status == 'completed':
+                got, last = signal.Signals(signum).name, save_once(n)
+                status, reason = 'stopped', _stop_text(_received(signum, stop), n, cfg.steps, last)
+            elif signum: reason += f' ({_received(signum, stop)} too)'   # stopped anyway: the reason stays
+        seen = stop.count
+        bar.close()
+    meter.stop()
+    if hooked and status == 'completed' and stop.count > seen:    # a signal too late to agree on: it acts as before
+        signal.raise_signal(stop.signum)
     return {'status': status, 'reason': reason, 'step': hist[-1]['step'] if hist else start, 'steps': cfg.steps,
             'history': hist, 'evals': evals, 'best': best, 'last_checkpoint': str(last) if last is not None else None,
             'checkpoint_dir': str(ckpt_dir) if ckpt_dir is not None else None, 'world': world,
             'device_hours': meter.device_hours, 'device_kind': meter.device_kind,
-            'final_loss': hist[-1]['loss'] if hist else None}
+            'final_loss': hist[-1]['loss'] if hist else None, 'signal': got}
