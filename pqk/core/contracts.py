@@ -14,12 +14,12 @@ import yaml
 
 # %% auto #0
 __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'RESOLUTIONS', 'MAX_CONFIG_BYTES',
-           'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir',
-           'Problem', 'ContractError', 'load_schema', 'schema_problems', 'version_problems', 'sha256_file', 'Contract',
-           'Workload', 'EvalContract', 'semantic_problems', 'parse_yaml', 'guess_contract_name', 'check_contract',
-           'load_contract', 'load_workload', 'load_eval', 'TaskCard', 'resolve_path', 'card_path_problems',
-           'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id', 'card_ids', 'load_card', 'card_threshold',
-           'contracts_provenance']
+           'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX', 'METHOD_FOR_KIND', 'is_project_root', 'project_root',
+           'schemas_dir', 'Problem', 'ContractError', 'load_schema', 'schema_problems', 'version_problems',
+           'sha256_file', 'Contract', 'Workload', 'EvalContract', 'semantic_problems', 'parse_yaml',
+           'guess_contract_name', 'check_contract', 'load_contract', 'load_workload', 'load_eval', 'TaskCard',
+           'resolve_path', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id',
+           'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -398,6 +398,7 @@ def resolve_path(p, card_path=None) -> Path:
     return alt if alt.exists() else cand
 
 CKPT_KEYWORDS = ('teacher', 'demo')    # a card's `checkpoint:` that names no file
+CARD_ID_MAX = 96                       # + '-YYYYmmddTHHMMSSZ-abcdef-999' stays within pqk.core.paths.NAME_MAX
 
 def card_path_problems(front: dict, card_path, file: str) -> list[Problem]:
     """Every path a card names (configs, `checkpoint`, `template`) must lie inside the project root after symlinks are
@@ -450,6 +451,9 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
     except ContractError as e: return e.problems, None
     if not isinstance(front, dict): return [Problem(file, 'front matter', front, 'a YAML mapping')], None
     ps = schema_problems(front, 'taskcard', file)
+    if isinstance(front.get('id'), str) and len(front['id']) > CARD_ID_MAX:
+        ps.append(Problem(file, 'id', front['id'], f'a card id of at most {CARD_ID_MAX} characters (so that its '
+                                                   'run ids <id>-<UTC time>-<hash>[-n] stay names)'))
     card = TaskCard(path.resolve(), front, body, hashlib.sha256(text.encode()).hexdigest())
     cfgs = front.get('configs') if isinstance(front.get('configs'), dict) else {}
     ps += card_path_problems(front, path, file)

@@ -199,8 +199,8 @@ def said(status: str, reason) -> str:
     return r if r.lower().startswith(f'{status}:') else (f'{status}: {r}' if r else status)
 
 def _status(scraps: dict, kind: str, th: dict, error, stopped, notes: list) -> dict:
-    """The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers disagree.
-    A verdict that cannot be computed (e.g. a non-finite threshold) is a `failed` run, never a missing log."""
+    """The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers
+    disagree. A verdict that cannot be computed (e.g. a non-finite threshold) is a `failed` run, never a missing log."""
     q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else None
     v = scraps.get('verdict') if isinstance(scraps.get('verdict'), dict) else None
     v = v if v is not None and v.get('status') in STATUSES else None
@@ -598,7 +598,7 @@ def resolve_upstream(up: dict, runs_dir, where: str = 'task card', pin: dict | N
         if not m or m['card'] != card or not d.is_dir():
             raise ContractError([Problem(where, 'upstream.run', run, f'the id of a run of card {card!r} under '
                                                                      f'{_rel(runs_dir)} (or latest)')])
-        confined(d, runs_dir, where, 'upstream.run', within=within)
+        confined(run, runs_dir, where, 'upstream.run', within=within)
         rec = _run_log(d)
         st = (rec or {}).get('status', 'no log')
         if rec is None or rec.get('error') or st not in accept:
@@ -662,8 +662,8 @@ def verify_resume(run_dir: Path, spec: RunSpec, where: str) -> tuple[dict, dict]
         p = inside(rel, f'{INPUTS_NAME} files')
         now = sha256_file(p) if p.is_file() else 'missing'
         if now != was:
-            bad.append(Problem(where, rel, f'sha256 {now}', f'the file the run started with (sha256 {was}): the '
-                                                            "run's inputs changed since it started; start a new run"))
+            bad.append(Problem(where, INPUTS_NAME, rel, f'unchanged copies: {rel} has sha256 {now} now, {was} when the '
+                                                        "run started (its inputs changed; start a new run)"))
     if bad: raise ContractError(bad)
     recorded = inp.get('params') if isinstance(inp.get('params'), dict) else {}
     if spec.extra and spec.extra != recorded:
@@ -942,7 +942,7 @@ def resume_folder(runs_dir, run_id: str, card_id: str) -> Path:
     check_name(run_id, where, 'run id')
     d = Path(runs_dir) / run_id
     if not d.is_dir(): raise ContractError([Problem(where, 'run', str(d), 'the folder of an earlier run of this card')])
-    d = confined(d, runs_dir, where, 'run', within=f'the runs folder {_rel(runs_dir)}')
+    d = confined(run_id, runs_dir, where, 'run', within=f'the runs folder {_rel(runs_dir)}')
     m = RUN_ID_RX.fullmatch(run_id)
     if not m or m['card'] != card_id:
         raise ContractError([Problem(where, 'card', m['card'] if m else run_id, f'a run of card {card_id!r}')])
