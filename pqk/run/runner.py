@@ -347,7 +347,6 @@ def export_html(nb_path, html_path) -> tuple[Path, list[str]]:
 
 
 
-
 # %% ../../nbs/run/71_runner.ipynb #2d818d24
 def _first_line(src: str, n: int = 70) -> str:
     line = next((l for l in (src or '').splitlines() if l.strip() and not l.startswith('#')), '')
