@@ -669,6 +669,9 @@ def verify_resume(run_dir: Path, spec: RunSpec, where: str) -> tuple[dict, dict]
         raise ContractError([Problem(where, '--param', spec.extra, f'the overrides the run started with '
                                      f'({recorded or "none"}), or none at all (then those are used)')])
     spec.extra = dict(recorded)
+    if spec.seed != inp.get('seed'):
+        raise ContractError([Problem(where, 'seed', spec.seed, f"the seed the run started with ({inp.get('seed')}): "
+                                     'give the same --seed, or none when it came from the card')])
     roles = {r: inside(v, f'{INPUTS_NAME} roles.{r}') for r, v in inp['roles'].items() if isinstance(v, str)}
     h = RUN_ID_RX.fullmatch(run_dir.name)['h']
     copies = config_hash([roles.get(r) for r in ('card', 'workload', 'eval', 'cfg')], spec.hashed_params())
@@ -880,6 +883,8 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         if spec.card_status is not None: rec['card_status'] = spec.card_status
         if chain: rec['upstream'] = chain
         if resumed: rec['resume'] = resumed
+        rec, bad = finite_record(rec)                      # e.g. a NaN read back from an earlier attempt's log
+        if bad: rec['reason'] += f"; non-finite numbers written as null: {', '.join(bad[:20])}"
         rec, problems = repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
         log = write_json_atomic(run_dir / 'log.json', rec)
     if stop.pending:
@@ -930,7 +935,8 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
                    seed=seed if seed is not None else f.get('seed', 0), ckpt=ckpt, budget=c.budget,
                    nproc=f.get('nproc'), extra=_check_extra(extra_params), card_status=status,
                    upstream=f.get('upstream'),
-                   command=f'pqk run {_arg(c.path)}' + ('' if status == 'ready' else ' --force'))
+                   command=f'pqk run {_arg(c.path)}' + ('' if status == 'ready' else ' --force')
+                   + ('' if seed is None else f' --seed {int(seed)}'))
     resume_dir = resume_folder(runs_dir, resume, spec.card_id) if resume else None
     return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir)
 
