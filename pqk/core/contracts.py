@@ -451,6 +451,8 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
     except ContractError as e: return e.problems, None
     if not isinstance(front, dict): return [Problem(file, 'front matter', front, 'a YAML mapping')], None
     ps = schema_problems(front, 'taskcard', file)
+    from pqk.core.logschema import finite_record
+    ps += [Problem(file, f, 'nan or inf', 'a finite number') for f in finite_record(front)[1]]
     if isinstance(front.get('id'), str) and len(front['id']) > CARD_ID_MAX:
         ps.append(Problem(file, 'id', front['id'], f'a card id of at most {CARD_ID_MAX} characters (so that its '
                                                    'run ids <id>-<UTC time>-<hash>[-n] stay names)'))
