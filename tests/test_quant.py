@@ -5,12 +5,14 @@ failed log naming the field, and `pqk export`.
 
 Tiny setting: a 355k-parameter random DUSt3R as model and teacher, 2 eval pairs, 2 calibration pairs, 2 QAT steps at
 64 px, 1 pair per sensitivity group, one latency round."""
-import json, os, subprocess, sys
+import json, os, shutil, subprocess, sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
+from conftest import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 TPL = ROOT / 'tests' / 'templates'
@@ -91,16 +93,20 @@ def _onnx_qdq_facts(path):
 
 def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     "B1 on the tiny setting with a threshold no PTQ can meet: QAT runs; PTQ and QAT, exports, sizes in one log."
-    cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml',          # percentile 55: PTQ clips hard
+    proj = make_project(tmp_path / 'proj'); (proj / 'configs' / 'tiny').mkdir()   # a card's paths: inside its project
+    cfg = _yaml_copy(tiny / 'quant.yaml', proj / 'configs' / 'tiny' / 'quant.yaml',   # percentile 55: PTQ clips hard
                      lambda x: x['ptq'].update(calibration='percentile', percentile=55.0))
     # drops against the teacher (the model itself): any quantization error is a drop > 0, so threshold 0 is missed
-    ev = _yaml_copy(tiny / 'eval.yaml', tmp_path / 'eval.yaml', lambda x: x['quality'].update(reference='teacher'))
-    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1t.md', tiny, id='B1t',
+    ev = _yaml_copy(tiny / 'eval.yaml', proj / 'configs' / 'tiny' / 'eval.yaml',
+                    lambda x: x['quality'].update(reference='teacher'))
+    wlc = shutil.copy(tiny / 'workload.yaml', proj / 'configs' / 'tiny' / 'workload.yaml')
+    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', proj / 'taskcards' / 'B1t.md', tiny, id='B1t',
                       exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
-    text = card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg))
+    text = card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg)).replace(str(tiny / 'workload.yaml'), str(wlc))
     card.write_text(text.replace(str(tiny / 'eval.yaml'), str(ev)))
-    p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS)
+    p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS,
+             env={**_env(), 'PQK_ROOT': str(proj)})
     logs = list((tmp_path / 'runs').glob('B1t-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
     rec = json.loads(logs[0].read_text())
@@ -160,7 +166,7 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert any(z.any() for z in zps_bad)
     from pqk.compress.quant import qdq_report
     assert not qdq_report(tmp_path / 'doctored.onnx')['trt_style']
-    assert p.returncode == (rec['status'] != 'passed')
+    assert p.returncode == {'passed': 0, 'failed': 1, 'inconclusive': 3, 'stopped': 4}[rec['status']]
 
 
 

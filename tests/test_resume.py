@@ -1,12 +1,17 @@
 """SIGTERM and resume across process boundaries: a K run killed by SIGTERM (what schedulers and `timeout` send) ends
-with a `stopped` log; `pqk run <card> --resume RUN_ID` finishes it in the same folder, and its final metrics and
-weights equal those of an uninterrupted run. A draft card runs only with --force."""
+with a `stopped` log (exit status 4); `pqk run <card> --resume RUN_ID` finishes it in the same folder, and its final
+metrics and weights equal those of an uninterrupted run. A draft card runs only with --force.
+
+The card, its edited configs and its tiny teacher live in a small project of their own (PQK_ROOT): what a card names
+must lie inside the project."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+
+from conftest import make_project
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +23,7 @@ def _yaml_copy(src: Path, dst: Path, edit) -> Path:
 @pytest.fixture(scope='module')
 def card(tmp_path_factory):
     "A K card on a tiny teacher and tiny data: 240 steps at 64 px, a checkpoint every 40 steps, 2 evaluation pairs."
-    d = tmp_path_factory.mktemp('card')
+    d = make_project(tmp_path_factory.mktemp('proj') / 'proj')
     from pqk.models.dust3r import make_model
     from pqk.models.config import DUSt3RConfig
     from pqk.models.checkpoints import save_checkpoint
@@ -33,25 +38,28 @@ def card(tmp_path_factory):
                           val_data={'seed': 900, 'n_scenes': 1, 'views_per_scene': 2})
         x['checkpoint'] = {'every_steps': 40, 'eval_every_steps': 120, 'keep_last': 2}
         x['student'].update(reduction=0.3, reduce='depth', init='teacher')
-    w = _yaml_copy(ROOT / 'configs/workload.yaml', d / 'workload.yaml', wl)
-    e = _yaml_copy(ROOT / 'configs/eval.yaml', d / 'eval.yaml', ev)
-    c = _yaml_copy(ROOT / 'configs/distill.yaml', d / 'distill.yaml', dc)
+    w = _yaml_copy(ROOT / 'configs/workload.yaml', d / 'configs' / 'workload.yaml', wl)
+    e = _yaml_copy(ROOT / 'configs/eval.yaml', d / 'configs' / 'eval.yaml', ev)
+    c = _yaml_copy(ROOT / 'configs/distill.yaml', d / 'configs' / 'distill.yaml', dc)
     front = {'id': 'R1_resume', 'kind': 'K', 'goal': 'test resume', 'status': 'ready', 'seed': 0,
              'configs': {'workload': str(w), 'eval': str(e), 'method': str(c)},
              'thresholds': {'quality_drop_pct': 'eval.thresholds.quality_drop_mainline_pct'},
              'stop_loss': 'eval.stop_loss.gpu_hours_over_budget_ratio', 'early_stop': 'eval.early_stop.no_improve_ckpt',
              'gpu_hours_budget': 5.0, 'expected_duration': '1 min', 'checkpoint': str(teacher)}
-    p = d / 'R1_resume.md'
+    p = d / 'taskcards' / 'R1_resume.md'
     p.write_text('---\n' + yaml.safe_dump(front, sort_keys=False) + '---\nResume test card.\n')
     return p
 
-def _env(): return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+def _env(card=None):
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT),
+            **({'PQK_ROOT': str(Path(card).parents[1])} if card else {})}
 
 def _pqk(*args, **kw):
     return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
 
-def _run(*args, timeout=600):
-    return subprocess.run(_pqk(*args), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
+def _run(card, *args, timeout=600):
+    return subprocess.run(_pqk('run', card, *args), cwd=ROOT, env=_env(card), capture_output=True, text=True,
+                          timeout=timeout)
 
 def _log(runs: Path) -> tuple[Path, dict]:
     (d,) = [p for p in runs.iterdir() if p.is_dir()]
@@ -59,12 +67,12 @@ def _log(runs: Path) -> tuple[Path, dict]:
 
 def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
     common = ['--no-aggregate', '--param', 'train_res=64', '--param', 'progress=false']
-    full = _run('run', card, '--runs-dir', tmp_path / 'full', *common)
+    full = _run(card, '--runs-dir', tmp_path / 'full', *common)
     d_full, r_full = _log(tmp_path / 'full')
     assert r_full['training']['status'] == 'completed', full.stdout[-2000:] + full.stderr[-2000:]
 
     runs = tmp_path / 'cut'
-    p = subprocess.Popen(_pqk('run', card, '--runs-dir', runs, *common), cwd=ROOT, env=_env(),
+    p = subprocess.Popen(_pqk('run', card, '--runs-dir', runs, *common), cwd=ROOT, env=_env(card),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     t0 = time.monotonic()
     while not list(runs.glob('*/train/checkpoints/ckpt_000040.pt')):
@@ -73,10 +81,10 @@ def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     d_cut, r_cut = _log(runs)
-    assert p.returncode != 0 and 'STOPPED' in out.splitlines()[-3], out[-3000:]   # (the kernel may print its own noise)
+    assert p.returncode == 4 and 'STOPPED' in out.splitlines()[-3], out[-3000:]   # (the kernel may print its own noise)
     assert r_cut['status'] == 'stopped' and 'SIGTERM' in r_cut['reason'] and '--resume' in r_cut['reason'], r_cut['reason']
 
-    res = _run('run', card, '--runs-dir', runs, '--resume', d_cut.name, *common)
+    res = _run(card, '--runs-dir', runs, '--resume', d_cut.name, *common)
     d_res, r_res = _log(runs)
     assert d_res == d_cut, 'resumed in the same folder'
     assert r_res['training']['status'] == 'completed', res.stdout[-2000:] + res.stderr[-2000:]
@@ -90,14 +98,15 @@ def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
 
 def test_resume_refuses_other_runs_and_passed_runs(card, tmp_path):
     (tmp_path / 'runs' / 'E0_eval_teacher-20260101T000000Z-abcdef').mkdir(parents=True)
-    r = _run('run', card, '--runs-dir', tmp_path / 'runs', '--resume', 'E0_eval_teacher-20260101T000000Z-abcdef')
-    assert r.returncode == 1 and "a run of card 'R1_resume'" in r.stderr and 'Traceback' not in r.stderr, r.stderr
-    r = _run('run', card, '--runs-dir', tmp_path / 'runs', '--resume', 'nope')
-    assert r.returncode == 1 and 'the folder of an earlier run' in r.stderr, r.stderr
+    r = _run(card, '--runs-dir', tmp_path / 'runs', '--resume', 'E0_eval_teacher-20260101T000000Z-abcdef')
+    assert r.returncode == 2 and "a run of card 'R1_resume'" in r.stderr and 'Traceback' not in r.stderr, r.stderr
+    r = _run(card, '--runs-dir', tmp_path / 'runs', '--resume', 'nope')
+    assert r.returncode == 2 and 'the folder of an earlier run' in r.stderr, r.stderr
 
 def test_draft_card_needs_force(card, tmp_path):
-    draft = tmp_path / 'R1_draft.md'
+    draft = card.parent / 'R1_draft.md'
     draft.write_text(card.read_text().replace('status: ready', 'status: draft').replace('id: R1_resume', 'id: R1_draft'))
-    r = _run('run', draft, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
-    assert r.returncode == 1 and "status: got 'draft'; expected 'ready' (or run it anyway with --force)" in r.stderr, r.stderr
+    r = _run(draft, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
+    draft.unlink()
+    assert r.returncode == 2 and "status: got 'draft'; expected 'ready' (or run it anyway with --force)" in r.stderr, r.stderr
     assert not (tmp_path / 'runs').exists() or not any((tmp_path / 'runs').iterdir())

@@ -144,7 +144,7 @@ def test_missing_template_and_bad_card(tmp_path):
     bad = make_card(tmp_path, 'B9_bad', budget=0.05)
     bad.write_text(bad.read_text().replace('gpu_hours_budget: 0.05', 'gpu_hours_budget: -2'))
     r = pqk('run', bad, '--runs-dir', runs, '--reports-dir', reps)
-    assert r.returncode == 1 and 'gpu_hours_budget: got -2' in r.stderr, r.stderr
+    assert r.returncode == 2 and "gpu_hours_budget: got -2" in r.stderr, r.stderr     # bad input: nothing ran
     assert run_dirs(runs, 'B9_bad') == []
 
 
@@ -239,5 +239,5 @@ def test_run_method_adhoc_copies_log(tmp_path):
     assert rec['task_card'] == 'adhoc-eval' and rec['run_id'] == rd.name and rec['thresholds']['gpu_hours_budget'] == 1.0
     assert json.loads((rd / 'log.json').read_text()) == rec
     r = pqk('run-eval', '--workload', tmp_path / 'nope.yaml', '--runs-dir', runs)     # bad input: clear error, no run
-    assert r.returncode == 1 and 'nope.yaml' in r.stderr and 'an existing file' in r.stderr, r.stderr
+    assert r.returncode == 2 and 'nope.yaml' in r.stderr and 'an existing file' in r.stderr, r.stderr
     assert len(run_dirs(runs, 'adhoc-eval')) == 1

@@ -14,12 +14,12 @@ import yaml
 
 # %% auto #0
 __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'RESOLUTIONS', 'MAX_CONFIG_BYTES',
-           'MAX_YAML_DEPTH', 'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'Problem',
-           'ContractError', 'load_schema', 'schema_problems', 'version_problems', 'sha256_file', 'Contract', 'Workload',
-           'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml', 'guess_contract_name',
-           'check_contract', 'load_contract', 'load_workload', 'load_eval', 'TaskCard', 'resolve_path',
-           'split_front_matter', 'resolve_ref', 'check_card', 'card_ids', 'load_card', 'card_threshold',
-           'contracts_provenance']
+           'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX', 'METHOD_FOR_KIND', 'is_project_root', 'project_root',
+           'schemas_dir', 'Problem', 'ContractError', 'load_schema', 'schema_problems', 'version_problems',
+           'sha256_file', 'Contract', 'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems',
+           'parse_yaml', 'guess_contract_name', 'check_contract', 'load_contract', 'load_workload', 'load_eval',
+           'TaskCard', 'resolve_path', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card',
+           'cards_by_id', 'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -424,6 +424,31 @@ def resolve_path(p, card_path=None) -> Path:
     alt = Path(card_path).parent / p
     return alt if alt.exists() else cand
 
+CKPT_KEYWORDS = ('teacher', 'demo')    # a card's `checkpoint:` that names no file
+CARD_ID_MAX = 96                       # + '-YYYYmmddTHHMMSSZ-abcdef-999' stays within pqk.core.paths.NAME_MAX
+
+def card_path_problems(front: dict, card_path, file: str) -> list[Problem]:
+    """Every path a card names (configs, `checkpoint`, `template`) must lie inside the project root after symlinks are
+    resolved, and `upstream.artifact` must be a relative path without `..`: one `Problem` per path that does not."""
+    from pqk.core.paths import confined
+    root, out = project_root(Path(card_path).parent), []
+    def check(value, field, resolved=None):
+        try: confined(resolved if resolved is not None else value, root, file, field, within='the project root')
+        except ValueError as e: out.append(Problem(file, field, value, e.problems[0].expected))   # a ContractError
+    cfgs = front.get('configs') if isinstance(front.get('configs'), dict) else {}
+    for which, p in cfgs.items():
+        if isinstance(p, str) and p: check(p, f'configs.{which}', resolve_path(p, card_path))
+    ck = front.get('checkpoint')
+    if isinstance(ck, str) and ck and ck not in CKPT_KEYWORDS: check(ck, 'checkpoint')
+    tp = front.get('template')
+    if isinstance(tp, str) and tp and (Path(tp).is_absolute() or len(Path(tp).parts) > 1): check(tp, 'template')
+    up = front.get('upstream')
+    art = up.get('artifact') if isinstance(up, dict) else None
+    if isinstance(art, str) and (Path(art).is_absolute() or '..' in Path(art).parts or not art.strip()):
+        out.append(Problem(file, 'upstream.artifact', art, 'a relative path inside the upstream run folder '
+                                                           '(no absolute path, no ..)'))
+    return out
+
 def split_front_matter(text: str) -> tuple[str | None, str]:
     lines = text.splitlines(keepends=True)
     if not lines or lines[0].strip() != '---': return None, text
@@ -453,8 +478,16 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
     except ContractError as e: return e.problems, None
     if not isinstance(front, dict): return [Problem(file, 'front matter', front, 'a YAML mapping')], None
     ps = schema_problems(front, 'taskcard', file)
+    from pqk.core.logschema import finite_record
+    ps += [Problem(file, f, 'nan or inf', 'a finite number') for f in finite_record(front)[1]]
+    if isinstance(front.get('id'), str) and len(front['id']) > CARD_ID_MAX:
+        ps.append(Problem(file, 'id', front['id'], f'a card id of at most {CARD_ID_MAX} characters (so that its '
+                                                   'run ids <id>-<UTC time>-<hash>[-n] stay names)'))
     card = TaskCard(path.resolve(), front, body, hashlib.sha256(text.encode()).hexdigest())
     cfgs = front.get('configs') if isinstance(front.get('configs'), dict) else {}
+    ps += card_path_problems(front, path, file)
+    outside = {p.path for p in ps}
+    cfgs = {k: v for k, v in cfgs.items() if f'configs.{k}' not in outside}     # never read what lies outside
     for which, p in cfgs.items():
         if not isinstance(p, str): continue
         rp = resolve_path(p, path)
@@ -472,7 +505,8 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
                 except KeyError: ps.append(Problem(file, fld, v, f"a reference to an existing field of {cfgs['eval']}"))
     kind, m = front.get('kind'), cfgs.get('method')
     need = METHOD_FOR_KIND.get(kind)
-    if need and not m: ps.append(Problem(file, 'configs.method', None, f'a {need} config for a {kind} card'))
+    if need and not m and 'configs.method' not in outside:
+        ps.append(Problem(file, 'configs.method', None, f'a {need} config for a {kind} card'))
     if isinstance(m, str) and resolve_path(m, path).is_file():
         mp = resolve_path(m, path)
         try: got = guess_contract_name(mp, _read_yaml(mp, _rel(mp))[1])
@@ -491,15 +525,21 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
 
 _ID_LINE = re.compile(r'^id:\s*["\']?([A-Za-z0-9][A-Za-z0-9_.-]*)', re.M)
 
-def card_ids(folder) -> set:
-    "Card ids of the `*.md` cards in `folder` (read from each front matter's `id:` line)."
-    out = set()
-    for f in Path(folder).glob('*.md'):
-        try: fm, _ = split_front_matter(f.read_text(encoding='utf-8'))
+def cards_by_id(folder) -> dict:
+    "{card id: [card files]} of the `*.md` cards in `folder` (each front matter's `id:` line; big files cut short)."
+    out = {}
+    for f in sorted(Path(folder).glob('*.md')):
+        try:
+            with open(f, 'rb') as fh: text = fh.read(MAX_CONFIG_BYTES).decode('utf-8')
+            fm, _ = split_front_matter(text)
         except (OSError, UnicodeDecodeError): continue
         m = _ID_LINE.search(fm or '')
-        if m: out.add(m[1])
+        if m: out.setdefault(m[1], []).append(f)
     return out
+
+def card_ids(folder) -> set:
+    "Card ids of the `*.md` cards in `folder` (read from each front matter's `id:` line)."
+    return set(cards_by_id(folder))
 
 def load_card(path) -> TaskCard:
     ps, c = check_card(path)

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/core/02_io.ipynb #f8d1f1c3
 from __future__ import annotations
-import fcntl, json, os, tempfile, time
+import fcntl, hashlib, json, os, tempfile, time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,22 +15,66 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 TMP_PREFIX = '.tmp-'
+LEDGER_ENV = 'PQK_ARTIFACT_LEDGER'     # a file: atomic writes under its folder append {path, sha256, bytes, mtime_ns}
+MAX_LEDGER_BYTES = 64 << 20            # a ledger larger than this is read up to here (one line per written file)
+
+def sha256_of(path) -> str:
+    "sha256 hex digest of a file's bytes (read in 1 MiB blocks: bounded memory whatever its size)."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
+    return h.hexdigest()
+
+def _ledger_rel(path: Path, ledger) -> str | None:
+    "`path` relative to the ledger's folder (posix), or None when it lies outside it."
+    try: return (path.parent.resolve() / path.name).relative_to(Path(ledger).resolve().parent).as_posix()
+    except (ValueError, OSError): return None
+
+def ledger_append(ledger, rel: str, sha256: str, nbytes: int, mtime_ns: int) -> None:
+    "Append one ledger line with a single `O_APPEND` write (whole lines even with concurrent writers)."
+    line = json.dumps({'path': rel, 'sha256': sha256, 'bytes': int(nbytes), 'mtime_ns': int(mtime_ns)}) + '\n'
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try: os.write(fd, line.encode())
+    finally: os.close(fd)
+
+def read_ledger(ledger) -> dict:
+    "{path: {sha256, bytes, mtime_ns}} of a ledger, the last line of a path winning; unreadable lines are skipped."
+    out = {}
+    try:
+        with open(ledger, 'rb') as f: raw = f.read(MAX_LEDGER_BYTES)
+    except OSError: return out
+    for line in raw.splitlines():
+        try: e = json.loads(line)
+        except ValueError: continue
+        if (isinstance(e, dict) and isinstance(e.get('path'), str) and isinstance(e.get('sha256'), str)
+                and isinstance(e.get('bytes'), int) and isinstance(e.get('mtime_ns'), int)):
+            out[e['path']] = {k: e[k] for k in ('sha256', 'bytes', 'mtime_ns')}
+    return out
 
 @contextmanager
-def atomic_path(path):
-    "Yield a temporary path beside `path`; on success fsync it and rename it over `path`, else delete it."
+def atomic_path(path, ledger=None):
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`, else delete it. With a
+    ledger (`ledger`, else `$PQK_ARTIFACT_LEDGER`) whose folder holds `path`, the file's sha256 is computed before the
+    rename and appended to the ledger."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{os.getpid()}-', suffix=f'-{path.name}', dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        led = ledger or os.environ.get(LEDGER_ENV)
+        rel = _ledger_rel(path, led) if led else None
+        digest = sha256_of(tmp) if rel is not None else None
         umask = os.umask(0o022); os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)              # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
+    if digest is not None:
+        try: st = os.stat(path); ledger_append(led, rel, digest, st.st_size, st.st_mtime_ns)
+        except OSError as e:                       # the file is written; without a line the runner hashes it later
+            import sys; print(f'pqk: could not record {path.name} in the ledger {led}: {e}', file=sys.stderr)
 
 def write_json_atomic(path, obj, indent=2) -> Path:
     "Write `obj` as JSON to `path` atomically (temp file in the same folder, fsync, rename)."
@@ -39,8 +83,9 @@ def write_json_atomic(path, obj, indent=2) -> Path:
     return Path(path)
 
 # %% auto #0
-__all__ = ['TMP_PREFIX', 'utc_now', 'atomic_path', 'write_json_atomic', 'write_text_atomic', 'save_torch_atomic',
-           'save_npz_atomic', 'file_lock', 'tmp_writer_pid', 'pid_alive', 'clean_stale_tmp']
+__all__ = ['TMP_PREFIX', 'LEDGER_ENV', 'MAX_LEDGER_BYTES', 'utc_now', 'sha256_of', 'ledger_append', 'read_ledger', 'atomic_path',
+           'write_json_atomic', 'write_text_atomic', 'save_torch_atomic', 'save_npz_atomic', 'file_lock',
+           'tmp_writer_pid', 'pid_alive', 'clean_stale_tmp']
 
 # %% ../../nbs/core/02_io.ipynb #e8bd80f8
 def write_text_atomic(path, text: str) -> Path:
@@ -63,15 +108,17 @@ def save_npz_atomic(path, arrays: dict) -> Path:
 
 @contextmanager
 def file_lock(path, timeout: float = 600.0):
-    "Hold an exclusive `fcntl.flock` on `path` (created if needed); a clear TimeoutError after `timeout` seconds."
+    """Hold an exclusive `fcntl.flock` on `path` (created if needed); a clear TimeoutError after `timeout` seconds
+    (`timeout=0`: one try, refused at once when another process holds it)."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'a+') as f:
         t0 = time.monotonic()
         while True:
             try: fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB); break
             except BlockingIOError:
-                if time.monotonic() - t0 > timeout:
-                    raise TimeoutError(f'{path}: still locked by another pqk process after {timeout:.0f} s') from None
+                if time.monotonic() - t0 >= timeout:
+                    raise TimeoutError(f'{path}: locked by another pqk process'
+                                       + (f' for {timeout:.0f} s' if timeout > 0 else '')) from None
                 time.sleep(0.05)
         try: yield
         finally: fcntl.flock(f.fileno(), fcntl.LOCK_UN)

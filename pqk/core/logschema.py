@@ -9,11 +9,11 @@ from typing import Any
 
 from .contracts import Problem, load_schema, schema_problems, project_root
 
-LOG_SCHEMA_VERSION = '1.2'   # 1.1: intervals, inconclusive status, device-hours, no placeholder hashes; 1.2: Q/P/chains
+LOG_SCHEMA_VERSION = '1.2'   # 1.1: intervals, inconclusive, device-hours, real hashes; 1.2: Q/P/chains (+ optional artifact_hashes)
 
 # %% auto #0
-__all__ = ['LOG_SCHEMA_VERSION', 'git_commit', 'environment', 'log_problems', 'validate_log', 'synthetic_log', 'log_columns',
-           'flatten_log']
+__all__ = ['LOG_SCHEMA_VERSION', 'NOT_COLUMNS', 'git_commit', 'environment', 'log_problems', 'validate_log', 'finite_record',
+           'synthetic_log', 'log_columns', 'flatten_log']
 
 # %% ../../nbs/core/01_logschema.ipynb #f8758e15
 def git_commit(root=None) -> str:
@@ -48,6 +48,23 @@ def validate_log(record: Any, file: str = '<log>') -> dict:
     ps = log_problems(record, file)
     if ps: raise ContractError(ps)
     return record
+
+def finite_record(obj, path: str = '') -> tuple:
+    """(`obj` with every non-finite float (NaN, ±inf) replaced by None, the dotted paths of the replaced values): the
+    log writer turns them into null and says which fields, instead of failing on strict JSON and leaving no log."""
+    import math
+    if isinstance(obj, float) and not math.isfinite(obj): return None, [path or '<top>']
+    if isinstance(obj, dict):
+        out, bad = {}, []
+        for k, v in obj.items():
+            out[k], b = finite_record(v, f'{path}.{k}' if path else str(k)); bad += b
+        return out, bad
+    if isinstance(obj, (list, tuple)):
+        out, bad = [], []
+        for i, v in enumerate(obj):
+            x, b = finite_record(v, f'{path}[{i}]'); out.append(x); bad += b
+        return out, bad
+    return obj, []
 
 # %% ../../nbs/core/01_logschema.ipynb #c0f1c091
 def synthetic_log(kind: str = 'eval', contracts: dict | None = None, **over) -> dict:
@@ -89,10 +106,13 @@ def log_columns(schema: dict | None = None) -> list[str]:
     "Report column names in schema order (leaf fields of the unified log schema)."
     return _leaves(schema or load_schema('unified_log'))
 
+NOT_COLUMNS = ('artifact_hashes',)   # provenance kept in the log, not spread over report columns
+
 def flatten_log(record: dict, prefix: str = '') -> dict:
-    "Nested log → flat {dotted column: value}."
+    "Nested log → flat {dotted column: value} (top-level blocks in `NOT_COLUMNS` left out)."
     out = {}
     for k, v in record.items():
+        if not prefix and k in NOT_COLUMNS: continue
         name = f'{prefix}.{k}' if prefix else k
         if isinstance(v, dict) and v: out.update(flatten_log(v, name))
         elif isinstance(v, dict): continue

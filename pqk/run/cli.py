@@ -8,7 +8,8 @@ import argparse, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['EDGE_BACKENDS', 'EXPECTED_ERRORS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError', 'error_line', 'main']
+__all__ = ['EDGE_BACKENDS', 'EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser',
+           'UsageError', 'error_line', 'run_exit', 'main']
 
 # %% ../../nbs/run/75_cli.ipynb #bd6efae4
 def _method_args(p: argparse.ArgumentParser, method: str | None):
@@ -26,6 +27,12 @@ def _method_args(p: argparse.ArgumentParser, method: str | None):
     p.add_argument('--template', default=None, help='template notebook (default: nbs/templates/run_<method>.ipynb)')
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='extra template parameter (YAML value), e.g. steps=4')
+    return p
+
+def _resume_arg(p: argparse.ArgumentParser):
+    p.add_argument('--resume', default=None, metavar='RUN_ID',
+                   help='continue a stopped run of this command in its folder with the inputs it started with '
+                        '(their copies in the run folder, verified; the other input options are not used)')
 
 # = pqk.edge.edge_eval.BACKENDS (no torch import here)
 EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')
@@ -49,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
                    help='extra template parameter (YAML value)')
     p.add_argument('--resume', default=None, metavar='RUN_ID',
-                   help='continue a stopped or killed run of this card in its folder, from its last checkpoint')
+                   help='continue a stopped or killed run of this card in its folder, from its last checkpoint '
+                        '(its inputs are verified; --param: none, or the ones it started with)')
     p.add_argument('--force', action='store_true', help="run a card whose status is not 'ready'")
     p = sub.add_parser('aggregate', help='rebuild reports/ from all run logs')
     p.add_argument('--runs-dir', default=None); p.add_argument('--reports-dir', default=None)
@@ -63,11 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                    'the variable: a command line is visible to every local user)')
     p.add_argument('--ip', default='127.0.0.1', help='loopback address to listen on (127.0.0.1, localhost or ::1)')
     p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
-    _method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None)
-    _method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill template'),
-                 'distill')
-    _method_args(sub.add_parser('run-quant', help='quantize a checkpoint to int8 (PTQ, QAT if needed) with run_quant'),
-                 'quant')
+    _resume_arg(_method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None))
+    _resume_arg(_method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill '
+                                                                'template'), 'distill'))
+    _resume_arg(_method_args(sub.add_parser('run-quant', help='quantize a checkpoint to int8 (PTQ, QAT if needed) '
+                                                              'with run_quant'), 'quant'))
     p = sub.add_parser('export', help='export a checkpoint to ONNX at the contract shape (fp32, fp16; int8 via quant)')
     p.add_argument('--ckpt', default='demo', help="checkpoint: a path, 'demo' (default) or 'teacher' (the workload's)")
     p.add_argument('--precision', choices=('fp32', 'fp16', 'int8'), default='fp32')
@@ -76,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--workload', default='configs/workload.yaml', help='workload contract (input shape, calibration)')
     p.add_argument('--cfg', default='configs/quant.yaml', help='quant config (int8 only)')
     p.add_argument('--flavour', choices=('ort', 'tensorrt'), default='ort', help='int8 only: ORT-CPU or TensorRT Q/DQ')
-    _method_args(sub.add_parser('run-prune', help='prune a model and fine-tune it with the prune template'), 'prune')
+    _resume_arg(_method_args(sub.add_parser('run-prune', help='prune a model and fine-tune it with the prune template'),
+                             'prune'))
     p = sub.add_parser('edge-eval', help='latency, memory, power and throttling of a model on this device (run_edge)')
     _method_args(p, None)
     p.add_argument('--backend', choices=EDGE_BACKENDS, default=None,
@@ -141,6 +150,19 @@ def error_line(cmd: str, e: BaseException) -> str:
 
 EXPECTED_ERRORS = (ValueError, OSError, RecursionError, KeyboardInterrupt)
 
+# `pqk run` and `pqk run-*`: one meaning per exit status (the README has the same table)
+EXIT_CODES = {0: 'passed', 1: 'failed (the log says why)', 2: 'bad input: nothing ran (a usage error, or a card, '
+              'config, path, --param or --resume refused before the run started; one line says which)',
+              3: 'inconclusive (the log says how many pairs would resolve it)',
+              4: 'stopped (resumable: the log says the command that continues it)',
+              130: 'interrupted before the run started', 143: 'SIGTERM while the log was written (it is complete)'}
+STATUS_EXIT = {'passed': 0, 'failed': 1, 'inconclusive': 3, 'stopped': 4}
+RUN_COMMANDS = ('run', 'run-eval', 'run-distill', 'run-quant', 'run-prune')
+
+def run_exit(res: dict) -> int:
+    "The exit status of a finished run (its log's status; `EXIT_CODES`)."
+    return STATUS_EXIT.get(res.get('status'), 1)
+
 def main(argv=None) -> int:
     args = _resolve_dirs(build_parser().parse_args(argv))
     try: return _main(args)
@@ -148,7 +170,7 @@ def main(argv=None) -> int:
         if args.debug: raise
         if isinstance(e, KeyboardInterrupt): print(f'pqk {args.cmd}: interrupted', file=sys.stderr); return 130
         print(error_line(args.cmd, e), file=sys.stderr)
-        return 1
+        return 2 if args.cmd in RUN_COMMANDS else 1
 
 def _main(args) -> int:
     if args.cmd == 'devcheck':
@@ -167,7 +189,7 @@ def _main(args) -> int:
             res = run_card(args.card, runs_dir=args.runs_dir, seed=args.seed, aggregate=not args.no_aggregate,
                            reports_dir=args.reports_dir, extra_params=_extra_params(args.param), force=args.force,
                            resume=args.resume)
-            return 0 if res.get('status') == 'passed' else 1
+            return run_exit(res)
         if args.cmd == 'aggregate':
             from pqk.run.aggregate import aggregate
             aggregate(args.runs_dir, args.reports_dir); return 0
@@ -196,8 +218,8 @@ def _main(args) -> int:
                              cfg=getattr(args, 'cfg', None), ckpt=_ckpt_arg(args), log=args.log, seed=args.seed,
                              runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
-                             extra_params=_extra_params(args.param))
-            return 0 if res.get('status') == 'passed' else 1
+                             extra_params=_extra_params(args.param), resume=args.resume)
+            return run_exit(res)
         if args.cmd == 'bench':
             from pqk.edge.bench import bench, BENCH_ROWS
             rows = tuple(r for r in BENCH_ROWS if not (args.no_compile and r == 'compiled'))
@@ -216,10 +238,10 @@ def _main(args) -> int:
                              runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
                              extra_params={k: v for k, v in extra.items() if v is not None})
-            return 0 if res.get('status') == 'passed' else 1
+            return run_exit(res)
     except ContractError as e:
         print(error_line(args.cmd, e), file=sys.stderr)
-        return 1
+        return 2 if args.cmd in RUN_COMMANDS else 1
     return 2
 
 # %% ../../nbs/run/75_cli.ipynb #0f5a8c37

@@ -4,33 +4,38 @@
 
 # %% ../../nbs/run/71_runner.ipynb #070ff216
 from __future__ import annotations
-import hashlib, json, os, re, shutil, signal, sys, threading, time
-from contextlib import contextmanager, nullcontext
+import hashlib, json, math, os, re, shutil, signal, sys, threading, time
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.contracts import (ContractError, Problem, check_card, contracts_provenance, load_contract, load_eval,
-                                load_workload, project_root, _rel)
-from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems
-from ..core.io import utc_now, write_json_atomic
+                                load_workload, project_root, sha256_file, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES,
+                                _rel)
+from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems, finite_record
+from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV
+from ..core.paths import check_name, confined, is_name
 from .scraps import read_scraps
 from ..eval.verdict import thresholds_for, judge, STATUSES
 
 # %% auto #0
-__all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
-           'UPSTREAM_ARTIFACT', 'RESUME_FOLDER', 'templates_dir', 'TemplateNotFound', 'resolve_template',
-           'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir', 'RunSpec', 'null_blocks', 'real_hash',
-           'build_log', 'repair_log', 'remote_resources', 'export_html', 'template_params', 'kernel_env',
-           'live_progress', 'Terminated', 'terminate_as_interrupt', 'resolve_upstream', 'prepare_resume', 'execute_run',
-           'run_card', 'resume_folder', 'run_method']
+__all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
+           'LEDGER_NAME', 'INPUTS_NAME', 'LOCK_NAME', 'STOP_GRACE_ENV', 'STOP_GRACE_S', 'UPSTREAM_ARTIFACT',
+           'UPSTREAM_ACCEPT', 'RESUME_FOLDER', 'MAX_HASHED_FILES', 'METHOD_COMMAND', 'templates_dir',
+           'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir',
+           'RunSpec', 'null_blocks', 'real_hash', 'said', 'build_log', 'repair_log', 'remote_resources', 'export_html',
+           'write_inputs', 'read_inputs', 'template_params', 'env_vars', 'kernel_env', 'live_progress', 'Terminated',
+           'stop_grace', 'forward_sigterm', 'StopState', 'stop_forwarding', 'UpstreamRefused', 'resolve_upstream',
+           'run_lock', 'verify_resume', 'prepare_resume', 'artifact_hashes', 'resume_hint', 'execute_run', 'run_card',
+           'resume_folder', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #6c207d48
 TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
                     'P': 'run_prune', 'KP': 'run_prune', 'edge': 'run_edge'}
 METHOD_KIND = {'eval': 'eval', 'distill': 'K', 'quant': 'Q', 'prune': 'P', 'edge': 'edge'}
 PROTOCOL_PARAMS = ('workload', 'eval', 'cfg', 'card', 'card_id', 'kind', 'run_id', 'out_dir', 'seed', 'ckpt',
-                   'gpu_hours_budget', 'nproc')
+                   'gpu_hours_budget', 'nproc', 'resume')
 
 def templates_dir() -> Path: return project_root() / 'nbs' / 'templates'
 
@@ -38,7 +43,8 @@ class TemplateNotFound(FileNotFoundError):
     "No template notebook for a card; the message lists what was tried and what exists."
 
 def resolve_template(kind: str, template: str | None = None, card_path=None) -> Path:
-    "The template notebook for `kind`, or the one named by a card's `template:` field."
+    """The template notebook for `kind`, or the one named by `template` (a card's `template:` field, or `--template`).
+    A template named by a card (`card_path` given) must lie inside the project root, symlinks resolved."""
     td = templates_dir()
     if template:
         p = Path(template); cands = [p] if p.is_absolute() else [project_root() / p]
@@ -50,7 +56,9 @@ def resolve_template(kind: str, template: str | None = None, card_path=None) -> 
             raise TemplateNotFound(f"no template for kind {kind!r}; expected one of {', '.join(TEMPLATE_BY_KIND)}")
         cands = [td / f'{TEMPLATE_BY_KIND[kind]}.ipynb']; what = f'template for kind {kind!r}'
     for c in cands:
-        if c.is_file() and c.suffix == '.ipynb': return c.resolve()
+        if c.is_file() and c.suffix == '.ipynb':
+            if card_path is None: return c.resolve()
+            return confined(c, project_root(), _rel(card_path), 'template', within='the project root')
     have = sorted(p.name for p in td.glob('*.ipynb')) if td.is_dir() else []
     raise TemplateNotFound(f"{what}: not found (tried {', '.join(_rel(c) for c in cands)}); "
                            f"templates in {_rel(td)}: {', '.join(have) or 'none'}")
@@ -74,22 +82,30 @@ def prepare_template(src, dst) -> Path:
                                    "allowed_cell_metadata_keys = [\"tags\"]")
         marked[0].metadata['tags'] = list(marked[0].metadata.get('tags') or []) + ['parameters']
     nb.metadata.setdefault('kernelspec', {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'})
-    nbformat.write(nb, str(dst))
+    with atomic_path(dst) as tmp: nbformat.write(nb, str(tmp))
     return Path(dst)
 
 # %% ../../nbs/run/71_runner.ipynb #4245c7e9
-def config_hash(paths) -> str:
-    "sha256 hex over the bytes of `paths` in order (None entries skipped), each prefixed by its length."
+def config_hash(paths, params: dict | None = None) -> str:
+    """sha256 hex over the bytes of `paths` in order (None entries skipped), each prefixed by its length, then over the
+    `--param` overrides `params` (canonical JSON; none: the hash of the files alone)."""
     h = hashlib.sha256()
     for p in paths:
         if p is None: continue
         b = Path(p).read_bytes(); h.update(f'{len(b)}:'.encode()); h.update(b)
+    if params:
+        b = json.dumps(params, sort_keys=True, default=str).encode()
+        h.update(f'params {len(b)}:'.encode()); h.update(b)
     return h.hexdigest()
 
+RUN_ID_RX = re.compile(r'(?P<card>.+)-(?P<ts>\d{8}T\d{6}Z)-(?P<h>[0-9a-f]{6})(?:-(?P<n>\d+))?')
+
 def make_run_id(card_id: str, digest: str, when: datetime | None = None) -> str:
-    "`<card_id>-<YYYYmmddTHHMMSSZ>-<6 hex>`."
+    "`<card_id>-<YYYYmmddTHHMMSSZ>-<6 hex>`: a name (`pqk.core.paths.NAME_PATTERN`) for a card id that is one."
     when = when or datetime.now(timezone.utc)
-    return f"{card_id}-{when.astimezone(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{digest[:6]}"
+    stamp = when.astimezone(timezone.utc).strftime('%Y%m%dT%H%M%SZ')
+    rid = f"{check_name(card_id, 'task card', 'id')}-{stamp}-{digest[:6]}"
+    return check_name(rid, 'task card', 'id (the run id it gives)')
 
 def create_run_dir(runs_dir, run_id: str) -> tuple[str, Path]:
     "Create `runs_dir/run_id` atomically; if it exists, `run_id-2`, `-3`, … Returns (run_id, folder)."
@@ -119,6 +135,18 @@ class RunSpec:
     extra: dict = field(default_factory=dict)
     card_status: str | None = None                 # the card's `status` when the run started (None: no card)
     upstream: dict | None = None                   # the card's `upstream:` (a chain), resolved into `ckpt` at run time
+    command: str | None = None                     # how this run is started again (`pqk run <card>`, `pqk run-quant`)
+
+    def sources(self) -> list:
+        "The files whose bytes make the run's config hash, in order (card, workload, eval, method config)."
+        return [self.card, self.workload, self.eval, self.cfg]
+
+    def hashed_params(self) -> dict:
+        """What else the config hash covers: the `--param` overrides and, for a run without a card (whose checkpoint,
+        seed, budget and processes come from the command line, not from a hashed card), those too."""
+        if self.card is not None: return dict(self.extra)
+        return {**self.extra, '(adhoc)': {'ckpt': self.ckpt, 'seed': self.seed, 'budget': self.budget,
+                                           'nproc': self.nproc}}
 
 def _check_extra(extra: dict | None, file='--param') -> dict:
     extra = dict(extra or {})
@@ -165,24 +193,40 @@ def _resource(block, device_hours: float, device_kind: str) -> dict:
             'peak_mem_mb': r.get('peak_mem_mb')}
 
 # %% ../../nbs/run/71_runner.ipynb #2dde5f0d
+def said(status: str, reason) -> str:
+    "`<status>: <reason>`, without repeating a status word the reason already starts with."
+    r = str(reason or '').strip()
+    return r if r.lower().startswith(f'{status}:') else (f'{status}: {r}' if r else status)
+
 def _status(scraps: dict, kind: str, th: dict, error, stopped, notes: list) -> dict:
-    "The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers disagree."
+    """The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers
+    disagree. A verdict that cannot be computed (e.g. a non-finite threshold) is a `failed` run, never a missing log."""
     q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else None
-    if error: return judge(kind, q, th, error=error)
-    if stopped: return judge(kind, q, th, stopped_reason=stopped)
-    eff = scraps.get('efficiency') if isinstance(scraps.get('efficiency'), dict) else None
-    mine, v = judge(kind, q, th, efficiency=eff), scraps.get('verdict')
-    if not (isinstance(v, dict) and v.get('status') in STATUSES):
+    v = scraps.get('verdict') if isinstance(scraps.get('verdict'), dict) else None
+    v = v if v is not None and v.get('status') in STATUSES else None
+    try:
+        if error: return judge(kind, q, th, error=error)
+        if stopped:
+            if v is not None and v.get('reason'): notes.append(f"the template said {said(v['status'], v['reason'])}")
+            return judge(kind, q, th, stopped_reason=stopped)
+        eff = scraps.get('efficiency') if isinstance(scraps.get('efficiency'), dict) else None
+        mine = judge(kind, q, th, efficiency=eff)
+    except (ValueError, TypeError) as e:
+        return {'status': 'failed', 'reason': f'the verdict could not be computed ({type(e).__name__}: {e})',
+                'pairs_to_resolve': None}
+    if v is None:
         notes.append('the template recorded no verdict; judged by the runner'); return mine
     stricter = {'passed': ('failed', 'inconclusive'), 'inconclusive': ('failed',)}.get(v['status'], ())
     if mine['status'] in stricter:
-        notes.append(f"the template said {v['status']}: {v.get('reason', '')}"); return mine
+        notes.append(f"the template said {said(v['status'], v.get('reason'))}"); return mine
     return {'status': v['status'], 'reason': str(v.get('reason', '')), 'pairs_to_resolve': v.get('pairs_to_resolve')}
 
 def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finished, duration_s, thresholds,
               artifacts: dict, error: str | None = None, stopped: str | None = None, device_hours: float = 0.0,
-              device_kind: str = 'cpu') -> dict:
-    "The unified log from the template's scraps and the runner's provenance (not yet validated)."
+              device_kind: str = 'cpu', resume_hint: str | None = None) -> dict:
+    """The unified log from the template's scraps and the runner's provenance (not yet validated). A run over the
+    stop-loss does not pass; a stopped run's reason ends with the command that continues it (`resume_hint`); every
+    non-finite number becomes null and the reason names the fields."""
     nulls = null_blocks(ev, device_hours, device_kind)
     rec = {'schema_version': LOG_SCHEMA_VERSION, 'run_id': run_id, 'task_card': spec.card_id, 'kind': spec.kind,
            'status': 'failed', 'reason': '', 'started_utc': started, 'finished_utc': finished,
@@ -208,24 +252,54 @@ def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finis
         rec['quality'] = {**rec['quality'], 'pairs_to_resolve': st['pairs_to_resolve']}
     spent, budget = rec['resource']['device_hours'], th.get('gpu_hours_budget')
     ratio = th.get('gpu_hours_over_budget_ratio')
-    num = all(isinstance(x, (int, float)) for x in (budget, ratio))
+    num = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (budget, ratio))
     if st['status'] != 'stopped' and num and spent > ratio * budget:
-        notes.append(f"over the stop-loss: {spent:.4g} device-hours ({rec['resource']['device_kind']}) spent > "
-                     f'{ratio:g} x budget {budget:g}')
+        over = (f"over the stop-loss: {spent:.4g} device-hours ({rec['resource']['device_kind']}) spent > "
+                f'{ratio:g} x budget {budget:g}')
+        if st['status'] in ('passed', 'inconclusive'):          # a run over the stop-loss does not pass
+            notes.insert(0, f"the quality verdict alone: {said(st['status'], st['reason'])}")
+            st = {**st, 'status': 'failed', 'reason': over}
+        else: notes.append(over)
+    if st['status'] == 'stopped' and resume_hint and resume_hint not in st['reason']:
+        notes.append(f'continue it with `{resume_hint}`')
     rec['status'], rec['reason'] = st['status'], '; '.join([st['reason']] + notes)
     rec['error'] = error
+    rec, bad = finite_record(rec)
+    if bad: rec['reason'] += (f"; non-finite numbers written as null: {', '.join(bad[:20])}"
+                              + (f' and {len(bad) - 20} more' if len(bad) > 20 else ''))
     return rec
 
+def _pop_leaf(rec: dict, path: str) -> bool:
+    "Remove the value at a problem's dotted path (keys may hold dots: the longest matching key wins); True if removed."
+    cur, rest = rec, path
+    while True:
+        if isinstance(cur, dict):
+            ks = [k for k in cur if rest == k or rest.startswith(k + '.') or rest.startswith(k + '[')]
+            if not ks: return False
+            k = max(ks, key=len)
+            if rest == k: cur.pop(k); return True
+            cur, rest = cur[k], rest[len(k):].lstrip('.')
+        elif isinstance(cur, list):
+            m = re.match(r'\[(\d+)\]\.?', rest)
+            if not m or int(m[1]) >= len(cur): return False
+            if m.end() == len(rest): return False                   # list items stay (indices would shift)
+            cur, rest = cur[int(m[1])], rest[m.end():]
+        else: return False
+
 def repair_log(rec: dict, ev, device_hours: float, file: str, device_kind: str = 'cpu') -> tuple[dict, list]:
-    "Return (a schema-valid log, the problems of `rec`); invalid blocks are nulled and the run marked failed."
+    """Return (a schema-valid log, the problems of `rec`). Each invalid value inside a block is dropped (the block's
+    other numbers are kept); a block still invalid after that is nulled. A passed or inconclusive run becomes
+    `failed`; a stopped run stays `stopped` (its reason keeps how to continue it)."""
     ps = log_problems(rec, file)
     if not ps: return rec, []
+    out = json.loads(json.dumps(rec, default=str))                     # a deep copy of plain JSON
+    for p in ps:
+        if p.value != '<missing>' and re.search(r'[.\[]', p.path or ''): _pop_leaf(out, p.path)
     nulls = null_blocks(ev, device_hours, device_kind)
-    out = dict(rec)
-    for top in {re.split(r'[.\[]', p.path or '<top>')[0] for p in ps}:
+    for top in {re.split(r'[.\[]', p.path or '<top>')[0] for p in log_problems(out, file)}:
         if top in nulls: out[top] = nulls[top]
         elif top in ('training', 'edge_device', 'artifacts', 'environment', 'thresholds', 'calibration_set_hash',
-                     'quantization', 'upstream', 'pruning'):
+                     'quantization', 'upstream', 'pruning', 'artifact_hashes', 'resume'):
             out.pop(top, None)
     if 'environment' not in out:
         out['environment'] = {'python': sys.version.split()[0], 'torch': 'unknown', 'device': 'unknown'}
@@ -233,8 +307,10 @@ def repair_log(rec: dict, ev, device_hours: float, file: str, device_kind: str =
         out['thresholds'] = {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': None,
                              'gpu_hours_over_budget_ratio': None}
     msg = '; '.join(str(p) for p in ps)
-    out['status'] = 'failed'
-    out['reason'] = f'the log failed schema validation ({len(ps)} problem(s)): {msg}'
+    was = rec.get('status') if rec.get('status') in STATUSES else 'failed'
+    out['status'] = 'stopped' if was == 'stopped' else 'failed'
+    out['reason'] = (f'the log failed schema validation ({len(ps)} problem(s)): {msg}; the invalid values were '
+                     f"dropped; before that: {said(was, rec.get('reason'))}")
     out['error'] = '\n'.join(filter(None, [rec.get('error') if isinstance(rec.get('error'), str) else None,
                                            *map(str, ps)]))
     ps2 = log_problems(out, file)
@@ -272,14 +348,17 @@ def export_html(nb_path, html_path) -> tuple[Path, list[str]]:
 
 
 
-
 # %% ../../nbs/run/71_runner.ipynb #2d818d24
 def _first_line(src: str, n: int = 70) -> str:
     line = next((l for l in (src or '').splitlines() if l.strip() and not l.startswith('#')), '')
     return line if len(line) <= n else line[:n - 3] + '...'
 
+LEDGER_NAME = 'artifacts.jsonl'   # the run's artefact ledger (pqk.core.io.LEDGER_ENV points here while it runs)
+INPUTS_NAME = 'inputs.json'       # the run's inputs, hashed when it starts: what --resume verifies
+LOCK_NAME = '.pqk-run.lock'       # one writer per run folder
+
 def _copy_inputs(spec: RunSpec, run_dir: Path) -> dict:
-    "Copy the card and configs into run_dir/config/; {role: copy path}."
+    "Copy the card and configs into run_dir/config/ atomically (so the ledger holds their hashes); {role: copy path}."
     cdir = run_dir / 'config'; cdir.mkdir()
     out = {}
     for role in ('workload', 'eval', 'cfg', 'card'):
@@ -287,24 +366,38 @@ def _copy_inputs(spec: RunSpec, run_dir: Path) -> dict:
         if src is None: continue
         dst = cdir / Path(src).name
         if dst.exists(): dst = cdir / f'{role}-{Path(src).name}'
-        shutil.copy2(src, dst); out[role] = dst
+        with atomic_path(dst) as tmp: shutil.copyfile(src, tmp)
+        out[role] = dst
     return out
 
-def _existing_copies(spec: RunSpec, run_dir: Path) -> dict:
-    "The config copies a run folder already holds ({role: path}); a resumed run uses exactly these inputs."
-    cdir, out = run_dir / 'config', {}
-    for role in ('workload', 'eval', 'cfg', 'card'):
-        src = getattr(spec, role)
-        if src is None: continue
-        for cand in (cdir / Path(src).name, cdir / f'{role}-{Path(src).name}'):
-            if cand.is_file(): out[role] = cand; break
-        else: raise FileNotFoundError(2, f'the run folder has no copy of its {role} config', str(cdir / Path(src).name))
-    return out
+def write_inputs(run_dir: Path, spec: RunSpec, copies: dict, digest: str, upstream: dict | None) -> Path:
+    """`inputs.json`: the sha256 of every config copy and of the template copy when the run starts, the config hash,
+    the `--param` overrides and what else the template was given. `--resume` refuses when any of it changed."""
+    rel = lambda p: Path(p).resolve().relative_to(run_dir.resolve()).as_posix()
+    return write_json_atomic(run_dir / INPUTS_NAME, {
+        'config_hash': digest, 'card_id': spec.card_id, 'kind': spec.kind,
+        'roles': {r: rel(p) for r, p in copies.items()}, 'files': {rel(p): sha256_file(p) for p in copies.values()},
+        'params': spec.extra, 'seed': spec.seed, 'ckpt': spec.ckpt, 'budget': spec.budget, 'nproc': spec.nproc,
+        'template': spec.template, 'upstream': upstream, 'command': spec.command})
+
+def read_inputs(run_dir: Path, where: str) -> dict:
+    "The run's `inputs.json`, or a ContractError saying why a run without a readable one cannot be verified."
+    p = run_dir / INPUTS_NAME
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES: raise ValueError(f'{p.stat().st_size:,} bytes')
+        d = json.loads(p.read_text(encoding='utf-8'))
+        if not (isinstance(d, dict) and isinstance(d.get('files'), dict) and isinstance(d.get('roles'), dict)):
+            raise ValueError('not an inputs record')
+        return d
+    except (OSError, ValueError) as e:
+        raise ContractError([Problem(where, INPUTS_NAME, f'{type(e).__name__}: {e}',
+                                     f'the record of the inputs the run started with ({_rel(p)}; a run from before pqk '
+                                     'verified resumes has none: start a new run)')]) from None
 
 def _ckpt_param(ckpt, run_dir: Path):
     ("A checkpoint given by path (cwd or project relative) as the template sees it: "
      "relative to the run folder if in the project.")
-    if ckpt in (None, '', 'teacher', 'demo'): return ckpt
+    if ckpt in (None, '', *CKPT_KEYWORDS): return ckpt
     p = Path(ckpt)
     if not p.is_absolute():
         p = next((c for c in (Path.cwd() / p, project_root() / p) if c.exists()), project_root() / p)
@@ -320,14 +413,8 @@ def template_params(spec: RunSpec, run_id: str, run_dir: Path, copies: dict) -> 
             'gpu_hours_budget': spec.budget, **({'nproc': spec.nproc} if spec.nproc else {}), **spec.extra}
 
 @contextmanager
-def kernel_env(live: str | None = None):
-    "Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path."
-    import pqk
-    from pqk.core.progress import LIVE_ENV
-    add = {'PQK_PROGRESS': os.environ.get('PQK_PROGRESS') or 'final', 'PQK_ROOT': str(project_root()),
-           'PYTHONPATH': os.pathsep.join([str(Path(pqk.__file__).resolve().parent.parent)]
-                                         + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]),
-           **({LIVE_ENV: live} if live else {})}
+def env_vars(add: dict):
+    "Set the environment variables `add` (this process and its children) for the block, then restore them."
     old = {k: os.environ.get(k) for k in add}
     os.environ.update(add)
     try: yield add
@@ -335,6 +422,16 @@ def kernel_env(live: str | None = None):
         for k, v in old.items():
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
+
+def kernel_env(live: str | None = None):
+    "Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path."
+    import pqk
+    from pqk.core.progress import LIVE_ENV
+    return env_vars({'PQK_PROGRESS': os.environ.get('PQK_PROGRESS') or 'final', 'PQK_ROOT': str(project_root()),
+                     'PYTHONPATH': os.pathsep.join([str(Path(pqk.__file__).resolve().parent.parent)]
+                                                   + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+                                                      if p]),
+                     **({LIVE_ENV: live} if live else {})})
 
 @contextmanager
 def live_progress(stream=None, every: float = 1.0):
@@ -356,82 +453,248 @@ def live_progress(stream=None, every: float = 1.0):
     finally:
         stop.set(); t.join(5); Path(path).unlink(missing_ok=True)
 
+# %% ../../nbs/run/71_runner.ipynb #8ca155b9
 class Terminated(KeyboardInterrupt):
-    "SIGTERM (what schedulers and `timeout` send) received while a template was running."
+    "A stop signal (SIGTERM or SIGINT) that ends the wait for the template."
+
+STOP_GRACE_ENV = 'PQK_STOP_GRACE_S'
+STOP_GRACE_S = 60.0
+
+def stop_grace() -> float:
+    "Seconds a stopped template gets to finish: `$PQK_STOP_GRACE_S` (a finite number >= 0), else 60."
+    try: g = float(os.environ.get(STOP_GRACE_ENV) or STOP_GRACE_S)
+    except ValueError: return STOP_GRACE_S
+    return g if math.isfinite(g) and g >= 0 else STOP_GRACE_S
+
+def forward_sigterm(pid: int | None = None) -> list[int]:
+    """Send SIGTERM to every process below `pid` (default: this one): once to each process group other than ours
+    (the kernel runs in its own session, torchrun's workers in its group), directly to the others. The pids reached."""
+    import psutil
+    try: procs = psutil.Process(pid).children(recursive=True)
+    except psutil.Error: return []
+    mine, groups, sent = os.getpgid(0), set(), []
+    for p in procs:
+        try:
+            g = os.getpgid(p.pid)
+            if g == mine: os.kill(p.pid, signal.SIGTERM)
+            elif g not in groups: groups.add(g); os.killpg(g, signal.SIGTERM)
+            sent.append(p.pid)
+        except OSError: continue                      # it ended meanwhile
+    return sent
+
+@dataclass
+class StopState:
+    armed: bool = True                # a signal now stops the template; False while the log is written
+    signal: str | None = None         # 'SIGTERM' / 'SIGINT' once one arrived
+    forwarded: list = field(default_factory=list)
+    timed_out: bool = False           # the template did not finish within the grace period
+    pending: str | None = None        # a signal that arrived while the log was written
+    timer: object = None
 
 @contextmanager
-def terminate_as_interrupt():
-    """While the template runs, SIGTERM interrupts it like Ctrl-C (raising `Terminated`), so the run still ends with a
-    `stopped` log. Afterwards, while the log is being written, a SIGTERM only sets `.pending`: the log lands first,
-    then the process exits with status 143."""
-    state = type('S', (), {'armed': True, 'pending': False})()
-    if threading.current_thread() is not threading.main_thread(): yield state; return
+def stop_forwarding(grace: float | None = None):
+    """While the template runs, the first SIGTERM/SIGINT is forwarded to the kernel (`forward_sigterm`) and the runner
+    waits up to `grace` seconds (`stop_grace()`) for the notebook to finish; then, or at a second signal, `Terminated`
+    is raised. Once `state.armed` is False a signal only sets `state.pending`."""
+    st = StopState()
+    if threading.current_thread() is not threading.main_thread(): yield st; return
+    grace = stop_grace() if grace is None else grace
+    def fire():
+        if st.armed: st.timed_out = True; os.kill(os.getpid(), signal.SIGTERM)
     def handler(signum, frame):
-        if state.armed: state.armed = False; raise Terminated('SIGTERM')
-        state.pending = True
-    old = signal.signal(signal.SIGTERM, handler)
-    try: yield state
-    finally: signal.signal(signal.SIGTERM, old)
+        name = signal.Signals(signum).name
+        if not st.armed:
+            if not st.timed_out: st.pending = st.pending or name
+            return
+        if st.signal is None:
+            st.signal = name
+            st.forwarded = forward_sigterm()
+            if st.forwarded and grace > 0:
+                print(f'pqk run: {name}: asked the template to stop (SIGTERM to its kernel); waiting up to {grace:g} s '
+                      'for it to write a checkpoint and record what it has (send it again to stop at once)',
+                      file=sys.stderr)
+                st.timer = threading.Timer(grace, fire); st.timer.daemon = True; st.timer.start()
+                return
+        st.armed = False
+        raise Terminated(st.signal)
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try: yield st
+    finally:
+        if st.timer is not None: st.timer.cancel()
+        for s, h in old.items(): signal.signal(s, h)
 
+# %% ../../nbs/run/71_runner.ipynb #e0d55e80
 UPSTREAM_ARTIFACT = 'student_best.pt'
-
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()
+UPSTREAM_ACCEPT = ('passed',)
 
 def _run_log(d: Path) -> dict | None:
-    try: rec = json.loads((d / 'log.json').read_text(encoding='utf-8'))
+    "A run folder's log.json as a dict, or None (missing, too large, not JSON)."
+    try:
+        if (d / 'log.json').stat().st_size > 64 * MAX_CONFIG_BYTES: return None
+        rec = json.loads((d / 'log.json').read_text(encoding='utf-8'))
     except (OSError, ValueError): return None
     return rec if isinstance(rec, dict) else None
 
-def _usable(rec: dict | None) -> bool:
-    "A finished run that did not end in an error (any verdict: passed, failed, inconclusive, stopped)."
-    return rec is not None and rec.get('status') not in (None, 'error') and not rec.get('error')
+class UpstreamRefused(ContractError):
+    "A chain refused after its upstream run was found (hash mismatch or none recorded); `.entry` holds both hashes."
+    def __init__(self, problems, entry: dict):
+        super().__init__(problems); self.entry = entry
 
-def resolve_upstream(up: dict, runs_dir, where: str = 'task card') -> tuple[Path, list[dict]]:
-    """A chain's upstream `{card, run: latest | <run id>, artifact}` → (absolute path of the artifact, the log's
-    `upstream` list: this run first, then the upstream's own list). `latest` is the newest run folder of that card
-    whose log exists, did not end in an error and holds the artifact."""
-    card, run = up['card'], up.get('run') or 'latest'
-    art = up.get('artifact') or UPSTREAM_ARTIFACT
-    runs_dir = Path(runs_dir)
-    rx = re.compile(re.escape(card) + r'-(\d{8}T\d{6}Z)-[0-9a-f]{6}(?:-(\d+))?')
-    if run == 'latest':
-        cands = []
-        for d in (runs_dir.iterdir() if runs_dir.is_dir() else []):
-            m = rx.fullmatch(d.name)
-            if not m or not d.is_dir() or not (d / art).is_file(): continue
+def _upstream_candidates(runs_dir: Path, card: str, art: str, where: str):
+    "Runs of `card` under `runs_dir`, newest first: (run folder, its log or None, why it cannot be used or None)."
+    out = []
+    for d in (runs_dir.iterdir() if runs_dir.is_dir() else []):
+        m = RUN_ID_RX.fullmatch(d.name)
+        if not m or m['card'] != card or not is_name(d.name): continue
+        rec, why = None, None
+        try: confined(d, runs_dir, where, 'upstream.run')
+        except ContractError: why = 'a symlink out of the runs folder'
+        try: why = why or (confined(art, d, where, 'upstream.artifact', relative_only=True) and None)
+        except ContractError: why = f'{art} is a symlink out of its run folder'
+        if why is None:
             rec = _run_log(d)
-            if _usable(rec): cands.append((str(rec.get('started_utc') or ''), m[1], int(m[2] or 1), d, rec))
-        if not cands:
+            why = ('no log (running or killed)' if rec is None else 'ended in an error' if rec.get('error')
+                   else f'no {art}' if not (d / art).is_file() else None)
+        key = (str((rec or {}).get('started_utc') or ''), m['ts'], int(m['n'] or 1))
+        out.append((key, d, rec, why))
+    return [x[1:] for x in sorted(out, key=lambda x: x[0], reverse=True)]
+
+def resolve_upstream(up: dict, runs_dir, where: str = 'task card', pin: dict | None = None) -> tuple[Path, list[dict]]:
+    """A chain's upstream `{card, run, artifact, accept}` → (absolute path of the verified artefact, the log's
+    `upstream` list: this run first, then the upstream's own list). `pin` (a resumed run): the upstream entry the run
+    started with; the same run and the same bytes are required. ContractError when no usable run exists;
+    `UpstreamRefused` when the artefact's hash does not match its log."""
+    card = check_name(up.get('card'), where, 'upstream.card')
+    run = pin['run_id'] if pin else (up.get('run') or 'latest')
+    accept = tuple(up.get('accept') or UPSTREAM_ACCEPT)
+    art = up.get('artifact') or UPSTREAM_ARTIFACT
+    if not isinstance(art, str) or Path(art).is_absolute() or '..' in Path(art).parts:
+        raise ContractError([Problem(where, 'upstream.artifact', art, 'a relative path inside the upstream run folder '
+                                                                      '(no absolute path, no ..)')])
+    runs_dir = Path(runs_dir)
+    within = f'the runs folder {_rel(runs_dir)}'
+    if run == 'latest':
+        cands = _upstream_candidates(runs_dir, card, art, where)
+        skipped, pick = [], None
+        for d, rec, why in cands:
+            why = why or (None if rec.get('status') in accept else f"status {rec.get('status')}")
+            if why is None: pick = (d, rec); break
+            skipped.append(f'{d.name} ({why})')
+        if pick is None:
+            seen = f"; runs seen: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped else ''
             raise ContractError([Problem(where, 'upstream.card', card,
-                                         f"a finished run of card {card!r} under {_rel(runs_dir)} holding {art} (none "
-                                         f"found: run `pqk run taskcards/{card}.md` first)")])
-        *_, d, rec = max(cands, key=lambda c: c[:3])
+                                         f"a finished run of card {card!r} under {_rel(runs_dir)} whose status is "
+                                         f"{' or '.join(accept)} and that holds {art} (none found: run `pqk run "
+                                         f"taskcards/{card}.md` first, or add the statuses to take to the card's "
+                                         f"upstream.accept{seen})")])
+        d, rec = pick
+        why = (f"the newest {' or '.join(accept)} run of {card}"
+               + (f"; newer runs skipped: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped
+                  else ''))
     else:
-        d = runs_dir / str(run)
-        if not rx.fullmatch(d.name) or not d.is_dir():
+        check_name(run, where, 'upstream.run')
+        d = runs_dir / run
+        m = RUN_ID_RX.fullmatch(run)
+        if not m or m['card'] != card or not d.is_dir():
             raise ContractError([Problem(where, 'upstream.run', run, f'the id of a run of card {card!r} under '
                                                                      f'{_rel(runs_dir)} (or latest)')])
+        confined(run, runs_dir, where, 'upstream.run', within=within)
         rec = _run_log(d)
-        if not _usable(rec):
-            raise ContractError([Problem(where, 'upstream.run', run, 'a run whose log.json exists and that did not '
-                                         f"end in an error (its status: {(rec or {}).get('status', 'no log')})")])
-        if not (d / art).is_file():
-            raise ContractError([Problem(where, 'upstream.artifact', art, f'a file in run folder {_rel(d)}')])
-    prev = [u for u in (rec.get('upstream') or []) if isinstance(u, dict)]
-    return (d / art).resolve(), [{'run_id': d.name, 'card': card, 'artifact': art, 'sha256': _sha256(d / art)}, *prev]
+        st = (rec or {}).get('status', 'no log')
+        if rec is None or rec.get('error') or st not in accept:
+            raise ContractError([Problem(where, 'upstream.run', run, f"a run whose status is {' or '.join(accept)} "
+                                         f"and that did not end in an error (its status: {st}"
+                                         f"{', ended in an error' if rec and rec.get('error') else ''}; "
+                                         "upstream.accept lists the statuses a chain may take)")])
+        why = 'the run pinned when this run started (resumed)' if pin else 'the run the card names'
+    p = confined(art, d, where, 'upstream.artifact', relative_only=True, within=f'run folder {_rel(d)}')
+    if not p.is_file():
+        raise ContractError([Problem(where, 'upstream.artifact', art, f'a file in run folder {_rel(d)}')])
+    now, key = sha256_file(p), Path(art).as_posix()
+    got = ((rec.get('artifact_hashes') or {}).get(key) or {}) if isinstance(rec.get('artifact_hashes'), dict) else {}
+    recorded = got.get('sha256') if isinstance(got, dict) and real_hash(got.get('sha256')) else None
+    entry = {'run_id': d.name, 'card': card, 'artifact': art, 'sha256': now, 'recorded_sha256': recorded,
+             'verified': recorded == now, 'status': str(rec.get('status')), 'why': why}
+    if recorded is None:
+        raise UpstreamRefused([Problem(where, 'upstream.artifact', f'{d.name}/{art}',
+                                       f'an artefact whose sha256 the log of run {d.name} records (it records none: a '
+                                       f'run from before pqk hashed its artefacts, or a file that run did not list; '
+                                       f'run `pqk run taskcards/{card}.md` again to chain from it)')], entry)
+    if recorded != now:
+        raise UpstreamRefused([Problem(where, 'upstream.artifact', f'{d.name}/{art}',
+                                       f'the file its run wrote: its sha256 is now {now} but the log of {d.name} '
+                                       f'recorded {recorded}; it changed after the run (restore it, or run the '
+                                       f'upstream card again); nothing downstream ran')], entry)
+    if pin and pin.get('sha256') != now:
+        raise UpstreamRefused([Problem(where, 'upstream.artifact', f'{d.name}/{art}',
+                                       f"the artefact this run started from (sha256 {pin.get('sha256')}; now {now}: "
+                                       'its upstream run changed since; start a new run)')], entry)
+    prev = rec.get('upstream') if isinstance(rec.get('upstream'), list) else []
+    prev = [u for u in prev if isinstance(u, dict)]
+    return p, [entry, *prev]
 
+# %% ../../nbs/run/71_runner.ipynb #99a7b5bd
 RESUME_FOLDER = 'attempts'
+
+@contextmanager
+def run_lock(run_dir: Path, where: str):
+    "Hold the run folder's lock for the whole run; another process that wants it is refused at once."
+    lock = file_lock(Path(run_dir) / LOCK_NAME, timeout=0)
+    try: lock.__enter__()
+    except TimeoutError:
+        raise ContractError([Problem(where, 'run', Path(run_dir).name,
+                                     f'a run folder no other pqk process is writing (another `pqk run` holds '
+                                     f'{_rel(Path(run_dir) / LOCK_NAME)}; wait for it to end)')]) from None
+    try: yield
+    finally: lock.__exit__(None, None, None)
+
+def verify_resume(run_dir: Path, spec: RunSpec, where: str) -> tuple[dict, dict]:
+    """Check (under the run's lock) that `run_dir` may be resumed by `spec`; return ({role: copy path}, the inputs
+    record). `spec.extra` becomes the recorded `--param` overrides when none were given."""
+    rec = _run_log(run_dir)
+    if rec is not None and rec.get('status') == 'passed':
+        raise ContractError([Problem(where, 'status', 'passed', 'a run that did not pass (nothing to resume)')])
+    inp = read_inputs(run_dir, where)
+    inside = lambda rel, fld: confined(rel, run_dir, where, fld, relative_only=True,
+                                       within=f'run folder {run_dir.name}')
+    bad = []
+    for rel, was in inp['files'].items():
+        p = inside(rel, f'{INPUTS_NAME} files')
+        now = sha256_file(p) if p.is_file() else 'missing'
+        if now != was:
+            bad.append(Problem(where, INPUTS_NAME, rel, f'unchanged copies: {rel} has sha256 {now} now, {was} when the '
+                                                        "run started (its inputs changed; start a new run)"))
+    if bad: raise ContractError(bad)
+    recorded = inp.get('params') if isinstance(inp.get('params'), dict) else {}
+    if spec.extra and spec.extra != recorded:
+        raise ContractError([Problem(where, '--param', spec.extra, f'the overrides the run started with '
+                                     f'({recorded or "none"}), or none at all (then those are used)')])
+    spec.extra = dict(recorded)
+    if spec.seed != inp.get('seed'):
+        raise ContractError([Problem(where, 'seed', spec.seed, f"the seed the run started with ({inp.get('seed')}): "
+                                     'give the same --seed, or none when it came from the card')])
+    roles = {r: inside(v, f'{INPUTS_NAME} roles.{r}') for r, v in inp['roles'].items() if isinstance(v, str)}
+    h = RUN_ID_RX.fullmatch(run_dir.name)['h']
+    copies = config_hash([roles.get(r) for r in ('card', 'workload', 'eval', 'cfg')], spec.hashed_params())
+    if copies[:6] != h or inp.get('config_hash') != copies:
+        raise ContractError([Problem(where, INPUTS_NAME, inp.get('config_hash'),
+                                     f'config copies that give the run id\'s hash {h} (they give {copies[:6]}: the run '
+                                     'folder was edited; start a new run)')])
+    if spec.card is not None:
+        now = config_hash(spec.sources(), spec.hashed_params())[:6]
+        if now != h:
+            raise ContractError([Problem(where, 'configs', h, f'the same card and configs as the run (their hash is '
+                                         f'now {now}: they changed; start a new run instead)')])
+    if 'template' not in roles:
+        raise ContractError([Problem(where, f'{INPUTS_NAME} roles.template', None, 'the template copy the run used')])
+    return roles, inp
 
 def prepare_resume(run_dir: Path, card_id: str) -> dict:
     """Move the previous attempt's notebook, HTML and log of `run_dir` to `attempts/` and return what the new log's
     `resume` block says about it: {'count', 'previous': [{status, reason, device_hours, notebook, log}]}."""
-    old_log = run_dir / 'log.json'
-    prev = json.loads(old_log.read_text(encoding='utf-8')) if old_log.is_file() else {}
-    past = (prev.get('resume') or {}).get('previous') or []
+    prev = _run_log(run_dir) or {}
+    r = prev.get('resume')
+    past = r['previous'] if isinstance(r, dict) and isinstance(r.get('previous'), list) else []
     n = len(past) + 1
     att = run_dir / RESUME_FOLDER; att.mkdir(exist_ok=True)
     moved = {}
@@ -439,97 +702,197 @@ def prepare_resume(run_dir: Path, card_id: str) -> dict:
                       (f'{card_id}.html', f'{card_id}.attempt{n}.html'),
                       ('log.json', f'log.attempt{n}.json')):
         if (run_dir / name).is_file(): os.replace(run_dir / name, att / new); moved[name] = f'{RESUME_FOLDER}/{new}'
+    res = prev.get('resource') if isinstance(prev.get('resource'), dict) else {}
     entry = {'status': prev.get('status', 'killed (no log)'),
              'reason': prev.get('reason', 'the process ended without a log'),
-             'device_hours': (prev.get('resource') or {}).get('device_hours'),
+             'device_hours': res.get('device_hours'),
              'notebook': moved.get(f'{card_id}.ipynb'), 'log': moved.get('log.json')}
     return {'count': n, 'previous': [*past, entry]}
 
-class _UpstreamMissing(Exception): pass
+# %% ../../nbs/run/71_runner.ipynb #654a3864
+MAX_HASHED_FILES = 10_000
+_NOT_ARTEFACTS = ('log.json', LEDGER_NAME, LOCK_NAME)
+
+def artifact_hashes(run_dir: Path, artifacts: dict, ledger: Path | None = None) -> tuple[dict, list[str]]:
+    "({path: {sha256, bytes, hashed}} of the run's artefact files, notes for the log's reason)."
+    import itertools
+    base = Path(run_dir).resolve()
+    led = read_ledger(ledger or base / LEDGER_NAME)
+    files, outside, notes = {}, [], []
+    def add(p: Path):
+        try: r = p.resolve()
+        except (OSError, RuntimeError): return
+        if r != base and base not in r.parents: return
+        rel = r.relative_to(base).as_posix()
+        if rel not in _NOT_ARTEFACTS and not rel.startswith(f'{RESUME_FOLDER}/') and r.is_file(): files[rel] = r
+    for name, v in sorted(artifacts.items()):
+        if not isinstance(v, str) or not v.strip(): continue
+        p = Path(v) if Path(v).is_absolute() else base / v
+        try: r = p.resolve()
+        except (OSError, RuntimeError): continue
+        if r != base and base not in r.parents: outside.append(f'{name}={v}'); continue
+        if r.is_dir():
+            for f in sorted(itertools.islice(r.rglob('*'), MAX_HASHED_FILES + 1)): add(f)
+        else: add(r)
+    for rel in led: add(base / rel)
+    out, changed = {}, []
+    for rel in sorted(files)[:MAX_HASHED_FILES]:
+        try: stt = files[rel].stat()
+        except OSError: continue
+        e = led.get(rel)
+        if e is not None and e['bytes'] == stt.st_size and e['mtime_ns'] == stt.st_mtime_ns:
+            out[rel] = {'sha256': e['sha256'], 'bytes': stt.st_size, 'hashed': 'written'}
+            continue
+        try: h = sha256_file(files[rel])
+        except OSError: continue
+        out[rel] = {'sha256': h, 'bytes': stt.st_size, 'hashed': 'run_end'}
+        if e is not None and e['sha256'] != h: changed.append(rel)
+    if changed: notes.append(f"changed after they were written (hashed at the run's end): {', '.join(changed[:10])}")
+    if outside: notes.append(f"artefacts outside the run folder, not hashed: {', '.join(outside[:10])}")
+    if len(files) > MAX_HASHED_FILES: notes.append(f'only the first {MAX_HASHED_FILES} artefact files were hashed')
+    return out, notes
+
+# %% ../../nbs/run/71_runner.ipynb #788cdcb6
+class _NotRun(Exception):
+    "The template is not executed: the chain was refused or the template was not found (the log says why)."
+
+def _arg(p) -> str:
+    "A path as a command-line argument that works from the current folder (relative when below it, else absolute)."
+    import shlex
+    r = Path(p).resolve()
+    try: s = str(r.relative_to(Path.cwd().resolve()))
+    except ValueError: s = str(r)
+    return shlex.quote(s)
+
+METHOD_COMMAND = {'eval': 'pqk run-eval', 'distill': 'pqk run-distill', 'quant': 'pqk run-quant',
+                  'prune': 'pqk run-prune'}      # the per-method commands that take --resume RUN_ID
+
+def resume_hint(spec: RunSpec, run_id: str, runs_dir) -> str | None:
+    "The command that continues run `run_id` (None when its command cannot resume, e.g. `pqk edge-eval`)."
+    if not spec.command: return None
+    runs = Path(runs_dir).resolve()
+    opt = '' if runs == (project_root() / 'runs').resolve() else f' --runs-dir {_arg(runs)}'
+    return f'{spec.command} --resume {run_id}{opt}'
+
+def _finite_hours(x) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else 0.0
+
+def _stop_reason(stop: StopState, interrupted: bool, kernel_exc: str | None) -> str:
+    why = f'stopped by {stop.signal} while the template was running'
+    if stop.forwarded:
+        why += '; its kernel was asked to stop (SIGTERM)'
+        if stop.timed_out: why += f' and had not finished after {stop_grace():g} s ({STOP_GRACE_ENV}): interrupted'
+        elif interrupted: why += ', then interrupted by a second signal'
+        elif kernel_exc: why += f' and ended ({kernel_exc})'
+        else: why += ' and the notebook finished'
+    elif kernel_exc: why += f' ({kernel_exc})'
+    return why
 
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
                 stream_output: bool = True, resume_dir: Path | None = None) -> dict:
-    ("Run `spec` through its template into a new run folder; "
-     "always returns {'status', 'reason', 'run_id', 'run_dir', 'log', …}.")
+    """Run `spec` through its template into a new run folder (or continue `resume_dir`) and return {'status',
+    'reason', 'run_id', 'run_dir', 'log', …}. A ContractError raised here means nothing ran (a refused resume)."""
     from pqk.eval.efficiency import DeviceHours
     t0 = time.monotonic(); started = utc_now()
     meter = DeviceHours(n_devices=spec.nproc or 1).start()        # the whole run: what the budget counts
     wl, ev = load_workload(spec.workload), load_eval(spec.eval)
     mc = load_contract(spec.cfg) if spec.cfg else None
-    card_obj = None
-    if spec.card is not None: card_obj = check_card(spec.card)[1]
+    card_obj = check_card(spec.card)[1] if spec.card is not None else None
     thresholds = thresholds_for(spec.kind, ev, card_obj, spec.budget)
-    digest = config_hash([spec.card, spec.workload, spec.eval, spec.cfg])
-    resumed = None
-    if resume_dir is None:
-        run_id, run_dir = create_run_dir(runs_dir, make_run_id(spec.card_id, digest))
-        copies = _copy_inputs(spec, run_dir)
-    else:                                    # same folder, same config copies, the previous attempt archived
-        run_dir, run_id = Path(resume_dir).resolve(), Path(resume_dir).name
-        copies = _existing_copies(spec, run_dir)
-        resumed = prepare_resume(run_dir, spec.card_id)
-        meter.add(sum(p['device_hours'] or 0.0 for p in resumed['previous'][-1:]))
-    out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
-    error = stopped = chain = None
-    if spec.upstream:                                     # a chain: the upstream run's artifact becomes `ckpt`
+    with ExitStack() as stack:
+        resumed = pin = None
+        if resume_dir is None:
+            digest = config_hash(spec.sources(), spec.hashed_params())
+            run_id, run_dir = create_run_dir(runs_dir, make_run_id(spec.card_id, digest))
+            stack.enter_context(run_lock(run_dir, run_id))
+            stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
+            copies = _copy_inputs(spec, run_dir)
+        else:                                # same folder, its verified copies, the previous attempt archived
+            run_dir, run_id = Path(resume_dir).resolve(), Path(resume_dir).name
+            where = f'--resume {run_id}'
+            stack.enter_context(run_lock(run_dir, where))
+            copies, inputs = verify_resume(run_dir, spec, where)
+            pin = inputs.get('upstream') if isinstance(inputs.get('upstream'), dict) else None
+            stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
+            resumed = prepare_resume(run_dir, spec.card_id)
+            meter.add(sum(_finite_hours(p.get('device_hours')) for p in resumed['previous'][-1:]))
+        out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
+        error = chain = None
+        if spec.upstream:                                 # a chain: the upstream run's artifact becomes `ckpt`
+            try:
+                up_path, chain = resolve_upstream(spec.upstream, runs_dir, _rel(spec.card) if spec.card else 'upstream',
+                                                  pin=pin)
+                spec.ckpt = str(up_path)
+            except UpstreamRefused as e: error, chain = f'upstream: {e}', [e.entry]
+            except ContractError as e: error = f'upstream: {e}'
+        if resume_dir is None:
+            try:
+                tpl = resolve_template(spec.kind, spec.template, spec.card)
+                dst = run_dir / 'config' / tpl.name
+                copies['template'] = prepare_template(tpl, dst if not dst.exists() else
+                                                      run_dir / 'config' / f'template-{tpl.name}')
+            except (TemplateNotFound, ContractError) as e: error = error or f'{type(e).__name__}: {e}'
+            write_inputs(run_dir, spec, copies, digest, chain[0] if chain and not error else None)
+        params = template_params(spec, run_id, run_dir, copies)
+        params['resume_command'] = resume_hint(spec, run_id, runs_dir)   # a stopped template's verdict names it
+        if resumed: params['resume'] = True
+        print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed
+                                                          else ''), file=sys.stderr)
+        stop = stack.enter_context(stop_forwarding())
+        interrupted, kernel_exc = False, None
         try:
-            up_path, chain = resolve_upstream(spec.upstream, runs_dir, _rel(spec.card) if spec.card else 'upstream')
-            spec.ckpt = str(up_path)
-        except ContractError as e: error = f'upstream: {e}'
-    params = template_params(spec, run_id, run_dir, copies)
-    if resumed: params['resume'] = True
-    print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed else ''),
-          file=sys.stderr)
-    sig = terminate_as_interrupt(); term = sig.__enter__()
-    try:
-        if error: raise _UpstreamMissing(error)
-        tpl = resolve_template(spec.kind, spec.template, spec.card)
-        dst = run_dir / 'config' / tpl.name
-        tpl = prepare_template(tpl, dst if not dst.exists() else run_dir / 'config' / f'template-{tpl.name}')
-        copies['template'] = tpl
-        import papermill as pm
-        kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
-        with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
-            pm.execute_notebook(str(tpl), str(out_nb), parameters=params, kernel_name='python3', progress_bar=progress,
-                                cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
-    except _UpstreamMissing: pass
-    except KeyboardInterrupt as e:
-        why = 'SIGTERM' if isinstance(e, Terminated) else 'KeyboardInterrupt'
-        stopped = (f'interrupted ({why}) while the template was running; continue it with '
-                   f'`pqk run <card> --resume {run_id}`')
-    except Exception as e:
-        from papermill.exceptions import PapermillExecutionError
-        if isinstance(e, PapermillExecutionError):
-            error = (f'{e.ename}: {e.evalue} (cell {e.cell_index} of {out_nb.name}, In [{e.exec_count}]: '
-                     f'{_first_line(e.source)})')
-        else: error = f'{type(e).__name__}: {e}'
-    term.armed = False                                     # from here on a SIGTERM waits until the log is written
-    scraps = {}
-    if out_nb.is_file():
-        try: scraps = read_scraps(out_nb)
-        except Exception as e: error = error or f'{type(e).__name__}: {e}'
-    duration = time.monotonic() - t0
-    dh, dk = meter.stop().device_hours, meter.device_kind
-    artifacts = {f'config_{k}': f'config/{v.name}' for k, v in copies.items()}
-    if out_nb.is_file():
-        artifacts['notebook'] = out_nb.name
-        try:
-            _, left = export_html(out_nb, html); artifacts['html'] = html.name
-            if left: print(f'pqk run: removed remote resources from {html.name}: {", ".join(left)}', file=sys.stderr)
+            if error: raise _NotRun(error)
+            import papermill as pm
+            kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
+            with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
+                pm.execute_notebook(str(copies['template']), str(out_nb), parameters=params, kernel_name='python3',
+                                    progress_bar=progress, cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
+        except _NotRun: pass
+        except KeyboardInterrupt as e:
+            interrupted = True; stop.signal = stop.signal or ('SIGTERM' if isinstance(e, Terminated) else 'SIGINT')
         except Exception as e:
-            print(f'pqk run: HTML copy failed ({type(e).__name__}: {e}); the notebook is kept', file=sys.stderr)
-    rec = build_log(scraps, run_id=run_id, spec=spec, wl=wl, ev=ev, mc=mc, started=started, finished=utc_now(),
-                    duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
-                    device_hours=dh, device_kind=dk)
-    if spec.card_status is not None: rec['card_status'] = spec.card_status
-    if chain: rec['upstream'] = chain
-    if resumed: rec['resume'] = resumed
-    rec, problems = repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
-    log = write_json_atomic(run_dir / 'log.json', rec)
-    sig.__exit__(None, None, None)
-    if term.pending:
-        print(f'pqk run: {run_id}: SIGTERM received while the log was written; it is written, exiting', file=sys.stderr)
-        raise SystemExit(143)
+            from papermill.exceptions import PapermillExecutionError
+            if isinstance(e, PapermillExecutionError):
+                msg = (f'{e.ename}: {e.evalue} (cell {e.cell_index} of {out_nb.name}, In [{e.exec_count}]: '
+                       f'{_first_line(e.source)})')
+            else: msg = f'{type(e).__name__}: {e}'
+            if stop.signal: kernel_exc = msg                # the kernel ended because it was told to stop
+            else: error = msg
+        stop.armed = False                                 # from here on a signal waits until the log is written
+        stopped = _stop_reason(stop, interrupted, kernel_exc) if stop.signal else None
+        scraps = {}
+        if out_nb.is_file():
+            try: scraps = read_scraps(out_nb)
+            except Exception as e: error = error or f'{type(e).__name__}: {e}'
+        duration = time.monotonic() - t0
+        dh, dk = meter.stop().device_hours, meter.device_kind
+        artifacts = {f'config_{k}': Path(v).resolve().relative_to(run_dir).as_posix() for k, v in copies.items()}
+        artifacts['inputs'] = INPUTS_NAME
+        if out_nb.is_file():
+            artifacts['notebook'] = out_nb.name
+            try:
+                _, left = export_html(out_nb, html); artifacts['html'] = html.name
+                if left: print(f'pqk run: removed remote resources from {html.name}: {", ".join(left)}',
+                               file=sys.stderr)
+            except Exception as e:
+                print(f'pqk run: HTML copy failed ({type(e).__name__}: {e}); the notebook is kept', file=sys.stderr)
+        rec = build_log(scraps, run_id=run_id, spec=spec, wl=wl, ev=ev, mc=mc, started=started, finished=utc_now(),
+                        duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
+                        device_hours=dh, device_kind=dk,
+                        resume_hint=resume_hint(spec, run_id, runs_dir) if stopped else None)
+        rec['artifact_hashes'], notes = artifact_hashes(run_dir, rec['artifacts'])
+        if notes: rec['reason'] = '; '.join([rec['reason'], *notes])
+        if spec.card_status is not None: rec['card_status'] = spec.card_status
+        if chain: rec['upstream'] = chain
+        if resumed: rec['resume'] = resumed
+        rec, bad = finite_record(rec)                      # e.g. a NaN read back from an earlier attempt's log
+        if bad: rec['reason'] += f"; non-finite numbers written as null: {', '.join(bad[:20])}"
+        rec, problems = repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
+        log = write_json_atomic(run_dir / 'log.json', rec)
+    if stop.pending:
+        print(f'pqk run: {run_id}: {stop.pending} received while the log was written; it is written, exiting',
+              file=sys.stderr)
+        raise SystemExit(130 if stop.pending == 'SIGINT' else 143)
     res = {'status': rec['status'], 'reason': rec['reason'], 'run_id': run_id, 'run_dir': run_dir, 'log': log,
            'notebook': out_nb if out_nb.is_file() else None, 'html': html if html.is_file() else None,
            'error': rec.get('error'), 'problems': [str(p) for p in problems], 'record': rec}
@@ -548,59 +911,84 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
              progress: bool = True, stream_output: bool = True, force: bool = False, resume: str | None = None) -> dict:
     """Validate a task card and its configs, run it through its template, write the log and rebuild the reports.
     A card whose `status` is not `ready` runs only with `force`; `resume` (a run id) continues that run in its
-    folder."""
+    folder. Refused before anything runs (ContractError): a card with problems (paths outside the project included),
+    a card whose id another card in its folder uses, a resume that cannot be verified."""
     ps, c = check_card(card)
     if ps:
         print(f'pqk run: {_rel(card)}: {len(ps)} problem(s) in the card; not running', file=sys.stderr)
         raise ContractError(ps)
+    same = [p for p in cards_by_id(c.path.parent).get(c.id, []) if p.resolve() != c.path]
+    if same:
+        raise ContractError([Problem(_rel(c.path), 'id', c.id, 'a card id no other card in its folder uses (also in '
+                                     + ', '.join(_rel(p) for p in same) + '): run ids and reports are keyed by it')])
     status = c.front.get('status', 'ready')
     if status != 'ready' and not force:
         raise ContractError([Problem(_rel(c.path), 'status', status, "'ready' (or run it anyway with --force)")])
     wl_p, ev_p, m_p = c.config_path('workload'), c.config_path('eval'), c.config_path('method')
     _devcheck(wl_p, ev_p, [m_p] if m_p else [], [c.path])
     f = c.front
+    ckpt = f.get('checkpoint')
+    if ckpt not in (None, '', *CKPT_KEYWORDS):             # a file named by the card: inside the project
+        ckpt = str(confined(ckpt, project_root(c.path.parent), _rel(c.path), 'checkpoint', within='the project root'))
+    try: resolve_template(c.kind, f.get('template'), c.path)   # a template outside the project: refused now
+    except TemplateNotFound: pass                               # a missing one: a failed log that says so
     spec = RunSpec(card_id=c.id, kind=c.kind, workload=wl_p, eval=ev_p, cfg=m_p, card=c.path,
                    template=f.get('template'),
-                   seed=seed if seed is not None else f.get('seed', 0), ckpt=f.get('checkpoint'), budget=c.budget,
+                   seed=seed if seed is not None else f.get('seed', 0), ckpt=ckpt, budget=c.budget,
                    nproc=f.get('nproc'), extra=_check_extra(extra_params), card_status=status,
-                   upstream=f.get('upstream'))
-    resume_dir = resume_folder(runs_dir, resume, spec) if resume else None
+                   upstream=f.get('upstream'),
+                   command=f'pqk run {_arg(c.path)}' + ('' if status == 'ready' else ' --force')
+                   + ('' if seed is None else f' --seed {int(seed)}'))
+    resume_dir = resume_folder(runs_dir, resume, spec.card_id) if resume else None
     return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir)
 
-def resume_folder(runs_dir, run_id: str, spec: RunSpec) -> Path:
-    """The folder of run `run_id` if `spec` may continue it: same card, same configs (the run id's hash), and a run that
-    did not pass (stopped, failed, inconclusive, or killed before writing its log)."""
-    d = Path(runs_dir) / str(run_id)
+def resume_folder(runs_dir, run_id: str, card_id: str) -> Path:
+    """The folder of run `run_id` of card `card_id` under `runs_dir`: a name (never a path), a folder inside the runs
+    folder (symlinks resolved). What it holds is verified under its lock by `verify_resume`."""
     where = f'--resume {run_id}'
+    check_name(run_id, where, 'run id')
+    d = Path(runs_dir) / run_id
     if not d.is_dir(): raise ContractError([Problem(where, 'run', str(d), 'the folder of an earlier run of this card')])
-    m = re.fullmatch(r'(?P<card>.+)-\d{8}T\d{6}Z-(?P<h>[0-9a-f]{6})(?:-\d+)?', d.name)
-    if not m or m['card'] != spec.card_id:
-        raise ContractError([Problem(where, 'card', m['card'] if m else d.name, f'a run of card {spec.card_id!r}')])
-    digest = config_hash([spec.card, spec.workload, spec.eval, spec.cfg])[:6]
-    if m['h'] != digest:
-        raise ContractError([Problem(where, 'configs', m['h'],
-                                     f'the same card and configs as the run (their hash is now '
-                                     f'{digest}: they changed; start a new run instead)')])
-    log = d / 'log.json'
-    if log.is_file():
-        st = json.loads(log.read_text(encoding='utf-8')).get('status')
-        if st == 'passed':
-            raise ContractError([Problem(where, 'status', st, 'a run that did not pass (nothing to resume)')])
+    d = confined(run_id, runs_dir, where, 'run', within=f'the runs folder {_rel(runs_dir)}')
+    m = RUN_ID_RX.fullmatch(run_id)
+    if not m or m['card'] != card_id:
+        raise ContractError([Problem(where, 'card', m['card'] if m else run_id, f'a run of card {card_id!r}')])
     return d
 
 def run_method(method: str, workload='configs/workload.yaml', eval='configs/eval.yaml', cfg=None, ckpt=None, log=None,
                seed=0, runs_dir='runs', gpu_hours_budget: float | None = None, template: str | None = None,
                aggregate: bool = True, reports_dir=None, extra_params=None, progress: bool = True,
-               stream_output: bool = True) -> dict:
-    "Run a method's template from explicit config paths (no card: task_card 'adhoc-<method>'); copy the log to `log`."
+               stream_output: bool = True, resume: str | None = None) -> dict:
+    """Run a method's template from explicit config paths (no card: task_card 'adhoc-<method>'); copy the log to `log`.
+    `resume` (a run id): continue that stopped run of this method in its folder, with the inputs it started with (its
+    config and template copies, checkpoint, seed, budget and `--param` overrides; the other arguments are not used)."""
     if method not in METHOD_KIND:
         raise ContractError([Problem('pqk', 'method', method, f"one of {', '.join(METHOD_KIND)}")])
-    wl_p, ev_p, cfg_p = Path(workload).resolve(), Path(eval).resolve(), Path(cfg).resolve() if cfg else None
-    _devcheck(wl_p, ev_p, [cfg_p] if cfg_p else [], [])
-    budget = ADHOC_BUDGET_GPU_HOURS if gpu_hours_budget is None else float(gpu_hours_budget)
-    spec = RunSpec(card_id=f'adhoc-{method}', kind=METHOD_KIND[method], workload=wl_p, eval=ev_p, cfg=cfg_p, card=None,
-                   template=template, seed=seed, ckpt=ckpt, budget=budget, extra=_check_extra(extra_params))
-    res = execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output)
+    card_id = f'adhoc-{method}'
+    if resume:
+        if method not in METHOD_COMMAND:
+            raise ContractError([Problem('--resume', 'method', method, 'one of ' + ', '.join(METHOD_COMMAND))])
+        d = resume_folder(runs_dir, resume, card_id)
+        where = f'--resume {resume}'
+        inp = read_inputs(d, where)
+        roles = {r: confined(v, d, where, f'{INPUTS_NAME} roles.{r}', relative_only=True)
+                 for r, v in inp['roles'].items() if isinstance(v, str)}
+        if not {'workload', 'eval'} <= set(roles):
+            raise ContractError([Problem(where, INPUTS_NAME, sorted(roles), 'workload and eval copies')])
+        spec = RunSpec(card_id=card_id, kind=METHOD_KIND[method], workload=roles['workload'], eval=roles['eval'],
+                       cfg=roles.get('cfg'), seed=inp.get('seed'), ckpt=inp.get('ckpt'), budget=inp.get('budget'),
+                       nproc=inp.get('nproc'), extra=_check_extra(extra_params), command=METHOD_COMMAND[method])
+    else:
+        wl_p, ev_p, cfg_p = Path(workload).resolve(), Path(eval).resolve(), Path(cfg).resolve() if cfg else None
+        if ckpt not in (None, '', *CKPT_KEYWORDS):    # the user's path, made absolute: a resume finds the same file
+            ckpt = str(next((c for c in (Path(ckpt), project_root() / ckpt) if c.exists()), Path(ckpt)).resolve())
+        _devcheck(wl_p, ev_p, [cfg_p] if cfg_p else [], [])
+        budget = ADHOC_BUDGET_GPU_HOURS if gpu_hours_budget is None else float(gpu_hours_budget)
+        spec = RunSpec(card_id=card_id, kind=METHOD_KIND[method], workload=wl_p, eval=ev_p, cfg=cfg_p, card=None,
+                       template=template, seed=seed, ckpt=ckpt, budget=budget, extra=_check_extra(extra_params),
+                       command=METHOD_COMMAND.get(method))
+        d = None
+    res = execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=d)
     if log:
         res['log_copy'] = write_json_atomic(Path(log), res['record'])
         print(f'  log copied to {log}')
