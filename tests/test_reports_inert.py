@@ -56,8 +56,8 @@ def reports(tmp_path_factory):
 
 
 SKIPPED = {'M1-moved': "run_id: got 'M1-elsewhere'; expected the name of its run folder ('M1-moved')",
-           'bad run': "run_id: got 'bad run'; expected a name: letters, digits, _ . -",
-           'C1-evil': "task_card: got '<script>|`x`$x$'; expected a name: letters, digits, _ . -"}
+           'bad run': "run_id: got 'bad run'; expected a string matching ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+           'C1-evil': "task_card: got '<script>|`x`$x$'; expected a string matching ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"}
 
 
 def test_aggregate_names_the_logs_whose_names_are_bad(reports):
@@ -118,7 +118,7 @@ def test_milestones_markdown_is_escaped(reports):
     skipped = md.split('## Invalid logs (skipped)\n\n')[1].splitlines()
     assert len(skipped) == 3, skipped
     evil = next(l for l in skipped if '/C1-evil/log.json' in l)
-    assert "task_card: got '&lt;script&gt;\\|\\`x\\`$x$'; expected a name: letters" in evil, evil
+    assert "task_card: got '&lt;script&gt;\\|\\`x\\`$x$'; expected a string matching" in evil, evil
     assert any("/M1-moved/log.json: run_id: got 'M1-elsewhere'; expected the name of its run folder" in l
                for l in skipped), skipped
     assert any('/bad run/log.json: run_id: got ' in l for l in skipped), skipped

@@ -13,14 +13,14 @@ from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_p
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, clean_stale_tmp
 
 # %% auto #0
-__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ID_PATTERN', 'ID_RULE', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT',
-           'CSV_FORMULA_LEAD', 'MAX_PANELS', 'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES', 'report_paths',
-           'register_upgrade', 'version_tuple', 'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems',
-           'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'parse_entries',
-           'read_rows', 'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx',
-           'group_summary', 'report_sheets', 'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front',
-           'card_family', 'tradeoff_points', 'drop_errors', 'plot_tradeoff', 'prune_share_label', 'plot_ablation',
-           'plot_latency', 'stage_bars', 'plot_stages', 'aggregate']
+__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT', 'CSV_FORMULA_LEAD', 'MAX_PANELS',
+           'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple',
+           'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1',
+           'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'parse_entries', 'read_rows', 'version_groups',
+           'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets',
+           'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front', 'card_family', 'tradeoff_points',
+           'drop_errors', 'plot_tradeoff', 'prune_share_label', 'plot_ablation', 'plot_latency', 'stage_bars',
+           'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -93,16 +93,13 @@ def parse_log(path, data: bytes | None = None, root=None) -> tuple[dict | None, 
     except RecursionError: ps = [f'{file}: JSON nested too deeply to be a run log']
     return (None, ps) if ps else (rec, [])
 
-ID_PATTERN = r'[A-Za-z0-9][A-Za-z0-9_.-]{0,127}'      # run ids and card ids: names, never paths
-_ID = re.compile(ID_PATTERN)
-ID_RULE = 'a name: letters, digits, _ . - (a letter or digit first, at most 128 characters)'
+from ..core.paths import is_name, NAME_RULE      # run ids and card ids: names, never paths
 
 def identity_problems(path, run_id, task_card, root=None) -> list[str]:
     """Why the names of the log at `path` (`runs/<folder>/log.json`) cannot be trusted: a `run_id` or `task_card` that
-    is not a name (`ID_PATTERN`, whole string), or a `run_id` that is not the name of its folder; [] when none."""
+    is not a name (`pqk.core.paths.NAME_PATTERN`), or a `run_id` that is not the name of its folder; [] when none."""
     folder = Path(path).parent.name
-    bad = [(k, v, ID_RULE) for k, v in (('run_id', run_id), ('task_card', task_card))
-           if not isinstance(v, str) or _ID.fullmatch(v) is None]
+    bad = [(k, v, NAME_RULE) for k, v in (('run_id', run_id), ('task_card', task_card)) if not is_name(v)]
     if run_id != folder: bad.append(('run_id', run_id, f'the name of its run folder ({folder!r})'))
     if not bad: return []
     file = _rel(path, root)
