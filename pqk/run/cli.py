@@ -200,11 +200,11 @@ def _main(args) -> int:
             import json
             from pqk.core.contracts import load_workload
             from pqk.export.onnx import ExportTargetError, check_export_target
-            from pqk.run.runner import terminate_as_interrupt
+            from pqk.run.runner import stop_forwarding
             try: check_export_target(args.out, args.force, '--out', '--force')     # before anything is loaded
             except ExportTargetError as e: print(f'pqk export: {e}', file=sys.stderr); return 2
             wl, ckpt = load_workload(args.workload), _ckpt_arg(args)
-            with terminate_as_interrupt():        # SIGTERM, like Ctrl-C, removes the temp file before pqk exits
+            with stop_forwarding(grace=0):        # SIGTERM, like Ctrl-C, removes the temp file before pqk exits
                 if args.precision == 'int8':
                     from pqk.compress.quant import export_int8
                     rep = export_int8(ckpt, args.out, wl, args.cfg, args.flavour)
