@@ -360,7 +360,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'pqk.data.scenes._hit_sphere': ('data/scenes.html#_hit_sphere', 'pqk/data/scenes.py'),
                                  'pqk.data.scenes._load_cached': ('data/scenes.html#_load_cached', 'pqk/data/scenes.py'),
                                  'pqk.data.scenes._random_material': ('data/scenes.html#_random_material', 'pqk/data/scenes.py'),
-                                 'pqk.data.scenes._save_npz_atomic': ('data/scenes.html#_save_npz_atomic', 'pqk/data/scenes.py'),
                                  'pqk.data.scenes._surface': ('data/scenes.html#_surface', 'pqk/data/scenes.py'),
                                  'pqk.data.scenes.default_cache_dir': ('data/scenes.html#default_cache_dir', 'pqk/data/scenes.py'),
                                  'pqk.data.scenes.fbm': ('data/scenes.html#fbm', 'pqk/data/scenes.py'),
