@@ -353,6 +353,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'pqk.data.pairs.make_pairs': ('data/pairs.html#make_pairs', 'pqk/data/pairs.py'),
                                 'pqk.data.pairs.pair_batch': ('data/pairs.html#pair_batch', 'pqk/data/pairs.py'),
                                 'pqk.data.pairs.parse_strategy': ('data/pairs.html#parse_strategy', 'pqk/data/pairs.py'),
+                                'pqk.data.pairs.probe_pair': ('data/pairs.html#probe_pair', 'pqk/data/pairs.py'),
                                 'pqk.data.pairs.sample_pairs': ('data/pairs.html#sample_pairs', 'pqk/data/pairs.py')},
             'pqk.data.scenes': { 'pqk.data.scenes._cache_path': ('data/scenes.html#_cache_path', 'pqk/data/scenes.py'),
                                  'pqk.data.scenes._hash01': ('data/scenes.html#_hash01', 'pqk/data/scenes.py'),
