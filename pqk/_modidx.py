@@ -377,7 +377,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'pqk.edge.bench.bench_model': ('edge/bench.html#bench_model', 'pqk/edge/bench.py'),
                                 'pqk.edge.bench.format_bench': ('edge/bench.html#format_bench', 'pqk/edge/bench.py')},
             'pqk.edge.edge_eval': { 'pqk.edge.edge_eval._pct': ('edge/edge_eval.html#_pct', 'pqk/edge/edge_eval.py'),
-                                    'pqk.edge.edge_eval._rel_err': ('edge/edge_eval.html#_rel_err', 'pqk/edge/edge_eval.py'),
                                     'pqk.edge.edge_eval.default_backend': ('edge/edge_eval.html#default_backend', 'pqk/edge/edge_eval.py'),
                                     'pqk.edge.edge_eval.device_name': ('edge/edge_eval.html#device_name', 'pqk/edge/edge_eval.py'),
                                     'pqk.edge.edge_eval.edge_log_blocks': ('edge/edge_eval.html#edge_log_blocks', 'pqk/edge/edge_eval.py'),
