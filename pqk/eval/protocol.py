@@ -120,7 +120,7 @@ def output_errors(out, ref) -> dict:
     missing = [k for k in r if k not in o]
     if missing or not r:
         raise ValueError(f'output_errors: outputs {list(o)}; expected every output of the reference {list(r)}')
-    errs = {k: rel_l2(o[k], r[k]) for k in r}
+    errs = {k: rel_l2(o[k], r[k]) for k in o if k in r}                # in the order of `out`'s outputs
     return {'rel_l2': errs, 'max': math.nan if any(e != e for e in errs.values()) else max(errs.values())}
 
 def compare_models(model, reference, pair) -> dict:
