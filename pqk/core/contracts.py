@@ -26,7 +26,7 @@ __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_F
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
 KINDS = ('K', 'Q', 'P', 'KQ', 'KP', 'KPQ', 'eval', 'edge')
 Q_ONLY_KINDS = ('Q',)
-EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')   # `pqk run-edge --backend`; the log's edge_device.backend
+EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')    # edge-eval --backend; the log's edge_device.backend
 
 def is_project_root(d: Path) -> bool:
     "A pqk project folder holds `pyproject.toml` with a `[tool.nbdev]` table, `configs/` and `schemas/`."

@@ -99,7 +99,7 @@ def predict_pairs(model, scenes, pairs, device=None, progress=True, desc='predic
 
 # %% ../../nbs/eval/33_protocol.ipynb #d30c3a19
 def rel_l2(a, b, eps: float = 1e-30) -> float:
-    "‖a − b‖₂ / max(‖b‖₂, eps) over all elements of `a` and the reference `b` (same shape; arrays or tensors), float64."
+    "‖a − b‖₂ / max(‖b‖₂, eps) over all elements of `a` and the reference `b` (one shape; arrays, tensors), float64."
     a, b = (t.detach().cpu().double().numpy() if torch.is_tensor(t) else np.asarray(t, dtype=np.float64)
             for t in (a, b))
     if a.shape != b.shape: raise ValueError(f'rel_l2: shapes {a.shape} and {b.shape}; expected one shape')

@@ -136,7 +136,7 @@ def compare_with_torch(model: nn.Module, onnx_path, shape, budget: float, seed: 
 # %% ../../nbs/export/64_onnx.ipynb #3c392da8
 def ort_dynamic_int8(src, dst, op_types=('MatMul',), per_channel: bool = True, reduce_range: bool = False,
                      exclude=()) -> Path:
-    "`src` (ONNX) with the weights of `op_types` int8 and dynamic int8 activations, at `dst`; `exclude`: nodes kept float."
+    "`src` (ONNX) with int8 weights in `op_types` and dynamic int8 activations, at `dst`; `exclude`: nodes kept float."
     from onnxruntime.quantization import quantize_dynamic, QuantType
     with atomic_path(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter('ignore')
