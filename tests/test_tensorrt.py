@@ -2,7 +2,7 @@
 per-layer precision, outputs against ONNX Runtime, the timing cache, an engine that cannot be loaded, and an edge
 measurement through the tensorrt backend with GPU compute time. Runs only where `tensorrt` imports and a CUDA GPU
 exists; everywhere else every test is reported as skipped with that reason."""
-import json, warnings
+import json
 from pathlib import Path
 import pytest, torch
 from pqk.export.tensorrt import tensorrt_status
@@ -14,31 +14,19 @@ pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 @pytest.fixture(scope='module')
 def onnx_file(tmp_path_factory):
     from pqk.models.dust3r import make_model
-    from pqk.export.ort import PAIR_INPUTS, PAIR_OUTPUTS
+    from pqk.export.onnx import export_graph
     d = tmp_path_factory.mktemp('trt')
     torch.manual_seed(0)
     m = make_model('tiny_dpt').eval()
-
-    class Pair(torch.nn.Module):
-        def __init__(s, m): super().__init__(); s.m = m
-        def forward(s, a, b):
-            r1, r2 = s.m(dict(img=a), dict(img=b))
-            return r1['pts3d'], r1['conf'], r2['pts3d_in_other_view'], r2['conf']
-    x = torch.zeros(1, 3, 64, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(Pair(m), (x, x), str(d / 'tiny.onnx'), dynamo=False, opset_version=18,
-                          input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS))
-    return d / 'tiny.onnx', m
-
-
-def _rel(a, b): return float((a - b).abs().max() / b.abs().max())
+    return export_graph(m, d / 'tiny.onnx', [1, 3, 64, 64]), m
 
 
 @pytest.mark.parametrize('precision,tol', [('fp32', 1e-3), ('fp16', 3e-2)])
 def test_build_run_against_ort(onnx_file, tmp_path, precision, tol):
     from pqk.export.tensorrt import build_engine, TensorRTPredictor, read_engine_meta
     from pqk.export.ort import OrtPredictor
+    from pqk.eval.protocol import compare_models
+    from pqk.data.pairs import probe_pair
     onnx, _ = onnx_file
     eng = tmp_path / f'tiny_{precision}.engine'
     meta = build_engine(onnx, eng, {'precision': precision, 'trt_workspace_mb': 512})
@@ -48,12 +36,9 @@ def test_build_run_against_ort(onnx_file, tmp_path, precision, tol):
     assert sum(meta['layer_precision'].values()) == meta['layers'], meta['layer_precision']
     layers = json.loads(Path(str(eng) + '.layers.json').read_text())
     assert all(l['precision'] in (None, 'fp32', 'fp16', 'int32', 'int64', 'bool', 'int8', 'bf16') for l in layers)
-    x1, x2 = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
-    trt_out = TensorRTPredictor(eng).check_shape([1, 3, 64, 64])(x1, x2)
-    torch.cuda.synchronize()
-    ort_out = OrtPredictor(onnx, providers=['CPUExecutionProvider'])(x1, x2)
-    for a, b in zip(trt_out, ort_out):
-        for k in b: assert _rel(a[k].cpu(), b[k]) < tol, (precision, k)
+    err = compare_models(TensorRTPredictor(eng).check_shape([1, 3, 64, 64]),
+                         OrtPredictor(onnx, providers=['CPUExecutionProvider']), probe_pair(64, 1))
+    assert err['max'] < tol, (precision, err)                      # relative L2 of every output (eval.protocol)
 
 
 def test_timing_cache_and_shape(onnx_file, tmp_path):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data.pairs import probe_pair
 from ..models.config import DUSt3RConfig, _is_int, _short
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
@@ -333,10 +334,8 @@ def prune_step(model: DUSt3R, counts: dict, lin: dict, method: str, ignored=(), 
     new = {'blocks': {st: [lin['blocks'][st][i] for i in kept_blocks[st]] for st in kept_blocks},
            'keep': {u: [k[i] for i in keep[cur_of[u]]] if u in cur_of else k for u, k in lin['keep'].items()},
            'config': lin['config']}
-    g2 = torch.Generator().manual_seed(0)
     p = next(model.parameters())
-    v = [{'img': (torch.rand(1, 3, check_res, check_res, generator=g2) * 2 - 1).to(p.device, p.dtype)}
-         for _ in range(2)]
+    v = [{'img': x} for x in probe_pair(check_res, 0, p.device, p.dtype)]
     err = slice_error(model, pruned, plan, v[0], v[1])
     if not err <= tol:
         raise PruneError(f'prune: the pruned model differs from the masked original by {err:.3g} (relative), more '
@@ -550,8 +549,7 @@ def costs_before_after(before: nn.Module, after: nn.Module, res: int, evalc, dev
     from pqk.eval.protocol import side_by_side
     from pqk.eval.efficiency import gflops, count_params
     t = side_by_side({'before': before, 'after': after}, res, evalc, device, rounds=int(rounds))
-    g = torch.Generator().manual_seed(0)
-    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1) for _ in range(2))
+    x1, x2 = probe_pair(res, 0)
     def fl(m):
         d = next(m.parameters()).device
         return gflops(m.eval(), ({'img': x1.to(d)}, {'img': x2.to(d)}))

@@ -13,6 +13,7 @@ import torch.nn as nn
 from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int, _short
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import load_state_into
+from ..eval.protocol import output_errors
 
 # %% auto #0
 __all__ = ['STACKS', 'DPT_GROUPS', 'PLAN_KEYS', 'PlanError', 'unit_size', 'check_plan', 'sliced_config', 'slice_model',
@@ -240,11 +241,11 @@ def masked_copy(model: DUSt3R, plan: dict) -> DUSt3R:
 
 @torch.no_grad()
 def slice_error(model: DUSt3R, sliced: DUSt3R, plan: dict, view1: dict, view2: dict) -> float:
-    "Largest relative difference (max |a - b| / max |b|) of raw head outputs and results: `sliced` vs `masked_copy`."
+    "Largest relative L2 error (`output_errors`) of raw head outputs and results: `sliced` vs `masked_copy`."
     ref, got = masked_copy(model, plan).forward_features(view1, view2), sliced.forward_features(view1, view2)
-    pick = lambda f: [f['head1'], f['head2'], f['res1']['pts3d'], f['res1']['conf'], f['res2']['pts3d_in_other_view'],
-                      f['res2']['conf']]
-    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) for a, b in zip(pick(got), pick(ref)))
+    pick = lambda f: {'head1': f['head1'], 'head2': f['head2'], 'pts3d': f['res1']['pts3d'], 'conf1': f['res1']['conf'],
+                      'pts3d_in_other_view': f['res2']['pts3d_in_other_view'], 'conf2': f['res2']['conf']}
+    return output_errors(pick(got), pick(ref))['max']
 
 # %% ../../nbs/compress/50_surgery.ipynb #c4a67e80
 def even_indices(n: int, k: int) -> list[int]:

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .io import sha256_file
 
 # %% auto #0
-__all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'RESOLUTIONS', 'MAX_CONFIG_BYTES',
-           'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX', 'METHOD_FOR_KIND', 'is_project_root', 'project_root',
-           'schemas_dir', 'Problem', 'ContractError', 'load_schema', 'schema_problems', 'version_problems',
-           'sha256_file', 'Contract', 'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems',
+__all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'RESOLUTIONS',
+           'MAX_CONFIG_BYTES', 'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX', 'METHOD_FOR_KIND', 'is_project_root',
+           'project_root', 'schemas_dir', 'clip_text', 'Problem', 'ContractError', 'load_schema', 'schema_problems',
+           'version_problems', 'Contract', 'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems',
            'parse_yaml', 'guess_contract_name', 'check_contract', 'load_contract', 'load_workload', 'load_eval',
            'TaskCard', 'resolve_path', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card',
            'cards_by_id', 'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
@@ -25,6 +26,7 @@ __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'SCHEMA_FILES', 'MAX_PROBL
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
 KINDS = ('K', 'Q', 'P', 'KQ', 'KP', 'KPQ', 'eval', 'edge')
 Q_ONLY_KINDS = ('Q',)
+EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')    # edge-eval --backend; the log's edge_device.backend
 
 def is_project_root(d: Path) -> bool:
     "A pqk project folder holds `pyproject.toml` with a `[tool.nbdev]` table, `configs/` and `schemas/`."
@@ -48,9 +50,16 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
 def schemas_dir() -> Path: return project_root() / 'schemas'
 
 # %% ../../nbs/core/00_contracts.ipynb #51e96a51
+def clip_text(s: str, n: int) -> str:
+    "`s` when it has at most `n` characters, else its first `n - 1` characters and `…` (so exactly `n`)."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f'clip_text: n={n!r}; expected a whole number >= 1')
+    return s if len(s) <= n else s[:n - 1] + '…'
+
 def _brief(v, n: int) -> str:
     "A JSON-like rendering of `v` that stops after about `n` characters (never walks a huge value whole)."
     if isinstance(v, str): return repr(v[:n + 1])
+    if getattr(v, 'ndim', 0) and hasattr(v, 'shape'): return f'array of shape {tuple(v.shape)}'   # numpy / torch
     if isinstance(v, float) and (v != v or abs(v) == float('inf')):              # as YAML writes them
         return '.nan' if v != v else ('.inf' if v > 0 else '-.inf')
     if n < 4 and isinstance(v, (dict, list, tuple)): return '...' 
@@ -70,9 +79,8 @@ def _brief(v, n: int) -> str:
     except (TypeError, ValueError): return repr(v)[:n + 1]
 
 def _short(v, n=60) -> str:
-    "`v` rendered in at most `n` characters; the work is bounded whatever the size of `v`."
-    s = _brief(v, n)
-    return s if len(s) <= n else s[:n - 3] + '...'
+    "`v` rendered in at most `n` characters (`clip_text`); the work is bounded whatever the size of `v`."
+    return clip_text(_brief(v, n), n)
 
 @dataclass
 class Problem:
@@ -186,12 +194,6 @@ def version_problems(text: str, data: Any, name: str, file: str) -> list[Problem
     return out
 
 # %% ../../nbs/core/00_contracts.ipynb #d542a484
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 20), b''): h.update(b)
-    return h.hexdigest()
-
 def _rel(path, root=None) -> str:
     p = Path(path).resolve()
     try: return str(p.relative_to(root or project_root()))

@@ -18,7 +18,7 @@ TMP_PREFIX = '.tmp-'
 LEDGER_ENV = 'PQK_ARTIFACT_LEDGER'     # a file: atomic writes under its folder append {path, sha256, bytes, mtime_ns}
 MAX_LEDGER_BYTES = 64 << 20            # a ledger larger than this is read up to here (one line per written file)
 
-def sha256_of(path) -> str:
+def sha256_file(path) -> str:
     "sha256 hex digest of a file's bytes (read in 1 MiB blocks: bounded memory whatever its size)."
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -64,7 +64,7 @@ def atomic_path(path, ledger=None):
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
         led = ledger or os.environ.get(LEDGER_ENV)
         rel = _ledger_rel(path, led) if led else None
-        digest = sha256_of(tmp) if rel is not None else None
+        digest = sha256_file(tmp) if rel is not None else None
         umask = os.umask(0o022); os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)              # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
@@ -83,9 +83,9 @@ def write_json_atomic(path, obj, indent=2) -> Path:
     return Path(path)
 
 # %% auto #0
-__all__ = ['TMP_PREFIX', 'LEDGER_ENV', 'MAX_LEDGER_BYTES', 'utc_now', 'sha256_of', 'ledger_append', 'read_ledger', 'atomic_path',
-           'write_json_atomic', 'write_text_atomic', 'save_torch_atomic', 'save_npz_atomic', 'file_lock',
-           'tmp_writer_pid', 'pid_alive', 'clean_stale_tmp']
+__all__ = ['TMP_PREFIX', 'LEDGER_ENV', 'MAX_LEDGER_BYTES', 'utc_now', 'sha256_file', 'ledger_append', 'read_ledger',
+           'atomic_path', 'write_json_atomic', 'write_text_atomic', 'save_torch_atomic', 'save_npz_atomic', 'file_lock',
+           'tmp_writer_pid', 'pid_alive', 'clean_stale_tmp', 'load_avg']
 
 # %% ../../nbs/core/02_io.ipynb #e8bd80f8
 def write_text_atomic(path, text: str) -> Path:
@@ -148,3 +148,11 @@ def clean_stale_tmp(folder, dead_only: bool = False) -> list[Path]:
         try: p.unlink(); gone.append(p)
         except OSError: pass
     return gone
+
+# %% ../../nbs/core/02_io.ipynb #5e05a695
+def load_avg(minutes: int | None = 1):
+    "The load average over 1, 5 or 15 `minutes` (a float), or all three as a list (`minutes=None`); None if unknown."
+    if minutes not in (1, 5, 15, None): raise ValueError(f'load_avg: minutes={minutes!r}; expected 1, 5, 15 or None')
+    try: la = [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError): return None                # no load average on this OS
+    return la if minutes is None else la[(1, 5, 15).index(minutes)]

@@ -27,7 +27,7 @@ def parse_strategy(strategy: str, k: int = 1, ref: int = 0) -> tuple[str, int, i
 
 # %% auto #0
 __all__ = ['STRATEGIES', 'parse_strategy', 'make_pairs', 'dataset_pairs', 'CalibPair', 'calibration_set', 'calibration_set_hash',
-           'sample_pairs', 'pair_batch', 'PairBatcher']
+           'sample_pairs', 'pair_batch', 'PairBatcher', 'probe_pair']
 
 # %% ../../nbs/data/23_pairs.ipynb #1e787b59
 def _is_int(v) -> bool: return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -159,3 +159,16 @@ class PairBatcher:
     def __call__(self, step: int, rank: int = 0, world: int = 1) -> tuple:
         idx, flipped = sample_pairs(len(self.pairs), step, self.batch, self.seed, rank, world, self.flip)
         return pair_batch(self.scenes, self.pairs, idx, self.device, flipped)
+
+# %% ../../nbs/data/23_pairs.ipynb #68b23afc
+def probe_pair(shape, seed: int = 0, device=None, dtype=None) -> tuple:
+    """`(img1, img2)`: two tensors of `shape` (`[B, 3, H, W]`, or an int `res` for `[1, 3, res, res]`) uniform in
+    [-1, 1), drawn in that order from `torch.Generator().manual_seed(seed)` on the CPU, then moved to `device` and
+    cast to `dtype` (when given)."""
+    import torch
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool): shape = (1, 3, int(shape), int(shape))
+    ok = (isinstance(shape, (list, tuple, torch.Size)) and len(shape) == 4 and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape) and shape[1] == 3)
+    if not ok: raise ValueError(f'probe_pair: shape {shape!r}; expected [B, 3, H, W] (whole numbers >= 1) or a res')
+    g = torch.Generator().manual_seed(int(seed))
+    return tuple((torch.rand(*map(int, shape), generator=g) * 2 - 1).to(device, dtype) for _ in range(2))

@@ -4,10 +4,11 @@
 
 # %% ../../nbs/data/21_scenes.ipynb #5cacc6b6
 from __future__ import annotations
-import os, tempfile, warnings
+import os, warnings
 from pathlib import Path
 
 import numpy as np
+from ..core.io import save_npz_atomic
 
 GEN_VERSION = 1   # bump when the renderer's output changes: it is part of the cache key
 
@@ -211,16 +212,6 @@ def default_cache_dir() -> Path:
 def _cache_path(cache_dir, seed, n_scenes, views, res) -> Path:
     return Path(cache_dir) / f'synth_g{GEN_VERSION}_seed{seed}_n{n_scenes}_v{views}_r{res}.npz'
 
-def _save_npz_atomic(path: Path, arrays: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f: np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-
 def _load_cached(path: Path, n_scenes: int, views: int) -> list[dict]:
     with np.load(path, allow_pickle=False) as z:
         names = [str(s) for s in z['names']]
@@ -261,5 +252,5 @@ def synthetic_dataset(seed: int, n_scenes: int, views_per_scene: int = 2, res: i
         for i, s in enumerate(scenes):
             for j, v in enumerate(s['views']):
                 for k in _FIELDS: arrays[f's{i}_v{j}_{k}'] = v[k]
-        _save_npz_atomic(path, arrays)
+        save_npz_atomic(path, arrays)
     return scenes

@@ -5,26 +5,19 @@ the workload contract's shape, with p50/p90, the speed-up over eager, the output
 
 # %% ../../nbs/edge/64_bench.ipynb #242eca5c
 from __future__ import annotations
-import contextlib, os, signal, tempfile, threading, time, warnings
+import contextlib, os, signal, tempfile, threading, time
 from pathlib import Path
 import torch
 import torch.nn as nn
+from ..core.io import write_json_atomic, load_avg
+from ..data.pairs import probe_pair
 from ..eval.efficiency import measure_latency, _cpu_name
-from ..core.io import write_json_atomic
-from ..export.onnx import PairOutputs, export_graph
+from ..eval.protocol import output_errors
+from ..export.onnx import PairOutputs, export_graph, ort_dynamic_int8
+from ..export.ort import OrtPredictor, pair_from_outputs
 
 # %% auto #0
 __all__ = ['BENCH_ROWS', 'CompileTimeout', 'bench_model', 'format_bench', 'bench']
-
-# %% ../../nbs/edge/64_bench.ipynb #330f1826
-def _int8_dynamic(src, dst) -> Path:
-    "ONNX Runtime dynamic int8 (MatMul weights int8 per channel, activations quantized at run time)."
-    from onnxruntime.quantization import quantize_dynamic, QuantType
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=['MatMul'])
-    return Path(dst)
 
 # %% ../../nbs/edge/64_bench.ipynb #e8e99662
 class CompileTimeout(Exception):
@@ -40,10 +33,6 @@ def _time_limit(seconds: float | None):
     try: yield True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0); signal.signal(signal.SIGALRM, old)
-
-def _rel_err(outs, ref) -> float:
-    return max(float((torch.as_tensor(o).float() - r).abs().max() / r.abs().max().clamp(min=1e-12))
-               for o, r in zip(outs, ref))
 
 # %% ../../nbs/edge/64_bench.ipynb #a58c40b6
 BENCH_ROWS = ('eager', 'eager_plain_linear', 'compiled', 'ort_fp32', 'ort_int8')
@@ -64,13 +53,12 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
     threads = int(threads or torch.get_num_threads())
     old_threads = torch.get_num_threads(); torch.set_num_threads(threads)
     model = model.float().eval()
-    g = torch.Generator().manual_seed(seed)
-    i1, i2 = (torch.rand(*shape, generator=g) * 2 - 1 for _ in range(2))
+    i1, i2 = probe_pair(list(shape), seed)
     wrap = PairOutputs(model).eval()
     lat = dict(warmup=warmup, repeats=repeats, min_seconds=min_seconds, on_error='return')
     out = {'shape': list(shape), 'threads': threads, 'cpu': _cpu_name(), 'torch': torch.__version__,
-           'cpu_count': os.cpu_count(), 'load_before': _load(), 'rows': []}
-    with torch.inference_mode(): ref = [t.clone() for t in wrap(i1, i2)]
+           'cpu_count': os.cpu_count(), 'load_before': load_avg(None), 'rows': []}
+    with torch.inference_mode(): ref = pair_from_outputs([t.clone() for t in wrap(i1, i2)])
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='pqk_bench_'))
     tmp.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +66,7 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
         r = {'row': name, 'label': _LABELS[name], 'skipped': skipped, **extra}
         if fn is not None and skipped is None:
             try:
-                with torch.inference_mode(): r['max_rel_err'] = _rel_err(fn(), ref)
+                with torch.inference_mode(): r['max_rel_err'] = output_errors(pair_from_outputs(fn()), ref)['max']
                 m = measure_latency(fn, **lat)
             except Exception as e: r['skipped'] = f'{type(e).__name__}: {str(e)[:200]}'
             else:
@@ -110,7 +98,6 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
                     row('compiled', skipped=f'torch.compile failed: {why}')
         onnx_rows = [r for r in ('ort_fp32', 'ort_int8') if r in rows]
         if onnx_rows:
-            from pqk.export.ort import OrtPredictor
             fp32 = tmp / 'model_fp32.onnx'
             try: export_graph(model, fp32, list(shape), 'fp32'); why = None
             except Exception as e:
@@ -118,23 +105,19 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
             for r in onnx_rows:
                 if why: row(r, skipped=why); continue
                 try:
-                    path = fp32 if r == 'ort_fp32' else _int8_dynamic(fp32, tmp / 'model_int8.onnx')
+                    path = fp32 if r == 'ort_fp32' else ort_dynamic_int8(fp32, tmp / 'model_int8.onnx')
                     pred = OrtPredictor(path, providers=['CPUExecutionProvider'], threads=threads)
                 except Exception as e:
                     row(r, skipped=f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'); continue
-                row(r, lambda pred=pred: pred.run(i1, i2).values(), onnx_mb=round(path.stat().st_size / 2 ** 20, 2))
+                row(r, lambda pred=pred: pred.run(i1, i2), onnx_mb=round(path.stat().st_size / 2 ** 20, 2))
     finally:
         torch.set_num_threads(old_threads)
         if not work_dir:
             import shutil; shutil.rmtree(tmp, ignore_errors=True)
     eager = next((r.get('p50_ms') for r in out['rows'] if r['row'] == 'eager'), None)
     for r in out['rows']: r['speedup'] = (eager / r['p50_ms']) if eager and r.get('p50_ms') else None
-    out['load_after'] = _load()
+    out['load_after'] = load_avg(None)
     return out
-
-def _load():
-    try: return [round(x, 2) for x in os.getloadavg()]
-    except (OSError, AttributeError): return None
 
 # %% ../../nbs/edge/64_bench.ipynb #7cb26b7d
 def format_bench(res: dict, title: str = '') -> str:

@@ -9,18 +9,19 @@ import contextlib, time
 from pathlib import Path
 import numpy as np
 import torch
+from ..core.contracts import EDGE_BACKENDS
+from ..data.pairs import probe_pair
 from ..eval.efficiency import (PeakMemory, measure_latency, pairs_per_s, resolve_device, count_params,
                                  model_size_mb, gflops, _cpu_name)
-from ..eval.protocol import TorchPredictor, as_predictor
+from ..eval.protocol import TorchPredictor, as_predictor, output_errors
 from ..export.ort import OrtPredictor, onnx_precision
 from .power import PowerSampler, NoneSampler, power_summary, jetson_state
 
 # %% auto #0
-__all__ = ['BACKENDS', 'DEFAULT_MIN_DURATION_S', 'edge_protocol', 'default_backend', 'load_predictor', 'load_edge_model',
-           'device_name', 'profile_notes', 'edge_measure', 'edge_log_blocks']
+__all__ = ['DEFAULT_MIN_DURATION_S', 'edge_protocol', 'default_backend', 'load_predictor', 'load_edge_model', 'device_name',
+           'profile_notes', 'edge_measure', 'edge_log_blocks']
 
 # %% ../../nbs/edge/62_edge_eval.ipynb #0cffe8f4
-BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')
 DEFAULT_MIN_DURATION_S = 5.0
 
 def edge_protocol(wl, ev, min_pairs: int | None = None, min_seconds: float | None = None, warmup: int | None = None,
@@ -53,7 +54,8 @@ def load_predictor(backend: str | None, model=None, onnx=None, engine=None, shap
                    precision: str | None = None, threads: int | None = None):
     "(predictor, info) for `backend`; info = {'backend', 'precision', 'runtime', 'device', 'source'}."
     backend = backend or default_backend(onnx, engine)
-    if backend not in BACKENDS: raise ValueError(f"edge backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend not in EDGE_BACKENDS:
+        raise ValueError(f"edge backend {backend!r}; expected one of {', '.join(EDGE_BACKENDS)}")
     if backend in ('torch', 'torch-compile'):
         if model is None: raise ValueError(f'backend {backend}: no torch model given (a checkpoint or the teacher)')
         d = resolve_device(device)
@@ -117,20 +119,11 @@ def profile_notes(state: dict, profile: dict) -> list[str]:
 # %% ../../nbs/edge/62_edge_eval.ipynb #369624c6
 def _pct(xs, q): return float(np.percentile(xs, q)) if len(xs) else None
 
-def _rel_err(a, b) -> float:
-    out = 0.
-    for ra, rb in zip(a, b):
-        for k in rb:
-            x, y = ra[k].detach().float().cpu(), rb[k].detach().float().cpu()
-            out = max(out, float((x - y).abs().max() / y.abs().max().clamp_min(1e-12)))
-    return out
-
 def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | None = None, reference=None,
                  seed: int = 0, state: dict | None = None) -> tuple[dict, object, tuple | None]:
     "Time `predictor` on one pair per the protocol with a power sampler running; (edge block, trace, window)."
     d, shape = resolve_device(info['device']), protocol['shape']
-    g = torch.Generator().manual_seed(seed)
-    h1, h2 = (torch.rand(shape, generator=g) * 2 - 1 for _ in range(2))
+    h1, h2 = probe_pair(shape, seed)
     cuda = d.type == 'cuda'
     if cuda: h1, h2 = h1.pin_memory(), h2.pin_memory()
     amp = (lambda: torch.autocast('cuda', torch.float16)) if info.get('precision') == 'fp16' and info['backend'] in \
@@ -181,7 +174,7 @@ def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | 
     if reference is not None and 'out' in last:
         try:
             with torch.inference_mode(): ref = as_predictor(reference, d)(h1.to(d), h2.to(d))
-            fid = _rel_err(last['out'], ref)
+            fid = output_errors(last['out'], ref)['max']
         except Exception as e: notes.append(f'fidelity check failed: {type(e).__name__}: {e}')
     block = {'name': device_name(d), 'profile': protocol['profile'].get('device'), 'backend': info['backend'],
              'precision': info.get('precision'), 'runtime': info.get('runtime'),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 import numpy as np
+from ..core.contracts import clip_text
 
 # %% auto #0
 __all__ = ['RAIL_MW', 'TEMP_C', 'CLOCK_MHZ', 'PCT', 'RAM_MB', 'MAX_RAIL_MW', 'MAX_NAMES', 'BOARDS', 'WHOLE_RAILS',
@@ -26,7 +27,7 @@ class MalformedLine(ValueError):
     "A tegrastats line that cannot be used; `reason` is a short category for the log's counts."
     def __init__(self, reason: str, line: str):
         self.reason = reason
-        super().__init__(f"{reason}: {line[:80]!r}{'...' if len(line) > 80 else ''}")
+        super().__init__(f"{reason}: {clip_text(line, 80)!r}")
 
 RAIL_MW = (0., 1e6)           # one rail (current, average or max): 0 .. 1 kW; no Jetson rail reads more
 TEMP_C = (-40., 150.)         # a sensor: modules run at -25 .. 105 °C; -256 °C means "off" and is ignored, not bad

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..core.progress import tqdm
+from ..core.io import load_avg
 
 from ..data.manifests import load_dataset, to_tensor
-from ..data.pairs import dataset_pairs
+from ..data.pairs import dataset_pairs, probe_pair
 from .metrics import pair_metrics, teacher_metrics, aggregate, quality_drop_pct
 from .efficiency import (measure_latency, pairs_per_s, count_params, model_size_mb, gflops, resolve_device,
                                  PeakMemory)
@@ -19,9 +20,10 @@ from .intervals import paired_bootstrap, drop_stat, mean_diff
 from .efficiency import stage_latency, has_stages, STAGES
 
 # %% auto #0
-__all__ = ['PER_PAIR_FILE', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'pair_quality',
-           'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'side_by_side', 'plane_baseline',
-           'check_predictions', 'check_ground_truth', 'evaluate', 'plot_predictions']
+__all__ = ['PER_PAIR_FILE', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'rel_l2',
+           'output_errors', 'compare_models', 'pair_quality', 'quality_block', 'per_pair_rows', 'write_per_pair',
+           'efficiency_block', 'side_by_side', 'plane_baseline', 'check_predictions', 'check_ground_truth', 'evaluate',
+           'plot_predictions']
 
 # %% ../../nbs/eval/33_protocol.ipynb #3625a98d
 def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
@@ -94,6 +96,40 @@ def predict_pairs(model, scenes, pairs, device=None, progress=True, desc='predic
         r1, r2 = pred(to_tensor(v1.img, pred.device), to_tensor(v2.img, pred.device))
         out.append(({k: v.float().cpu() for k, v in r1.items()}, {k: v.float().cpu() for k, v in r2.items()}))
     return out
+
+# %% ../../nbs/eval/33_protocol.ipynb #d30c3a19
+def rel_l2(a, b, eps: float = 1e-30) -> float:
+    "‖a − b‖₂ / max(‖b‖₂, eps) over all elements of `a` and the reference `b` (one shape; arrays, tensors), float64."
+    a, b = (t.detach().cpu().double().numpy() if torch.is_tensor(t) else np.asarray(t, dtype=np.float64)
+            for t in (a, b))
+    if a.shape != b.shape: raise ValueError(f'rel_l2: shapes {a.shape} and {b.shape}; expected one shape')
+    return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), eps))
+
+def _named(x, who: str) -> dict:
+    "A DUSt3R pair output `(res1, res2)` as {output name: array} (a key in both views gets its view's number)."
+    if isinstance(x, dict): return x
+    if isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(r, dict) for r in x):
+        r1, r2 = x
+        return {**{(k + '1' if k in r2 else k): v for k, v in r1.items()},
+                **{(k + '2' if k in r1 else k): v for k, v in r2.items()}}
+    raise ValueError(f'{who}: got a {type(x).__name__}; expected DUSt3R outputs (res1, res2) or a dict of arrays')
+
+def output_errors(out, ref) -> dict:
+    "{'rel_l2': {output: rel_l2(out, ref)}, 'max': the largest (NaN if any is NaN)} over every output of `ref`."
+    o, r = _named(out, 'output_errors: out'), _named(ref, 'output_errors: ref')
+    missing = [k for k in r if k not in o]
+    if missing or not r:
+        raise ValueError(f'output_errors: outputs {list(o)}; expected every output of the reference {list(r)}')
+    errs = {k: rel_l2(o[k], r[k]) for k in o if k in r}                # in the order of `out`'s outputs
+    return {'rel_l2': errs, 'max': math.nan if any(e != e for e in errs.values()) else max(errs.values())}
+
+def compare_models(model, reference, pair) -> dict:
+    """`output_errors` of `model` against `reference` (torch modules or predictors) on `pair` = (img1, img2); each runs
+    on its own device (a module on that of its parameters)."""
+    def run(m):
+        p = m if isinstance(m, Predictor) else TorchPredictor(m, next((q.device for q in m.parameters()), None))
+        with torch.inference_mode(): return p(*(x.to(p.device) for x in pair))
+    return output_errors(run(model), run(reference))
 
 # %% ../../nbs/eval/33_protocol.ipynb #1fb88fd7
 def pair_quality(preds, scenes, pairs, teacher_preds=None) -> list[dict]:
@@ -217,8 +253,7 @@ def efficiency_block(model, res: int, evalc, device=None) -> dict:
     the latency per stage (`stages_ms`, DUSt3R-like torch modules only, else None)."""
     pred = as_predictor(model, device)
     lat = evalc.data['efficiency']['latency']
-    g = torch.Generator().manual_seed(0)
-    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(pred.device) for _ in range(2))
+    x1, x2 = probe_pair(res, 0, pred.device)
     proto = {'warmup': int(lat['warmup']), 'repeats': int(lat['repeats']), 'min_seconds': float(lat['min_seconds']),
              'noisy_ratio': float(lat['noisy_ratio'])}
     L = measure_latency(lambda: pred(x1, x2), device=pred.device, **proto)
@@ -235,19 +270,15 @@ def efficiency_block(model, res: int, evalc, device=None) -> dict:
 # %% ../../nbs/eval/33_protocol.ipynb #785559d8
 def side_by_side(models: dict, res: int, evalc, device=None, rounds: int = 3) -> dict:
     "`interleaved_latency` of `{name: model or predictor}` at `res`×`res` with eval.yaml's protocol, plus `load_avg`."
-    import os
     from pqk.eval.efficiency import interleaved_latency
     preds = {k: as_predictor(m, device) for k, m in models.items()}
     lat = evalc.data['efficiency']['latency']
-    g = torch.Generator().manual_seed(0)
-    x1, x2 = ((torch.rand(1, 3, res, res, generator=g) * 2 - 1) for _ in range(2))
+    x1, x2 = probe_pair(res, 0)
     xs = {k: (x1.to(p.device), x2.to(p.device)) for k, p in preds.items()}     # ORT on the CPU beside torch on CUDA
     dev = next((str(p.device) for p in preds.values() if str(p.device).startswith('cuda')), 'cpu')   # what to sync
     out = interleaved_latency({k: (lambda p=p, x=xs[k]: p(*x)) for k, p in preds.items()}, rounds, int(lat['warmup']),
                               int(lat['repeats']), dev, float(lat['min_seconds']), float(lat['noisy_ratio']))
-    try: load = round(os.getloadavg()[0], 2)
-    except OSError: load = None
-    return {**out, 'rounds': rounds, 'load_avg': load}
+    return {**out, 'rounds': rounds, 'load_avg': load_avg()}
 
 # %% ../../nbs/eval/33_protocol.ipynb #a0e43418
 def plane_baseline(scenes, pairs, depth: float = 1.0) -> list:

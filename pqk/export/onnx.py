@@ -12,13 +12,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ..core.io import TMP_PREFIX, atomic_path, clean_stale_tmp
+from ..data.pairs import probe_pair
+from ..eval.protocol import compare_models, rel_l2
 from ..eval.efficiency import size_on_disk_mb
 from .ort import PAIR_INPUTS, PAIR_OUTPUTS, OrtPredictor
 
 # %% auto #0
 __all__ = ['ERROR_BUDGET', 'PRECISIONS', 'MODEL_PROTO_FIELDS', 'PairOutputs', 'onnx_size_mb', 'contract_shape', 'export_graph',
-           'looks_like_onnx', 'ExportTargetError', 'check_export_target', 'check_onnx', 'rel_l2', 'compare_with_torch',
-           'polygraphy_summary', 'export_onnx', 'export_checkpoint']
+           'looks_like_onnx', 'ExportTargetError', 'check_export_target', 'check_onnx', 'compare_with_torch',
+           'ort_dynamic_int8', 'polygraphy_summary', 'export_onnx', 'export_checkpoint']
 
 # %% ../../nbs/export/64_onnx.ipynb #f6169182
 ERROR_BUDGET = {'fp32': 1e-4, 'fp16': 2e-2}
@@ -59,13 +61,12 @@ def export_graph(model: nn.Module, path, shape, precision: str = 'fp32', opset: 
     dt = torch.float16 if precision == 'fp16' else torch.float32
     if precision == 'fp16': m = copy.deepcopy(m).half()
     dev = next(m.parameters()).device
-    g = torch.Generator().manual_seed(0)
-    x = [(torch.rand(*shape, generator=g) * 2 - 1).to(dev, dt) for _ in range(2)]
+    x = probe_pair(shape, 0, dev, dt)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad(), \
             redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
         warnings.simplefilter('ignore')
-        torch.onnx.export(m, tuple(x), str(tmp), dynamo=False, opset_version=int(opset),
+        torch.onnx.export(m, x, str(tmp), dynamo=False, opset_version=int(opset),
                           input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS), do_constant_folding=True)
     return path
 
@@ -125,25 +126,24 @@ def check_onnx(path) -> dict:
     return {'ok': err is None, 'error': err, 'opset': opset, 'nodes': len(m.graph.node),
             'op_types': dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
-def rel_l2(a, b) -> float:
-    "‖a − b‖ / ‖b‖ (float64)."
-    a, b = (np.asarray(t.detach().cpu() if torch.is_tensor(t) else t, dtype=np.float64) for t in (a, b))
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
 def compare_with_torch(model: nn.Module, onnx_path, shape, budget: float, seed: int = 1) -> dict:
-    "Run the ONNX file in ORT and `model` in torch on one random pair; {'rel_l2': per output, 'max', 'budget', 'ok'}."
-    g = torch.Generator().manual_seed(seed)
-    x1, x2 = ((torch.rand(*shape, generator=g) * 2 - 1) for _ in range(2))
-    pred = OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])
-    o1, o2 = pred(x1, x2)
+    """ORT (CPU) on the ONNX file against `model` in torch on `probe_pair(shape, seed)`: `compare_models`'s
+    {'rel_l2': per output, 'max'} plus 'budget' and 'ok' (max finite and within the budget)."""
     m = model.model if isinstance(model, PairOutputs) else model
-    dev = next(m.parameters()).device
-    with torch.no_grad(): t1, t2 = m({'img': x1.to(dev)}, {'img': x2.to(dev)})
-    errs = {'pts3d': rel_l2(o1['pts3d'], t1['pts3d']), 'conf1': rel_l2(o1['conf'], t1['conf']),
-            'pts3d_in_other_view': rel_l2(o2['pts3d_in_other_view'], t2['pts3d_in_other_view']),
-            'conf2': rel_l2(o2['conf'], t2['conf'])}
-    mx = max(errs.values())
-    return {'rel_l2': errs, 'max': mx, 'budget': float(budget), 'ok': bool(np.isfinite(mx) and mx <= budget)}
+    r = compare_models(OrtPredictor(onnx_path, providers=['CPUExecutionProvider']), m, probe_pair(shape, seed))
+    return {**r, 'budget': float(budget), 'ok': bool(np.isfinite(r['max']) and r['max'] <= budget)}
+
+# %% ../../nbs/export/64_onnx.ipynb #3c392da8
+def ort_dynamic_int8(src, dst, op_types=('MatMul',), per_channel: bool = True, reduce_range: bool = False,
+                     exclude=()) -> Path:
+    "`src` (ONNX) with int8 weights in `op_types` and dynamic int8 activations, at `dst`; `exclude`: nodes kept float."
+    from onnxruntime.quantization import quantize_dynamic, QuantType
+    with atomic_path(dst) as tmp, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=bool(per_channel),
+                         reduce_range=bool(reduce_range), op_types_to_quantize=list(op_types),
+                         nodes_to_exclude=list(exclude))
+    return Path(dst)
 
 # %% ../../nbs/export/64_onnx.ipynb #6b7199ee
 def polygraphy_summary(path, timeout: float = 120) -> str | None:

@@ -8,7 +8,7 @@ import csv, hashlib, json, math, os, re, sys, time, zipfile
 from pathlib import Path
 from typing import Callable
 
-from ..core.contracts import KINDS, ContractError, Problem, load_eval, project_root, schemas_dir, _rel
+from ..core.contracts import KINDS, ContractError, Problem, load_eval, project_root, schemas_dir, _rel, clip_text
 from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_problems
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, clean_stale_tmp
 
@@ -275,7 +275,7 @@ def col_letter(i: int) -> str:
 
 def _xml_text(v) -> str:
     s = _BAD_XML.sub('', str(v))
-    if len(s) > XLSX_MAX_TEXT: s = s[:XLSX_MAX_TEXT - 1] + '…'
+    s = clip_text(s, XLSX_MAX_TEXT)
     return s.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
 
 def _xml_cell(ref: str, v, style: str = '') -> str:
@@ -450,9 +450,7 @@ def _num(v):
 
 def plot_text(v, n: int = 60) -> str:
     "Text from a log as plot text: at most `n` characters, `$` escaped (matplotlib reads `$…$` as mathtext)."
-    s = str(v)
-    if len(s) > n: s = s[:n - 1] + '…'
-    return s.replace('$', r'\$')
+    return clip_text(str(v), n).replace('$', r'\$')
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     "Indices of the points not dominated when both coordinates are better lower (ties kept), sorted by x."

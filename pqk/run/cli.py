@@ -6,10 +6,11 @@
 from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
+from ..core.contracts import EDGE_BACKENDS           # torch-free: the parser builds without importing torch
 
 # %% auto #0
-__all__ = ['EDGE_BACKENDS', 'EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser',
-           'UsageError', 'error_line', 'run_exit', 'main']
+__all__ = ['EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError',
+           'error_line', 'run_exit', 'main']
 
 # %% ../../nbs/run/75_cli.ipynb #bd6efae4
 def _method_args(p: argparse.ArgumentParser, method: str | None):
@@ -33,9 +34,6 @@ def _resume_arg(p: argparse.ArgumentParser):
     p.add_argument('--resume', default=None, metavar='RUN_ID',
                    help='continue a stopped run of this command in its folder with the inputs it started with '
                         '(their copies in the run folder, verified; the other input options are not used)')
-
-# = pqk.edge.edge_eval.BACKENDS (no torch import here)
-EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')
 
 def _abs(p): return None if p is None else str(Path(p).expanduser().resolve())
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np, pandas as pd
 
-from ..core.contracts import project_root, split_front_matter, _rel
+from ..core.contracts import project_root, split_front_matter, _rel, clip_text
 from ..core.io import save_npz_atomic
 from .aggregate import read_rows, report_paths, version_groups, pareto_front, _num
 
@@ -425,7 +425,7 @@ def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
     "The browser table as escaped HTML, one line per run (scrolling), numbers to 4 digits, at most `max_rows` lines."
     show = df.head(max_rows).copy()
     show['started'] = show['started'].dt.strftime('%Y-%m-%d %H:%M')
-    show['reason'] = [r if not isinstance(r, str) or len(r) <= 80 else r[:79] + '…' for r in show['reason']]
+    show['reason'] = [clip_text(r, 80) if isinstance(r, str) else r for r in show['reason']]
     t = show.to_html(classes='pqk-runs', na_rep='–', float_format=lambda v: f'{v:.4g}', escape=True, border=0)
     return f'{TABLE_CSS}<div style="overflow:auto; max-height:520px">{t}</div>'
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.io import file_lock, write_text_atomic
 from .aggregate import read_logs, report_paths
-from ..core.contracts import ContractError, Problem, _rel
+from ..core.contracts import ContractError, Problem, _rel, clip_text
 
 # %% auto #0
 __all__ = ['STATUS_COLS', 'period', 'md_text', 'device_hours', 'milestone_rows', 'milestones_markdown', 'review']
@@ -44,7 +44,7 @@ def md_text(v, n: int | None = None) -> str:
     """Text from a log as inert Markdown (a table cell or a list item): at most `n` characters; `\\`, backticks, `|`,
     `[`, `]` backslash-escaped, `& < >` as entities, line breaks and other control characters as spaces."""
     s = str(v)
-    if n is not None and len(s) > n: s = s[:n - 1] + '…'
+    if n is not None: s = clip_text(s, n)
     return s.translate(_MD)
 
 def _h(x) -> str: return '–' if x is None else f'{x:.3g}'
