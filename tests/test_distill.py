@@ -214,8 +214,9 @@ def test_sigterm_to_the_kernels_process_group_stops_torchrun_workers(tmp_path, t
     out = tmp_path / 'train'
     code = f"""
 import json
-from pqk.compress.distill import distill_config, train_student
-dc = distill_config({str(cfg)!r}, train={{**{TINY['train']!r}, 'steps': 100000}}, student={TINY['student']!r})
+from pqk.compress.distill import train_student
+from pqk.core.contracts import method_config
+dc = method_config('distill', {str(cfg)!r}, train={{**{TINY['train']!r}, 'steps': 100000}}, student={TINY['student']!r})
 r = train_student(dc, {str(out)!r}, {str(ROOT / 'configs/workload.yaml')!r}, {str(ROOT / 'configs/eval.yaml')!r},
                   None, cfg={str(cfg)!r}, teacher_spec={str(teacher)!r}, nproc=2, res=64, progress=False)
 print(json.dumps({{k: r[k] for k in ('status', 'reason', 'step', 'world', 'signal', 'last_checkpoint')}}))

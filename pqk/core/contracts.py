@@ -447,12 +447,14 @@ def load_workload(path=None) -> Workload:
 def load_eval(path=None) -> EvalContract: return load_contract(path or project_root() / 'configs' / 'eval.yaml', 'eval')
 
 # %% ../../nbs/core/00_contracts.ipynb #df75845e
-def _merged(base: dict, over: dict) -> dict:
-    "`over` merged into `base`: a mapping into a mapping field by field, another value replaces, None changes nothing."
-    out = dict(base)
+def _merged(base: dict, over: dict, schema: dict) -> dict:
+    "`over` merged into `base`: into a section field by field (see above), else replacing; None changes nothing."
+    out, props = dict(base), schema.get('properties', {})
     for k, v in over.items():
+        s = props.get(k, {})
         if v is None: continue
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        section = isinstance(v, dict) and isinstance(out.get(k), dict) and 'properties' in s and 'default' not in s
+        out[k] = _merged(out[k], v, s) if section else copy.deepcopy(v)
     return out
 
 def _config_problems(name: str, data: dict, file: str, hook: bool = True, in_memory: bool = False) -> list[Problem]:
@@ -470,10 +472,11 @@ def method_config(name: str, cfg=None, **overrides) -> dict:
         data, file, in_memory = {'method': name, **(cfg or {})}, f'{name} config', True
     else: raise ContractError([Problem(f'{name} config', '', type(cfg).__name__,
                                        f'a path to {name}.yaml, a loaded contract, a dict or None')])
-    data = with_defaults(copy.deepcopy(data), load_schema(name))
+    schema = load_schema(name)
+    data = with_defaults(copy.deepcopy(data), schema)
     ps = _config_problems(name, data, file, in_memory=in_memory)
     if not ps and overrides:
-        data = _merged(data, overrides)
+        data = _merged(data, overrides, schema)
         ps = _config_problems(name, data, f'{file} + overrides', hook=False, in_memory=in_memory)
     if ps: raise ContractError(ps)
     return data
