@@ -19,6 +19,7 @@ from ..data.pairs import dataset_pairs, PairBatcher
 from ..eval.efficiency import count_params, resolve_device
 from ..train.loop import fit, LoopConfig, dist_info, distributed
 from ..core.contracts import method_config, method_defaults
+from ..train.stoprules import StopRules
 
 # %% auto #0
 __all__ = ['REDUCE_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART', 'TEACHER_CACHE_FORMAT',
@@ -346,15 +347,14 @@ class CachedBatcher:
 # %% ../../nbs/compress/51_distill.ipynb #8575ac82
 def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=None, *,
                   proj: nn.ModuleDict | None = None, eval_scenes=None, eval_pairs=None, evalc=None, resume=None,
-                  device=None, gpu_hours_budget: float | None = None, over_budget_ratio: float = 1.2,
-                  no_improve_ckpt: int = 3,
-                  debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
+                  device=None, rules: StopRules | None = None, debug_nan_at_step: int | None = None,
+                  debug_sigterm_at_step: int | None = None,
                   stop_after: int | None = None, progress: bool = True,
                   clock=time.monotonic, teacher_cache_dir=None, data_spec: dict | None = None) -> dict:
     """Distil `teacher` into `student` following `cfg` (distill.yaml); checkpoints under `out_dir/checkpoints`.
-    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', 'signal',
-    ...} and
-    `teacher_cache` (its key, hit or computed, seconds; None when `train.teacher_cache` is off)."""
+    `rules` (`StopRules`; default: those of `evalc`, else none). Returns `fit`'s result: {'status':
+    completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', 'signal', ...} and `teacher_cache` (its key,
+    hit or computed, seconds; None when `train.teacher_cache` is off)."""
     c = method_config('distill', cfg)
     tr, L = c['train'], c['loss']
     device = resolve_device(device)
@@ -376,8 +376,7 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
     r = fit(student, kd_loss_fn(teacher, proj, L), batches, LoopConfig.from_sections(tr, c['checkpoint']),
             extra={'projections': proj}, forward='forward_features',
             ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
-            eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
-            patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
+            eval_fn=evaluate, rules=rules if rules is not None or evalc is None else StopRules.from_contracts(evalc),
             device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
             debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, desc='distill', kind='distill_train',
             clock=clock)
@@ -386,12 +385,11 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
 
 # %% ../../nbs/compress/51_distill.ipynb #c37ae960
 def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/eval.yaml', teacher=None, *,
-                res: int | None = None, resume=None, device=None, gpu_hours_budget: float | None = None,
-                over_budget_ratio: float | None = None,
-                no_improve_ckpt: int | None = None, debug_nan_at_step: int | None = None,
+                res: int | None = None, resume=None, device=None, rules: StopRules | None = None,
+                debug_nan_at_step: int | None = None,
                 debug_sigterm_at_step: int | None = None, progress: bool = True, seed: int | None = None,
                 overrides: dict | None = None, stop_after: int | None = None) -> dict:
-    "Teacher → student → training → `out_dir/result.json` (see above); returns the result dict."
+    "Teacher → student → training → `out_dir/result.json` (see above); `rules` default: the eval contract's."
     from pqk.core.contracts import load_workload, load_eval
     from pqk.data.manifests import load_dataset
     from pqk.models.teacher import load_teacher
@@ -410,13 +408,10 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     vd = {'source': 'synthetic', 'synthetic': dict(c['train']['val_data'])}
     scenes = load_dataset(td, res)
     vscenes = load_dataset(vd, res); vpairs = dataset_pairs(vscenes, 'complete', 1, False)
-    ratio = over_budget_ratio if over_budget_ratio is not None else \
-        float(ev.data['stop_loss']['gpu_hours_over_budget_ratio'])
-    patience = no_improve_ckpt if no_improve_ckpt is not None else int(ev.data['early_stop']['no_improve_ckpt'])
     t0 = time.time()
     r = train_distill(student, T, scenes, c, out_dir, eval_scenes=vscenes, eval_pairs=vpairs, evalc=ev, resume=resume,
-                      device=device, gpu_hours_budget=gpu_hours_budget, over_budget_ratio=ratio,
-                      no_improve_ckpt=patience, debug_nan_at_step=debug_nan_at_step,
+                      device=device, rules=rules if rules is not None else StopRules.from_contracts(ev),
+                      debug_nan_at_step=debug_nan_at_step,
                       debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
                       stop_after=stop_after, data_spec={**td['synthetic'], 'source': 'synthetic'})
     out_dir = Path(out_dir)
@@ -433,7 +428,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
 
 # %% ../../nbs/compress/51_distill.ipynb #9bd3dc50
 def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teacher_spec=None, nproc: int = 1,
-                  seed: int = 0, res: int | None = None, gpu_hours_budget: float | None = None,
+                  seed: int = 0, res: int | None = None, rules: StopRules | None = None,
                   debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
                   progress: bool = True, resume: bool = False, device=None) -> dict:
     "Train the student in this process or under torchrun (see above); the training result (`result.json`)."
@@ -443,14 +438,15 @@ def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teach
     if resume: print(f'resuming from {resume_from}' if resume_from else 'resume: no training checkpoint; starting over')
     if int(nproc) <= 1:
         return distill_run(dc, out_dir, workload, eval, teacher, device=device, seed=seed, res=res,
-                           gpu_hours_budget=gpu_hours_budget, debug_nan_at_step=debug_nan_at_step,
+                           rules=rules, debug_nan_at_step=debug_nan_at_step,
                            debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, resume=resume_from)
     if cfg is None or teacher_spec is None:
         raise ValueError('train_student: nproc > 1 needs cfg (the distill.yaml path) and teacher_spec (a path or name)')
     args = ['--config', cfg, '--out', out_dir, '--workload', workload, '--eval', eval, '--teacher', teacher_spec,
             '--seed', seed, '--quiet', *(['--res', res] if res else []),
             '--overrides', json.dumps({'train': dc['train']})]
-    for flag, v in (('--gpu-hours-budget', gpu_hours_budget), ('--debug-nan-at-step', debug_nan_at_step),
+    for flag, v in (('--stop-rules', json.dumps(dataclasses.asdict(rules)) if rules else None),
+                    ('--debug-nan-at-step', debug_nan_at_step),
                     ('--debug-sigterm-at-step', debug_sigterm_at_step), ('--resume', resume_from)):
         if v is not None: args += [flag, v]
     (out_dir / 'result.json').unlink(missing_ok=True)
@@ -487,8 +483,10 @@ def _parser():
     ap.add_argument('--seed', type=int, default=None)
     ap.add_argument('--overrides', default=None,
                     help='JSON dict of config sections to merge, e.g. {"train": {"steps": 4}}')
-    ap.add_argument('--gpu-hours-budget', type=float, default=None)
-    ap.add_argument('--over-budget-ratio', type=float, default=None)
+    ap.add_argument('--gpu-hours-budget', type=float, default=None,
+                    help="device-hour budget; the stop rules are the eval contract's with it (default: no budget)")
+    ap.add_argument('--stop-rules', default=None,
+                    help='the stop rules as JSON (pqk.train.stoprules.StopRules fields); replaces --gpu-hours-budget')
     ap.add_argument('--debug-nan-at-step', type=int, default=None); ap.add_argument('--quiet', action='store_true')
     ap.add_argument('--debug-sigterm-at-step', type=int, default=None,
                     help='test hook: the last rank sends itself SIGTERM during this step (the run stops there)')
@@ -502,11 +500,14 @@ def main(argv=None) -> int:
     try: ov = json.loads(a.overrides) if a.overrides else {}
     except ValueError as e: print(f'--overrides: not valid JSON ({e}): {a.overrides!r}', file=sys.stderr); return 2
     if a.steps is not None: ov.setdefault('train', {})['steps'] = a.steps
+    try: rules = StopRules(**json.loads(a.stop_rules)) if a.stop_rules else None
+    except (TypeError, ValueError) as e: print(f'--stop-rules: {e}: {a.stop_rules!r}', file=sys.stderr); return 2
     try:
+        rules = rules or StopRules.from_contracts(a.eval, a.gpu_hours_budget)
         with distributed(a.device) as device:
             r = distill_run(a.config, a.out, a.workload, a.eval, a.teacher, res=a.res, resume=a.resume, device=device,
-                            gpu_hours_budget=a.gpu_hours_budget, over_budget_ratio=a.over_budget_ratio,
-                            debug_nan_at_step=a.debug_nan_at_step, debug_sigterm_at_step=a.debug_sigterm_at_step,
+                            rules=rules, debug_nan_at_step=a.debug_nan_at_step,
+                            debug_sigterm_at_step=a.debug_sigterm_at_step,
                             progress=not a.quiet, seed=a.seed, overrides=ov, stop_after=a.stop_after)
     except (FileNotFoundError, ValueError) as e:                  # bad input: the message names file, field and value
         print(f'python -m pqk.compress.distill: {type(e).__name__}: {e}', file=sys.stderr); return 2

@@ -15,6 +15,7 @@ from ..models.config import DUSt3RConfig
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
 from ..core.contracts import method_defaults
+from ..train.stoprules import StopRules
 from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model,
                                   slice_error,
                       top_indices, param_count)
@@ -350,9 +351,8 @@ def param_shares(lin: dict) -> dict:
 
 # %% ../../nbs/compress/53_prune.ipynb #dc189821
 def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *, eval_scenes=None, eval_pairs=None,
-             evalc=None, resume=None, device=None, budget_hours=None, over_budget_ratio: float = 1.2,
-             patience: int | None = None, progress: bool = True, stop_after=None, debug_nan_at_step=None,
-             debug_sigterm_at_step=None) -> dict:
+             evalc=None, resume=None, device=None, rules: StopRules | None = None, progress: bool = True,
+             stop_after=None, debug_nan_at_step=None, debug_sigterm_at_step=None) -> dict:
     "Distil `teacher` into the pruned `model` for `pc['finetune']['steps']` steps with the one loop; fit's result."
     from pqk.compress.distill import make_projections, kd_loss_fn, eval_metric
     from pqk.data.pairs import PairBatcher
@@ -370,11 +370,11 @@ def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *,
     if eval_scenes is not None:
         ev = lambda m, step: eval_metric(m, eval_scenes, eval_pairs, evalc, device)
     train = {k: ft[k] for k in ('steps', 'lr', 'warmup_steps', 'weight_decay', 'grad_clip', 'amp')}
+    if rules is None: rules = StopRules(higher_is_better=evalc.higher_is_better if evalc is not None else True)
     return fit(model, kd_loss_fn(teacher, proj, loss_cfg), batches, LoopConfig.from_sections(train, pc['checkpoint']),
                extra={'projections': proj}, forward='forward_features', ckpt_dir=ckpt_dir, resume=resume, eval_fn=ev,
-               higher_is_better=evalc.higher_is_better if evalc is not None else True, patience=patience,
-               budget_hours=budget_hours, over_budget_ratio=over_budget_ratio, device=device, stop_after=stop_after,
-               debug_nan_at_step=debug_nan_at_step, debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
+               rules=rules, device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
+               debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
                desc='prune fine-tune', kind='prune_train')
 
 # %% ../../nbs/compress/53_prune.ipynb #04e37787
@@ -393,11 +393,11 @@ def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
     return [pair_batch(scenes, pairs, [n], device) for n in range(len(pairs))], calibration_set_hash(cal)
 
 def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=None, evalc=None, resume: bool = False,
-              device=None, gpu_hours_budget=None, over_budget_ratio: float = 1.2, patience: int | None = None,
-              progress: bool = True, stop_after=None, debug_nan_at_step=None, debug_sigterm_at_step=None,
-              calib=None) -> dict:
+              device=None, rules: StopRules | None = None, progress: bool = True, stop_after=None,
+              debug_nan_at_step=None, debug_sigterm_at_step=None, calib=None) -> dict:
     """Prune `model` by `pc` (a checked prune config) in `pc['rounds']` rounds of prune → fine-tune (distilled from
-    `teacher`); see above. `calib`: Taylor batches (default: the workload's calibration set)."""
+    `teacher`); see above. `rules` (`StopRules`): the budget counts every round's device-hours; without them no
+    early stop and no budget. `calib`: Taylor batches (default: the workload's calibration set)."""
     from pqk.eval.efficiency import resolve_device
     from pqk.data.manifests import load_dataset
     from pqk.data.pairs import dataset_pairs
@@ -449,8 +449,7 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
             ck = rd / 'checkpoints'
             res = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs, evalc=evalc,
                            resume=latest_checkpoint(ck) if resume else None, device=device,
-                           budget_hours=None if gpu_hours_budget is None else max(1e-9, gpu_hours_budget - spent),
-                           over_budget_ratio=over_budget_ratio, patience=patience, progress=progress,
+                           rules=None if rules is None else rules.after(spent), progress=progress,
                            stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
                            debug_sigterm_at_step=debug_sigterm_at_step)
             best = (res.get('best') or {}).get('checkpoint')

@@ -19,6 +19,7 @@ from ..eval.protocol import predict_pairs, pair_quality, quality_block
 from ..export.onnx import export_graph, onnx_size_mb, check_onnx, rel_l2
 from ..export.ort import OrtPredictor
 from ..train.loop import fit, LoopConfig
+from ..train.stoprules import StopRules
 from .distill import kd_loss_fn
 
 # %% auto #0
@@ -344,9 +345,8 @@ def qat_decision(enabled, ptq_drop, threshold) -> tuple[bool, str]:
     return False, f'PTQ drop {ptq_drop:.3g}% <= threshold {threshold:g}% (qat.enabled: auto): PTQ is enough'
 
 def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_dir=None, *, resume=None,
-              eval_fn=None, higher_is_better=True, patience=None, budget_hours=None, over_budget_ratio=1.2,
-              device=None, progress=True, seed: int = 0, stop_after: int | None = None,
-              debug_sigterm_at_step: int | None = None, stop=None) -> dict:
+              eval_fn=None, rules: StopRules | None = None, device=None, progress=True, seed: int = 0,
+              stop_after: int | None = None, debug_sigterm_at_step: int | None = None, stop=None) -> dict:
     "Train the fake-quant model with K's losses from the fp32 model (see above); `fit`'s result."
     q = qc['qat']
     teacher = fp32_model.eval()
@@ -360,8 +360,7 @@ def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_
     return fit(fq_model, kd_loss_fn(teacher, proj, L), PairBatcher(scenes, int(q['batch_pairs']), seed), cfg,
                extra={'projections': proj}, forward='forward_features',
                ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
-               eval_fn=eval_fn, higher_is_better=higher_is_better, patience=patience, budget_hours=budget_hours,
-               over_budget_ratio=over_budget_ratio, device=device, progress=progress, desc='qat', kind='qat_train',
+               eval_fn=eval_fn, rules=rules, device=device, progress=progress, desc='qat', kind='qat_train',
                stop_after=stop_after, debug_sigterm_at_step=debug_sigterm_at_step, stop=stop)
 
 def qat_training_block(r: dict, run_dir='.') -> dict:
