@@ -501,7 +501,9 @@ def main(argv=None) -> int:
     except ValueError as e: print(f'--overrides: not valid JSON ({e}): {a.overrides!r}', file=sys.stderr); return 2
     if a.steps is not None: ov.setdefault('train', {})['steps'] = a.steps
     try: rules = StopRules(**json.loads(a.stop_rules)) if a.stop_rules else None
-    except (TypeError, ValueError) as e: print(f'--stop-rules: {e}: {a.stop_rules!r}', file=sys.stderr); return 2
+    except (TypeError, ValueError) as e:
+        fields = ', '.join(f.name for f in dataclasses.fields(StopRules))
+        print(f'--stop-rules: {e}; expected a JSON object of {fields}: {a.stop_rules!r}', file=sys.stderr); return 2
     try:
         rules = rules or StopRules.from_contracts(a.eval, a.gpu_hours_budget)
         with distributed(a.device) as device:
