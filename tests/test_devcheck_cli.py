@@ -109,6 +109,9 @@ CASES = [
     ('distill_lr_type', 'distill', lambda: _edit('distill', setk('train.lr', 'fast')), 'train.lr', 'fast'),
     ('quant_bits', 'quant', lambda: _edit('quant', setk('ptq.weight_bits', 3)), 'ptq.weight_bits', '3'),
     ('prune_target', 'prune', lambda: _edit('prune', setk('targets.neurons', 0.2)), 'targets.neurons', '0.2'),
+    ('distill_feat_layer', 'distill', lambda: _edit('distill', setk('loss.feat_layers', ['enc_mid'])), 'loss.feat_layers[0]', 'enc_mid'),
+    ('quant_modelopt_entropy', 'quant', lambda: _edit('quant', lambda d: d['ptq'].update(backend='modelopt', calibration='entropy')), 'ptq.calibration', 'entropy'),
+    ('distill_warmup_default', 'distill', lambda: _edit('distill', lambda d: (d['train'].pop('warmup_steps'), d['train'].update(steps=5))), 'train.warmup_steps', '6'),
 ]
 
 @pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
@@ -122,6 +125,13 @@ def test_broken_contract(case, tmp_path):
     assert lines, r.stdout
     assert any(str(p.name) in l and field in l and value in l for l in lines), f'{field} / {value} not named in:\n{r.stdout}'
     assert 'Traceback' not in r.stdout + r.stderr
+
+def test_method_config_leaving_knobs_out_passes(tmp_path):
+    "A method config that sets only what differs from the schema's defaults passes (its knobs take the defaults)."
+    for name, ver in (('distill', '1.2'), ('prune', '2.1'), ('quant', '1.3')):
+        p = _write(tmp_path, name, f'# {name} v{ver} — only what differs\nversion: "{ver}"\nmethod: {name}\n')
+        r = pqk('devcheck', '--cfg', p, '--card', ROOT / 'taskcards' / 'E0_eval_teacher.md')
+        assert r.returncode == 0 and r.stdout.startswith('PASS'), r.stdout + r.stderr
 
 CARD_CASES = [
     ('missing_config', lambda t: t.replace('configs/distill.yaml', 'configs/missing.yaml'), 'configs.method', 'configs/missing.yaml'),

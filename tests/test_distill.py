@@ -66,13 +66,21 @@ def test_torchrun_two_processes_gloo(tmp_path, teacher):
     assert r['status'] == 'completed' and r['world'] == 2 and r['step'] == 2
 
 def test_torchrun_stop_loss_on_every_rank(tmp_path, teacher):
-    "Under DDP the stop-loss decision is shared: both ranks stop at the same step and leave the process group."
+    """Under DDP the stop-loss decision is shared: both ranks stop at the same step and leave the process group. The
+    stop rules reach the workers as one JSON value (what `train_student` passes), ratio included."""
     from pqk.train.loop import torchrun
-    torchrun('pqk.compress.distill', 2, _args(tmp_path / 'ddp', teacher, TINY, '--gpu-hours-budget', 1e-9),
+    rules = json.dumps({'patience': 3, 'budget_hours': 1e-9, 'over_budget_ratio': 1.5})
+    torchrun('pqk.compress.distill', 2, _args(tmp_path / 'ddp', teacher, TINY, '--stop-rules', rules),
              env={'PYTHONPATH': str(ROOT)}, timeout=300)
     r = _result(tmp_path / 'ddp')
     assert (r['status'], r['step'], r['world']) == ('stopped', 0, 2) and r['reason'].startswith('stop-loss at step 0')
-    assert '(2 devices)' in r['reason'] and r['device_kind'] == 'cpu'
+    assert '(2 devices)' in r['reason'] and '> 1.5 x budget 1e-09' in r['reason'] and r['device_kind'] == 'cpu'
+
+def test_bad_stop_rules_are_clear(tmp_path, teacher):
+    for rules, said in (('{"patience": 0}', 'no_improve_ckpt: got 0'), ('{"budget": 1}', 'budget'), ('[1', 'JSON')):
+        p = _run(_args(tmp_path / 'x', teacher, TINY, '--stop-rules', rules), ok=False)
+        assert p.returncode == 2 and '--stop-rules' in p.stderr and said in p.stderr, p.stderr[-2000:]
+        assert 'Traceback' not in p.stderr and not (tmp_path / 'x').exists()
 
 def test_forced_nan_stops(tmp_path, teacher):
     _run(_args(tmp_path / 'nan', teacher, TINY, '--debug-nan-at-step', 1))
@@ -214,8 +222,9 @@ def test_sigterm_to_the_kernels_process_group_stops_torchrun_workers(tmp_path, t
     out = tmp_path / 'train'
     code = f"""
 import json
-from pqk.compress.distill import distill_config, train_student
-dc = distill_config({str(cfg)!r}, train={{**{TINY['train']!r}, 'steps': 100000}}, student={TINY['student']!r})
+from pqk.compress.distill import train_student
+from pqk.core.contracts import method_config
+dc = method_config('distill', {str(cfg)!r}, train={{**{TINY['train']!r}, 'steps': 100000}}, student={TINY['student']!r})
 r = train_student(dc, {str(out)!r}, {str(ROOT / 'configs/workload.yaml')!r}, {str(ROOT / 'configs/eval.yaml')!r},
                   None, cfg={str(cfg)!r}, teacher_spec={str(teacher)!r}, nproc=2, res=64, progress=False)
 print(json.dumps({{k: r[k] for k in ('status', 'reason', 'step', 'world', 'signal', 'last_checkpoint')}}))

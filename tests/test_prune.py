@@ -26,9 +26,10 @@ def tiny(tmp_path_factory):
 
 def test_pruned_checkpoint_reloads_without_pruning_code(tmp_path, tiny):
     from pqk.models.checkpoints import load_checkpoint, save_checkpoint
-    from pqk.compress.prune import prune_config, prune_run
+    from pqk.compress.prune import prune_run
+    from pqk.core.contracts import method_config
     m = load_checkpoint(tiny)
-    pc = prune_config({'targets': {'heads': 0.5, 'mlp': 0.5, 'dpt': 0.5}, 'finetune': {'steps': 0}})
+    pc = method_config('prune', {'targets': {'heads': 0.5, 'mlp': 0.5, 'dpt': 0.5}, 'finetune': {'steps': 0}})
     r = prune_run(m, m, pc, tmp_path / 'p', progress=False)
     p = save_checkpoint(r['model'], tmp_path / 'pruned_best.pt')
     assert r['model'].cfg.enc_heads is None and r['model'].cfg.enc_num_heads == 1      # the config carries the widths

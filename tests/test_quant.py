@@ -280,18 +280,26 @@ def _fake_modelopt(d: Path) -> Path:
     return d / 'fake_site'
 
 
-@pytest.mark.parametrize('case', ['weight_bits', 'op_types', 'empty_calibration', 'not_dust3r', 'modelopt_missing'])
+@pytest.mark.parametrize('case', ['weight_bits', 'op_types', 'modelopt_minmax'])
+def test_bad_quant_config_is_refused_before_running(tiny, tmp_path, case):
+    """A quant.yaml the loader refuses is refused by the runner's devcheck before anything runs (the schema and the
+    quant hook are the one check), naming the file, the field and the value."""
+    edit, want = {'weight_bits': (lambda x: x['ptq'].update(weight_bits=4), ['ptq.weight_bits', '4']),
+                  'op_types': (lambda x: x['ptq'].update(op_types=['Conv', 'Softmax']), ['ptq.op_types[1]', 'Softmax']),
+                  'modelopt_minmax': (lambda x: x['ptq'].update(backend='modelopt', calibration='percentile'),
+                                      ['ptq.calibration', 'percentile', 'minmax with backend modelopt'])}[case]
+    cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', edit)
+    p = _pqk('run-quant', '--workload', tiny / 'workload.yaml', '--eval', tiny / 'eval.yaml', '--cfg', cfg,
+             '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate')
+    assert p.returncode != 0 and 'Traceback' not in p.stderr and not (tmp_path / 'runs').exists(), p.stderr[-3000:]
+    assert any('quant.yaml' in l and all(w in l for w in want) for l in p.stderr.splitlines()), p.stderr[-3000:]
+
+
+@pytest.mark.parametrize('case', ['empty_calibration', 'not_dust3r', 'modelopt_missing'])
 def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
     "Each bad input ends in a failed log whose error names the field and the value."
     cfg, extra, env, ckpt = tiny / 'quant.yaml', [], None, None
-    if case == 'weight_bits':
-        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(weight_bits=4))
-        want = ['ptq.weight_bits', '4']
-    elif case == 'op_types':
-        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml',
-                         lambda x: x['ptq'].update(op_types=['Conv', 'Softmax']))
-        want = ['ptq.op_types', 'Softmax']
-    elif case == 'empty_calibration':
+    if case == 'empty_calibration':
         extra, want = ['--param', 'calib_count=0'], ['calibration.count', '0']
     elif case == 'not_dust3r':
         import torch

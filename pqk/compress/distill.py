@@ -18,57 +18,19 @@ from ..train.losses import conf_regr_loss
 from ..data.pairs import dataset_pairs, PairBatcher
 from ..eval.efficiency import count_params, resolve_device
 from ..train.loop import fit, LoopConfig, dist_info, distributed
+from ..core.contracts import method_config, method_defaults
+from ..train.stoprules import StopRules
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'REDUCE_MODES', 'INIT_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART',
-           'TEACHER_CACHE_FORMAT', 'VAL_DATA', 'distill_config', 'student_config', 'auto_parts', 'make_student',
-           'feature_dims', 'make_projections', 'layer_features', 'distill_loss', 'export_student', 'eval_metric',
-           'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir', 'teacher_cache_key', 'TeacherCache',
-           'CachedBatcher', 'train_distill', 'distill_run', 'train_student', 'training_summary', 'main']
+__all__ = ['REDUCE_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART', 'TEACHER_CACHE_FORMAT',
+           'student_config', 'auto_parts', 'make_student', 'feature_dims', 'make_projections', 'layer_features',
+           'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir',
+           'teacher_cache_key', 'TeacherCache', 'CachedBatcher', 'train_distill', 'distill_run', 'train_student',
+           'training_summary', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
-DEFAULTS = {
-    'student': {'reduction': 0.3, 'reduce': 'depth', 'init': 'teacher'},
-    'loss': {'w_gt': 1.0, 'w_out': 1.0, 'w_conf': 0.1, 'w_feat': 0.5,
-             'feat_layers': ['enc_last', 'dec_mid', 'dec_last'], 'alpha': 0.2, 'T': 1.0, 'beta': 1.0, 'gamma': 0.5},
-    'train': {'steps': 60, 'batch_pairs': 2, 'lr': 3e-4, 'weight_decay': 0.05, 'warmup_steps': 6, 'grad_clip': 1.0,
-              'amp': True, 'seed': 0, 'nproc': 1, 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
-              'teacher_cache': True},
-    'checkpoint': {'every_steps': 20, 'every_seconds': 300, 'eval_every_steps': 20, 'keep_last': 2},
-}
-REDUCE_MODES, INIT_MODES = ('depth', 'width', 'both'), ('teacher', 'scratch')
+REDUCE_MODES = ('depth', 'width', 'both')
 FEAT_LAYERS = ('enc_last', 'dec_mid', 'dec_last')
-
-def distill_config(cfg=None, **overrides) -> dict:
-    """The distill config as a dict with every section filled from `DEFAULTS`: `cfg` is a loaded contract, a path to
-    distill.yaml, a dict or None; `overrides` are `section={...}` dicts merged on top."""
-    if cfg is None: d = {}
-    elif hasattr(cfg, 'data') and isinstance(cfg.data, dict): d = cfg.data
-    elif isinstance(cfg, (str, os.PathLike)):
-        from pqk.core.contracts import load_contract
-        d = load_contract(cfg).data
-    elif isinstance(cfg, dict): d = cfg
-    else:
-        raise ValueError(f"distill config: got {type(cfg).__name__}; "
-                         "expected a dict, a loaded contract or a path to distill.yaml")
-    out = {k: v for k, v in d.items() if k not in DEFAULTS}
-    for sec, dflt in DEFAULTS.items():
-        got = d.get(sec) or {}
-        if not isinstance(got, dict):
-            raise ValueError(f"distill config: section {sec!r}: got {got!r}; expected a mapping")
-        out[sec] = {**dflt, **got, **(overrides.get(sec) or {})}
-    s, l = out['student'], out['loss']
-    def bad(field, v, want): raise ValueError(f"distill config: {field}: got {v!r}; expected {want}")
-    if not isinstance(s['reduction'], (int, float)) or not 0 <= s['reduction'] < 1:
-        bad('student.reduction', s['reduction'], 'a number in [0, 1)')
-    if s['reduce'] not in REDUCE_MODES: bad('student.reduce', s['reduce'], f'one of {REDUCE_MODES}')
-    if s['init'] not in INIT_MODES: bad('student.init', s['init'], f'one of {INIT_MODES}')
-    for k in l['feat_layers']:
-        if k not in FEAT_LAYERS: bad('loss.feat_layers', l['feat_layers'], f'a list of {FEAT_LAYERS}')
-    if not l['T'] > 0: bad('loss.T', l['T'], 'a number > 0')
-    if not 0 <= l['gamma'] <= 1: bad('loss.gamma', l['gamma'], 'a number in [0, 1]')
-    if not 0 <= l['beta'] <= 1: bad('loss.beta', l['beta'], 'a number in [0, 1]')
-    return out
 
 # %% ../../nbs/compress/51_distill.ipynb #8da68609
 from itertools import product
@@ -172,7 +134,7 @@ def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None, res: int | 
     """A student built from `teacher` by `cfg['student']` (reduction, reduce, shrink, init); `student.distill_info`
     holds the parameter counts, the actual reduction and the kept blocks. An explicit `student.config` (dict of
     `DUSt3RConfig` fields) overrides the search (from scratch unless its shapes can be cut from the teacher)."""
-    s, t_cfg = distill_config(cfg)['student'], teacher.cfg
+    s, t_cfg = method_config('distill', cfg)['student'], teacher.cfg
     if seed is not None: torch.manual_seed(seed)
     shrink, auto = _shrink_parts(s.get('shrink'), t_cfg), None
     if 'auto' in shrink:                                                # where the measured time is
@@ -227,7 +189,7 @@ def distill_loss(fs: dict, ft: dict, loss_cfg: dict, proj: nn.ModuleDict | None 
                  gt: tuple | None = None) -> tuple:
     """Total KD loss and a dict of its (float) terms. `fs`/`ft`: student/teacher `forward_features` outputs;
     `gt`: (pts1, pts2, valid1, valid2) in view 1's frame, or None; `loss_cfg`: the config's `loss` section."""
-    L = {**DEFAULTS['loss'], **(loss_cfg or {})}
+    L = {**method_defaults('distill')['loss'], **(loss_cfg or {})}
     s1, s2, t1, t2 = fs['res1'], fs['res2'], ft['res1'], ft['res2']
     ps1, ps2, cs1, cs2 = s1['pts3d'].float(), s2['pts3d_in_other_view'].float(), s1['conf'].float(), s2['conf'].float()
     pt1, pt2, ct1, ct2 = (t1['pts3d'].float().detach(), t2['pts3d_in_other_view'].float().detach(),
@@ -385,16 +347,15 @@ class CachedBatcher:
 # %% ../../nbs/compress/51_distill.ipynb #8575ac82
 def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=None, *,
                   proj: nn.ModuleDict | None = None, eval_scenes=None, eval_pairs=None, evalc=None, resume=None,
-                  device=None, gpu_hours_budget: float | None = None, over_budget_ratio: float = 1.2,
-                  no_improve_ckpt: int = 3,
-                  debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
+                  device=None, rules: StopRules | None = None, debug_nan_at_step: int | None = None,
+                  debug_sigterm_at_step: int | None = None,
                   stop_after: int | None = None, progress: bool = True,
                   clock=time.monotonic, teacher_cache_dir=None, data_spec: dict | None = None) -> dict:
     """Distil `teacher` into `student` following `cfg` (distill.yaml); checkpoints under `out_dir/checkpoints`.
-    Returns `fit`'s result: {'status': completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', 'signal',
-    ...} and
-    `teacher_cache` (its key, hit or computed, seconds; None when `train.teacher_cache` is off)."""
-    c = distill_config(cfg)
+    `rules` (`StopRules`; default: those of `evalc`, else none). Returns `fit`'s result: {'status':
+    completed|stopped|interrupted, 'reason', 'step', 'history', 'evals', 'signal', ...} and `teacher_cache` (its key,
+    hit or computed, seconds; None when `train.teacher_cache` is off)."""
+    c = method_config('distill', cfg)
     tr, L = c['train'], c['loss']
     device = resolve_device(device)
     teacher = teacher.to(device).eval()
@@ -415,8 +376,7 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
     r = fit(student, kd_loss_fn(teacher, proj, L), batches, LoopConfig.from_sections(tr, c['checkpoint']),
             extra={'projections': proj}, forward='forward_features',
             ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
-            eval_fn=evaluate, higher_is_better=evalc.higher_is_better if evalc is not None else True,
-            patience=no_improve_ckpt, budget_hours=gpu_hours_budget, over_budget_ratio=over_budget_ratio,
+            eval_fn=evaluate, rules=rules if rules is not None or evalc is None else StopRules.from_contracts(evalc),
             device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
             debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, desc='distill', kind='distill_train',
             clock=clock)
@@ -424,21 +384,18 @@ def train_distill(student: DUSt3R, teacher: DUSt3R, scenes, cfg=None, out_dir=No
     return r
 
 # %% ../../nbs/compress/51_distill.ipynb #c37ae960
-VAL_DATA = {'seed': 900, 'n_scenes': 2, 'views_per_scene': 2}
-
 def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/eval.yaml', teacher=None, *,
-                res: int | None = None, resume=None, device=None, gpu_hours_budget: float | None = None,
-                over_budget_ratio: float | None = None,
-                no_improve_ckpt: int | None = None, debug_nan_at_step: int | None = None,
+                res: int | None = None, resume=None, device=None, rules: StopRules | None = None,
+                debug_nan_at_step: int | None = None,
                 debug_sigterm_at_step: int | None = None, progress: bool = True, seed: int | None = None,
                 overrides: dict | None = None, stop_after: int | None = None) -> dict:
-    "Teacher → student → training → `out_dir/result.json` (see above); returns the result dict."
+    "Teacher → student → training → `out_dir/result.json` (see above); `rules` default: the eval contract's."
     from pqk.core.contracts import load_workload, load_eval
     from pqk.data.manifests import load_dataset
     from pqk.models.teacher import load_teacher
     from pqk.core.io import write_json_atomic
     rank = dist_info()[1]
-    c = distill_config(cfg, **(overrides or {}))
+    c = method_config('distill', cfg, **(overrides or {}))
     if seed is not None: c['train']['seed'] = int(seed)
     wl, ev = load_workload(workload), load_eval(eval)
     device = resolve_device(device)
@@ -448,16 +405,13 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     T = t_spec if isinstance(t_spec, nn.Module) else load_teacher(str(t_spec), device)
     student = make_student(T, c, seed=int(c['train']['seed']), res=wl.resolution)
     td = {'source': 'synthetic', 'synthetic': dict(c['train']['train_data'])}
-    vd = {'source': 'synthetic', 'synthetic': dict(c['train'].get('val_data') or VAL_DATA)}
+    vd = {'source': 'synthetic', 'synthetic': dict(c['train']['val_data'])}
     scenes = load_dataset(td, res)
     vscenes = load_dataset(vd, res); vpairs = dataset_pairs(vscenes, 'complete', 1, False)
-    ratio = over_budget_ratio if over_budget_ratio is not None else \
-        float(ev.data['stop_loss']['gpu_hours_over_budget_ratio'])
-    patience = no_improve_ckpt if no_improve_ckpt is not None else int(ev.data['early_stop']['no_improve_ckpt'])
     t0 = time.time()
     r = train_distill(student, T, scenes, c, out_dir, eval_scenes=vscenes, eval_pairs=vpairs, evalc=ev, resume=resume,
-                      device=device, gpu_hours_budget=gpu_hours_budget, over_budget_ratio=ratio,
-                      no_improve_ckpt=patience, debug_nan_at_step=debug_nan_at_step,
+                      device=device, rules=rules if rules is not None else StopRules.from_contracts(ev),
+                      debug_nan_at_step=debug_nan_at_step,
                       debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
                       stop_after=stop_after, data_spec={**td['synthetic'], 'source': 'synthetic'})
     out_dir = Path(out_dir)
@@ -474,7 +428,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
 
 # %% ../../nbs/compress/51_distill.ipynb #9bd3dc50
 def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teacher_spec=None, nproc: int = 1,
-                  seed: int = 0, res: int | None = None, gpu_hours_budget: float | None = None,
+                  seed: int = 0, res: int | None = None, rules: StopRules | None = None,
                   debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
                   progress: bool = True, resume: bool = False, device=None) -> dict:
     "Train the student in this process or under torchrun (see above); the training result (`result.json`)."
@@ -484,14 +438,15 @@ def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teach
     if resume: print(f'resuming from {resume_from}' if resume_from else 'resume: no training checkpoint; starting over')
     if int(nproc) <= 1:
         return distill_run(dc, out_dir, workload, eval, teacher, device=device, seed=seed, res=res,
-                           gpu_hours_budget=gpu_hours_budget, debug_nan_at_step=debug_nan_at_step,
+                           rules=rules, debug_nan_at_step=debug_nan_at_step,
                            debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, resume=resume_from)
     if cfg is None or teacher_spec is None:
         raise ValueError('train_student: nproc > 1 needs cfg (the distill.yaml path) and teacher_spec (a path or name)')
     args = ['--config', cfg, '--out', out_dir, '--workload', workload, '--eval', eval, '--teacher', teacher_spec,
             '--seed', seed, '--quiet', *(['--res', res] if res else []),
             '--overrides', json.dumps({'train': dc['train']})]
-    for flag, v in (('--gpu-hours-budget', gpu_hours_budget), ('--debug-nan-at-step', debug_nan_at_step),
+    for flag, v in (('--stop-rules', json.dumps(dataclasses.asdict(rules)) if rules else None),
+                    ('--debug-nan-at-step', debug_nan_at_step),
                     ('--debug-sigterm-at-step', debug_sigterm_at_step), ('--resume', resume_from)):
         if v is not None: args += [flag, v]
     (out_dir / 'result.json').unlink(missing_ok=True)
@@ -528,8 +483,10 @@ def _parser():
     ap.add_argument('--seed', type=int, default=None)
     ap.add_argument('--overrides', default=None,
                     help='JSON dict of config sections to merge, e.g. {"train": {"steps": 4}}')
-    ap.add_argument('--gpu-hours-budget', type=float, default=None)
-    ap.add_argument('--over-budget-ratio', type=float, default=None)
+    ap.add_argument('--gpu-hours-budget', type=float, default=None,
+                    help="device-hour budget; the stop rules are the eval contract's with it (default: no budget)")
+    ap.add_argument('--stop-rules', default=None,
+                    help='the stop rules as JSON (pqk.train.stoprules.StopRules fields); replaces --gpu-hours-budget')
     ap.add_argument('--debug-nan-at-step', type=int, default=None); ap.add_argument('--quiet', action='store_true')
     ap.add_argument('--debug-sigterm-at-step', type=int, default=None,
                     help='test hook: the last rank sends itself SIGTERM during this step (the run stops there)')
@@ -543,11 +500,16 @@ def main(argv=None) -> int:
     try: ov = json.loads(a.overrides) if a.overrides else {}
     except ValueError as e: print(f'--overrides: not valid JSON ({e}): {a.overrides!r}', file=sys.stderr); return 2
     if a.steps is not None: ov.setdefault('train', {})['steps'] = a.steps
+    try: rules = StopRules(**json.loads(a.stop_rules)) if a.stop_rules else None
+    except (TypeError, ValueError) as e:
+        fields = ', '.join(f.name for f in dataclasses.fields(StopRules))
+        print(f'--stop-rules: {e}; expected a JSON object of {fields}: {a.stop_rules!r}', file=sys.stderr); return 2
     try:
+        rules = rules or StopRules.from_contracts(a.eval, a.gpu_hours_budget)
         with distributed(a.device) as device:
             r = distill_run(a.config, a.out, a.workload, a.eval, a.teacher, res=a.res, resume=a.resume, device=device,
-                            gpu_hours_budget=a.gpu_hours_budget, over_budget_ratio=a.over_budget_ratio,
-                            debug_nan_at_step=a.debug_nan_at_step, debug_sigterm_at_step=a.debug_sigterm_at_step,
+                            rules=rules, debug_nan_at_step=a.debug_nan_at_step,
+                            debug_sigterm_at_step=a.debug_sigterm_at_step,
                             progress=not a.quiet, seed=a.seed, overrides=ov, stop_after=a.stop_after)
     except (FileNotFoundError, ValueError) as e:                  # bad input: the message names file, field and value
         print(f'python -m pqk.compress.distill: {type(e).__name__}: {e}', file=sys.stderr); return 2

@@ -12,15 +12,17 @@ import torch
 import torch.nn as nn
 
 from ..data.pairs import probe_pair
-from ..models.config import DUSt3RConfig, _is_int, _short
+from ..models.config import DUSt3RConfig
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
+from ..core.contracts import method_defaults
+from ..train.stoprules import StopRules
 from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model,
                                   slice_error,
                       top_indices, param_count)
 
 # %% auto #0
-__all__ = ['TARGETS', 'IMPORTANCES', 'DEFAULTS', 'PruneError', 'prune_config', 'target_units', 'check_ignored', 'final_counts',
+__all__ = ['TARGETS', 'IMPORTANCES', 'PruneError', 'active_targets', 'target_units', 'check_ignored', 'final_counts',
            'round_counts', 'unit_roots', 'dependency_graph', 'tp_importance', 'unit_scores', 'block_scores',
            'taylor_gradients', 'start_lineage', 'current_counts', 'prune_step', 'removed_report', 'lineage_plan',
            'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'training_block', 'costs_before_after']
@@ -28,61 +30,13 @@ __all__ = ['TARGETS', 'IMPORTANCES', 'DEFAULTS', 'PruneError', 'prune_config', '
 # %% ../../nbs/compress/53_prune.ipynb #ccc134b2
 TARGETS = ('heads', 'mlp', 'blocks', 'dpt')
 IMPORTANCES = ('magnitude', 'taylor', 'random')
-DEFAULTS = {
-    'targets': {'heads': 0.5, 'mlp': 0.3},
-    'importance': 'magnitude', 'rounds': 1, 'round_to': 8, 'ignored': [], 'calibration_pairs': 8,
-    'finetune': {'steps': 40, 'lr': 1e-4, 'batch_pairs': 1, 'res': None, 'warmup_steps': 4, 'weight_decay': 0.05,
-                 'grad_clip': 1.0, 'amp': True, 'seed': 0,
-                 'train_data': {'seed': 0, 'n_scenes': 24, 'views_per_scene': 2},
-                 'val_data': {'seed': 900, 'n_scenes': 6, 'views_per_scene': 2}, 'loss': {}},
-    'checkpoint': {'every_steps': 20, 'every_seconds': 300, 'eval_every_steps': 20, 'keep_last': 2},
-}
 
 class PruneError(ValueError):
-    "A pruning config or model that cannot be pruned as asked (the message names the field, the value and the fix)."
+    "A model that cannot be pruned as the config asks (the message names the field, the value and the fix)."
 
-def _bad(field, v, want): raise PruneError(f"prune config: {field}: got {_short(v)}; expected {want}")
-
-def _num(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-def prune_config(cfg=None, **overrides) -> dict:
-    """The prune config as a dict with every field filled from `DEFAULTS` and checked: `cfg` is a loaded contract, a
-    path to prune.yaml, a dict or None; `overrides` replace top-level fields (`finetune`/`checkpoint` are merged)."""
-    if cfg is None: d = {}
-    elif hasattr(cfg, 'data') and isinstance(cfg.data, dict): d = cfg.data
-    elif isinstance(cfg, (str, os.PathLike)):
-        from pqk.core.contracts import load_contract
-        d = load_contract(cfg).data
-    elif isinstance(cfg, dict): d = cfg
-    else: raise PruneError(f"prune config: got {type(cfg).__name__}; expected a dict, a loaded contract or a path")
-    out = {k: v for k, v in d.items() if k not in DEFAULTS}
-    for k, dflt in DEFAULTS.items():
-        v = overrides[k] if k in overrides and k not in ('finetune', 'checkpoint') else d.get(k, dflt)
-        if k in ('finetune', 'checkpoint'):
-            if not isinstance(v, dict): _bad(k, v, 'a mapping')
-            v = {**dflt, **v, **(overrides.get(k) or {})}
-        out[k] = v
-    t = out['targets']
-    if not isinstance(t, dict) or not t: _bad('targets', t, f'a mapping of some of {list(TARGETS)} to a ratio')
-    for k, r in t.items():
-        if k not in TARGETS: _bad(f'targets.{k}', r, f'a known target: one of {list(TARGETS)} (unknown target {k!r})')
-        if not _num(r) or not 0 <= r < 1: _bad(f'targets.{k}', r, 'a share of the units removed, in [0, 1)')
-    out['targets'] = {k: float(r) for k, r in t.items() if r > 0}
-    if out['importance'] not in IMPORTANCES: _bad('importance', out['importance'], f'one of {list(IMPORTANCES)}')
-    for k in ('rounds', 'round_to', 'calibration_pairs'):
-        if not _is_int(out[k]) or out[k] < 1: _bad(k, out[k], 'an integer >= 1')
-    ig = out['ignored']
-    if not isinstance(ig, list) or not all(isinstance(x, str) and x for x in ig):
-        _bad('ignored', ig, 'a list of module names (e.g. enc_blocks.0, downstream_head1)')
-    ft = out['finetune']
-    if not _is_int(ft['steps']) or ft['steps'] < 0: _bad('finetune.steps', ft['steps'], 'an integer >= 0')
-    if not _num(ft['lr']) or not 0 < ft['lr'] <= 1: _bad('finetune.lr', ft['lr'], 'a number in (0, 1]')
-    if not _is_int(ft['batch_pairs']) or ft['batch_pairs'] < 1:
-        _bad('finetune.batch_pairs', ft['batch_pairs'], 'an integer >= 1')
-    if ft['res'] is not None and (not _is_int(ft['res']) or ft['res'] < 16 or ft['res'] % 16):
-        _bad('finetune.res', ft['res'], "null (the workload's resolution) or a multiple of the patch size 16")
-    if not isinstance(ft['loss'], dict): _bad('finetune.loss', ft['loss'], "a mapping (K's loss section)")
-    return out
+def active_targets(pc: dict) -> dict:
+    "{target: ratio} of the targets of prune config `pc` that remove something (a ratio of 0 prunes nothing)."
+    return {k: float(r) for k, r in pc['targets'].items() if r > 0}
 
 # %% ../../nbs/compress/53_prune.ipynb #342b987c
 _TARGET_PARTS = {'heads': ('attn', 'cross_attn'), 'mlp': ('mlp',)}
@@ -128,7 +82,7 @@ def _keep_count(n: int, ratio: float, step: int, where: str, field: str, what: s
 
 def final_counts(model: DUSt3R, pc: dict) -> dict:
     "{unit or stack: count kept at the end} for every unit the config prunes (see above)."
-    cfg, t, rt = model.cfg, pc['targets'], pc['round_to']
+    cfg, t, rt = model.cfg, active_targets(pc), pc['round_to']
     check_ignored(model, pc['ignored'])
     out = {}
     for target, r in t.items():
@@ -396,16 +350,15 @@ def param_shares(lin: dict) -> dict:
 
 # %% ../../nbs/compress/53_prune.ipynb #dc189821
 def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *, eval_scenes=None, eval_pairs=None,
-             evalc=None, resume=None, device=None, budget_hours=None, over_budget_ratio: float = 1.2,
-             patience: int | None = None, progress: bool = True, stop_after=None, debug_nan_at_step=None,
-             debug_sigterm_at_step=None) -> dict:
+             evalc=None, resume=None, device=None, rules: StopRules | None = None, progress: bool = True,
+             stop_after=None, debug_nan_at_step=None, debug_sigterm_at_step=None) -> dict:
     "Distil `teacher` into the pruned `model` for `pc['finetune']['steps']` steps with the one loop; fit's result."
-    from pqk.compress.distill import DEFAULTS as KD, make_projections, kd_loss_fn, eval_metric
+    from pqk.compress.distill import make_projections, kd_loss_fn, eval_metric
     from pqk.data.pairs import PairBatcher
     from pqk.train.loop import fit, LoopConfig
     from pqk.eval.efficiency import resolve_device
     ft, device = pc['finetune'], resolve_device(device)
-    loss_cfg = {**KD['loss'], **ft['loss']}
+    loss_cfg = {**method_defaults('distill')['loss'], **ft['loss']}
     teacher = teacher.to(device).eval()
     for p in teacher.parameters(): p.requires_grad_(False)
     model = model.to(device).train()
@@ -416,11 +369,11 @@ def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *,
     if eval_scenes is not None:
         ev = lambda m, step: eval_metric(m, eval_scenes, eval_pairs, evalc, device)
     train = {k: ft[k] for k in ('steps', 'lr', 'warmup_steps', 'weight_decay', 'grad_clip', 'amp')}
+    if rules is None: rules = StopRules(higher_is_better=evalc.higher_is_better if evalc is not None else True)
     return fit(model, kd_loss_fn(teacher, proj, loss_cfg), batches, LoopConfig.from_sections(train, pc['checkpoint']),
                extra={'projections': proj}, forward='forward_features', ckpt_dir=ckpt_dir, resume=resume, eval_fn=ev,
-               higher_is_better=evalc.higher_is_better if evalc is not None else True, patience=patience,
-               budget_hours=budget_hours, over_budget_ratio=over_budget_ratio, device=device, stop_after=stop_after,
-               debug_nan_at_step=debug_nan_at_step, debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
+               rules=rules, device=device, stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
+               debug_sigterm_at_step=debug_sigterm_at_step, progress=progress,
                desc='prune fine-tune', kind='prune_train')
 
 # %% ../../nbs/compress/53_prune.ipynb #04e37787
@@ -439,15 +392,14 @@ def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
     return [pair_batch(scenes, pairs, [n], device) for n in range(len(pairs))], calibration_set_hash(cal)
 
 def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=None, evalc=None, resume: bool = False,
-              device=None, gpu_hours_budget=None, over_budget_ratio: float = 1.2, patience: int | None = None,
-              progress: bool = True, stop_after=None, debug_nan_at_step=None, debug_sigterm_at_step=None,
-              calib=None) -> dict:
+              device=None, rules: StopRules | None = None, progress: bool = True, stop_after=None,
+              debug_nan_at_step=None, debug_sigterm_at_step=None, calib=None) -> dict:
     """Prune `model` by `pc` (a checked prune config) in `pc['rounds']` rounds of prune → fine-tune (distilled from
-    `teacher`); see above. `calib`: Taylor batches (default: the workload's calibration set)."""
+    `teacher`); see above. `rules` (`StopRules`): the budget counts every round's device-hours; without them no
+    early stop and no budget. `calib`: Taylor batches (default: the workload's calibration set)."""
     from pqk.eval.efficiency import resolve_device
     from pqk.data.manifests import load_dataset
     from pqk.data.pairs import dataset_pairs
-    from pqk.compress.distill import VAL_DATA
     from pqk.core.io import write_json_atomic
     device, out_dir = resolve_device(device), Path(out_dir)
     if teacher is model: teacher = copy.deepcopy(model)              # fine-tuning freezes the teacher's weights
@@ -465,7 +417,7 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
     if ft['steps'] > 0:
         scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['train_data'])}, res)
         if evalc is not None and pc['checkpoint'].get('eval_every_steps'):
-            vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft.get('val_data') or VAL_DATA)}, res)
+            vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['val_data'])}, res)
             vpairs = dataset_pairs(vscenes, 'complete', 1, False)
     out_dir.mkdir(parents=True, exist_ok=True)
     rounds, status, reason, spent, got = [], 'completed', f'completed {N} round(s)', 0.0, None
@@ -496,8 +448,7 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
             ck = rd / 'checkpoints'
             res = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs, evalc=evalc,
                            resume=latest_checkpoint(ck) if resume else None, device=device,
-                           budget_hours=None if gpu_hours_budget is None else max(1e-9, gpu_hours_budget - spent),
-                           over_budget_ratio=over_budget_ratio, patience=patience, progress=progress,
+                           rules=None if rules is None else rules.after(spent), progress=progress,
                            stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
                            debug_sigterm_at_step=debug_sigterm_at_step)
             best = (res.get('best') or {}).get('checkpoint')
@@ -519,7 +470,7 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
         save_checkpoint(model, rd / 'finetuned.pt', meta={'kind': 'pruned_finetuned', 'round': k})
         write_json_atomic(rd / 'state.json', {'done': True, 'lineage': lin, 'exact_err': err, 'plan': plan, 'round': r})
     n1 = param_count(model.cfg)
-    summary = {'targets': pc['targets'], 'importance': pc['importance'], 'rounds': N, 'round_to': pc['round_to'],
+    summary = {'targets': active_targets(pc), 'importance': pc['importance'], 'rounds': N, 'round_to': pc['round_to'],
                'ignored': pc['ignored'], 'removed': removed_report(lin), 'params_removed': param_shares(lin),
                'params_before': params0, 'params_after': n1, 'params_ratio': n1 / params0,
                'exactness': {'tol': 1e-5, 'max_rel_err': max((x['exact_rel_err'] for x in rounds), default=None),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core.contracts import ContractError, Problem, _rel
+from ..core.contracts import ContractError, Problem, _rel, method_config, method_defaults
 from ..core.io import atomic_path
 from ..data.manifests import to_tensor
 from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher
@@ -19,35 +19,19 @@ from ..eval.protocol import predict_pairs, pair_quality, quality_block
 from ..export.onnx import export_graph, onnx_size_mb, check_onnx, rel_l2
 from ..export.ort import OrtPredictor
 from ..train.loop import fit, LoopConfig
-from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
+from ..train.stoprules import StopRules
+from .distill import kd_loss_fn
 
 # %% auto #0
-__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QAT_CKPT_EVERY_S',
-           'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group',
+__all__ = ['GROUPS', 'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'check_backend', 'module_path', 'layer_group',
            'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
            'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
            'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
            'qat_training_block', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
-BACKENDS = ('onnxruntime', 'modelopt')
-OP_TYPES = ('MatMul', 'Gemm', 'Conv')
-CALIBRATIONS = ('minmax', 'entropy', 'percentile')
-CPU_ACTIVATIONS = ('auto', 'uint8', 'int8')
-BITS = {'onnxruntime': {'weight_bits': (8,), 'activation_bits': (8,)},
-        'modelopt': {'weight_bits': (8,), 'activation_bits': (8,)}}
 GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder': ('enc_blocks', 'enc_norm'),
           'decoder': ('dec_blocks', 'dec_blocks2', 'dec_norm'), 'heads': ('downstream_head1', 'downstream_head2')}
-QUANT_DEFAULTS = {
-    'ptq': {'backend': 'onnxruntime', 'method': 'static', 'calibration': 'minmax', 'percentile': 99.99,
-            'weight_bits': 8, 'activation_bits': 8, 'per_channel': True, 'symmetric': True,
-            'op_types': list(OP_TYPES), 'attention_matmul': False, 'cpu_activations': 'auto', 'reduce_range': 'auto',
-            'exclude_patterns': []},
-    'keep_float': [],
-    'sensitivity': {'enabled': True, 'pairs': 8, 'calib_pairs': 4},
-    'qat': {'enabled': 'auto', 'epochs': 1, 'steps': 40, 'lr': 1e-5, 'freeze_bn_stats': True, 'batch_pairs': 1,
-            'eval_every_steps': 0, 'res': None, 'train_data': {'seed': 0, 'n_scenes': 8, 'views_per_scene': 2}},
-}
 
 class ModelOptUnavailable(ImportError):
     "NVIDIA ModelOpt cannot be imported here; the message says why and how to install it."
@@ -63,67 +47,14 @@ def import_mtq():
     return mtq
 
 # %% ../../nbs/compress/52_quant.ipynb #76c829b7
-def quant_config(cfg=None, check_backend: bool = True, **overrides) -> dict:
-    "quant.yaml (path, loaded contract, dict or None) merged over QUANT_DEFAULTS and validated; `file` names it."
-    file = 'quant.yaml'
-    if cfg is None: d = {}
-    elif hasattr(cfg, 'data') and isinstance(cfg.data, dict): d, file = cfg.data, _rel(cfg.path)
-    elif isinstance(cfg, (str, os.PathLike)):
-        from pqk.core.contracts import load_contract
-        c = load_contract(cfg); d, file = c.data, _rel(c.path)
-    elif isinstance(cfg, dict): d = cfg
-    else: raise ValueError(f'quant config: got a {type(cfg).__name__}; expected a path to quant.yaml, a dict or None')
-    out = {k: v for k, v in d.items() if k not in QUANT_DEFAULTS}
-    for sec, dflt in QUANT_DEFAULTS.items():
-        got = d.get(sec, dflt if not isinstance(dflt, dict) else {})
-        o = overrides.get(sec)
-        out[sec] = {**dflt, **got, **(o or {})} if isinstance(dflt, dict) else (o if o is not None else got)
-    ps, p, q = [], out['ptq'], out['qat']
-    bad = lambda f, v, want: ps.append(Problem(file, f, v, want))
-    if p['backend'] not in BACKENDS: bad('ptq.backend', p['backend'], f"one of {', '.join(BACKENDS)}")
-    else:
-        for k, ok in BITS[p['backend']].items():
-            if p[k] not in ok: bad(f'ptq.{k}', p[k], f"{' or '.join(map(str, ok))}: what backend {p['backend']} "
-                                                       'can run as int8 here')
-    if p['method'] not in ('static', 'dynamic'): bad('ptq.method', p['method'], 'static or dynamic')
-    if p['cpu_activations'] not in CPU_ACTIVATIONS:
-        bad('ptq.cpu_activations', p['cpu_activations'], f"one of {', '.join(CPU_ACTIVATIONS)}")
-    if p['reduce_range'] not in ('auto', True, False): bad('ptq.reduce_range', p['reduce_range'], 'auto, true or false')
-    if p['calibration'] not in CALIBRATIONS:
-        bad('ptq.calibration', p['calibration'], f"one of {', '.join(CALIBRATIONS)}")
-    elif p['backend'] == 'modelopt' and p['calibration'] != 'minmax':
-        bad('ptq.calibration', p['calibration'], 'minmax with backend modelopt (its max calibration)')
-    if p['backend'] == 'modelopt' and p['method'] != 'static':
-        bad('ptq.method', p['method'], 'static with backend modelopt (fake-quant needs calibrated activations)')
-    if p['backend'] == 'modelopt' and not p['symmetric']:
-        bad('ptq.symmetric', p['symmetric'], 'true with backend modelopt (TensorRT int8 is symmetric)')
-    ops = p['op_types']
-    if not isinstance(ops, list) or not ops or any(o not in OP_TYPES for o in ops):
-        bad('ptq.op_types', ops, f"a non-empty list of {', '.join(OP_TYPES)}")
-    if not isinstance(p['percentile'], (int, float)) or not 50 < p['percentile'] <= 100:
-        bad('ptq.percentile', p['percentile'], 'a number in (50, 100]')
-    for k in ('exclude_patterns',):
-        if not isinstance(p[k], list) or not all(isinstance(x, str) and x for x in p[k]):
-            bad(f'ptq.{k}', p[k], 'a list of glob patterns')
-    kf = out['keep_float']
-    if not isinstance(kf, list) or not all(isinstance(x, str) and x for x in kf):
-        bad('keep_float', kf, f"a list of layer groups ({', '.join(GROUPS)}) or glob patterns")
-    if q['enabled'] not in ('auto', True, False): bad('qat.enabled', q['enabled'], 'auto, true or false')
-    for k in ('steps', 'batch_pairs'):
-        if isinstance(q[k], bool) or not isinstance(q[k], int) or q[k] < 1: bad(f'qat.{k}', q[k], 'an integer >= 1')
-    if not isinstance(q['lr'], (int, float)) or not 0 < q['lr'] <= 1: bad('qat.lr', q['lr'], 'a number in (0, 1]')
-    s = out['sensitivity']
-    for k in ('pairs', 'calib_pairs'):
-        if isinstance(s[k], bool) or not isinstance(s[k], int) or s[k] < 1:
-            bad(f'sensitivity.{k}', s[k], 'an integer >= 1')
-    if ps: raise ContractError(ps)
-    if check_backend and p['backend'] == 'modelopt':
+def check_backend(qc: dict, file: str = 'quant config') -> dict:
+    "`qc` when its PTQ backend imports here, else a `ContractError` naming `ptq.backend` and why it does not."
+    if qc['ptq']['backend'] == 'modelopt':
         try: import_mtq()
         except ModelOptUnavailable as e:
             raise ContractError([Problem(file, 'ptq.backend', 'modelopt',
                                          f'a backend that imports here ({e})')]) from None
-    out['file'] = file
-    return out
+    return qc
 
 # %% ../../nbs/compress/52_quant.ipynb #11ab8e4d
 def module_path(name: str) -> str:
@@ -413,31 +344,23 @@ def qat_decision(enabled, ptq_drop, threshold) -> tuple[bool, str]:
         return True, f'PTQ drop {ptq_drop:.3g}% > threshold {threshold:g}% (qat.enabled: auto)'
     return False, f'PTQ drop {ptq_drop:.3g}% <= threshold {threshold:g}% (qat.enabled: auto): PTQ is enough'
 
-QAT_CKPT_EVERY_S = 300                  # qat.checkpoint_every_seconds when the config leaves it out
-
 def train_qat(fq_model: nn.Module, fp32_model: nn.Module, scenes, qc: dict, out_dir=None, *, resume=None,
-              eval_fn=None, higher_is_better=True, patience=None, budget_hours=None, over_budget_ratio=1.2,
-              device=None, progress=True, seed: int = 0, stop_after: int | None = None,
-              debug_sigterm_at_step: int | None = None, stop=None) -> dict:
+              eval_fn=None, rules: StopRules | None = None, device=None, progress=True, seed: int = 0,
+              stop_after: int | None = None, debug_sigterm_at_step: int | None = None, stop=None) -> dict:
     "Train the fake-quant model with K's losses from the fp32 model (see above); `fit`'s result."
     q = qc['qat']
-    every_s = q.get('checkpoint_every_seconds', QAT_CKPT_EVERY_S)
-    if isinstance(every_s, bool) or not isinstance(every_s, (int, float)) or not 0 <= every_s < math.inf:
-        raise ValueError(f'quant config: qat.checkpoint_every_seconds: got {every_s!r}; expected a number >= 0 '
-                         '(seconds; 0 = checkpoints by steps only)')
     teacher = fp32_model.eval()
     for p in teacher.parameters(): p.requires_grad_(False)
     if hasattr(fq_model, 'mask_token'): fq_model.mask_token.requires_grad_(False)
-    L = dict(KD_DEFAULTS['loss'])
+    L = method_defaults('distill')['loss']
     proj = nn.ModuleDict({k: nn.Identity() for k in L['feat_layers']})
     cfg = LoopConfig(steps=int(q['steps']), lr=float(q['lr']), warmup=0, amp=False, weight_decay=0.0,
-                     ckpt_every=max(1, int(q['steps']) // 2), ckpt_every_s=float(every_s),
+                     ckpt_every=max(1, int(q['steps']) // 2), ckpt_every_s=float(q['checkpoint_every_seconds']),
                      eval_every=int(q.get('eval_every_steps') or 0), keep_last=1)
     return fit(fq_model, kd_loss_fn(teacher, proj, L), PairBatcher(scenes, int(q['batch_pairs']), seed), cfg,
                extra={'projections': proj}, forward='forward_features',
                ckpt_dir=Path(out_dir) / 'checkpoints' if out_dir is not None else None, resume=resume,
-               eval_fn=eval_fn, higher_is_better=higher_is_better, patience=patience, budget_hours=budget_hours,
-               over_budget_ratio=over_budget_ratio, device=device, progress=progress, desc='qat', kind='qat_train',
+               eval_fn=eval_fn, rules=rules, device=device, progress=progress, desc='qat', kind='qat_train',
                stop_after=stop_after, debug_sigterm_at_step=debug_sigterm_at_step, stop=stop)
 
 def qat_training_block(r: dict, run_dir='.') -> dict:
@@ -475,7 +398,7 @@ def fp32_weights_copy(fq_model: nn.Module) -> nn.Module:
 def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
     "int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); a report."
     from pqk.export.onnx import export_onnx
-    qc, m = quant_config(cfg, check_backend=False), load_fp32(ckpt)
+    qc, m = method_config('quant', cfg), load_fp32(ckpt)
     calib, h, info = calibration_data(workload)
     out = Path(out); fp = out.with_name(out.stem + '.fp32.onnx')
     rep = {'fp32': export_onnx(m, fp, workload=workload, polygraphy=False), 'calibration_set_hash': h}
@@ -483,7 +406,7 @@ def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
     else:
         try:
             import_mtq()
-            qm = quant_config({**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
+            qm = method_config('quant', {**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
                                              'method': 'static', 'symmetric': True}})
             rep['int8'] = {**export_qdq(mtq_quantize(m, calib, qm), out, workload.shape), 'producer': 'modelopt'}
         except ModelOptUnavailable:

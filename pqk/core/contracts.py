@@ -4,7 +4,7 @@
 
 # %% ../../nbs/core/00_contracts.ipynb #a63b2723
 from __future__ import annotations
-import hashlib, json, os, re
+import copy, hashlib, json, os, re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -14,13 +14,14 @@ import yaml
 from .io import sha256_file
 
 # %% auto #0
-__all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'RESOLUTIONS',
-           'MAX_CONFIG_BYTES', 'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX', 'METHOD_FOR_KIND', 'is_project_root',
-           'project_root', 'schemas_dir', 'clip_text', 'Problem', 'ContractError', 'load_schema', 'schema_problems',
-           'version_problems', 'Contract', 'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems',
-           'parse_yaml', 'guess_contract_name', 'check_contract', 'load_contract', 'load_workload', 'load_eval',
-           'TaskCard', 'resolve_path', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card',
-           'cards_by_id', 'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
+__all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'METHOD_NAMES',
+           'RESOLUTIONS', 'SEMANTIC_CHECKS', 'MAX_CONFIG_BYTES', 'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX',
+           'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'clip_text', 'Problem', 'ContractError',
+           'load_schema', 'schema_problems', 'with_defaults', 'method_defaults', 'version_problems', 'Contract',
+           'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml', 'guess_contract_name',
+           'check_contract', 'load_contract', 'load_workload', 'load_eval', 'method_config', 'TaskCard', 'resolve_path',
+           'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id', 'card_ids',
+           'load_card', 'card_threshold', 'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -176,6 +177,29 @@ def schema_problems(data: Any, schema_name: str, file: str, root: str | None = N
             out.append(Problem(file, path, e.instance, _expected(e)))
     return out
 
+# %% ../../nbs/core/00_contracts.ipynb #b5dc8387
+METHOD_NAMES = ('distill', 'quant', 'prune')
+
+def _has_defaults(s: dict) -> bool:
+    return any('default' in p or _has_defaults(p) for p in s.get('properties', {}).values())
+
+def with_defaults(data: Any, schema: dict) -> Any:
+    "`data` with every field that `schema` gives a `default` filled in, section by section (a new dict at each level)."
+    if not isinstance(data, dict) or 'properties' not in schema: return data
+    out = dict(data)
+    for k, s in schema['properties'].items():
+        if k not in out:
+            if 'default' in s: out[k] = copy.deepcopy(s['default'])
+            elif _has_defaults(s): out[k] = {}
+            else: continue
+        out[k] = with_defaults(out[k], s)
+    return out
+
+def method_defaults(name: str) -> dict:
+    "Every default of method config `name` (distill, quant, prune), from its schema: what a config may leave out."
+    if name not in METHOD_NAMES: raise KeyError(f"no method config named {name!r}; known: {', '.join(METHOD_NAMES)}")
+    return with_defaults({}, load_schema(name))
+
 # %% ../../nbs/core/00_contracts.ipynb #793848dc
 _VERSION_LINE = re.compile(r'^#\s*(?P<name>[A-Za-z_]+)\s+v(?P<ver>\d+\.\d+)\s+[—–-]+\s+\S')
 
@@ -260,46 +284,69 @@ _CLASSES = {'workload': Workload, 'eval': EvalContract}
 # %% ../../nbs/core/00_contracts.ipynb #417cace3
 RESOLUTIONS = (384, 512, 640)
 
-def semantic_problems(name: str, data: dict, file: str) -> list[Problem]:
+def _sec(d, *keys) -> dict:
+    "The mapping at `keys` inside `d`, or {} (a hook runs on data the schema may have refused)."
+    for k in keys: d = d.get(k) if isinstance(d, dict) else None
+    return d if isinstance(d, dict) else {}
+
+def _workload_problems(data: dict, file: str) -> list[Problem]:
     out = []
-    if name == 'workload':
-        shape = (data.get('input') or {}).get('shape')
-        if isinstance(shape, list) and len(shape) == 4 and all(isinstance(x, int) for x in shape):
-            if shape[2] != shape[3]:
-                out.append(Problem(file, 'input.shape', shape, f'H == W (square input), got H={shape[2]} W={shape[3]}'))
-        pg = data.get('pair_graph') or {}
-        vps = ((data.get('data') or {}).get('eval') or {}).get('synthetic') or {}
-        if (pg.get('strategy') == 'oneref' and isinstance(pg.get('ref'), int)
-                and isinstance(vps.get('views_per_scene'), int) and pg['ref'] >= vps['views_per_scene']):
-            out.append(Problem(file, 'pair_graph.ref', pg['ref'],
-                               f"< data.eval.synthetic.views_per_scene ({vps['views_per_scene']})"))
-        for blk in ('data.eval', 'calibration'):
-            d = data
-            for part in blk.split('.'): d = (d or {}).get(part) if isinstance(d, dict) else None
-            if isinstance(d, dict):
-                if d.get('source') in ('manifest', 'folder') and not d.get('paths'):
-                    out.append(Problem(file, f'{blk}.paths', d.get('paths'),
-                                       f"at least one path when source is {d['source']!r}"))
-                if d.get('source') == 'synthetic' and 'synthetic' not in d:
-                    out.append(Problem(file, f'{blk}.synthetic', '<missing>',
-                                       "seed/n_scenes/views_per_scene when source is 'synthetic'"))
-    if name == 'eval':
-        q = data.get('quality') or {}
-        if (isinstance(q.get('metrics'), list) and isinstance(q.get('primary'), str)
-                and q['primary'] not in q['metrics']):
-            out.append(Problem(file, 'quality.primary', q['primary'],
-                               'one of quality.metrics: ' + ', '.join(map(str, q['metrics']))))
-        t = data.get('thresholds') or {}
-        a, b = t.get('quality_drop_q_only_pct'), t.get('quality_drop_mainline_pct')
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a:
-            out.append(Problem(file, 'thresholds.quality_drop_mainline_pct', b,
-                               f'<= quality_drop_q_only_pct ({a}): the mainline threshold is the stricter one'))
-    if name == 'distill':
-        tr = data.get('train') or {}
-        if (isinstance(tr.get('warmup_steps'), int) and isinstance(tr.get('steps'), int)
-                and tr['warmup_steps'] >= tr['steps']):
-            out.append(Problem(file, 'train.warmup_steps', tr['warmup_steps'], f"< train.steps ({tr['steps']})"))
+    shape = _sec(data, 'input').get('shape')
+    if isinstance(shape, list) and len(shape) == 4 and all(isinstance(x, int) for x in shape):
+        if shape[2] != shape[3]:
+            out.append(Problem(file, 'input.shape', shape, f'H == W (square input), got H={shape[2]} W={shape[3]}'))
+    pg, vps = _sec(data, 'pair_graph'), _sec(data, 'data', 'eval', 'synthetic')
+    if (pg.get('strategy') == 'oneref' and isinstance(pg.get('ref'), int)
+            and isinstance(vps.get('views_per_scene'), int) and pg['ref'] >= vps['views_per_scene']):
+        out.append(Problem(file, 'pair_graph.ref', pg['ref'],
+                           f"< data.eval.synthetic.views_per_scene ({vps['views_per_scene']})"))
+    for blk in ('data.eval', 'calibration'):
+        d = _sec(data, *blk.split('.'))
+        if d.get('source') in ('manifest', 'folder') and not d.get('paths'):
+            out.append(Problem(file, f'{blk}.paths', d.get('paths'),
+                               f"at least one path when source is {d['source']!r}"))
+        if d.get('source') == 'synthetic' and 'synthetic' not in d:
+            out.append(Problem(file, f'{blk}.synthetic', '<missing>',
+                               "seed/n_scenes/views_per_scene when source is 'synthetic'"))
     return out
+
+def _eval_problems(data: dict, file: str) -> list[Problem]:
+    out, q, t = [], _sec(data, 'quality'), _sec(data, 'thresholds')
+    if isinstance(q.get('metrics'), list) and isinstance(q.get('primary'), str) and q['primary'] not in q['metrics']:
+        out.append(Problem(file, 'quality.primary', q['primary'],
+                           'one of quality.metrics: ' + ', '.join(map(str, q['metrics']))))
+    a, b = t.get('quality_drop_q_only_pct'), t.get('quality_drop_mainline_pct')
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a:
+        out.append(Problem(file, 'thresholds.quality_drop_mainline_pct', b,
+                           f'<= quality_drop_q_only_pct ({a}): the mainline threshold is the stricter one'))
+    return out
+
+def _distill_problems(data: dict, file: str) -> list[Problem]:
+    "The warm-up ends before the training does."
+    tr = _sec(data, 'train')
+    w, n = tr.get('warmup_steps'), tr.get('steps')
+    if isinstance(w, int) and isinstance(n, int) and w >= n:
+        return [Problem(file, 'train.warmup_steps', tr['warmup_steps'], f"< train.steps ({tr['steps']})")]
+    return []
+
+_MODELOPT = {'method': ('static', 'static', 'fake-quant needs calibrated activations'),
+             'calibration': ('minmax', 'minmax', 'its max calibration'),
+             'symmetric': (True, 'true', 'TensorRT int8 is symmetric')}
+
+def _quant_problems(data: dict, file: str) -> list[Problem]:
+    "ModelOpt's fake-quant stands for TensorRT int8: calibrated activations, max calibration, symmetric."
+    p = _sec(data, 'ptq')
+    if p.get('backend') != 'modelopt': return []
+    return [Problem(file, f'ptq.{k}', p.get(k), f'{say} with backend modelopt ({why})')
+            for k, (want, say, why) in _MODELOPT.items() if p.get(k) != want]
+
+SEMANTIC_CHECKS = {'workload': _workload_problems, 'eval': _eval_problems, 'distill': _distill_problems,
+                   'quant': _quant_problems}
+
+def semantic_problems(name: str, data: dict, file: str) -> list[Problem]:
+    "The problems that contract `name`'s hook in `SEMANTIC_CHECKS` finds in `data` (none when it has no hook)."
+    check = SEMANTIC_CHECKS.get(name)
+    return check(data, file) if check is not None and isinstance(data, dict) else []
 
 # %% ../../nbs/core/00_contracts.ipynb #e98896ac
 MAX_CONFIG_BYTES = 1 << 20     # contracts, method configs and cards are small files; anything larger is refused
@@ -385,8 +432,9 @@ def check_contract(path, name: str | None = None) -> tuple[list[Problem], Contra
         return [Problem(file, 'method', (data or {}).get('method') if isinstance(data, dict) else data,
                         'a file named workload/eval/distill/quant/prune.yaml, or a method: field naming one')], None
     if not isinstance(data, dict): return [Problem(file, '', data, f'a YAML mapping (the {name} contract)')], None
-    ps = (version_problems(text, data, name, file) + schema_problems(data, name, file)
-          + semantic_problems(name, data, file))
+    full = with_defaults(data, load_schema(name)) if name in METHOD_NAMES else data   # a method config: as it runs
+    ps = (version_problems(text, data, name, file) + schema_problems(full, name, file)
+          + semantic_problems(name, full, file))
     if ps: return ps, None
     return [], _CLASSES.get(name, Contract)(name, path.resolve(), data, data['version'], sha256_file(path))
 
@@ -399,6 +447,41 @@ def load_contract(path, name: str | None = None) -> Contract:
 def load_workload(path=None) -> Workload:
     return load_contract(path or project_root() / 'configs' / 'workload.yaml', 'workload')
 def load_eval(path=None) -> EvalContract: return load_contract(path or project_root() / 'configs' / 'eval.yaml', 'eval')
+
+# %% ../../nbs/core/00_contracts.ipynb #df75845e
+def _merged(base: dict, over: dict, schema: dict) -> dict:
+    "`over` merged into `base`: into a section field by field (see above), else replacing; None changes nothing."
+    out, props = dict(base), schema.get('properties', {})
+    for k, v in over.items():
+        s = props.get(k, {})
+        if v is None: continue
+        section = isinstance(v, dict) and isinstance(out.get(k), dict) and 'properties' in s and 'default' not in s
+        out[k] = _merged(out[k], v, s) if section else copy.deepcopy(v)
+    return out
+
+def _config_problems(name: str, data: dict, file: str, hook: bool = True, in_memory: bool = False) -> list[Problem]:
+    ps = nonfinite_problems(data, file) + schema_problems(data, name, file)
+    if in_memory: ps = [p for p in ps if (p.path, p.value) != ('version', '<missing>')]  # no file: no version line
+    return ps + semantic_problems(name, data, file) if hook else ps
+
+def method_config(name: str, cfg=None, **overrides) -> dict:
+    """Method config `name` (distill, quant, prune) with every knob filled and checked (see above): `cfg` is a path to
+    its YAML file, a loaded `Contract`, a dict or None (the defaults); `overrides` are the run's parameters."""
+    if name not in METHOD_NAMES: raise KeyError(f"no method config named {name!r}; known: {', '.join(METHOD_NAMES)}")
+    if isinstance(cfg, (str, os.PathLike)): cfg = load_contract(cfg, name)
+    if isinstance(cfg, Contract): data, file, in_memory = cfg.data, _rel(cfg.path), False
+    elif cfg is None or isinstance(cfg, dict):
+        data, file, in_memory = {'method': name, **(cfg or {})}, f'{name} config', True
+    else: raise ContractError([Problem(f'{name} config', '', type(cfg).__name__,
+                                       f'a path to {name}.yaml, a loaded contract, a dict or None')])
+    schema = load_schema(name)
+    data = with_defaults(copy.deepcopy(data), schema)
+    ps = _config_problems(name, data, file, in_memory=in_memory)
+    if not ps and overrides:
+        data = _merged(data, overrides, schema)
+        ps = _config_problems(name, data, f'{file} + overrides', hook=False, in_memory=in_memory)
+    if ps: raise ContractError(ps)
+    return data
 
 # %% ../../nbs/core/00_contracts.ipynb #2a9b5786
 @dataclass

@@ -18,7 +18,7 @@ from ..core.progress import tqdm
 from ..core.io import save_torch_atomic
 from ..models.checkpoints import PQK_FORMAT
 from ..eval.efficiency import DeviceHours, resolve_device
-from .stoprules import EarlyStopper, BudgetGuard, StopSignal, nonfinite_reason
+from .stoprules import StopRules, StopSignal, nonfinite_reason
 
 # %% auto #0
 __all__ = ['TRAIN_KEYS', 'warmup_cosine', 'LoopConfig', 'rng_state', 'set_rng_state', 'save_train_checkpoint',
@@ -263,8 +263,6 @@ def _evaluate(eval_fn, model, n: int, stopper, evals: list, best, rank: int, dis
     return best, bool(flag.item())
 
 # %% ../../nbs/train/42_loop.ipynb #71910447
-_NEVER = 2 ** 62                                                           # patience when early stop is off
-
 def _restore(path, model, extra, opt, sched, scaler) -> dict:
     "Load a training checkpoint into the run's objects; returns its bookkeeping (`train`) with the step."
     st = read_train_checkpoint(path)
@@ -294,8 +292,7 @@ def _received(signum: int, stop: StopSignal) -> str:
 
 def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig, *, extra: dict | None = None,
         forward: str = 'forward', ckpt_dir=None, resume=None, eval_fn: Callable | None = None,
-        higher_is_better: bool = True, patience: int | None = None, budget_hours: float | None = None,
-        over_budget_ratio: float = 1.2, device=None, stop_after: int | None = None,
+        rules: StopRules | None = None, device=None, stop_after: int | None = None,
         debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None, progress: bool = True,
         desc: str = 'train', kind: str = 'train', clock: Callable[[], float] = time.monotonic,
         stop: StopSignal | None = None) -> dict:
@@ -309,12 +306,13 @@ def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig
                             foreach=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.schedule or cfg.steps, cfg.floor))
     use_amp, amp_dtype, scaler = _amp(device, cfg.amp)
-    stopper = EarlyStopper(patience or _NEVER, higher_is_better)
+    rules = rules if rules is not None else StopRules()
+    stopper = rules.early_stopper()
     t = _restore(resume, model, extra, opt, sched, scaler) if resume is not None else {}
     hist, evals, best, start = list(t.get('history', [])), list(t.get('evals', [])), t.get('best'), t.get('step', 0)
     for e in evals: stopper.update(e['value'], e['step'])
     meter = DeviceHours(device, world, clock).add(float(t.get('device_hours', 0.0))).start()
-    guard = BudgetGuard(budget_hours, over_budget_ratio, meter=meter) if budget_hours is not None else None
+    guard = rules.budget_guard(meter)
     ckpts = _Checkpoints(ckpt_dir, cfg.keep_last, rank, t.get('kept', []))
     net = _Trained(model, extra, forward)
     if dist:

@@ -5,9 +5,10 @@
 # %% ../../nbs/train/41_stoprules.ipynb #213074ae
 from __future__ import annotations
 import math, os, signal, threading, time
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
-from ..eval.verdict import _num, _fmt, _as_eval, thresholds_for
+from ..eval.verdict import _num, _fmt, _as_eval
 
 # %% auto #0
 __all__ = ['STOP_SIGNALS', 'EarlyStopper', 'default_n_devices', 'BudgetGuard', 'nonfinite_reason', 'StopSignal',
@@ -138,28 +139,40 @@ def stop_verdict_reason(result: dict, command: str | None = None) -> str | None:
     return f'{why}; continue it with `{command}`' if command and result.get('signal') else why
 
 # %% ../../nbs/train/41_stoprules.ipynb #4cf3e79d
+_NEVER = 2 ** 62                                               # the patience of an early stopper that never stops
+
+@dataclass(frozen=True)
 class StopRules:
-    "Early stop + stop-loss + non-finite loss for one run; `stopped_reason` is the first reason that fired."
-    def __init__(self, no_improve_ckpt: int, higher_is_better: bool, gpu_hours_budget: float, ratio: float,
-                 threshold_pct: float | None = None, n_devices: int | None = None, clock=time.monotonic):
-        self.early = EarlyStopper(no_improve_ckpt, higher_is_better)
-        self.budget = BudgetGuard(gpu_hours_budget, ratio, n_devices, clock)
-        self.threshold_pct, self.stopped_reason = threshold_pct, None
+    "When a training run stops before its last step (see above); the defaults stop it only on a non-finite loss."
+    patience: int | None = None              # eval early_stop.no_improve_ckpt (None: no early stop)
+    higher_is_better: bool = True            # eval quality.higher_is_better: the validation metric's direction
+    budget_hours: float | None = None        # the card's gpu_hours_budget, in device-hours (None: no stop-loss)
+    over_budget_ratio: float = 1.2           # eval stop_loss.gpu_hours_over_budget_ratio
+
+    def __post_init__(self):
+        _num(self.patience, 'no_improve_ckpt', 1, integer=True, allow_none=True)
+        _num(self.budget_hours, 'gpu_hours_budget', 0, allow_none=True)
+        _num(self.over_budget_ratio, 'gpu_hours_over_budget_ratio', 0)
+        if not isinstance(self.higher_is_better, bool):
+            raise ValueError(f'higher_is_better: got {self.higher_is_better!r}; expected true or false')
 
     @classmethod
-    def from_contracts(cls, eval, gpu_hours_budget: float, kind: str = 'K', card=None, **kw) -> 'StopRules':
-        "Rules from the eval contract (path or loaded), the budget and, if given, the card's threshold."
-        ev = _as_eval(eval); th = thresholds_for(kind, ev, card, gpu_hours_budget)
-        return cls(th['no_improve_ckpt'], ev.higher_is_better, gpu_hours_budget, th['gpu_hours_over_budget_ratio'],
-                   th['quality_drop_max_pct'], **kw)
+    def from_contracts(cls, eval, budget_hours: float | None = None) -> 'StopRules':
+        "The rules of eval contract `eval` (a path or loaded) for a run whose card grants `budget_hours`."
+        ev = _as_eval(eval)
+        return cls(int(ev.data['early_stop']['no_improve_ckpt']), ev.higher_is_better,
+                   None if budget_hours is None else float(budget_hours),
+                   float(ev.data['stop_loss']['gpu_hours_over_budget_ratio']))
 
-    def _stop(self, reason):
-        if reason and self.stopped_reason is None: self.stopped_reason = reason
-        return reason is not None
-    def check_loss(self, loss, step=None) -> bool: return self._stop(nonfinite_reason(loss, step))
-    def check_budget(self, step=None) -> bool:
-        return self._stop(self.budget.reason if self.budget.check(step) else None)
-    def update_metric(self, metric, step=None) -> bool:
-        return self._stop(self.early.reason if self.early.update(metric, step) else None)
-    @property
-    def stopped(self) -> bool: return self.stopped_reason is not None
+    def after(self, spent_hours: float) -> 'StopRules':
+        "The rules for the rest of a run that already spent `spent_hours` device-hours of its budget."
+        if self.budget_hours is None: return self
+        return replace(self, budget_hours=max(1e-9, self.budget_hours - _num(spent_hours, 'spent_hours', 0)))
+
+    def early_stopper(self) -> EarlyStopper:
+        return EarlyStopper(self.patience or _NEVER, self.higher_is_better)
+
+    def budget_guard(self, meter=None, **kw) -> BudgetGuard | None:
+        "A `BudgetGuard` on `meter` (else a new meter; `kw` as `BudgetGuard`'s), or None without a budget."
+        if self.budget_hours is None: return None
+        return BudgetGuard(self.budget_hours, self.over_budget_ratio, meter=meter, **kw)
