@@ -174,14 +174,14 @@ def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     """B1 with a threshold PTQ misses, QAT stopped by SIGTERM during step 1 (the test hook, in the kernel): QAT leaves
     its checkpoint, nothing after QAT runs, and the `stopped` log keeps PTQ's quality and quantization numbers, the
     QAT training block, and a reason that names the step, the checkpoint and the command that continues the run (the
-    template parameter `resume_command`, which the runner passes)."""
+    template records a `stop`; the runner judges and names its own resume command)."""
     ev = _yaml_copy(tiny / 'eval.yaml', tmp_path / 'eval.yaml', lambda x: x['quality'].update(reference='teacher'))
     card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1s.md', tiny, id='B1s',
                       exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
     card.write_text(card.read_text().replace(str(tiny / 'eval.yaml'), str(ev)))
     p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS,
-             '--param', 'debug_sigterm_at_step=1', '--param', 'resume_command=pqk run B1s.md --resume THIS_RUN')
+             '--param', 'debug_sigterm_at_step=1')
     logs = list((tmp_path / 'runs').glob('B1s-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
     rec, rd = json.loads(logs[0].read_text()), logs[0].parent
@@ -189,7 +189,7 @@ def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     assert log_problems(rec) == [] and rec['error'] is None, (log_problems(rec), rec['error'])
     assert rec['status'] == 'stopped' and p.returncode != 0
     assert rec['reason'] == ('SIGTERM received: stopped at step 1 of 2; resumable checkpoint ckpt_000001.pt; '
-                             'continue it with `pqk run B1s.md --resume THIS_RUN`'), rec['reason']   # resume_command
+                             f"continue it with `pqk run {card} --resume {rd.name} --runs-dir {tmp_path / 'runs'}`"), rec['reason']
     q, t = rec['quantization'], rec['training']
     assert q['final'] == 'ptq' and q['qat']['ran']
     assert (q['qat']['status'], q['qat']['signal']) == ('stopped', 'SIGTERM'), q['qat']

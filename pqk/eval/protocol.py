@@ -22,7 +22,7 @@ from .efficiency import stage_latency, has_stages, STAGES
 __all__ = ['PER_PAIR_FILE', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs',
            'pair_quality', 'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'side_by_side',
            'plane_baseline', 'check_predictions', 'check_ground_truth', 'evaluate', 'plot_predictions', 'log_blocks',
-           'stop_block', 'quality_line', 'quality_table']
+           'stop_block', 'quality_line', 'quality_table', 'eval_run']
 
 # %% ../../nbs/eval/33_protocol.ipynb #3625a98d
 def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
@@ -377,3 +377,18 @@ def quality_table(quality: dict, evalc, name: str = 'model', baseline: dict | No
             'diff 95% hi': [d.get(k, {}).get('hi') for k in keys]}
     if baseline is not None: cols['plane baseline'] = [(baseline.get('metrics') or {}).get(k) for k in keys]
     return pd.DataFrame(cols, index=keys)
+
+# %% ../../nbs/eval/33_protocol.ipynb #d8cce108
+def eval_run(model, teacher, workload, evalc, out_dir, device=None, progress: bool = True, name: str = 'model',
+             checkpoint=None) -> dict:
+    """`evaluate(model, teacher, …, baseline=True)` into `out_dir` with `pointmaps.npz` saved; its result with the
+    log blocks of an eval run: model, quality, efficiency, resource, baseline, artifacts."""
+    from pqk.eval.pointmaps import save_pointmaps
+    res = evaluate(model, teacher, workload, evalc, out_dir, device, progress, name=name, baseline=True)
+    pm = save_pointmaps(Path(out_dir) / 'pointmaps.npz', res['teacher_preds'], res['preds'], res['scenes'],
+                        res['pairs'], model_name=name)
+    return {**res, 'artifacts': {**res['artifacts'], 'pointmaps': pm},
+            'model': {'name': name, 'params': count_params(model), 'size_mb': res['efficiency']['size_mb'],
+                      'checkpoint': str(checkpoint or workload.teacher), 'teacher': workload.teacher,
+                      'teacher_params': count_params(teacher)},
+            'resource': {'peak_mem_mb': res['peak_mem_mb'], 'device_kind': resolve_device(device).type, 'n_devices': 1}}
