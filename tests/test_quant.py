@@ -175,13 +175,18 @@ def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     its checkpoint, nothing after QAT runs, and the `stopped` log keeps PTQ's quality and quantization numbers, the
     QAT training block, and a reason that names the step, the checkpoint and the command that continues the run (the
     template records a `stop`; the runner judges and names its own resume command)."""
-    ev = _yaml_copy(tiny / 'eval.yaml', tmp_path / 'eval.yaml', lambda x: x['quality'].update(reference='teacher'))
-    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', tmp_path / 'B1s.md', tiny, id='B1s',
+    proj = make_project(tmp_path / 'proj'); (proj / 'configs' / 'tiny').mkdir()   # a card's paths: inside its project
+    ev = _yaml_copy(tiny / 'eval.yaml', proj / 'configs' / 'tiny' / 'eval.yaml',
+                    lambda x: x['quality'].update(reference='teacher'))
+    wlc = shutil.copy(tiny / 'workload.yaml', proj / 'configs' / 'tiny' / 'workload.yaml')
+    cfg = shutil.copy(tiny / 'quant.yaml', proj / 'configs' / 'tiny' / 'quant.yaml')
+    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', proj / 'taskcards' / 'B1s.md', tiny, id='B1s',
                       exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
-    card.write_text(card.read_text().replace(str(tiny / 'eval.yaml'), str(ev)))
+    text = card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg)).replace(str(tiny / 'workload.yaml'), str(wlc))
+    card.write_text(text.replace(str(tiny / 'eval.yaml'), str(ev)))
     p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS,
-             '--param', 'debug_sigterm_at_step=1')
+             '--param', 'debug_sigterm_at_step=1', env={**_env(), 'PQK_ROOT': str(proj)})
     logs = list((tmp_path / 'runs').glob('B1s-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
     rec, rd = json.loads(logs[0].read_text()), logs[0].parent
