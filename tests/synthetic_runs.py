@@ -125,7 +125,7 @@ def write_run(runs_dir, rec: dict, notebooks: bool = False, pointmaps: bool = Fa
     if pointmaps:
         import numpy as np
         from types import SimpleNamespace as NS
-        from pqk.run.explore import save_pointmaps
+        from pqk.eval.pointmaps import save_pointmaps
         rng = np.random.default_rng(len(rec['run_id']))
         res = 48
         yy, xx = np.mgrid[0:res, 0:res].astype('float32') / res

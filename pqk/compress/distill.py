@@ -26,7 +26,7 @@ __all__ = ['REDUCE_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT
            'student_config', 'auto_parts', 'make_student', 'feature_dims', 'make_projections', 'layer_features',
            'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir',
            'teacher_cache_key', 'TeacherCache', 'CachedBatcher', 'train_distill', 'distill_run', 'train_student',
-           'training_summary', 'main']
+           'training_summary', 'distill_train', 'distill_evaluate', 'plot_training', 'speed_summary', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 REDUCE_MODES = ('depth', 'width', 'both')
@@ -389,15 +389,17 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
                 debug_nan_at_step: int | None = None,
                 debug_sigterm_at_step: int | None = None, progress: bool = True, seed: int | None = None,
                 overrides: dict | None = None, stop_after: int | None = None) -> dict:
-    "Teacher → student → training → `out_dir/result.json` (see above); `rules` default: the eval contract's."
-    from pqk.core.contracts import load_workload, load_eval
+    """Teacher → student → training → `out_dir/result.json` (see above); returns the result dict. `workload` and `eval`:
+    paths, or the contracts loaded already (a template's: not validated again); `rules` default: the eval contract's."""
+    from pqk.core.contracts import Contract, load_workload, load_eval
     from pqk.data.manifests import load_dataset
     from pqk.models.teacher import load_teacher
     from pqk.core.io import write_json_atomic
     rank = dist_info()[1]
     c = method_config('distill', cfg, **(overrides or {}))
     if seed is not None: c['train']['seed'] = int(seed)
-    wl, ev = load_workload(workload), load_eval(eval)
+    wl = workload if isinstance(workload, Contract) else load_workload(workload)
+    ev = eval if isinstance(eval, Contract) else load_eval(eval)
     device = resolve_device(device)
     res = int(res or c['train'].get('res') or wl.resolution)    # train.res: training image size (else the workload's)
     t_spec = teacher if teacher not in (None, 'workload') else \
@@ -442,7 +444,8 @@ def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teach
                            debug_sigterm_at_step=debug_sigterm_at_step, progress=progress, resume=resume_from)
     if cfg is None or teacher_spec is None:
         raise ValueError('train_student: nproc > 1 needs cfg (the distill.yaml path) and teacher_spec (a path or name)')
-    args = ['--config', cfg, '--out', out_dir, '--workload', workload, '--eval', eval, '--teacher', teacher_spec,
+    path = lambda c: getattr(c, 'path', c)                      # a loaded contract: its file
+    args = ['--config', cfg, '--out', out_dir, '--workload', path(workload), '--eval', path(eval), '--teacher', teacher_spec,
             '--seed', seed, '--quiet', *(['--res', res] if res else []),
             '--overrides', json.dumps({'train': dc['train']})]
     for flag, v in (('--stop-rules', json.dumps(dataclasses.asdict(rules)) if rules else None),
@@ -466,6 +469,92 @@ def training_summary(result: dict, nproc: int = 1, where: str = 'train') -> dict
             'evals': [{k: e[k] for k in ('step', 'value', 'metric', 'improved')} for e in result['evals']],
             'train_seconds': result.get('train_seconds'), 'nproc': int(nproc), 'student': result.get('student'),
             'device_hours_train': result.get('device_hours'), 'teacher_cache': result.get('teacher_cache')}
+
+# %% ../../nbs/compress/51_distill.ipynb #e15ee7ff
+def distill_train(dc: dict, out_dir, workload, eval, teacher, *, card_id: str = 'adhoc-distill', teacher_spec=None,
+                  nproc: int = 1, device=None, verbose: bool = True, **kw) -> dict:
+    """Train the student into `out_dir/train` (`train_student`; `kw` goes to it) and return the method result so far:
+    {'train': the training result, 'training', 'model', 'artifacts', 'resource', 'stop'}."""
+    from pqk.eval.efficiency import PeakMemory
+    from pqk.eval.protocol import stop_block
+    out_dir, device = Path(out_dir), resolve_device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with PeakMemory(device) as mem:
+        r = train_student(dc, out_dir / 'train', workload, eval, teacher, teacher_spec=teacher_spec, nproc=nproc,
+                          device=device, **kw)
+    training, st = training_summary(r, nproc), r['student']
+    if verbose:
+        print(f"training {r['status']}: {r['reason']} (step {r['step']}/{r['steps']}, {r['train_seconds']} s)")
+        print(f"student: {st['student_params']:,} params vs teacher {st['teacher_params']:,} "
+              f"(reduction {st['reduction_actual']:.3f}, target {st['reduction_target']})")
+    return {'train': r, 'training': training, 'stop': stop_block(r),
+            'model': {'name': f'{card_id}-student', 'params': st['student_params'], 'size_mb': None,
+                      'checkpoint': 'none', 'teacher': str(teacher_spec), 'teacher_params': st['teacher_params']},
+            'artifacts': {'train_result': 'train/result.json',
+                          **({'train_checkpoint': training['last_checkpoint']} if training['last_checkpoint'] else {})},
+            'resource': {'peak_mem_mb': mem.peak_mb, 'device_kind': device.type, 'n_devices': int(nproc)}}
+
+def distill_evaluate(k: dict, teacher, workload, evalc, out_dir, device=None, progress: bool = True,
+                     card_id: str = 'adhoc-distill') -> dict:
+    """The method result `k` of `distill_train` with the student evaluated (see above): quality, efficiency, the
+    model and its artefacts, the speed-ups in `training`; unchanged but for its `stop` when training stopped or left
+    no checkpoint."""
+    from pqk.eval.protocol import evaluate, side_by_side, stop_block
+    from pqk.eval.pointmaps import save_pointmaps
+    r, out_dir = k['train'], Path(out_dir)
+    best_rel = (r.get('best') or {}).get('checkpoint') or r.get('last_checkpoint')
+    if k.get('stop') or not best_rel:
+        k = {**k, 'stop': k.get('stop') or stop_block(None, 'training produced no checkpoint')}
+        print(f"not evaluated: {k['stop']['reason']}"); return k
+    path = export_student(out_dir / 'train' / best_rel, out_dir / 'student_best.pt',       # projections dropped
+                          meta={'card': card_id, 'source': f'train/{best_rel}'})
+    student = load_checkpoint(path).to(device).eval()
+    res = evaluate(student, teacher, workload, evalc, out_dir, device, progress, name='student')
+    eff = res['efficiency']
+    side = side_by_side({'teacher': teacher, 'student': student}, workload.resolution, evalc, device)
+    speedup = eff['teacher']['latency_p50_ms'] / eff['latency_p50_ms'] if eff['latency_p50_ms'] else None
+    model = {**k['model'], 'params': count_params(student), 'size_mb': eff['size_mb'], 'checkpoint': 'student_best.pt',
+             'teacher_params': count_params(teacher)}
+    pm = save_pointmaps(out_dir / 'pointmaps.npz', res['teacher_preds'], res['preds'], res['scenes'], res['pairs'],
+                        model_name=model['name'])
+    peaks = [x for x in (k['resource']['peak_mem_mb'], res['peak_mem_mb']) if x is not None]
+    return {**k, 'eval': res, 'student': student, 'quality': res['quality'], 'efficiency': eff, 'model': model,
+            'training': {**k['training'], 'speedup_p50': speedup, 'side_by_side': side,
+                         'speedup_p50_side_by_side': 1 / side['student']['ratio_p50']},
+            'artifacts': {**k['artifacts'], **res['artifacts'], 'best_checkpoint': 'student_best.pt',
+                          'best_train_checkpoint': f'train/{best_rel}', 'pointmaps': pm},
+            'resource': {**k['resource'], 'peak_mem_mb': max(peaks) if peaks else None}}
+
+# %% ../../nbs/compress/51_distill.ipynb #02153130
+def plot_training(result: dict):
+    "The training loss (each term) and the validation metric of a K training result; None without history."
+    import matplotlib.pyplot as plt, pandas as pd
+    hist = pd.DataFrame(result['history'])
+    if not len(hist): return None
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.2))
+    hist.plot(x='step', y=[c for c in ('loss', 'gt', 'out', 'conf', 'feat') if c in hist], ax=ax[0], logy=True,
+              title='training loss')
+    if result['evals']:
+        e = pd.DataFrame(result['evals'])
+        e.plot(x='step', y='value', marker='o', ax=ax[1], title=f"validation {e['metric'][0]}")
+    fig.tight_layout()
+    return fig
+
+def speed_summary(k: dict) -> str:
+    "Student against teacher: sequential latency p50 and the speed-up, the stage profile, the alternating speed-up."
+    import pandas as pd
+    eff, side = k.get('efficiency'), (k.get('training') or {}).get('side_by_side')
+    if eff is None: return 'not timed (not evaluated)'
+    t = eff['teacher']
+    out = [f"latency p50 student {eff['latency_p50_ms']:.1f} ms vs teacher {t['latency_p50_ms']:.1f} ms: speed-up "
+           f"{k['training']['speedup_p50']:.2f}x ({eff['latency_n']} and {t['latency_n']} timed runs"
+           f"{', noisy' if eff['latency_noisy'] or t['latency_noisy'] else ''})"]
+    st = {n: e.get('stages_ms') for n, e in (('student', eff), ('teacher', t)) if e.get('stages_ms')}
+    if st: out.append('latency per stage (ms, median):\n' + pd.DataFrame(st).T.round(1).to_string())
+    if side: out.append(f"side by side (alternating, {side['rounds']} rounds, load {side['load_avg']}): student p50 "
+                        f"{side['student']['p50_ms']:.1f} ms vs teacher {side['teacher']['p50_ms']:.1f} ms: "
+                        f"speed-up {1 / side['student']['ratio_p50']:.2f}x")
+    return '\n'.join(out)
 
 # %% ../../nbs/compress/51_distill.ipynb #2b028e20
 def _parser():

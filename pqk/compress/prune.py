@@ -25,7 +25,8 @@ from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, slic
 __all__ = ['TARGETS', 'IMPORTANCES', 'PruneError', 'active_targets', 'target_units', 'check_ignored', 'final_counts',
            'round_counts', 'unit_roots', 'dependency_graph', 'tp_importance', 'unit_scores', 'block_scores',
            'taylor_gradients', 'start_lineage', 'current_counts', 'prune_step', 'removed_report', 'lineage_plan',
-           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'training_block', 'costs_before_after']
+           'param_shares', 'finetune', 'calibration_batches', 'prune_run', 'training_block', 'costs_before_after',
+           'prune_train', 'prune_evaluate', 'removed_table', 'plot_finetune']
 
 # %% ../../nbs/compress/53_prune.ipynb #ccc134b2
 TARGETS = ('heads', 'mlp', 'blocks', 'dpt')
@@ -508,3 +509,71 @@ def costs_before_after(before: nn.Module, after: nn.Module, res: int, evalc, dev
     return {'params': pair(count_params(before), count_params(after)), 'gflops': pair(fl(before), fl(after)),
             'latency_p50_ms': pair(t['before']['p50_ms'], t['after']['p50_ms']),
             'latency': {k: t[k] for k in ('before', 'after')}, 'resolution': int(res), 'load_avg': t['load_avg']}
+
+# %% ../../nbs/compress/53_prune.ipynb #c272601b
+def prune_train(model: DUSt3R, pc: dict, out_dir, workload, evalc, *, card_id: str = 'adhoc-prune', device=None,
+                resume: bool = False, rules: StopRules | None = None, progress: bool = True, debug_sigterm_at_step=None,
+                verbose: bool = True) -> dict:
+    """Prune `model` by `pc` into `out_dir/prune` (`prune_run`, fine-tuned from `model` itself) and return the method
+    result so far: {'prune': the `prune_run` result, 'pruning', 'training', 'model', 'artifacts', 'resource',
+    'calibration_set_hash', 'stop'}."""
+    from pqk.eval.efficiency import PeakMemory, resolve_device
+    from pqk.eval.protocol import stop_block
+    out_dir, device, ev = Path(out_dir), resolve_device(device), evalc
+    with PeakMemory(device) as mem:
+        r = prune_run(model, model, pc, out_dir / 'prune', workload=workload, evalc=ev, resume=bool(resume),
+                      device=device, rules=rules, progress=progress,
+                      debug_sigterm_at_step=debug_sigterm_at_step)
+    pr, training = r['pruning'], {**training_block(r, pc), 'speedup_p50': None}
+    if verbose:
+        print(f"pruning {r['status']}: {r['reason']} ({r['train_seconds']} s); params {pr['params_before']:,} -> "
+              f"{pr['params_after']:,} ({pr['params_ratio']:.3f}x); exactness max rel err "
+              f"{pr['exactness']['max_rel_err']:.2e}")
+    return {'prune': r, 'pruning': pr, 'training': training, 'stop': stop_block(r),
+            'calibration_set_hash': pr.get('calibration_set_hash') or None,
+            'model': {'name': f'{card_id}-pruned', 'params': pr['params_after'], 'size_mb': None, 'checkpoint': 'none',
+                      'teacher': str(workload.teacher), 'teacher_params': None},
+            'artifacts': {'prune_rounds': 'prune',
+                          **({'train_checkpoint': training['last_checkpoint']} if training['last_checkpoint'] else {})},
+            'resource': {'peak_mem_mb': mem.peak_mb, 'device_kind': device.type, 'n_devices': 1}}
+
+def prune_evaluate(p: dict, before: nn.Module, teacher: nn.Module, workload, evalc, out_dir, device=None,
+                   progress: bool = True, card_id: str = 'adhoc-prune', source: str | None = None) -> dict:
+    """The method result `p` of `prune_train` with the pruned model saved, reloaded, evaluated against `teacher` and
+    timed beside `before` (see above); unchanged when a fine-tune stopped."""
+    from pqk.eval.protocol import evaluate
+    if p.get('stop'): print(f"not evaluated: {p['stop']['reason']}"); return p
+    out_dir = Path(out_dir)
+    path = save_checkpoint(p['prune']['model'], out_dir / 'pruned_best.pt',
+                           meta={'kind': 'pruned', 'card': card_id, 'source': source})
+    pruned = load_checkpoint(path).to(device).eval()
+    res = evaluate(pruned, teacher, workload, evalc, out_dir, device, progress, name='pruned')
+    eff = res['efficiency']
+    sbs = costs_before_after(before, pruned, workload.resolution, evalc, device)
+    peaks = [x for x in (p['resource']['peak_mem_mb'], res['peak_mem_mb']) if x is not None]
+    return {**p, 'eval': res, 'pruned': pruned, 'quality': res['quality'], 'efficiency': eff,
+            'pruning': {**p['pruning'], 'side_by_side': sbs},
+            'training': {**p['training'], 'speedup_p50': 1 / sbs['latency_p50_ms']['ratio']},
+            'model': {**p['model'], 'size_mb': eff['size_mb'], 'checkpoint': 'pruned_best.pt',
+                      'teacher_params': eff['teacher']['params']},
+            'artifacts': {'prune_rounds': 'prune', 'pruned_checkpoint': 'pruned_best.pt', **res['artifacts'],
+                          **{k: v for k, v in p['artifacts'].items() if k != 'prune_rounds'}},
+            'resource': {**p['resource'], 'peak_mem_mb': max(peaks) if peaks else None}}
+
+# %% ../../nbs/compress/53_prune.ipynb #da8afee5
+def removed_table(pruning: dict):
+    "A DataFrame of what was removed: one row per target and unit (its counts, then the removed indices)."
+    import pandas as pd
+    return pd.DataFrame([{'target': t, 'unit': u, **{k: v for k, v in x.items() if k != 'removed'},
+                          'removed': x['removed']} for t, us in pruning['removed'].items() for u, x in us.items()])
+
+def plot_finetune(result: dict):
+    "Each round's fine-tune loss of a `prune_run` result; None without history."
+    import matplotlib.pyplot as plt, pandas as pd
+    hist = pd.DataFrame(result['history'])
+    if not len(hist): return None
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for r, h in hist.groupby('round'): ax.plot(h['step'], h['loss'], label=f'round {r}')
+    ax.set_yscale('log'); ax.set_xlabel('step'); ax.set_title('fine-tune loss (distillation)'); ax.legend()
+    fig.tight_layout()
+    return fig

@@ -27,7 +27,9 @@ __all__ = ['GROUPS', 'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'c
            'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
            'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
            'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'qat_training_block', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
+           'qat_training_block', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8', 'quant_start',
+           'quant_calibrate', 'quant_ptq', 'quant_sensitivity', 'quant_qat', 'ptq_vs_qat', 'quant_exports',
+           'ledger_table', 'quant_latency', 'quant_finish', 'quant_run']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder': ('enc_blocks', 'enc_norm'),
@@ -413,3 +415,259 @@ def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
             rep['int8'] = {**ort_quantize(fp, out, calib, qc, flavour='tensorrt'), 'qdq': qdq_report(out),
                            'producer': 'onnxruntime'}
     return rep
+
+# %% ../../nbs/compress/52_quant.ipynb #632cc355
+def _backend(qc: dict, backend: str) -> dict:
+    "`qc` with its PTQ on `backend` (ModelOpt: static symmetric minmax, what QAT and the Q/DQ export start from)."
+    if backend == 'modelopt':
+        return check_backend(method_config('quant', {**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt',
+                                                     'calibration': 'minmax', 'method': 'static', 'symmetric': True}}))
+    return method_config('quant', {**qc, 'ptq': {**qc['ptq'], 'backend': 'onnxruntime'}})
+
+def quant_start(workload, evalc, qc: dict, *, kind: str = 'Q', card_id: str = 'adhoc-quant', ckpt=None,
+                out_dir='.', thresholds: dict | None = None, card=None, gpu_hours_budget=None) -> dict:
+    """The Q method's state: contracts, config, thresholds (the runner's, else `thresholds_for` the card), the fp32
+    model (`ckpt`, else the workload's teacher) and the teacher, on the CPU; the run folder `out_dir` made."""
+    from pqk.eval.verdict import thresholds_for
+    from pqk.eval.efficiency import resolve_device, count_params
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    th = thresholds if thresholds is not None else thresholds_for(kind, evalc, card, gpu_hours_budget)
+    fp32 = load_fp32(ckpt or workload.teacher)
+    teacher = fp32 if not ckpt else load_fp32(workload.teacher)
+    p = qc['ptq']
+    print(f"quant v{qc.get('version')}: backend {p['backend']} ({p['method']}, {p['calibration']}), keep_float "
+          f"{qc['keep_float']}; model {ckpt or workload.teacher} ({count_params(fp32):,} params); teacher "
+          f"{workload.teacher}; threshold {th['quality_drop_max_pct']}% ({th['rule']}, {th['verdict_rule']})")
+    return {'wl': workload, 'ev': evalc, 'qc': qc, 'th': th, 'out': out, 'device': resolve_device('cpu'),
+            'card_id': card_id, 'ckpt': ckpt, 'fp32': fp32, 'teacher': teacher, 'mo': p['backend'] == 'modelopt',
+            'stop': None, 'figures': {}}
+
+def quant_calibrate(q: dict, count: int | None = None) -> dict:
+    "The calibration set (the workload contract's rule; `count` overrides its size) and the fp32 ONNX export."
+    from pqk.export.onnx import export_onnx
+    q['calib'], h, q['calib_info'] = calibration_data(q['wl'], count)
+    q['calibration_set_hash'] = h
+    q['fp32_onnx'] = e = export_onnx(q['fp32'], q['out'] / 'model_fp32.onnx', workload=q['wl'])
+    print(f"calibration: {len(q['calib'])} pairs, sha256 {h[:16]}…; fp32 ONNX {e['size_mb']:.2f} MB, "
+          f"ORT vs torch rel. error {e['ort_vs_torch']['max']:.2g} (budget {e['ort_vs_torch']['budget']})")
+    return q
+
+def _drops(quality: dict | None) -> dict:
+    "The drop and its interval of a quality block (Nones without one)."
+    return {k: (quality or {}).get(k) for k in ('quality_drop_pct', 'quality_drop_lo_pct', 'quality_drop_hi_pct')}
+
+def quant_ptq(q: dict, progress: bool = True) -> dict:
+    """PTQ: the ORT int8 file always (the CPU export), the ModelOpt fake-quant model when that is the backend; the one
+    evaluated (fake-quant torch, else ORT int8) against the teacher with the shared protocol, its peak memory
+    measured. Blocks: quality, quantization (PTQ's numbers), artifacts, model, resource."""
+    from pqk.eval.protocol import load_eval_data, evaluate, TorchPredictor
+    from pqk.eval.efficiency import PeakMemory, count_params
+    qc, out, mo = q['qc'], q['out'], q['mo']
+    q['data'] = load_eval_data(q['wl'])
+    q['ort_ptq'] = o = ort_quantize(out / 'model_fp32.onnx', out / 'model_int8.onnx', q['calib'],
+                                    _backend(qc, 'onnxruntime'))
+    q['fq_ptq'] = mtq_quantize(q['fp32'], q['calib'], qc) if mo else None
+    pred = TorchPredictor(q['fq_ptq'], name='ptq-fake-quant') if mo else OrtPredictor(out / 'model_int8.onnx')
+    with PeakMemory(q['device']) as mem:
+        q['R_ptq'] = evaluate(pred, q['teacher'], q['wl'], q['ev'], out, q['device'], progress, name='ptq',
+                              data=q['data'], efficiency=False)
+    q['quality'] = pq = q['R_ptq']['quality']
+    p = qc['ptq']
+    q['quantization'] = {
+        'backend': p['backend'], 'method': p['method'], 'calibration': p['calibration'], 'per_channel': p['per_channel'],
+        'symmetric': p['symmetric'], 'op_types': p['op_types'], 'cpu_activations': o['activations'],
+        'keep_float': qc['keep_float'], 'float_patterns': float_patterns(qc), 'calibration_set': q['calib_info'],
+        'ptq': {**_drops(pq), 'ort_int8': o, 'evaluated': 'fake-quant torch (ModelOpt)' if mo else 'ONNX Runtime int8'},
+        'final': 'ptq', 'qat': {'ran': False, 'reason': 'not decided: the run ended before'}}
+    q['artifacts'] = {**q['R_ptq']['artifacts'], 'onnx_fp32': 'model_fp32.onnx', 'onnx_int8': 'model_int8.onnx'}
+    q['model'] = {'name': f"{q['card_id']}-int8", 'params': count_params(q['fp32']),
+                  'size_mb': round(onnx_size_mb(out / 'model_int8.onnx'), 4), 'checkpoint': str(q['ckpt'] or q['wl'].teacher),
+                  'teacher': str(q['wl'].teacher), 'teacher_params': count_params(q['teacher'])}
+    q['resource'] = {'peak_mem_mb': mem.peak_mb, 'device_kind': q['device'].type, 'n_devices': 1}
+    print(f"PTQ ({p['backend']}): drop {pq['quality_drop_pct']}% [{pq['quality_drop_lo_pct']}, "
+          f"{pq['quality_drop_hi_pct']}] vs {pq['reference']}; ORT int8 {o['size_mb']:.2f} MB "
+          f"({o['quantized_nodes']} nodes int8, {o['float_nodes']} kept float)")
+    return q
+
+def quant_sensitivity(q: dict) -> dict:
+    """Each layer group quantized alone (keep_float ignored), its drop against the fp32 model on a few pairs with a few
+    calibration pairs (indicative); `sensitivity.csv`, the figure `figures['sensitivity']`, in `quantization`."""
+    from pqk.eval.protocol import predict_pairs, TorchPredictor
+    qc, out = q['qc'], q['out']
+    q['sensitivity'] = []
+    if not qc['sensitivity']['enabled']: return q
+    scenes, pairs = q['data']
+    sp = pairs[:int(qc['sensitivity']['pairs'])]
+    sc_calib = q['calib'][:int(qc['sensitivity']['calib_pairs'])]
+    fp32_preds = predict_pairs(q['fp32'], scenes, sp, progress=False)
+    qs = {**qc, 'keep_float': []}
+    if q['mo']:
+        fq_all = mtq_quantize(q['fp32'], sc_calib, qs); base = set_groups(fq_all)
+        group_pred = lambda g: (set_groups(fq_all, [g], base), TorchPredictor(fq_all, name=g))[1]
+    else:
+        qs = _backend(qs, 'onnxruntime')
+        group_pred = lambda g: OrtPredictor(ort_quantize(out / 'model_fp32.onnx', out / 'sensitivity' / f'{g}.onnx',
+                                                         sc_calib, qs, only_group=g)['path'])
+    q['sensitivity'] = sens = sensitivity_table(group_pred, fp32_preds, scenes, sp, q['ev'])
+    for f in (out / 'sensitivity').glob('*.onnx'): f.unlink()
+    import pandas as pd
+    pd.DataFrame(sens).to_csv(out / 'sensitivity.csv', index=False)
+    q['figures']['sensitivity'] = plot_sensitivity(sens, q['th']['quality_drop_max_pct'])
+    q['quantization'] = {**q['quantization'], 'sensitivity': sens}
+    q['artifacts'] = {**q['artifacts'], 'sensitivity': 'sensitivity.csv'}
+    return q
+
+def quant_qat(q: dict, *, resume: bool = False, rules: StopRules | None = None, progress: bool = True, seed: int = 0,
+              debug_sigterm_at_step=None) -> dict:
+    """QAT when PTQ misses the threshold (`qat_decision`): K's losses from the fp32 model through the one training
+    loop, on a ModelOpt fake-quant copy; a finished QAT is evaluated (its ORT int8 export when the backend is ORT).
+    A stop by a signal leaves its checkpoint and a `stop` (the run ends after this step); a stop by the stop-loss or
+    a non-finite loss keeps PTQ. The final model is QAT's when it was evaluated and drops no more than PTQ's."""
+    from pqk.data.manifests import load_dataset
+    from pqk.eval.protocol import evaluate, TorchPredictor, write_per_pair, PER_PAIR_FILE, stop_block
+    from pqk.export.onnx import export_onnx
+    from pqk.train.loop import latest_checkpoint
+    qc, out, th, pq = q['qc'], q['out'], q['th'], q['R_ptq']['quality']
+    run, why = qat_decision(qc['qat']['enabled'], pq['quality_drop_pct'], th['quality_drop_max_pct'])
+    print('QAT:', 'runs' if run else 'skipped', '—', why)
+    q.update(qat_ran=run, qat_reason=why, qat=None, R_qat=None, fq_qat=None, ort_qat=None)
+    if run:
+        q['fq_qat'] = fq = mtq_quantize(q['fp32'], q['calib'], _backend(qc, 'modelopt'))
+        tres = int(qc['qat'].get('res') or q['wl'].resolution)
+        scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(qc['qat']['train_data'])}, tres)
+        resume_from = latest_checkpoint(out / 'qat' / 'checkpoints') if resume else None
+        q['qat'] = r = train_qat(fq, q['fp32'], scenes, qc, out / 'qat', resume=resume_from, rules=rules,
+                                 progress=progress, seed=seed, debug_sigterm_at_step=debug_sigterm_at_step)
+        print(f"QAT {r['status']}: {r['reason']} (step {r['step']}/{r['steps']}, res {tres})")
+        q['training'] = qat_training_block(r, out)
+        if r.get('signal'): q['stop'] = stop_block(r)
+        if r['status'] != 'stopped':
+            if q['mo']: pred = TorchPredictor(fq, name='qat-fake-quant')
+            else:
+                export_onnx(fp32_weights_copy(fq), out / 'model_qat_fp32.onnx', workload=q['wl'], check=False,
+                            polygraphy=False)
+                q['ort_qat'] = ort_quantize(out / 'model_qat_fp32.onnx', out / 'model_qat_int8.onnx', q['calib'], qc)
+                pred = OrtPredictor(out / 'model_qat_int8.onnx')
+            q['R_qat'] = evaluate(pred, q['teacher'], q['wl'], q['ev'], None, q['device'], progress, name='qat',
+                                  data=q['data'], efficiency=False)
+    d = lambda R: None if R is None else R['quality']['quality_drop_pct']
+    use = q['R_qat'] is not None and d(q['R_qat']) is not None and (d(q['R_ptq']) is None or d(q['R_qat']) <= d(q['R_ptq']))
+    q['final'], R = ('qat', q['R_qat']) if use else ('ptq', q['R_ptq'])
+    if use: write_per_pair(out / PER_PAIR_FILE, R['per_pair'])              # per_pair.csv of the final model
+    q['quality'] = R['quality']
+    qa = {'ran': run, 'reason': why}
+    if q['qat']:
+        r = q['qat']
+        qa.update({'status': r['status'], 'stop_reason': r['reason'], 'steps_done': r['step'], 'signal': r.get('signal'),
+                   **_drops(q['R_qat']['quality'] if q['R_qat'] else None),
+                   'freeze_bn_stats': 'no batch norm in DUSt3R: nothing to freeze'})
+    q['quantization'] = {**q['quantization'], 'final': q['final'], 'qat': qa}
+    if r_ckpt := (q.get('training') or {}).get('last_checkpoint'): q['artifacts'] = {**q['artifacts'], 'qat_checkpoint': r_ckpt}
+    print(f"final model: {q['final'].upper()}" + ('' if run else f' (QAT skipped: {why})'))
+    return q
+
+def ptq_vs_qat(q: dict):
+    "A DataFrame of the PTQ and QAT drops with their intervals (QAT's None when it was not evaluated)."
+    import pandas as pd
+    cols = {'quality_drop_pct': 'drop %', 'quality_drop_lo_pct': 'lo', 'quality_drop_hi_pct': 'hi'}
+    rows = {'PTQ': _drops(q['R_ptq']['quality']), 'QAT': _drops(q['R_qat']['quality'] if q.get('R_qat') else None)}
+    return pd.DataFrame({k: {cols[c]: v for c, v in r.items()} for k, r in rows.items()}).T
+
+def quant_exports(q: dict) -> dict:
+    """Both export flavours of the final model, unless the run stopped: the ORT-CPU int8 file and the TensorRT-style
+    Q/DQ ONNX (ModelOpt's export, else ORT's Q/DQ flavour), checked TensorRT-style; the precision ledger of both."""
+    from pqk.export.ledger import precision_ledger, ledger_summary, write_ledger
+    qc, out = q['qc'], q['out']
+    q['ort_final'] = out / ('model_qat_int8.onnx' if q['final'] == 'qat' and q.get('ort_qat') else 'model_int8.onnx')
+    q['trt_path'], q['trt'], q['ledger'] = out / 'model_qdq_trt.onnx', None, None
+    if q['stop']: return q                                        # a run stopped in QAT ends after it
+    try:
+        import_mtq()
+        fq = q['fq_qat'] if q['final'] == 'qat' else (q['fq_ptq'] if q['mo'] else
+                                                      mtq_quantize(q['fp32'], q['calib'], _backend(qc, 'modelopt')))
+        trt = {**export_qdq(fq, q['trt_path'], q['wl'].shape), 'producer': 'modelopt'}
+        trt['ort_vs_fake_quant'] = ort_vs_fake_quant(fq, q['trt_path'], q['wl'].shape)
+    except ModelOptUnavailable as e:
+        trt = {**ort_quantize(out / 'model_fp32.onnx', q['trt_path'], q['calib'], qc, flavour='tensorrt'),
+               'qdq': qdq_report(q['trt_path']), 'producer': f'onnxruntime (ModelOpt missing: {e})'}
+    q['trt'] = trt
+    print(f"TensorRT-style Q/DQ ONNX ({trt['producer']}): {trt['size_mb']:.2f} MB, {trt['qdq']}")
+    assert trt['qdq']['trt_style'], f"the TensorRT-flavour ONNX is not TensorRT-style: {trt['qdq']}"
+    ledgers = {name: precision_ledger(p) for name, p in (('ort_int8', q['ort_final']), ('trt_qdq', q['trt_path']))}
+    for name, df in ledgers.items(): write_ledger(df, out / f'ledger_{name}.csv')
+    q['ledger'] = {name: ledger_summary(df) for name, df in ledgers.items()}
+    return q
+
+def ledger_table(q: dict):
+    "The precision ledgers' summary, one row per export (None when the run stopped before)."
+    import pandas as pd
+    if not q.get('ledger'): return None
+    return pd.DataFrame({k: {c: v[c] for c in ('n_layers', 'int8_mac_share', 'n_float_islands', 'n_macs_unknown')}
+                         for k, v in q['ledger'].items()}).T
+
+def quant_latency(q: dict, rounds: int = 2) -> dict:
+    """Unless the run stopped: ORT fp32, ORT int8 of the final model and the teacher in eager torch timed side by side
+    (alternating `rounds`), the int8 file's efficiency block (the teacher's beside it), sizes and ratios, and the int8
+    GEMM kernel's ceiling on this CPU."""
+    from pqk.eval.protocol import efficiency_block, side_by_side, TorchPredictor
+    q.update(sbs=None, efficiency=None, sizes=None, ratios=None, ceiling=None, kc=None)
+    if q['stop']: return q
+    res, ev, out = q['wl'].resolution, q['ev'], q['out']
+    int8_pred, fp32_pred = OrtPredictor(q['ort_final']), OrtPredictor(out / 'model_fp32.onnx')
+    teacher_pred = TorchPredictor(q['teacher'], name='teacher-eager')
+    q['sbs'] = sbs = side_by_side({'ort_fp32': fp32_pred, 'ort_int8': int8_pred, 'teacher_eager': teacher_pred}, res,
+                                  ev, rounds=rounds)
+    q['efficiency'] = efficiency_block(int8_pred, res, ev)
+    q['efficiency']['teacher'] = efficiency_block(teacher_pred, res, ev)
+    q['sizes'] = sizes = {'fp32_onnx_mb': q['fp32_onnx']['size_mb'], 'ort_int8_onnx_mb': round(onnx_size_mb(q['ort_final']), 4),
+                          'trt_qdq_onnx_mb': q['trt']['size_mb']}
+    q['ratios'] = ratios = {'int8_vs_fp32_ort_p50': sbs['ort_int8']['p50_ms'] / sbs['ort_fp32']['p50_ms'],
+                            'teacher_eager_vs_int8_p50': sbs['teacher_eager']['p50_ms'] / sbs['ort_int8']['p50_ms'],
+                            'int8_vs_fp32_size': sizes['ort_int8_onnx_mb'] / sizes['fp32_onnx_mb']}
+    print(f"p50 ms: ORT fp32 {sbs['ort_fp32']['p50_ms']:.1f}, ORT int8 {sbs['ort_int8']['p50_ms']:.1f} "
+          f"({ratios['int8_vs_fp32_ort_p50']:.2f}x), teacher eager {sbs['teacher_eager']['p50_ms']:.1f} "
+          f"({ratios['teacher_eager_vs_int8_p50']:.2f}x the int8); size int8/fp32 {ratios['int8_vs_fp32_size']:.2f}; "
+          f"load {os.getloadavg()[0]:.2f}")
+    q['ceiling'] = int8_ceiling(out / 'model_fp32.onnx', q['ort_ptq'].get('kernel_check'))
+    q['kc'] = kc = q['ceiling'].pop('kernel')
+    print(f"int8 GEMM kernel on this CPU ({', '.join(kc['isa']) or 'ISA unknown'}), m×k×n {kc['shape']}: uint8×int8 "
+          f"{kc['ratio']['u8s8']:.2f}x, int8×int8 {kc['ratio']['s8s8']:.2f}x the fp32 GEMM (with Q/DQ); the fp32 model "
+          f"spends {q['ceiling']['gemm_share']:.0%} of its time in GEMMs/convs, so int8 cannot go below "
+          f"{q['ceiling']['bound']:.2f}x the fp32 ORT p50 on this CPU")
+    return q
+
+def quant_finish(q: dict) -> dict:
+    "The final blocks: quantization (exports, latency, ledgers unless the run stopped), model, artifacts."
+    if not q['stop']:
+        e, trt = q['fp32_onnx'], q['trt']
+        q['quantization'] = {**q['quantization'], 'kernel_check': q['kc'], 'int8_ceiling': q['ceiling'],
+                             'exports': {'fp32': {k: e.get(k) for k in ('size_mb', 'checker', 'ort_vs_torch', 'polygraphy')},
+                                         'ort_int8': {'file': q['ort_final'].name, 'size_mb': q['sizes']['ort_int8_onnx_mb']},
+                                         'trt_qdq': {'file': q['trt_path'].name, **{k: trt[k] for k in trt if k != 'path'}}},
+                             'latency_side_by_side': q['sbs'], 'ratios': q['ratios'], 'ledger': q['ledger']}
+    q['model'] = {**q['model'], 'size_mb': q['sizes']['ort_int8_onnx_mb'] if q['sizes'] else
+                  round(onnx_size_mb(q['ort_final']), 4)}
+    a = {**q['artifacts'], 'onnx_int8': q['ort_final'].name}
+    if not q['stop']: a['onnx_trt_qdq'] = q['trt_path'].name
+    a.update({f'ledger_{k}': f'ledger_{k}.csv' for k in (q['ledger'] or {})})
+    if q['fp32_onnx'].get('polygraphy'): a['polygraphy'] = q['fp32_onnx']['polygraphy']
+    q['artifacts'] = a
+    return q
+
+def quant_run(workload, evalc, qc: dict, *, calib_count=None, resume: bool = False, gpu_hours_budget=None,
+              progress: bool = True, seed: int = 0, debug_sigterm_at_step=None, latency_rounds: int = 2,
+              on_step=None, **start) -> dict:
+    """The whole Q method (the `run_quant` template's steps in order): `quant_start(workload, evalc, qc, **start)`,
+    calibration and fp32 ONNX, PTQ, sensitivity, QAT when PTQ misses, both exports with their ledgers, latency, the
+    final blocks. `on_step(q)` after each step (e.g. to record its blocks at once). The result: the method's state,
+    its log blocks under their names (`pqk.eval.protocol.log_blocks`)."""
+    on_step = on_step or (lambda q: None)
+    q = quant_start(workload, evalc, qc, gpu_hours_budget=gpu_hours_budget, **start)
+    steps = [lambda q: quant_calibrate(q, calib_count), lambda q: quant_ptq(q, progress), quant_sensitivity,
+             lambda q: quant_qat(q, resume=resume, rules=StopRules.from_contracts(evalc, gpu_hours_budget),
+                                 progress=progress, seed=seed,
+                                 debug_sigterm_at_step=debug_sigterm_at_step),
+             quant_exports, lambda q: quant_latency(q, latency_rounds), quant_finish]
+    for step in steps: q = step(q); on_step(q)
+    return q
+

@@ -7,28 +7,33 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .contracts import Problem, check_contract, check_card, project_root, contracts_provenance, _rel, card_ids
+from .contracts import (Problem, check_contract, check_card, project_root, contracts_provenance, _rel,
+                                card_ids, TaskCard)
 from .logschema import synthetic_log, log_problems
 
 # %% auto #0
 __all__ = ['devcheck', 'devcheck_report']
 
 # %% ../../nbs/core/03_devcheck.ipynb #2647e00e
-def devcheck(workload=None, eval=None, cfgs=None, cards=None) -> list[Problem]:
-    "Every problem found in the given (or default) contracts, configs and cards; empty when all is well."
+def devcheck(workload=None, eval=None, cfgs=None, cards=None, loaded: dict | None = None) -> list[Problem]:
+    """Every problem found in the given (or default) contracts, configs and cards; empty when all is well. A card
+    given as a `TaskCard` was checked already (`check_card`): it is not parsed again. `loaded`, when given, receives
+    every contract that loaded, keyed by its resolved path (so `pqk run` validates each file once)."""
     root = project_root()
     workload = Path(workload or root / 'configs' / 'workload.yaml')
     eval = Path(eval or root / 'configs' / 'eval.yaml')
     if cfgs is None: cfgs = sorted(p for p in (root / 'configs').glob('*.yaml') if p.stem not in ('workload', 'eval'))
     if cards is None: cards = sorted((root / 'taskcards').glob('*.md'))
-    problems, loaded = [], []
+    problems, found = [], []
     for path, name in [(workload, 'workload'), (eval, 'eval')] + [(Path(c), None) for c in cfgs]:
         ps, c = check_contract(path, name)
         problems += ps
-        if c is not None: loaded.append(c)
+        if c is not None:
+            found.append(c)
+            if loaded is not None: loaded[Path(path).resolve()] = c
     seen = {}
     for card in cards:
-        ps, c = check_card(card)
+        ps, c = ([], card) if isinstance(card, TaskCard) else check_card(card)
         problems += ps
         if c is None: continue
         if c.id in seen:                                  # run ids and reports are keyed by the card id
@@ -41,7 +46,7 @@ def devcheck(workload=None, eval=None, cfgs=None, cards=None) -> list[Problem]:
             if up['card'] not in ids:
                 problems.append(Problem(_rel(c.path), 'upstream.card', up['card'], f"the id of a task card in "
                                         f"{_rel(c.path.parent)} ({', '.join(sorted(ids))})"))
-    prov = contracts_provenance(*loaded)
+    prov = contracts_provenance(*found)
     if 'workload' in prov and 'eval' in prov:
         for kind in ('eval', 'KQ'):
             problems += [Problem('schemas/unified_log_schema.json', p.path, p.value,

@@ -197,8 +197,7 @@ def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | 
 # %% ../../nbs/edge/62_edge_eval.ipynb #624fc2ec
 def edge_log_blocks(edge: dict, ev, model_name: str, predictor=None, torch_model=None, clock=None,
                     resolution: int | None = None, ckpt=None, teacher=None) -> dict:
-    "{'model', 'quality', 'efficiency', 'resource', 'edge_device', 'verdict'} of an edge run."
-    from pqk.eval.verdict import verdict
+    "{'model', 'quality', 'efficiency', 'resource', 'edge_device'} of an edge run (the runner judges it)."
     exported = predictor is not None and predictor.module is None
     size = predictor.info()['size_mb'] if exported else model_size_mb(torch_model) if torch_model is not None else None
     params = count_params(torch_model) if torch_model is not None else None
@@ -219,14 +218,4 @@ def edge_log_blocks(edge: dict, ev, model_name: str, predictor=None, torch_model
            'peak_mem_mb': edge['peak_mem_mb'], 'power_avg_W': edge['power_avg_W']}
     mdl = {'name': model_name, 'params': params, 'size_mb': size,
            **({'checkpoint': str(ckpt)} if ckpt else {}), **({'teacher': str(teacher)} if teacher else {})}
-    if edge['error']: v = verdict('edge', error=edge['error'])
-    elif not edge['timed_pairs']: v = {'status': 'failed', 'reason': 'no pair was timed'}
-    else:
-        e = edge['energy_per_pair_J']
-        pw = (f"{edge['power_avg_W']:.2f} W avg ({edge['power_sampler']}, {edge['power_rail']}), "
-              + (f'{e:.3g} J/pair' if e is not None else 'no energy per pair (see notes)')
-              if edge['power_avg_W'] is not None else f"power not measured ({edge['power_sampler']})")
-        v = {'status': 'passed', 'reason': f"completed: {edge['timed_pairs']} timed pairs on {dev}, p50 "
-             f"{edge['latency_p50_ms']:.1f} ms, p99 {edge['latency_p99_ms']:.1f} ms, "
-             f"{edge['pairs_per_s']:.2f} pairs/s; {pw}" + ('; throttled' if edge['throttle'] else '')}
-    return {'model': mdl, 'quality': q, 'efficiency': eff, 'resource': res, 'edge_device': edge, 'verdict': v}
+    return {'model': mdl, 'quality': q, 'efficiency': eff, 'resource': res, 'edge_device': edge}

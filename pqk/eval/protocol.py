@@ -20,10 +20,11 @@ from .intervals import paired_bootstrap, drop_stat, mean_diff
 from .efficiency import stage_latency, has_stages, STAGES
 
 # %% auto #0
-__all__ = ['PER_PAIR_FILE', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs', 'rel_l2',
-           'output_errors', 'compare_models', 'pair_quality', 'quality_block', 'per_pair_rows', 'write_per_pair',
-           'efficiency_block', 'side_by_side', 'plane_baseline', 'check_predictions', 'check_ground_truth', 'evaluate',
-           'plot_predictions']
+__all__ = ['PER_PAIR_FILE', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs',
+           'rel_l2', 'output_errors', 'compare_models', 'pair_quality', 'quality_block', 'per_pair_rows',
+           'write_per_pair', 'efficiency_block', 'side_by_side', 'plane_baseline', 'check_predictions',
+           'check_ground_truth', 'evaluate', 'plot_predictions', 'log_blocks', 'stop_block', 'quality_line',
+           'quality_table', 'eval_run']
 
 # %% ../../nbs/eval/33_protocol.ipynb #3625a98d
 def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
@@ -366,3 +367,59 @@ def plot_predictions(result: dict, n: int = 3):
         for a in ax: a.axis('off')
     fig.tight_layout()
     return fig
+
+# %% ../../nbs/eval/33_protocol.ipynb #0d5c3d8c
+LOG_BLOCK_SCRAPS = ('model', 'quality', 'efficiency', 'resource', 'training', 'quantization', 'pruning',
+                    'calibration_set_hash', 'edge_device', 'baseline', 'artifacts', 'stop')
+
+def _plain(o):
+    "A JSON stand-in for what `json` cannot write: numpy/torch scalars and arrays as numbers and lists, else `str`."
+    if hasattr(o, 'tolist') and callable(o.tolist): return o.tolist()
+    return str(o)
+
+def log_blocks(result: dict) -> dict:
+    """{name: block} of every key of `result` named in `LOG_BLOCK_SCRAPS` whose value is not None, as plain JSON (a
+    value `json` cannot write: numpy/torch numbers as numbers, anything else by its `str`)."""
+    import json
+    return {k: json.loads(json.dumps(result[k], default=_plain)) for k in LOG_BLOCK_SCRAPS if result.get(k) is not None}
+
+def stop_block(result: dict | None, reason: str | None = None) -> dict | None:
+    """The `stop` scrap of a training `result` that stopped ({'reason', 'signal'}), or of a run that stops for
+    `reason`; None when neither."""
+    if isinstance(result, dict) and result.get('status') == 'stopped':
+        return {'reason': str(result.get('reason') or 'stopped'), 'signal': result.get('signal')}
+    return None if reason is None else {'reason': str(reason), 'signal': None}
+
+# %% ../../nbs/eval/33_protocol.ipynb #e4d5358f
+def quality_line(quality: dict) -> str:
+    "`primary <metric>: drop <d>% [<lo>, <hi>] vs <reference>`."
+    q = quality
+    return (f"primary {q['primary']}: drop {q['quality_drop_pct']}% [{q['quality_drop_lo_pct']}, "
+            f"{q['quality_drop_hi_pct']}] vs {q['reference']}")
+
+def quality_table(quality: dict, evalc, name: str = 'model', baseline: dict | None = None):
+    """A DataFrame, one row per metric of the eval contract: model, teacher, diff (model − teacher) with its 95 %
+    interval, and the `baseline` block's values when given."""
+    import pandas as pd
+    keys = [k for k in evalc.data['quality']['metrics'] if k in quality['metrics']]
+    d = quality.get('metric_diffs') or {}
+    cols = {name: [quality['metrics'].get(k) for k in keys], 'teacher': [quality['teacher'].get(k) for k in keys],
+            'diff': [d.get(k, {}).get('diff') for k in keys], 'diff 95% lo': [d.get(k, {}).get('lo') for k in keys],
+            'diff 95% hi': [d.get(k, {}).get('hi') for k in keys]}
+    if baseline is not None: cols['plane baseline'] = [(baseline.get('metrics') or {}).get(k) for k in keys]
+    return pd.DataFrame(cols, index=keys)
+
+# %% ../../nbs/eval/33_protocol.ipynb #d8cce108
+def eval_run(model, teacher, workload, evalc, out_dir, device=None, progress: bool = True, name: str = 'model',
+             checkpoint=None) -> dict:
+    """`evaluate(model, teacher, …, baseline=True)` into `out_dir` with `pointmaps.npz` saved; its result with the
+    log blocks of an eval run: model, quality, efficiency, resource, baseline, artifacts."""
+    from pqk.eval.pointmaps import save_pointmaps
+    res = evaluate(model, teacher, workload, evalc, out_dir, device, progress, name=name, baseline=True)
+    pm = save_pointmaps(Path(out_dir) / 'pointmaps.npz', res['teacher_preds'], res['preds'], res['scenes'],
+                        res['pairs'], model_name=name)
+    return {**res, 'artifacts': {**res['artifacts'], 'pointmaps': pm},
+            'model': {'name': name, 'params': count_params(model), 'size_mb': res['efficiency']['size_mb'],
+                      'checkpoint': str(checkpoint or workload.teacher), 'teacher': workload.teacher,
+                      'teacher_params': count_params(teacher)},
+            'resource': {'peak_mem_mb': res['peak_mem_mb'], 'device_kind': resolve_device(device).type, 'n_devices': 1}}

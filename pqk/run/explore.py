@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np, pandas as pd
 
 from ..core.contracts import project_root, split_front_matter, _rel, clip_text
-from ..core.io import save_npz_atomic
+from ..eval.pointmaps import load_pointmaps, PointmapError
 from .aggregate import read_rows, report_paths, version_groups, pareto_front, _num
 
 # %% auto #0
-__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'POINTMAP_FORMAT', 'TABLE_CSS',
-           'MAX_OPTIONS', 'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs',
-           'sort_runs', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures',
-           'ParetoResult', 'pareto', 'notebook_link', 'png', 'pareto_figure', 'save_pointmaps', 'PointmapError',
-           'load_pointmaps', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser',
-           'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command', 'stop_group', 'lab']
+__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'TABLE_CSS', 'MAX_OPTIONS',
+           'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs',
+           'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures', 'ParetoResult',
+           'pareto', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure',
+           'table_html', 'RunBrowser', 'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port',
+           'lab_command', 'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'latency p50 (ms)': 'efficiency.latency_p50_ms',
@@ -285,58 +285,6 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
     fig.tight_layout(); return fig
 
 # %% ../../nbs/run/74_explore.ipynb #c73589a0
-POINTMAP_FORMAT = 1
-
-def _np(x) -> np.ndarray:
-    if hasattr(x, 'detach'): x = x.detach().cpu().float().numpy()
-    x = np.asarray(x)
-    return x[0] if x.ndim in (3, 4) and x.shape[0] == 1 else x
-
-def save_pointmaps(path, teacher_preds, model_preds, scenes, pairs, n_pairs: int = 2, max_side: int = 192,
-                   model_name: str = 'model') -> str:
-    "Save the first `n_pairs` pointmaps of teacher and model (None: teacher only) for the explorer; the file name."
-    arrays, meta = {}, {'format': POINTMAP_FORMAT, 'model': model_name, 'pairs': []}
-    preds = {'teacher': teacher_preds, 'model': model_preds if model_preds is not teacher_preds else None}
-    for k, (s, i, j) in enumerate(list(pairs)[:n_pairs]):
-        img1 = np.asarray(scenes[s].views[i].img); step = max(1, math.ceil(max(img1.shape[:2]) / max_side))
-        sub = lambda a: np.ascontiguousarray(a[::step, ::step])
-        arrays[f'img1_{k}'], arrays[f'img2_{k}'] = sub(img1), sub(np.asarray(scenes[s].views[j].img))
-        for who, P in preds.items():
-            if P is None: continue
-            p1, p2 = P[k]
-            arrays[f'{who}_pts1_{k}'] = sub(_np(p1['pts3d'])).astype(np.float16)
-            arrays[f'{who}_pts2_{k}'] = sub(_np(p2['pts3d_in_other_view'])).astype(np.float16)
-            arrays[f'{who}_conf1_{k}'] = sub(_np(p1['conf'])).astype(np.float16)
-            arrays[f'{who}_conf2_{k}'] = sub(_np(p2['conf'])).astype(np.float16)
-        meta['pairs'].append({'scene': str(getattr(scenes[s], 'name', s)), 'i': int(i), 'j': int(j), 'step': step})
-    arrays['meta'] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    save_npz_atomic(path, arrays)
-    return Path(path).name
-
-class PointmapError(ValueError):
-    "A run's pointmaps cannot be shown; the message says which file and why."
-
-def load_pointmaps(path) -> dict:
-    "{'meta', 'pairs': [{'img1', 'img2', 'teacher': {pts1, pts2, conf1, conf2}, 'model': {…} or None, scene, i, j}]}."
-    path = Path(path)
-    if not path.is_file(): raise PointmapError(f'{_rel(path)}: no such file')
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(bytes(z['meta']).decode())
-            if meta.get('format') != POINTMAP_FORMAT:
-                raise PointmapError(f"{_rel(path)}: format {meta.get('format')!r}; "
-                                    f"this pqk reads format {POINTMAP_FORMAT}")
-            pairs = []
-            for k, pm in enumerate(meta['pairs']):
-                who = lambda w: ({f: z[f'{w}_{f}_{k}'].astype(np.float32) for f in ('pts1', 'pts2', 'conf1', 'conf2')}
-                                 if f'{w}_pts1_{k}' in z.files else None)
-                pairs.append({**pm, 'img1': z[f'img1_{k}'], 'img2': z[f'img2_{k}'], 'teacher': who('teacher'),
-                              'model': who('model')})
-    except PointmapError: raise
-    except Exception as e:
-        raise PointmapError(f'{_rel(path)}: not a readable pointmap file ({type(e).__name__}: {e})') from None
-    return {'meta': meta, 'pairs': pairs}
-
 def run_pointmaps(runs: Runs, run_id: str) -> dict:
     "The pointmaps of a run, or a PointmapError naming what is missing."
     rel = runs.rows[run_id].get('artifacts.pointmaps')

@@ -12,30 +12,31 @@ from pathlib import Path
 
 from ..core.contracts import (ContractError, Problem, check_card, contracts_provenance, load_contract, load_eval,
                                 load_workload, project_root, sha256_file, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES,
-                                _rel)
+                                _rel, TaskCard)
 from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems, finite_record
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV
 from ..core.paths import check_name, confined, is_name
 from .scraps import read_scraps
 from ..eval.verdict import thresholds_for, judge, STATUSES
+from ..train.stoprules import stop_verdict_reason
 
 # %% auto #0
 __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
            'LEDGER_NAME', 'INPUTS_NAME', 'LOCK_NAME', 'STOP_GRACE_ENV', 'STOP_GRACE_S', 'UPSTREAM_ARTIFACT',
            'UPSTREAM_ACCEPT', 'RESUME_FOLDER', 'MAX_HASHED_FILES', 'METHOD_COMMAND', 'templates_dir',
            'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir',
-           'RunSpec', 'null_blocks', 'real_hash', 'said', 'build_log', 'repair_log', 'remote_resources', 'export_html',
-           'write_inputs', 'read_inputs', 'template_params', 'env_vars', 'kernel_env', 'live_progress', 'Terminated',
-           'stop_grace', 'forward_sigterm', 'StopState', 'stop_forwarding', 'UpstreamRefused', 'resolve_upstream',
-           'run_lock', 'verify_resume', 'prepare_resume', 'artifact_hashes', 'resume_hint', 'execute_run', 'run_card',
-           'resume_folder', 'run_method']
+           'RunSpec', 'null_blocks', 'real_hash', 'n_devices', 'said', 'stop_scrap', 'build_log', 'repair_log',
+           'remote_resources', 'export_html', 'write_inputs', 'read_inputs', 'template_params', 'env_vars',
+           'kernel_env', 'live_progress', 'Terminated', 'stop_grace', 'forward_sigterm', 'StopState', 'stop_forwarding',
+           'UpstreamRefused', 'resolve_upstream', 'run_lock', 'verify_resume', 'prepare_resume', 'artifact_hashes',
+           'resume_hint', 'execute_run', 'run_card', 'resume_folder', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #6c207d48
 TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
                     'P': 'run_prune', 'KP': 'run_prune', 'edge': 'run_edge'}
 METHOD_KIND = {'eval': 'eval', 'distill': 'K', 'quant': 'Q', 'prune': 'P', 'edge': 'edge'}
 PROTOCOL_PARAMS = ('workload', 'eval', 'cfg', 'card', 'card_id', 'kind', 'run_id', 'out_dir', 'seed', 'ckpt',
-                   'gpu_hours_budget', 'nproc', 'resume')
+                   'gpu_hours_budget', 'nproc', 'resume', 'thresholds')
 
 def templates_dir() -> Path: return project_root() / 'nbs' / 'templates'
 
@@ -136,6 +137,7 @@ class RunSpec:
     card_status: str | None = None                 # the card's `status` when the run started (None: no card)
     upstream: dict | None = None                   # the card's `upstream:` (a chain), resolved into `ckpt` at run time
     command: str | None = None                     # how this run is started again (`pqk run <card>`, `pqk run-quant`)
+    loaded: dict = field(default_factory=dict, repr=False, compare=False)   # what devcheck loaded: role -> object
 
     def sources(self) -> list:
         "The files whose bytes make the run's config hash, in order (card, workload, eval, method config)."
@@ -155,12 +157,18 @@ def _check_extra(extra: dict | None, file='--param') -> dict:
                                          + ', '.join(PROTOCOL_PARAMS) + ')') for k in bad])
     return extra
 
-def _devcheck(workload, eval, cfgs, cards):
+def _devcheck(workload, eval, cfgs, cards) -> dict:
+    """devcheck the run's contracts and card (a `TaskCard` is not parsed again); {role: loaded object} (workload, eval,
+    cfg, card), so that the run validates each file once."""
     from pqk.core.devcheck import devcheck
-    ps = devcheck(workload, eval, cfgs, cards)
+    lo = {}
+    ps = devcheck(workload, eval, cfgs, cards, loaded=lo)
     if ps:
         print(f'pqk run: devcheck found {len(ps)} problem(s); not running', file=sys.stderr)
         raise ContractError(ps)
+    got = lambda p: lo.get(Path(p).resolve()) if p is not None else None
+    card = next((c for c in cards if isinstance(c, TaskCard)), None)
+    return {'workload': got(workload), 'eval': got(eval), 'cfg': got(cfgs[0]) if cfgs else None, 'card': card}
 
 # %% ../../nbs/run/71_runner.ipynb #ded3dafa
 def null_blocks(ev, device_hours: float = 0.0, device_kind: str = 'cpu') -> dict:
@@ -183,12 +191,18 @@ def real_hash(h) -> bool:
     "True for a sha256 hex digest that is not the 64-zero placeholder."
     return isinstance(h, str) and bool(_SHA256.fullmatch(h)) and h != '0' * 64
 
+def n_devices(block, default: int | None = None) -> int:
+    "The processes the template says it ran on (`resource.n_devices`, an integer >= 1), else `default` (else 1)."
+    n = block.get('n_devices') if isinstance(block, dict) else None
+    ok = isinstance(n, int) and not isinstance(n, bool) and n >= 1
+    return n if ok else int(default or 1)
+
 def _resource(block, device_hours: float, device_kind: str) -> dict:
-    "The template's resource block with the runner's whole-run device-hours (the template's when larger)."
+    """The log's resource block: the template's measurements (peak memory, power, device kind, processes) and the
+    device-hours the runner counted (a template's own count is not used)."""
     r = dict(block) if isinstance(block, dict) else {}
     kind = r.get('device_kind') if isinstance(r.get('device_kind'), str) else device_kind
-    t = r.get('device_hours')
-    dh = max(float(device_hours), float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0)
+    dh = float(device_hours)
     return {**r, 'device_hours': dh, 'device_kind': kind, 'gpu_hours': dh if kind == 'cuda' else 0.0,
             'peak_mem_mb': r.get('peak_mem_mb')}
 
@@ -198,35 +212,38 @@ def said(status: str, reason) -> str:
     r = str(reason or '').strip()
     return r if r.lower().startswith(f'{status}:') else (f'{status}: {r}' if r else status)
 
-def _status(scraps: dict, kind: str, th: dict, error, stopped, notes: list) -> dict:
-    """The runner's verdict on an error, a stop or no verdict; else the template's, unless the recorded numbers
-    disagree. A verdict that cannot be computed (e.g. a non-finite threshold) is a `failed` run, never a missing log."""
-    q = scraps.get('quality') if isinstance(scraps.get('quality'), dict) else None
-    v = scraps.get('verdict') if isinstance(scraps.get('verdict'), dict) else None
-    v = v if v is not None and v.get('status') in STATUSES else None
+def _block(scraps: dict, name: str) -> dict | None:
+    return scraps.get(name) if isinstance(scraps.get(name), dict) else None
+
+def stop_scrap(scraps: dict) -> dict | None:
+    "The template's `stop` scrap ({'reason', 'signal'}: its training stopped), or None."
+    s = _block(scraps, 'stop')
+    return s if s is not None and isinstance(s.get('reason'), str) and s['reason'] else None
+
+def _status(scraps: dict, kind: str, th: dict, error, stopped, resume_hint, notes: list) -> dict:
+    """The run's one verdict: `pqk.eval.verdict.judge` on the recorded blocks. An error fails it; a stop by a signal
+    to the runner (`stopped`) or a `stop` the template recorded makes it `stopped` (a stop by a signal names the
+    command that continues the run, `resume_hint`). A verdict that cannot be computed (e.g. a non-finite threshold) is
+    a `failed` run, never a missing log. A `verdict` scrap (templates before the runner judged alone) is ignored."""
+    q, stop = _block(scraps, 'quality'), stop_scrap(scraps)
     try:
         if error: return judge(kind, q, th, error=error)
         if stopped:
-            if v is not None and v.get('reason'): notes.append(f"the template said {said(v['status'], v['reason'])}")
+            if stop: notes.append(f"the template said {said('stopped', stop['reason'])}")
             return judge(kind, q, th, stopped_reason=stopped)
-        eff = scraps.get('efficiency') if isinstance(scraps.get('efficiency'), dict) else None
-        mine = judge(kind, q, th, efficiency=eff)
+        if stop:
+            return judge(kind, q, th, stopped_reason=stop_verdict_reason({**stop, 'status': 'stopped'}, resume_hint))
+        return judge(kind, q, th, efficiency=_block(scraps, 'efficiency'), edge=_block(scraps, 'edge_device'))
     except (ValueError, TypeError) as e:
         return {'status': 'failed', 'reason': f'the verdict could not be computed ({type(e).__name__}: {e})',
                 'pairs_to_resolve': None}
-    if v is None:
-        notes.append('the template recorded no verdict; judged by the runner'); return mine
-    stricter = {'passed': ('failed', 'inconclusive'), 'inconclusive': ('failed',)}.get(v['status'], ())
-    if mine['status'] in stricter:
-        notes.append(f"the template said {said(v['status'], v.get('reason'))}"); return mine
-    return {'status': v['status'], 'reason': str(v.get('reason', '')), 'pairs_to_resolve': v.get('pairs_to_resolve')}
 
 def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finished, duration_s, thresholds,
               artifacts: dict, error: str | None = None, stopped: str | None = None, device_hours: float = 0.0,
               device_kind: str = 'cpu', resume_hint: str | None = None) -> dict:
-    """The unified log from the template's scraps and the runner's provenance (not yet validated). A run over the
-    stop-loss does not pass; a stopped run's reason ends with the command that continues it (`resume_hint`); every
-    non-finite number becomes null and the reason names the fields."""
+    """The unified log from the template's scraps and the runner's provenance (not yet validated), judged once here.
+    A run over the stop-loss does not pass; a run stopped by a signal ends its reason with the command that continues
+    it (`resume_hint`); every non-finite number becomes null and the reason names the fields."""
     nulls = null_blocks(ev, device_hours, device_kind)
     rec = {'schema_version': LOG_SCHEMA_VERSION, 'run_id': run_id, 'task_card': spec.card_id, 'kind': spec.kind,
            'status': 'failed', 'reason': '', 'started_utc': started, 'finished_utc': finished,
@@ -242,7 +259,7 @@ def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finis
     rec['thresholds'] = th
     rec['artifacts'] = {**(scraps.get('artifacts') if isinstance(scraps.get('artifacts'), dict) else {}), **artifacts}
     notes = []
-    st = _status(scraps, spec.kind, th, error, stopped, notes)
+    st = _status(scraps, spec.kind, th, error, stopped, resume_hint, notes)
     if spec.kind in Q_KINDS and not real_hash(scraps.get('calibration_set_hash')):
         rec.pop('calibration_set_hash', None)
         why = 'no calibration set hash recorded (a Q-kind run must log the sha256 of the calibration set it used)'
@@ -260,7 +277,7 @@ def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finis
             notes.insert(0, f"the quality verdict alone: {said(st['status'], st['reason'])}")
             st = {**st, 'status': 'failed', 'reason': over}
         else: notes.append(over)
-    if st['status'] == 'stopped' and resume_hint and resume_hint not in st['reason']:
+    if st['status'] == 'stopped' and stopped and resume_hint and resume_hint not in st['reason']:
         notes.append(f'continue it with `{resume_hint}`')
     rec['status'], rec['reason'] = st['status'], '; '.join([st['reason']] + notes)
     rec['error'] = error
@@ -404,13 +421,15 @@ def _ckpt_param(ckpt, run_dir: Path):
     p = p.resolve()
     return os.path.relpath(p, run_dir) if p.is_relative_to(project_root()) else str(p)
 
-def template_params(spec: RunSpec, run_id: str, run_dir: Path, copies: dict) -> dict:
-    "The parameters papermill injects; every path relative to the run folder (the template's working directory)."
+def template_params(spec: RunSpec, run_id: str, run_dir: Path, copies: dict, thresholds: dict | None = None) -> dict:
+    """The parameters papermill injects; every path relative to the run folder (the template's working directory);
+    `thresholds`: the run's thresholds block, as the runner computed it (the template reads no card)."""
     rel = lambda role: os.path.relpath(copies[role], run_dir) if role in copies else None
     return {'workload': rel('workload'), 'eval': rel('eval'), 'cfg': rel('cfg'), 'card': rel('card'),
             'card_id': spec.card_id, 'kind': spec.kind, 'run_id': run_id, 'out_dir': '.', 'seed': spec.seed,
             'ckpt': _ckpt_param(spec.ckpt, run_dir),
-            'gpu_hours_budget': spec.budget, **({'nproc': spec.nproc} if spec.nproc else {}), **spec.extra}
+            'gpu_hours_budget': spec.budget, 'thresholds': thresholds, **({'nproc': spec.nproc} if spec.nproc else {}),
+            **spec.extra}
 
 @contextmanager
 def env_vars(add: dict):
@@ -794,10 +813,11 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
     'reason', 'run_id', 'run_dir', 'log', …}. A ContractError raised here means nothing ran (a refused resume)."""
     from pqk.eval.efficiency import DeviceHours
     t0 = time.monotonic(); started = utc_now()
-    meter = DeviceHours(n_devices=spec.nproc or 1).start()        # the whole run: what the budget counts
-    wl, ev = load_workload(spec.workload), load_eval(spec.eval)
-    mc = load_contract(spec.cfg) if spec.cfg else None
-    card_obj = check_card(spec.card)[1] if spec.card is not None else None
+    meter = DeviceHours().start()     # this attempt's wall-hours; × the template's processes when it ends
+    lo, previous = spec.loaded, 0.0   # what devcheck loaded (a resume loads its copies here)
+    wl, ev = lo.get('workload') or load_workload(spec.workload), lo.get('eval') or load_eval(spec.eval)
+    mc = lo.get('cfg') or (load_contract(spec.cfg) if spec.cfg else None)
+    card_obj = lo.get('card') or (check_card(spec.card)[1] if spec.card is not None else None)
     thresholds = thresholds_for(spec.kind, ev, card_obj, spec.budget)
     with ExitStack() as stack:
         resumed = pin = None
@@ -815,7 +835,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
             pin = inputs.get('upstream') if isinstance(inputs.get('upstream'), dict) else None
             stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
             resumed = prepare_resume(run_dir, spec.card_id)
-            meter.add(sum(_finite_hours(p.get('device_hours')) for p in resumed['previous'][-1:]))
+            previous = sum(_finite_hours(p.get('device_hours')) for p in resumed['previous'][-1:])
         out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
         error = chain = None
         if spec.upstream:                                 # a chain: the upstream run's artifact becomes `ckpt`
@@ -833,8 +853,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
                                                       run_dir / 'config' / f'template-{tpl.name}')
             except (TemplateNotFound, ContractError) as e: error = error or f'{type(e).__name__}: {e}'
             write_inputs(run_dir, spec, copies, digest, chain[0] if chain and not error else None)
-        params = template_params(spec, run_id, run_dir, copies)
-        params['resume_command'] = resume_hint(spec, run_id, runs_dir)   # a stopped template's verdict names it
+        params = template_params(spec, run_id, run_dir, copies, thresholds)
         if resumed: params['resume'] = True
         print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed
                                                           else ''), file=sys.stderr)
@@ -865,7 +884,8 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
             try: scraps = read_scraps(out_nb)
             except Exception as e: error = error or f'{type(e).__name__}: {e}'
         duration = time.monotonic() - t0
-        dh, dk = meter.stop().device_hours, meter.device_kind
+        dh = previous + meter.stop().device_hours * n_devices(scraps.get('resource'), spec.nproc)   # the run's, once
+        dk = meter.device_kind
         artifacts = {f'config_{k}': Path(v).resolve().relative_to(run_dir).as_posix() for k, v in copies.items()}
         artifacts['inputs'] = INPUTS_NAME
         if out_nb.is_file():
@@ -879,7 +899,7 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         rec = build_log(scraps, run_id=run_id, spec=spec, wl=wl, ev=ev, mc=mc, started=started, finished=utc_now(),
                         duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
                         device_hours=dh, device_kind=dk,
-                        resume_hint=resume_hint(spec, run_id, runs_dir) if stopped else None)
+                        resume_hint=resume_hint(spec, run_id, runs_dir))
         rec['artifact_hashes'], notes = artifact_hashes(run_dir, rec['artifacts'])
         if notes: rec['reason'] = '; '.join([rec['reason'], *notes])
         if spec.card_status is not None: rec['card_status'] = spec.card_status
@@ -925,7 +945,7 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
     if status != 'ready' and not force:
         raise ContractError([Problem(_rel(c.path), 'status', status, "'ready' (or run it anyway with --force)")])
     wl_p, ev_p, m_p = c.config_path('workload'), c.config_path('eval'), c.config_path('method')
-    _devcheck(wl_p, ev_p, [m_p] if m_p else [], [c.path])
+    loaded = _devcheck(wl_p, ev_p, [m_p] if m_p else [], [c])
     f = c.front
     ckpt = f.get('checkpoint')
     if ckpt not in (None, '', *CKPT_KEYWORDS):             # a file named by the card: inside the project
@@ -938,7 +958,7 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
                    nproc=f.get('nproc'), extra=_check_extra(extra_params), card_status=status,
                    upstream=f.get('upstream'),
                    command=f'pqk run {_arg(c.path)}' + ('' if status == 'ready' else ' --force')
-                   + ('' if seed is None else f' --seed {int(seed)}'))
+                   + ('' if seed is None else f' --seed {int(seed)}'), loaded=loaded)
     resume_dir = resume_folder(runs_dir, resume, spec.card_id) if resume else None
     return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir)
 
@@ -982,11 +1002,11 @@ def run_method(method: str, workload='configs/workload.yaml', eval='configs/eval
         wl_p, ev_p, cfg_p = Path(workload).resolve(), Path(eval).resolve(), Path(cfg).resolve() if cfg else None
         if ckpt not in (None, '', *CKPT_KEYWORDS):    # the user's path, made absolute: a resume finds the same file
             ckpt = str(next((c for c in (Path(ckpt), project_root() / ckpt) if c.exists()), Path(ckpt)).resolve())
-        _devcheck(wl_p, ev_p, [cfg_p] if cfg_p else [], [])
+        loaded = _devcheck(wl_p, ev_p, [cfg_p] if cfg_p else [], [])
         budget = ADHOC_BUDGET_GPU_HOURS if gpu_hours_budget is None else float(gpu_hours_budget)
         spec = RunSpec(card_id=card_id, kind=METHOD_KIND[method], workload=wl_p, eval=ev_p, cfg=cfg_p, card=None,
                        template=template, seed=seed, ckpt=ckpt, budget=budget, extra=_check_extra(extra_params),
-                       command=METHOD_COMMAND.get(method))
+                       command=METHOD_COMMAND.get(method), loaded=loaded)
         d = None
     res = execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=d)
     if log:

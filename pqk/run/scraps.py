@@ -10,7 +10,7 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['SCRAP_MIME_PREFIX', 'SCRAP_VERSION', 'PNG_SIGNATURE', 'scrap_mime', 'ScrapError', 'to_jsonable', 'scrap_bundle',
-           'record', 'figure_png', 'figure_bundle', 'record_figure', 'read_scraps', 'read_displays']
+           'record', 'record_blocks', 'figure_png', 'figure_bundle', 'record_figure', 'read_scraps', 'read_displays']
 
 # %% ../../nbs/run/70_scraps.ipynb #040f9f96
 SCRAP_MIME_PREFIX = 'application/scrapbook.scrap'
@@ -74,6 +74,13 @@ def record(name: str, value: Any) -> None:
     from IPython.display import display
     data, md = scrap_bundle(name, value)
     display(data, metadata=md, raw=True)
+
+# %% ../../nbs/run/70_scraps.ipynb #fa2c1b71
+def record_blocks(blocks: dict) -> list[str]:
+    "Record every block of `blocks` ({name: value}) whose value is not None; the names recorded."
+    names = [k for k, v in blocks.items() if v is not None]
+    for k in names: record(k, blocks[k])
+    return names
 
 # %% ../../nbs/run/70_scraps.ipynb #02717bce
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
