@@ -2,12 +2,13 @@
 
 Every test works in tmp_path (its own runs/ and reports/), never in the project's runs/ or reports/.
 """
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, pqk_argv as pqk_args, run_pqk as pqk, run_python
+
 TPL = ROOT / 'tests' / 'templates'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -38,14 +39,6 @@ template: {tpl}
 # {card_id} — test card
 """
     p = tmp / f'{card_id}.md'; p.write_text(text); return p
-
-
-def pqk_args(*args):
-    return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
-
-
-def pqk(*args, timeout=180):
-    return subprocess.run(pqk_args(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def run_dirs(runs: Path, card_id: str):
@@ -232,7 +225,7 @@ def test_run_method_adhoc_copies_log(tmp_path):
             f"r = run_method('eval', workload={str(ROOT / 'configs' / 'workload.yaml')!r}, eval={str(ROOT / 'configs' / 'eval.yaml')!r}, "
             f"log={str(log)!r}, runs_dir={str(runs)!r}, reports_dir={str(reps)!r}, template={str(TPL / 'fake_run.ipynb')!r}, "
             "progress=False); sys.exit(0 if r['status'] == 'passed' else 1)")
-    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    r = run_python(code, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     rec = validate_log(json.loads(log.read_text()))
     [rd] = run_dirs(runs, 'adhoc-eval')

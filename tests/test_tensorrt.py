@@ -2,7 +2,7 @@
 per-layer precision, outputs against ONNX Runtime, the timing cache, an engine that cannot be loaded, and an edge
 measurement through the tensorrt backend with GPU compute time. Runs only where `tensorrt` imports and a CUDA GPU
 exists; everywhere else every test is reported as skipped with that reason."""
-import json, warnings
+import json
 from pathlib import Path
 import pytest, torch
 from pqk.export.tensorrt import tensorrt_status
@@ -14,22 +14,10 @@ pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 @pytest.fixture(scope='module')
 def onnx_file(tmp_path_factory):
     from pqk.models.dust3r import make_model
-    from pqk.export.ort import PAIR_INPUTS, PAIR_OUTPUTS
-    d = tmp_path_factory.mktemp('trt')
+    from pqk.export.onnx import export_graph
     torch.manual_seed(0)
     m = make_model('tiny_dpt').eval()
-
-    class Pair(torch.nn.Module):
-        def __init__(s, m): super().__init__(); s.m = m
-        def forward(s, a, b):
-            r1, r2 = s.m(dict(img=a), dict(img=b))
-            return r1['pts3d'], r1['conf'], r2['pts3d_in_other_view'], r2['conf']
-    x = torch.zeros(1, 3, 64, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(Pair(m), (x, x), str(d / 'tiny.onnx'), dynamo=False, opset_version=18,
-                          input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS))
-    return d / 'tiny.onnx', m
+    return export_graph(m, tmp_path_factory.mktemp('trt') / 'tiny.onnx', [1, 3, 64, 64]), m
 
 
 def _rel(a, b): return float((a - b).abs().max() / b.abs().max())
