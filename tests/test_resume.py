@@ -16,15 +16,15 @@ from conftest import (ROOT, make_project, pqk_argv, pqk_env, run_pqk, tiny_check
 
 @pytest.fixture(scope='module')
 def card(tmp_path_factory):
-    "A K card on a tiny teacher and tiny data: 240 steps at 64 px, a checkpoint every 40 steps, 2 evaluation pairs."
+    "A K card on a tiny teacher and tiny data: 60 steps at 64 px, a checkpoint every 10 steps, 2 evaluation pairs."
     d = make_project(tmp_path_factory.mktemp('proj') / 'proj')
     teacher = tiny_checkpoint(d / 'teacher.pt', dict(enc_embed_dim=32, enc_depth=3, enc_num_heads=2, dec_embed_dim=32,
                                                      dec_depth=3, dec_num_heads=2, head_type='linear'))
     def dc(x):
-        x['train'].update(steps=240, batch_pairs=1, warmup_steps=2, lr=1e-3, res=64,
+        x['train'].update(steps=60, batch_pairs=1, warmup_steps=2, lr=1e-3, res=64,
                           train_data={'seed': 0, 'n_scenes': 2, 'views_per_scene': 2},
                           val_data={'seed': 900, 'n_scenes': 1, 'views_per_scene': 2})
-        x['checkpoint'] = {'every_steps': 40, 'eval_every_steps': 120, 'keep_last': 2}
+        x['checkpoint'] = {'every_steps': 10, 'eval_every_steps': 30, 'keep_last': 2}
         x['student'].update(reduction=0.3, reduce='depth', init='teacher')
     w, e = tiny_contracts(d / 'configs')
     c = yaml_copy(ROOT / 'configs/distill.yaml', d / 'configs' / 'distill.yaml', dc)
@@ -54,7 +54,7 @@ def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
     runs = tmp_path / 'cut'
     p = subprocess.Popen(pqk_argv('run', card, '--runs-dir', runs, *common), cwd=ROOT,
                          env=pqk_env(Path(card).parents[1]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_until(lambda: list(runs.glob('*/train/checkpoints/ckpt_000040.pt')), 'the first checkpoint', p, limit=300)
+    wait_until(lambda: list(runs.glob('*/train/checkpoints/ckpt_000010.pt')), 'the first checkpoint', p, limit=300)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     d_cut, r_cut = _log(runs)
