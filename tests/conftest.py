@@ -1,7 +1,9 @@
 """Shared scaffolding of the process-boundary tests: the `pqk` command in a child process, tiny copies of the contracts,
 a tiny checkpoint and its pair export, a small project, a sentinel folder, and waiting on a child process.
 
-Markers: `slow` (a test over ~60 s on an idle 2-core machine; `pytest -m "not slow"` is the inner loop)."""
+Marker `slow`: a test that runs a template notebook or trains, evaluates or exports a model in a child process, and
+the heaviest notebooks (tests/test_notebooks.py, SLOW): each over ~5 s on the shared 2-core machine. `pytest -m "not
+slow"` is the inner loop; real timing belongs in benchmarks, never in an assertion (inject a clock)."""
 import os, shutil, subprocess, sys, time
 from pathlib import Path
 

@@ -12,6 +12,7 @@ import pytest
 from conftest import run_python
 from synthetic_runs import make_runs
 
+pytestmark = pytest.mark.slow
 N = int(os.environ.get('PQK_SCALE_N', '10000'))
 LIMIT_S, LIMIT_MB = 10.0, 500.0
 

@@ -2,8 +2,11 @@
 300-step progress bar, then the record is moved elsewhere and its notebook re-executed there."""
 import json, shutil
 
+import pytest
 from conftest import run_pqk, run_python
 from test_runner import make_card, run_dirs
+
+pytestmark = pytest.mark.slow
 
 
 def _outputs(nb: dict, name: str) -> list[str]:

@@ -2,6 +2,7 @@
 int8, the compile row switched off), its printed table and its JSON; a missing checkpoint is one clear error line."""
 import json
 
+import pytest
 from conftest import run_pqk
 
 
@@ -10,6 +11,7 @@ def _pqk(*args, timeout=900):
     return r.returncode, r.stdout[-4000:] + r.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_bench_cli(tmp_path, tiny_ckpt):
     rc, out = _pqk('bench', '--ckpt', tiny_ckpt, '--no-compile', '--warmup', 0, '--repeats', 2,
                    '--min-seconds', 0, '--threads', 1, '--out', tmp_path / 'b.json')

@@ -60,7 +60,8 @@ def _get(url, token=None):
     except OSError: return None, b''                            # not listening (yet)
 
 
-@pytest.mark.parametrize('sig', ['SIGTERM', 'SIGINT', 'SIGHUP'])
+@pytest.mark.parametrize('sig', ['SIGTERM', pytest.param('SIGINT', marks=pytest.mark.slow),
+                                 pytest.param('SIGHUP', marks=pytest.mark.slow)])
 def test_lab_token_private_and_stop(tmp_path, sig):
     from pqk.run.explore import free_port
     if not Path('/proc/self/cmdline').exists(): pytest.skip('needs /proc')
@@ -152,6 +153,7 @@ def test_ckpt_names_reach_the_library(tmp_path, monkeypatch):
     assert not (tmp_path / 'runs').exists() and not list(tmp_path.glob('*.onnx'))
 
 
+@pytest.mark.slow
 def test_edge_eval_ckpt_demo(tmp_path):
     "The real command: `pqk edge-eval --ckpt demo` times the demo teacher (it failed with '<cwd>/demo' before)."
     import json
@@ -202,6 +204,7 @@ def test_export_refuses_a_destructive_out(tmp_path):
         assert _state(tmp_path) == before, out                           # nothing created, nothing changed
 
 
+@pytest.mark.slow
 def test_export_force_replaces_an_onnx_and_removes_dead_temps(tmp_path):
     import onnx
     d = tmp_path / 'out'; d.mkdir()
@@ -217,6 +220,7 @@ def test_export_force_replaces_an_onnx_and_removes_dead_temps(tmp_path):
     assert sorted(p.name for p in d.glob('.tmp-*')) == [live.name]
 
 
+@pytest.mark.slow
 def test_export_sigterm_leaves_the_old_target_and_no_temp(tmp_path):
     d = tmp_path / 'out'; d.mkdir()
     old = _tiny_onnx(d / 'model.onnx')

@@ -34,6 +34,7 @@ def _run(args, timeout=300, ok=True):
 
 def _result(out): return json.loads((Path(out) / 'result.json').read_text())
 
+@pytest.mark.slow
 def test_resume_bit_exact(tmp_path, teacher):
     _run(_args(tmp_path / 'full', teacher))
     _run(_args(tmp_path / 'cut', teacher, TINY, '--stop-after', 2))
@@ -48,6 +49,7 @@ def test_resume_bit_exact(tmp_path, teacher):
     pa, pb = sa['extra']['projections'], sb['extra']['projections']
     for k in pa: assert torch.equal(pa[k], pb[k]), k
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(tmp_path, teacher):
     from pqk.train.loop import torchrun
     cfg = {**TINY, 'train': {**TINY['train'], 'steps': 2},
@@ -59,6 +61,7 @@ def test_torchrun_two_processes_gloo(tmp_path, teacher):
     r = _result(tmp_path / 'ddp')
     assert r['status'] == 'completed' and r['world'] == 2 and r['step'] == 2
 
+@pytest.mark.slow
 def test_torchrun_stop_loss_on_every_rank(tmp_path, teacher):
     "Under DDP the stop-loss decision is shared: both ranks stop at the same step and leave the process group."
     from pqk.train.loop import torchrun
@@ -68,20 +71,24 @@ def test_torchrun_stop_loss_on_every_rank(tmp_path, teacher):
     assert (r['status'], r['step'], r['world']) == ('stopped', 0, 2) and r['reason'].startswith('stop-loss at step 0')
     assert '(2 devices)' in r['reason'] and r['device_kind'] == 'cpu'
 
+@pytest.mark.slow
 def test_forced_nan_stops(tmp_path, teacher):
     _run(_args(tmp_path / 'nan', teacher, TINY, '--debug-nan-at-step', 1))
     r = _result(tmp_path / 'nan')
     assert r['status'] == 'stopped' and 'non-finite loss' in r['reason'] and 'step 1' in r['reason'] and r['step'] == 1
 
+@pytest.mark.slow
 def test_over_budget_stops(tmp_path, teacher):
     _run(_args(tmp_path / 'budget', teacher, TINY, '--gpu-hours-budget', 1e-9))
     r = _result(tmp_path / 'budget')
     assert r['status'] == 'stopped' and 'stop-loss' in r['reason'] and r['step'] < 4
 
+@pytest.mark.slow
 def test_bad_resume_path_is_clear(tmp_path, teacher):
     p = _run(_args(tmp_path / 'x', teacher, TINY, '--resume', tmp_path / 'missing.pt'), ok=False)
     assert p.returncode != 0 and 'missing.pt not found' in p.stderr
 
+@pytest.mark.slow
 def test_run_distill_template_end_to_end(tmp_path, teacher):
     """`pqk run-distill` on a tiny config: the template trains, exports and evaluates; the log validates. Drops are
     measured against the teacher with a threshold of 0.001 %: a student with fewer blocks differs from it after 4
@@ -131,6 +138,7 @@ def _no_cadence(steps, **ckpt):
     return {**TINY, 'train': {**TINY['train'], 'steps': steps},
             'checkpoint': {'every_steps': 0, 'every_seconds': 0, 'eval_every_steps': 0, 'keep_last': 2, **ckpt}}
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_resume_finishes(tmp_path, teacher):
     """A real SIGTERM to `python -m pqk.compress.distill` while it trains (no checkpoint cadence): a stopped result and
     a resumable checkpoint of the step it reached; resuming from it finishes the run."""
@@ -164,6 +172,7 @@ def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_resume_finishes(tmp
     assert (b['status'], b['step'], b['signal']) == ('completed', k + 2, None)
     assert b['history'][:k] == first and len(b['history']) == k + 2
 
+@pytest.mark.slow
 def test_torchrun_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, teacher):
     """Under DDP only rank 1 gets SIGTERM (the test hook, during step 2): both ranks stop after step 2, rank 0 writes
     that step's checkpoint and a stopped result naming another rank."""
@@ -181,6 +190,7 @@ def test_torchrun_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_pat
     ck = torch.load(tmp_path / 'ddp' / 'checkpoints' / 'ckpt_000002.pt', weights_only=True)
     assert ck['step'] == 2 and ck['train']['world'] == 2
 
+@pytest.mark.slow
 def test_sigterm_to_the_kernels_process_group_stops_torchrun_workers(tmp_path, teacher):
     """What `pqk run` does on a stop: SIGTERM to the process group of the kernel that runs `train_student(nproc=2)`.
     The kernel stands in here as a Python process in its own session; it survives, torchrun's agent passes the signal
@@ -212,6 +222,7 @@ print(json.dumps({{k: r[k] for k in ('status', 'reason', 'step', 'world', 'signa
     assert r['last_checkpoint'] == f'checkpoints/ckpt_{k:06d}.pt' and (out / r['last_checkpoint']).is_file()
     assert torch.load(out / r['last_checkpoint'], weights_only=True)['step'] == k
 
+@pytest.mark.slow
 def test_run_distill_template_stopped_by_sigterm_keeps_its_numbers(tmp_path, teacher):
     """`pqk run-distill` whose training gets SIGTERM during step 2 (the test hook, in the kernel): no evaluation, a
     `stopped` log that keeps the training block, the resumable checkpoint and the reason."""

@@ -10,6 +10,8 @@ import pytest
 
 from conftest import run_pqk
 
+pytestmark = pytest.mark.slow
+
 # Orin NX lines (JetPack 5 format) at 500 ms: VDD_IN 6, 8, 10 and 8 W; one line cut off and one foreign line.
 LINE = ('04-21-2024 09:52:{s:02d} RAM 3421/15656MB (lfb 1050x4MB) SWAP 0/7828MB (cached 0MB) CPU [21%@1984,11%@1984,'
         'off,off] EMC_FREQ 9%@3199 GR3D_FREQ 93%@[918] cpu@50.5C gpu@51.4C tj@{tj}C VDD_IN {mw}mW/{mw}mW '

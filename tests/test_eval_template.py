@@ -7,6 +7,8 @@ from PIL import Image
 
 from conftest import FAST_LATENCY, ROOT, run_pqk, yaml_copy
 
+pytestmark = pytest.mark.slow
+
 def _manifest(tmp: Path, res=384):
     from pqk.data.scenes import synthetic_dataset
     scenes = synthetic_dataset(1500, 2, 2, res, cache_dir=False)

@@ -117,6 +117,7 @@ def _manifest(tmp: Path, size: int = 64, valid: bool = True) -> Path:
     return mf
 
 
+@pytest.mark.slow
 def test_nan_checkpoint_fails_with_the_reason(tmp_path):
     import torch
     from pqk.models.dust3r import make_model
@@ -132,6 +133,7 @@ def test_nan_checkpoint_fails_with_the_reason(tmp_path):
     assert r.returncode != 0 or log['status'] == 'failed', r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_eval_set_without_a_valid_pixel_fails_with_the_count(tmp_path):
     wl = _workload(tmp_path, source='manifest', paths=[str(_manifest(tmp_path, valid=False))])
     pqk('run-eval', '--workload', wl, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
@@ -140,6 +142,7 @@ def test_eval_set_without_a_valid_pixel_fails_with_the_count(tmp_path):
     assert log['status'] in ('failed', 'error') and '0 of' in why and 'pixels are valid' in why, (log['status'], why)
 
 
+@pytest.mark.slow
 def test_tiny_image_is_a_clear_error(tmp_path):
     wl = _workload(tmp_path, source='manifest', paths=[str(_manifest(tmp_path, size=4))])
     pqk('run-eval', '--workload', wl, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
@@ -226,6 +229,7 @@ print(json.dumps({"n": len(tr), "skipped": tr.skipped, "summary": ps, "peak_rss_
 # ever waited for (a pqk run of an earlier test), not this one
 
 
+@pytest.mark.slow
 def test_hostile_100mb_power_log_is_replayed_in_bounded_memory(tmp_path):
     "100 MB: a 10 MB line, 10 MB of 8 KB lines, and 80 MB of good lines (~200,000) mixed with bad and garbage ones."
     line = ('04-21-2024 09:52:{s:02d} RAM 3421/15656MB (lfb 1050x4MB) SWAP 0/7828MB (cached 0MB) CPU [21%@1984,'

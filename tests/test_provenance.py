@@ -68,6 +68,7 @@ def fake_run_folder(parent: Path, run_id: str, status='passed', art=b'weights') 
 
 # --- 2. artefact hashes at birth, checked at use: the chain A1 -> KQ_D1 ---------------------------------------------
 
+@pytest.mark.slow
 def test_chain_logs_the_verified_hash_and_refuses_an_edited_upstream(tmp_path, pqk_cmd):
     runs = tmp_path / 'runs'
     a1 = card(tmp_path, 'A1x', 'K', 'fake_chain.ipynb')
@@ -124,6 +125,7 @@ def test_upstream_log_without_hashes_is_refused(tmp_path, pqk_cmd):
 
 # --- 1. confinement, both ways -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_upstream_paths_stay_in_the_runs_folder(tmp_path, pqk_cmd, sentinel):
     runs = tmp_path / 'runs'; runs.mkdir()
     card(tmp_path, 'Kc', 'K', 'fake_chain.ipynb')
@@ -193,6 +195,7 @@ def test_card_paths_stay_in_the_project(tmp_path, pqk_cmd, sentinel):
     sentinel.check()
 
 
+@pytest.mark.slow
 def test_a_symlink_inside_the_project_that_points_out(tmp_project, pqk_cmd, sentinel):
     (sentinel.folder / 'eval.yaml').write_text((ROOT / 'configs' / 'eval.yaml').read_text()); sentinel.age()
     (tmp_project / 'configs' / 'mine.yaml').symlink_to(sentinel.folder / 'eval.yaml')
@@ -269,6 +272,7 @@ def _advised(reason: str) -> list:
     return argv[1:]
 
 
+@pytest.mark.slow
 def test_stop_keeps_numbers_and_the_advice_resumes(tmp_path):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'S1_stop', 'K', 'fake_stop.ipynb')
@@ -286,6 +290,7 @@ def test_stop_keeps_numbers_and_the_advice_resumes(tmp_path):
     assert (d / 'resumed.marker').is_file() and log2['training']['status'] == 'completed'
 
 
+@pytest.mark.slow
 def test_sigterm_is_forwarded_and_the_template_records_what_it_has(tmp_path):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'S2_stop', 'K', 'fake_stop.ipynb')
@@ -298,6 +303,7 @@ def test_sigterm_is_forwarded_and_the_template_records_what_it_has(tmp_path):
     assert log['efficiency']['latency_p50_ms'] == 5.0
 
 
+@pytest.mark.slow
 def test_resume_refuses_edited_inputs_and_a_second_writer(tmp_path):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'S3_stop', 'K', 'fake_stop.ipynb')
@@ -333,6 +339,7 @@ def test_resume_refuses_edited_inputs_and_a_second_writer(tmp_path):
         'S3_stop.attempt1.html', 'S3_stop.attempt1.ipynb', 'log.attempt1.json']
 
 
+@pytest.mark.slow
 def test_method_command_stop_advises_its_own_resume(tmp_path):
     runs = tmp_path / 'runs'
     with open(tmp_path / 'out.txt', 'w') as f:
@@ -352,6 +359,7 @@ def test_method_command_stop_advises_its_own_resume(tmp_path):
 
 # --- 13. one meaning per exit status and word ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_exit_status_and_words(tmp_path, pqk_cmd):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'X1', 'K')

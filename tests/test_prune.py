@@ -16,6 +16,7 @@ def tiny(tmp_path_factory):
                                 dec_num_heads=2, head_type='dpt', dpt_feature_dim=16, dpt_layer_dims=(8, 16, 16, 32),
                                 img_size=(64, 64)))
 
+@pytest.mark.slow
 def test_pruned_checkpoint_reloads_without_pruning_code(tmp_path, tiny):
     from pqk.models.checkpoints import load_checkpoint, save_checkpoint
     from pqk.compress.prune import prune_config, prune_run
@@ -27,7 +28,10 @@ def test_pruned_checkpoint_reloads_without_pruning_code(tmp_path, tiny):
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 1, 3, 64, 64, generator=g) * 2 - 1
     torch.save(x, tmp_path / 'x.pt')
-    with torch.no_grad(): want = r['model'].eval().forward_features({'img': x[0]}, {'img': x[1]})['head1']
+    threads = torch.get_num_threads(); torch.set_num_threads(1)   # as in the child (pqk_env): bit-equal outputs
+    try:
+        with torch.no_grad(): want = r['model'].eval().forward_features({'img': x[0]}, {'img': x[1]})['head1']
+    finally: torch.set_num_threads(threads)
     code = f"""
 import sys, torch
 from pqk.models.checkpoints import load_checkpoint
@@ -60,6 +64,7 @@ def _run_prune(tmp_path, tiny, prune_edit, *params, ev=None):
     assert log.is_file(), p.stdout[-3000:] + p.stderr[-3000:]
     return p, json.loads(log.read_text()), next((tmp_path / 'runs').iterdir())
 
+@pytest.mark.slow
 def test_run_prune_template_end_to_end(tmp_path, tiny):
     """`pqk run-prune`: 2 rounds of prune -> fine-tune, pruned_best.pt, evaluation, side-by-side costs; a valid log.
     Drops are measured against the teacher (the unpruned model) with a threshold of 0.001 %: a model with half its
@@ -89,6 +94,7 @@ def test_run_prune_template_end_to_end(tmp_path, tiny):
     m = load_checkpoint(run_dir / 'pruned_best.pt')
     assert sum(t.numel() for t in m.parameters()) == pr['params_after']
 
+@pytest.mark.slow
 def test_run_prune_bad_ratio_fails_with_a_clear_error(tmp_path, tiny):
     "A ratio that would remove every head: the run fails before pruning, the log says which field and value."
     def edit(d): d['targets'] = {'heads': 0.9}
@@ -98,6 +104,7 @@ def test_run_prune_bad_ratio_fails_with_a_clear_error(tmp_path, tiny):
     assert 'every head' in rec['reason']
     assert not (run_dir / 'pruned_best.pt').exists() and not (run_dir / 'prune').exists()
 
+@pytest.mark.slow
 def test_run_prune_template_stopped_by_sigterm_keeps_its_numbers(tmp_path, tiny):
     """SIGTERM during step 1 of round 1's fine-tune (the test hook, in the kernel): the fine-tune stops there with its
     checkpoint; nothing is saved or evaluated; the `stopped` log keeps the pruning and training blocks."""

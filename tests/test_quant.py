@@ -76,6 +76,7 @@ def _b1_card(tiny: Path, proj: Path, cid: str, quant=None) -> Path:
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
 
 
+@pytest.mark.slow
 def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     "B1 on the tiny setting with a threshold no PTQ can meet: QAT runs; PTQ and QAT, exports, sizes in one log."
     proj = make_project(tmp_path / 'proj')
@@ -147,6 +148,7 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     """B1 with a threshold PTQ misses, QAT stopped by SIGTERM during step 1 (the test hook, in the kernel): QAT leaves
     its checkpoint, nothing after QAT runs, and the `stopped` log keeps PTQ's quality and quantization numbers, the
@@ -214,6 +216,7 @@ def _run_card(card, runs):
     return json.loads(logs[-1].read_text()), logs[-1].parent
 
 
+@pytest.mark.slow
 def test_chains_latest_named_missing(tmp_path):
     "K → P → Q through `upstream:`: latest, a named run, the three-run list in the last log, a missing upstream."
     import hashlib
@@ -255,6 +258,7 @@ def _fake_modelopt(d: Path) -> Path:
     return d / 'fake_site'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('case', ['weight_bits', 'op_types', 'empty_calibration', 'not_dust3r', 'modelopt_missing'])
 def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
     "Each bad input ends in a failed log whose error names the field and the value."
@@ -286,6 +290,7 @@ def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
     assert all(w in rec['error'] for w in want), rec['error']
 
 
+@pytest.mark.slow
 def test_export_cli(tiny, tmp_path):
     "`pqk export` writes a checked ONNX at the contract shape; a bad precision is a usage error."
     p = run_pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'fp32', '--out', tmp_path / 'm.onnx',

@@ -45,6 +45,7 @@ def _log(runs: Path) -> tuple[Path, dict]:
     (d,) = [p for p in runs.iterdir() if p.is_dir()]
     return d, json.loads((d / 'log.json').read_text())
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
     common = ['--no-aggregate', '--param', 'train_res=64', '--param', 'progress=false']
     full = _run(card, '--runs-dir', tmp_path / 'full', *common)

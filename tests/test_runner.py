@@ -73,6 +73,7 @@ def check_reports(reps: Path, n_runs: int, kinds: list[str]) -> dict:
     return sj
 
 
+@pytest.mark.slow
 def test_run_card_end_to_end(tmp_path):
     from pqk.core.logschema import validate_log
     from pqk.run.scraps import read_scraps
@@ -103,6 +104,7 @@ def test_run_card_end_to_end(tmp_path):
     assert '| E9_fake | eval | 1 | 1 | 0 | 0 |' in md, md
 
 
+@pytest.mark.slow
 def test_failing_template_gives_failed_log_and_keeps_notebook(tmp_path):
     from pqk.core.logschema import validate_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
@@ -125,6 +127,7 @@ def test_failing_template_gives_failed_log_and_keeps_notebook(tmp_path):
     assert sj['runs'][0]['status'] == 'failed'
 
 
+@pytest.mark.slow
 def test_missing_template_and_bad_card(tmp_path):
     from pqk.core.logschema import validate_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
@@ -151,6 +154,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_log_and_aggregate_still_works(tmp_path):
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     r = pqk('run', make_card(tmp_path, 'E9_fake'), '--runs-dir', runs, '--reports-dir', reps)
@@ -183,6 +187,7 @@ def test_killed_run_leaves_no_log_and_aggregate_still_works(tmp_path):
     assert [x['task_card'] for x in sj['runs']] == ['E9_fake'] and sj['skipped'] == []
 
 
+@pytest.mark.slow
 def test_two_cards_at_once_both_land_in_reports(tmp_path):
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     cards = [make_card(tmp_path, 'C1_conc', kind='K'), make_card(tmp_path, 'C2_conc', kind='Q')]
@@ -217,6 +222,7 @@ def test_invalid_logs_are_reported_and_skipped(tmp_path):
     assert sorted(Path(s['file']).parent.name for s in sj['skipped']) == ['bad_status', 'future', 'truncated']
 
 
+@pytest.mark.slow
 def test_run_method_adhoc_copies_log(tmp_path):
     "The per-method path (pqk run-eval …) with an explicit template: task_card adhoc-eval, log copied to --log."
     from pqk.core.logschema import validate_log
