@@ -1,4 +1,10 @@
-import os, shutil, subprocess, sys
+"""Shared scaffolding of the process-boundary tests: the `pqk` command in a child process, tiny copies of the contracts,
+a tiny checkpoint and its pair export, a small project, a sentinel folder, and waiting on a child process.
+
+Marker `slow`: a test that runs a template notebook or trains, evaluates or exports a model in a child process, and
+the heaviest notebooks (tests/test_notebooks.py, SLOW): each over ~5 s on the shared 2-core machine. `pytest -m "not
+slow"` is the inner loop; real timing belongs in benchmarks, never in an assertion (inject a clock)."""
+import os, shutil, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -10,6 +16,99 @@ os.environ.setdefault('PQK_ROOT', str(ROOT))
 # a prediction 10-20x slower (measured: 12.9 s against 0.67 s for 4 pairs of a tiny model at load ~8).
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
+
+
+# ---------------------------------------------------------------------------------------------------- child processes
+def pqk_env(project: Path | None = None, **extra) -> dict:
+    """The environment of a `pqk` subprocess: this checkout's pqk, one thread, `project` as PQK_ROOT, `extra` on top
+    (a variable whose value is None is left out)."""
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT)}
+    if project is not None: env['PQK_ROOT'] = str(project)
+    env.update(extra)
+    return {k: str(v) for k, v in env.items() if v is not None}
+
+
+def pqk_argv(*args, module: str = 'pqk.run.cli') -> list:
+    "The command line of `pqk ARGS` (or of `python -m MODULE ARGS`) with this interpreter."
+    return [sys.executable, '-m', module, *map(str, args)]
+
+
+def run_pqk(*args, project=None, cwd=ROOT, timeout: float = 240, env: dict | None = None,
+            module: str = 'pqk.run.cli') -> subprocess.CompletedProcess:
+    """Run `pqk ARGS` (or `python -m MODULE ARGS`) in a child process and return its CompletedProcess (text stdout and
+    stderr). cwd: the checkout; `project`: its PQK_ROOT; `env`: variables added to `pqk_env`."""
+    return subprocess.run(pqk_argv(*args, module=module), cwd=cwd, env=pqk_env(project, **(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_python(code: str, *args, cwd=ROOT, timeout: float = 120, env: dict | None = None,
+               project=None) -> subprocess.CompletedProcess:
+    "Run `python -c CODE ARGS` in a child process with `pqk_env` (plus `env`); the CompletedProcess."
+    return subprocess.run([sys.executable, '-c', code, *map(str, args)], cwd=cwd, env=pqk_env(project, **(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def pqk_cmd():
+    "`run_pqk`: run `pqk ARGS` in a subprocess (cwd: the checkout; `project=`: its PQK_ROOT); the CompletedProcess."
+    return run_pqk
+
+
+def wait_until(cond, what: str, proc=None, limit: float = 240, log: Path | None = None, poll: float = 0.05):
+    """Poll `cond()` until it returns something true and return that; fail naming `what` when `proc` exits first or
+    after `limit` seconds. The limit only bounds a wait (so that a hung child fails the test): nothing is timed."""
+    end = time.monotonic() + limit
+    tail = lambda: ('\n' + log.read_text()[-3000:]) if log and Path(log).is_file() else ''
+    while True:
+        v = cond()
+        if v: return v
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f'{what}: the process ended first (exit {proc.returncode}){tail()}')
+        if time.monotonic() > end: pytest.fail(f'{what}: not within {limit:.0f} s{tail()}')
+        time.sleep(poll)
+
+
+# ---------------------------------------------------------------------------------------------------- contracts
+def edit_dict(d: dict, edit) -> dict:
+    """Apply `edit` to the dict `d` in place: a function of the dict, or {'dotted.key': value} (a dict value updates
+    the mapping there, any other value replaces it), or None."""
+    if callable(edit): edit(d)
+    else:
+        for key, value in (edit or {}).items():
+            *parents, last = key.split('.')
+            cur = d
+            for k in parents: cur = cur.setdefault(k, {})
+            if isinstance(value, dict) and isinstance(cur.get(last), dict): cur[last].update(value)
+            else: cur[last] = value
+    return d
+
+
+def yaml_copy(src: Path, dst: Path, *edits) -> Path:
+    "Copy the YAML config `src` to `dst` with `edits` applied in turn (see `edit_dict`), keeping its first line."
+    import yaml
+    text = Path(src).read_text()
+    d = yaml.safe_load(text)
+    for e in edits: edit_dict(d, e)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    Path(dst).write_text(text.splitlines()[0] + '\n' + yaml.safe_dump(d, sort_keys=False))
+    return Path(dst)
+
+
+TINY_WORKLOAD = {'data.eval.synthetic': {'n_scenes': 1, 'views_per_scene': 2, 'n_pairs': 2}}
+FAST_LATENCY = {'efficiency.latency': {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}}
+
+
+def tiny_contracts(folder: Path, workload=None, eval=None) -> tuple[Path, Path]:
+    """`folder/workload.yaml` and `folder/eval.yaml`: the project's contracts with 2 evaluation pairs (1 scene of 2
+    views) and a latency protocol of 1 warm-up and 2 timed calls, then the edits `workload` and `eval` (`edit_dict`)."""
+    return (yaml_copy(ROOT / 'configs' / 'workload.yaml', Path(folder) / 'workload.yaml', TINY_WORKLOAD, workload),
+            yaml_copy(ROOT / 'configs' / 'eval.yaml', Path(folder) / 'eval.yaml', FAST_LATENCY, eval))
+
+
+@pytest.fixture
+def contracts(tmp_path):
+    "(workload, eval): `tiny_contracts(tmp_path / 'contracts')`."
+    return tiny_contracts(tmp_path / 'contracts')
 
 
 def make_project(proj: Path) -> Path:
@@ -29,26 +128,34 @@ def tmp_project(tmp_path):
     return make_project(tmp_path / 'proj')
 
 
-def pqk_env(project: Path | None = None, **extra) -> dict:
-    "The environment of a `pqk` subprocess: this checkout's pqk, one thread, `project` as PQK_ROOT."
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT), **extra}
-    if project is not None: env['PQK_ROOT'] = str(project)
-    return env
+# ---------------------------------------------------------------------------------------------------- models
+def tiny_checkpoint(path: Path, model='tiny_linear', seed: int = 0, **fields) -> Path:
+    """A randomly initialised DUSt3R (a preset name, a config or its dict; `fields` replace config fields), built after
+    `torch.manual_seed(seed)` and saved as a pqk checkpoint at `path`."""
+    import torch
+    from pqk.models.dust3r import make_model
+    from pqk.models.checkpoints import save_checkpoint
+    torch.manual_seed(seed)
+    return save_checkpoint(make_model(model, **fields).eval(), path)
 
 
-def pqk_argv(*args) -> list:
-    return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
+@pytest.fixture(scope='session')
+def tiny_ckpt(tmp_path_factory) -> Path:
+    "The 'tiny_linear' preset (seed 0) as a pqk checkpoint, built once per session: do not modify it."
+    return tiny_checkpoint(tmp_path_factory.mktemp('tiny_ckpt') / 'tiny.pt')
 
 
-@pytest.fixture
-def pqk_cmd():
-    "Run `pqk ARGS` in a subprocess (cwd: the checkout; `project=`: its PQK_ROOT); returns the CompletedProcess."
-    def run(*args, project=None, cwd=ROOT, timeout=240, env=None):
-        return subprocess.run(pqk_argv(*args), cwd=cwd, env=env or pqk_env(project), capture_output=True, text=True,
-                              timeout=timeout)
-    return run
+@pytest.fixture(scope='session')
+def pair_onnx(tiny_ckpt, tmp_path_factory) -> Path:
+    "`tiny_ckpt` exported to ONNX as a pair model (img1, img2 -> four outputs) at the workload's input shape."
+    from pqk.core.contracts import load_workload
+    from pqk.models.checkpoints import load_checkpoint
+    from pqk.export.onnx import export_graph
+    out = tmp_path_factory.mktemp('pair_onnx') / 'tiny.onnx'
+    return export_graph(load_checkpoint(tiny_ckpt), out, load_workload().shape)
 
 
+# ---------------------------------------------------------------------------------------------------- confinement
 class Sentinel:
     """A folder outside the project and the runs folder whose files must be neither read nor written: `check()`
     compares names, sizes, modification and access times with the snapshot taken at creation (the access time only

@@ -6,13 +6,13 @@ wall time depends on what else runs and is printed (run `pytest -s tests/test_ag
 rebuild must stay under 10 CPU s, or under 3/4 of the cold one on a machine too slow for that (machines differ here:
 warm 5.05 s on one, 14.9 s on an AVX2-only EPYC).
 """
-import json, os, subprocess, sys, time
-from pathlib import Path
+import json, os, time
 
 import pytest
+from conftest import run_python
 from synthetic_runs import make_runs
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 N = int(os.environ.get('PQK_SCALE_N', '10000'))
 LIMIT_S, LIMIT_MB = 10.0, 500.0
 
@@ -27,8 +27,7 @@ print(f'RUSAGE {u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime:.2f} {u.ru_max
 def _aggregate(runs, reps) -> dict:
     "`pqk aggregate` in a child process (interpreter start and imports included): wall, CPU time and peak RSS."
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, '-c', _CHILD, str(runs), str(reps)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=900)
+    p = run_python(_CHILD, runs, reps, timeout=900)
     wall = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-2000:]
     cpu, kb = p.stdout.strip().splitlines()[-1].split()[1:]

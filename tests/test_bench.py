@@ -1,24 +1,19 @@
 """`pqk bench` end to end: a tiny checkpoint at the contract's shape through the CLI (torch eager rows, ORT fp32 and
 int8, the compile row switched off), its printed table and its JSON; a missing checkpoint is one clear error line."""
-import json, subprocess, sys
-from pathlib import Path
-import pytest, torch
+import json
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+from conftest import run_pqk
 
 
 def _pqk(*args, timeout=900):
-    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
+    r = run_pqk(*args, timeout=timeout)
     return r.returncode, r.stdout[-4000:] + r.stderr[-3000:]
 
 
-def test_bench_cli(tmp_path):
-    from pqk.models.dust3r import make_model
-    from pqk.models.checkpoints import save_checkpoint
-    torch.manual_seed(0)
-    save_checkpoint(make_model('tiny_linear').eval(), tmp_path / 'tiny.pt')
-    rc, out = _pqk('bench', '--ckpt', tmp_path / 'tiny.pt', '--no-compile', '--warmup', 0, '--repeats', 2,
+@pytest.mark.slow
+def test_bench_cli(tmp_path, tiny_ckpt):
+    rc, out = _pqk('bench', '--ckpt', tiny_ckpt, '--no-compile', '--warmup', 0, '--repeats', 2,
                    '--min-seconds', 0, '--threads', 1, '--out', tmp_path / 'b.json')
     assert rc == 0, out
     for label in ('torch eager', 'torch eager, plain Linear', 'ORT fp32', 'ORT int8 (dynamic)', 'load average'):

@@ -9,25 +9,12 @@
   leaves the old target and no temp file; a temp file of a dead pid is removed by the next export.
 
 Deadlines below only bound the waits: nothing asserts how long anything took."""
-import os, re, signal, socket, subprocess, sys, time, urllib.error, urllib.request
+import os, re, signal, socket, subprocess, sys, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PQK = [sys.executable, '-m', 'pqk.run.cli']
-
-
-def _wait(cond, deadline_s: float, what: str, proc=None, log=None):
-    "Poll `cond()` until it is true; fail naming `what` after `deadline_s` or when `proc` exits first."
-    end, tail = time.monotonic() + deadline_s, lambda: log.read_text()[-3000:] if log else ''
-    while True:
-        v = cond()
-        if v: return v
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f'{what}: the process exited ({proc.returncode}) first\n{tail()}')
-        if time.monotonic() > end: pytest.fail(f'{what}: not within {deadline_s:.0f} s\n{tail()}')
-        time.sleep(0.2)
+from conftest import ROOT, pqk_argv, run_pqk, wait_until
 
 
 # ---------------------------------------------------------------------------------------------------- pqk lab
@@ -73,7 +60,8 @@ def _get(url, token=None):
     except OSError: return None, b''                            # not listening (yet)
 
 
-@pytest.mark.parametrize('sig', ['SIGTERM', 'SIGINT', 'SIGHUP'])
+@pytest.mark.parametrize('sig', ['SIGTERM', pytest.param('SIGINT', marks=pytest.mark.slow),
+                                 pytest.param('SIGHUP', marks=pytest.mark.slow)])
 def test_lab_token_private_and_stop(tmp_path, sig):
     from pqk.run.explore import free_port
     if not Path('/proc/self/cmdline').exists(): pytest.skip('needs /proc')
@@ -84,17 +72,17 @@ def test_lab_token_private_and_stop(tmp_path, sig):
     port = free_port(20000 + os.getpid() % 5000)
     log = tmp_path / 'lab.log'
     with open(log, 'w') as out:
-        p = subprocess.Popen([*PQK, 'lab', '--port', str(port)], cwd=tmp_path, env=env, stdout=out,
+        p = subprocess.Popen(pqk_argv('lab', '--port', port), cwd=tmp_path, env=env, stdout=out,
                              stderr=subprocess.STDOUT)
     server = kernel = None
     try:
-        head = _wait(lambda: re.search(r'server pid (\d+).*\n  explorer: (\S+)', log.read_text()), 60,
-                     'pqk lab printed no server pid and URL', p, log)
+        head = wait_until(lambda: re.search(r'server pid (\d+).*\n  explorer: (\S+)', log.read_text()),
+                          'pqk lab printed no server pid and URL', p, 180, log, poll=0.2)
         server, url = int(head[1]), head[2]
         token = re.search(r'[?&]token=([0-9a-f]+)', url)[1]
         assert len(token) >= 32, url
         base = f'http://127.0.0.1:{port}'
-        _wait(lambda: _get(f'{base}/api/status', token)[0] == 200, 120, 'the server never answered', p, log)
+        wait_until(lambda: _get(f'{base}/api/status', token)[0] == 200, 'the server never answered', p, 180, log, 0.2)
         assert _get(f'{base}/api/status')[0] in (401, 403)                      # without the token: refused
         assert _get(f'{base}/api/status', 'f' * 48)[0] in (401, 403)            # with another token: refused
         code, body = _get(f'{base}/api/kernelspecs', token)
@@ -102,7 +90,7 @@ def test_lab_token_private_and_stop(tmp_path, sig):
         req = urllib.request.Request(f'{base}/api/kernels', data=b'{}', method='POST',
                                      headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'})
         with urllib.request.urlopen(req, timeout=60) as r: assert r.status == 201
-        kernel = _wait(lambda: _children(server), 60, 'no kernel process under the server', p, log)[0]
+        kernel = wait_until(lambda: _children(server), 'no kernel process under the server', p, 120, log, 0.2)[0]
         # the right processes, and the token reached the server through its environment (readable by its user only)
         assert b'jupyterlab' in Path(f'/proc/{server}/cmdline').read_bytes()
         assert f'JUPYTER_TOKEN={token}'.encode() in Path(f'/proc/{server}/environ').read_bytes()
@@ -112,9 +100,10 @@ def test_lab_token_private_and_stop(tmp_path, sig):
             cmdline = Path(f'/proc/{pid}/cmdline').read_bytes()
             assert token.encode() not in cmdline, (pid, cmdline)
         p.send_signal(getattr(signal, sig))
-        _wait(lambda: p.poll() is not None, 60, f'pqk lab still runs after {sig}')
-        _wait(lambda: _gone(server) and _gone(kernel) and _refuses(port), 60,
-              f'the server (pid {server}), its kernel (pid {kernel}) or port {port} outlived pqk lab after {sig}')
+        wait_until(lambda: p.poll() is not None, f'pqk lab still runs after {sig}', limit=120, poll=0.2)
+        wait_until(lambda: _gone(server) and _gone(kernel) and _refuses(port),
+                   f'the server (pid {server}), its kernel (pid {kernel}) or port {port} outlived pqk lab after {sig}',
+                   limit=120, poll=0.2)
         assert p.returncode == 0, log.read_text()[-3000:]
     finally:                                           # on a failure: nothing of this test is left running
         for pid in {server, kernel, *_mentioning(str(root))} - {None}:
@@ -164,12 +153,12 @@ def test_ckpt_names_reach_the_library(tmp_path, monkeypatch):
     assert not (tmp_path / 'runs').exists() and not list(tmp_path.glob('*.onnx'))
 
 
+@pytest.mark.slow
 def test_edge_eval_ckpt_demo(tmp_path):
     "The real command: `pqk edge-eval --ckpt demo` times the demo teacher (it failed with '<cwd>/demo' before)."
     import json
-    r = subprocess.run([*PQK, 'edge-eval', '--ckpt', 'demo', '--no-aggregate', '--min-pairs', '2', '--min-seconds',
-                        '0', '--power-sampler', 'none', '--runs-dir', tmp_path / 'runs', '--log', tmp_path / 'e.json'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = run_pqk('edge-eval', '--ckpt', 'demo', '--no-aggregate', '--min-pairs', '2', '--min-seconds', '0',
+                '--power-sampler', 'none', '--runs-dir', tmp_path / 'runs', '--log', tmp_path / 'e.json', timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rec = json.loads((tmp_path / 'e.json').read_text())
     assert rec['status'] == 'passed' and rec['edge_device']['timed_pairs'] >= 2, rec['reason']
@@ -193,8 +182,7 @@ def _state(d: Path) -> dict:
     return {str(p.relative_to(d)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(d.rglob('*')) if p.is_file()}
 
 
-def _export(*argv, timeout=600):
-    return subprocess.run([*PQK, 'export', *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _export(*argv, timeout=600): return run_pqk('export', *argv, timeout=timeout)
 
 
 def test_export_refuses_a_destructive_out(tmp_path):
@@ -216,6 +204,7 @@ def test_export_refuses_a_destructive_out(tmp_path):
         assert _state(tmp_path) == before, out                           # nothing created, nothing changed
 
 
+@pytest.mark.slow
 def test_export_force_replaces_an_onnx_and_removes_dead_temps(tmp_path):
     import onnx
     d = tmp_path / 'out'; d.mkdir()
@@ -231,15 +220,16 @@ def test_export_force_replaces_an_onnx_and_removes_dead_temps(tmp_path):
     assert sorted(p.name for p in d.glob('.tmp-*')) == [live.name]
 
 
+@pytest.mark.slow
 def test_export_sigterm_leaves_the_old_target_and_no_temp(tmp_path):
     d = tmp_path / 'out'; d.mkdir()
     old = _tiny_onnx(d / 'model.onnx')
     log = tmp_path / 'export.log'
     with open(log, 'w') as out:
-        p = subprocess.Popen([*PQK, 'export', '--ckpt', 'demo', '--out', str(d / 'model.onnx'), '--force'],
+        p = subprocess.Popen(pqk_argv('export', '--ckpt', 'demo', '--out', d / 'model.onnx', '--force'),
                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait(lambda: list(d.glob(f'.tmp-{p.pid}-*')), 300, 'the export never made its temp file', p, log)
+        wait_until(lambda: list(d.glob(f'.tmp-{p.pid}-*')), 'the export never made its temp file', p, 300, log, 0.2)
         p.send_signal(signal.SIGTERM)
         assert p.wait(120) == 130, log.read_text()[-3000:]
     finally:

@@ -1,15 +1,12 @@
 """`pqk devcheck` across a process boundary: PASS on the shipped contracts, and exit 1 naming field and value for each
 kind of broken contract. A hostile contract under 1 MB may cost at most 2 CPU s, or 8× a plain devcheck on a machine
 slow enough that 2 s is not that (a 150,000-item list took 2.1 s beside 0.45 s for the plain one on an AVX2 EPYC)."""
-import re, resource, subprocess, sys, time
-from pathlib import Path
+import re
 import pytest, yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CFG = ROOT / 'configs'
+from conftest import ROOT, run_pqk as pqk, run_python
 
-def pqk(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=60)
+CFG = ROOT / 'configs'
 
 _MEASURED = ('import resource, re, sys; from pqk.run.cli import main; rc = main(sys.argv[1:]); u = resource.getrusage('
              'resource.RUSAGE_SELF); hwm = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)); '
@@ -18,8 +15,7 @@ _MEASURED = ('import resource, re, sys; from pqk.run.cli import main; rc = main(
 
 def _cost(*args):
     "Run pqk in a child that reports its own CPU seconds and peak RSS (MiB): CPU time, not wall time (a shared machine)."
-    r = subprocess.run([sys.executable, '-c', _MEASURED, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = run_python(_MEASURED, *args)
     cpu, rss = map(float, re.search(r'COST (\S+) (\S+)', r.stderr).groups())
     return r, cpu, rss
 
@@ -55,7 +51,7 @@ def test_hostile_contract_under_1mb_is_cheap(tmp_path, case):
 
 def test_devcheck_imports_no_torch():
     code = 'import sys; from pqk.run.cli import main; main(["devcheck"]); assert "torch" not in sys.modules, "torch imported"'
-    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = run_python(code)
     assert r.returncode == 0, r.stderr
 
 def _write(tmp, name, text): p = tmp / f'{name}.yaml'; p.write_text(text); return p

@@ -4,11 +4,13 @@ replay's power numbers, computed here by hand, and no energy per pair: the log i
 ONNX Runtime backend on its export; a backend that is not installed gives a failed log that says why (a missing or
 malformed power log is tested in nbs/edge/63_power.ipynb, a hostile 100 MB one in tests/test_hostile.py).
 `pqk aggregate` puts the edge columns beside the efficiency columns."""
-import csv, json, subprocess, sys, warnings
+import csv, json, shutil
 from pathlib import Path
-import pytest, torch
+import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_pqk
+
+pytestmark = pytest.mark.slow
 
 # Orin NX lines (JetPack 5 format) at 500 ms: VDD_IN 6, 8, 10 and 8 W; one line cut off and one foreign line.
 LINE = ('04-21-2024 09:52:{s:02d} RAM 3421/15656MB (lfb 1050x4MB) SWAP 0/7828MB (cached 0MB) CPU [21%@1984,11%@1984,'
@@ -20,33 +22,15 @@ AVG_W, PEAK_W, SKIPPED = (6 + 8 + 10 + 8) / 4, 10.0, 2          # by hand from t
 
 
 def _pqk(*args, timeout=900):
-    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
+    r = run_pqk(*args, timeout=timeout)
     return r.returncode, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_ckpt, pair_onnx):
     "A tiny DUSt3R checkpoint and its ONNX export, at the workload's input shape."
-    from pqk.core.contracts import load_workload
-    from pqk.models.dust3r import make_model
-    from pqk.models.checkpoints import save_checkpoint
-    from pqk.export.ort import PAIR_INPUTS, PAIR_OUTPUTS
     d = tmp_path_factory.mktemp('edge')
-    torch.manual_seed(0)
-    m = make_model('tiny_linear').eval()
-    save_checkpoint(m, d / 'tiny.pt')
-
-    class Pair(torch.nn.Module):
-        def __init__(s, m): super().__init__(); s.m = m
-        def forward(s, a, b):
-            r1, r2 = s.m(dict(img=a), dict(img=b))
-            return r1['pts3d'], r1['conf'], r2['pts3d_in_other_view'], r2['conf']
-    x = torch.zeros(load_workload().shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        torch.onnx.export(Pair(m), (x, x), str(d / 'tiny.onnx'), dynamo=False, opset_version=18,
-                          input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS))
+    shutil.copy(tiny_ckpt, d / 'tiny.pt'); shutil.copy(pair_onnx, d / 'tiny.onnx')
     (d / 'tegrastats.log').write_text('\n'.join(REPLAY) + '\n')
     return d
 

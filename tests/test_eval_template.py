@@ -1,11 +1,13 @@
 """The real eval template (nbs/templates/run_eval.ipynb) through `pqk run-eval`, on a manifest of real-format files
 (PNG images, .npy depth, intrinsics, poses) written by the test: the log validates against the schema."""
-import json, subprocess, sys
+import json
 from pathlib import Path
-import numpy as np, pytest, yaml
+import numpy as np, pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import FAST_LATENCY, ROOT, run_pqk, yaml_copy
+
+pytestmark = pytest.mark.slow
 
 def _manifest(tmp: Path, res=384):
     from pqk.data.scenes import synthetic_dataset
@@ -23,19 +25,12 @@ def _manifest(tmp: Path, res=384):
 
 def test_run_eval_on_manifest(tmp_path):
     m = _manifest(tmp_path)
-    wl = yaml.safe_load((ROOT / 'configs' / 'workload.yaml').read_text())
-    wl['data']['eval'] = {'source': 'manifest', 'paths': [str(m)]}
-    wl['pair_graph']['symmetrize'] = False
-    first = (ROOT / 'configs' / 'workload.yaml').read_text().splitlines()[0]
-    (tmp_path / 'workload.yaml').write_text(first + '\n' + yaml.safe_dump(wl, sort_keys=False))
-    ev = yaml.safe_load((ROOT / 'configs' / 'eval.yaml').read_text())
-    ev['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
-    first = (ROOT / 'configs' / 'eval.yaml').read_text().splitlines()[0]
-    (tmp_path / 'eval.yaml').write_text(first + '\n' + yaml.safe_dump(ev, sort_keys=False))
+    def wl(d): d['data']['eval'] = {'source': 'manifest', 'paths': [str(m)]}; d['pair_graph']['symmetrize'] = False
+    w = yaml_copy(ROOT / 'configs' / 'workload.yaml', tmp_path / 'workload.yaml', wl)
+    e = yaml_copy(ROOT / 'configs' / 'eval.yaml', tmp_path / 'eval.yaml', FAST_LATENCY)
     log = tmp_path / 'out' / 'log.json'
-    r = subprocess.run([sys.executable, '-m', 'pqk.run.cli', 'run-eval', '--workload', str(tmp_path / 'workload.yaml'),
-                        '--eval', str(tmp_path / 'eval.yaml'), '--log', str(log), '--runs-dir', str(tmp_path / 'runs'), '--reports-dir', str(tmp_path / 'reports')],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = run_pqk('run-eval', '--workload', w, '--eval', e, '--log', log, '--runs-dir', tmp_path / 'runs',
+                '--reports-dir', tmp_path / 'reports', timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     from pqk.core.logschema import log_problems
     rec = json.loads(log.read_text())

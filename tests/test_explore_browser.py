@@ -16,6 +16,7 @@ import pytest
 from synthetic_runs import make_runs
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 IN_CI = bool(os.environ.get('CI') or os.environ.get('PQK_CI'))
 
 

@@ -4,21 +4,16 @@ Each case checks the *behaviour* a user sees: exit status, one clear line naming
 traceback unless `--debug`), a `failed` log with the reason for runs that started, nothing half-written, and reports
 that do not depend on the working directory. Cheap cases only: the run cases stop before any prediction.
 """
-import json, os, re, shutil, subprocess, sys
+import json, os, re, shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, run_pqk as pqk, run_python
+
 CFG = ROOT / 'configs'
-sys.path.insert(0, str(Path(__file__).parent))
-
-
-def pqk(*args, cwd=ROOT, env=None, timeout=240):
-    return subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=env)
 
 
 def one_clear_line(r, *words):
@@ -52,7 +47,7 @@ def test_checkpoint_asking_for_an_endless_model_is_refused_before_building(tmp_p
     ck = tmp_path / 'endless.pt'; torch.save(obj, ck)
     code = ('import sys; from pqk.models.checkpoints import load_checkpoint, CheckpointError\n'
             'try: load_checkpoint(sys.argv[1])\nexcept CheckpointError as e: print("REFUSED", e); sys.exit(3)')
-    r = subprocess.run([sys.executable, '-c', code, str(ck)], capture_output=True, text=True, timeout=60)
+    r = run_python(code, ck, timeout=60)
     assert r.returncode == 3 and 'REFUSED' in r.stdout and 'enc_depth' in r.stdout and '1000000' in r.stdout, \
         r.stdout + r.stderr
 
@@ -122,6 +117,7 @@ def _manifest(tmp: Path, size: int = 64, valid: bool = True) -> Path:
     return mf
 
 
+@pytest.mark.slow
 def test_nan_checkpoint_fails_with_the_reason(tmp_path):
     import torch
     from pqk.models.dust3r import make_model
@@ -137,6 +133,7 @@ def test_nan_checkpoint_fails_with_the_reason(tmp_path):
     assert r.returncode != 0 or log['status'] == 'failed', r.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_eval_set_without_a_valid_pixel_fails_with_the_count(tmp_path):
     wl = _workload(tmp_path, source='manifest', paths=[str(_manifest(tmp_path, valid=False))])
     pqk('run-eval', '--workload', wl, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
@@ -145,6 +142,7 @@ def test_eval_set_without_a_valid_pixel_fails_with_the_count(tmp_path):
     assert log['status'] in ('failed', 'error') and '0 of' in why and 'pixels are valid' in why, (log['status'], why)
 
 
+@pytest.mark.slow
 def test_tiny_image_is_a_clear_error(tmp_path):
     wl = _workload(tmp_path, source='manifest', paths=[str(_manifest(tmp_path, size=4))])
     pqk('run-eval', '--workload', wl, '--runs-dir', tmp_path / 'runs', '--no-aggregate')
@@ -183,11 +181,10 @@ def test_aggregate_from_a_subfolder_gives_the_same_reports(tmp_path):
     for d in ('configs', 'schemas'): shutil.copytree(ROOT / d, proj / d)
     shutil.copy(ROOT / 'pyproject.toml', proj); (proj / 'nbs' / 'deep').mkdir(parents=True)
     make_runs(proj / 'runs', 12)
-    env = {k: v for k, v in os.environ.items() if k != 'PQK_ROOT'}
     summaries = []
     for cwd in (proj, proj / 'nbs' / 'deep'):
         shutil.rmtree(proj / 'reports', ignore_errors=True)
-        r = pqk('aggregate', cwd=cwd, env=env)
+        r = pqk('aggregate', cwd=cwd, env={'PQK_ROOT': None})
         assert r.returncode == 0, r.stdout + r.stderr
         s = json.loads((proj / 'reports' / 'summary.json').read_text())
         summaries.append({k: v for k, v in s.items() if k not in ('generated', 'generated_utc', 'seconds')})
@@ -232,6 +229,7 @@ print(json.dumps({"n": len(tr), "skipped": tr.skipped, "summary": ps, "peak_rss_
 # ever waited for (a pqk run of an earlier test), not this one
 
 
+@pytest.mark.slow
 def test_hostile_100mb_power_log_is_replayed_in_bounded_memory(tmp_path):
     "100 MB: a 10 MB line, 10 MB of 8 KB lines, and 80 MB of good lines (~200,000) mixed with bad and garbage ones."
     line = ('04-21-2024 09:52:{s:02d} RAM 3421/15656MB (lfb 1050x4MB) SWAP 0/7828MB (cached 0MB) CPU [21%@1984,'
@@ -258,8 +256,7 @@ def test_hostile_100mb_power_log_is_replayed_in_bounded_memory(tmp_path):
         f.write((b'x' * 8191 + b'\n') * n_long)
         f.write(block * n_blocks)
     assert 99 << 20 < log.stat().st_size < 101 << 20
-    r = subprocess.run([sys.executable, '-c', _REPLAY, str(log), str(tmp_path / 'power_trace.json')],
-                       capture_output=True, text=True, timeout=600)
+    r = run_python(_REPLAY, log, tmp_path / 'power_trace.json', timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     want = {'line over 4096 bytes': 1 + n_long}

@@ -5,12 +5,12 @@ resumes, names that are names, advice that works, stops that keep their numbers,
 Each case works in tmp_path (its runs folder, and an `outside/` sentinel folder whose files must be neither read nor
 written) and asserts the exact error a user sees.
 """
-import hashlib, json, os, re, shlex, signal, subprocess, sys, time
+import hashlib, json, re, shlex, signal, subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, pqk_argv, pqk_env
+from conftest import ROOT, pqk_argv, pqk_env, run_pqk, wait_until
 
 NAME_RULE = 'expected a name matching ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$'
 SCHEMA_NAME = 'expected a string matching ^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$'
@@ -66,16 +66,9 @@ def fake_run_folder(parent: Path, run_id: str, status='passed', art=b'weights') 
     return d
 
 
-def wait_for(pred, proc, what: str, limit: float = 120):
-    t0 = time.monotonic()
-    while not pred():
-        assert proc.poll() is None, f'{what}: the run ended first'
-        assert time.monotonic() - t0 < limit, f'{what}: not within {limit} s'
-        time.sleep(0.1)
-
-
 # --- 2. artefact hashes at birth, checked at use: the chain A1 -> KQ_D1 ---------------------------------------------
 
+@pytest.mark.slow
 def test_chain_logs_the_verified_hash_and_refuses_an_edited_upstream(tmp_path, pqk_cmd):
     runs = tmp_path / 'runs'
     a1 = card(tmp_path, 'A1x', 'K', 'fake_chain.ipynb')
@@ -132,6 +125,7 @@ def test_upstream_log_without_hashes_is_refused(tmp_path, pqk_cmd):
 
 # --- 1. confinement, both ways -------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_upstream_paths_stay_in_the_runs_folder(tmp_path, pqk_cmd, sentinel):
     runs = tmp_path / 'runs'; runs.mkdir()
     card(tmp_path, 'Kc', 'K', 'fake_chain.ipynb')
@@ -201,6 +195,7 @@ def test_card_paths_stay_in_the_project(tmp_path, pqk_cmd, sentinel):
     sentinel.check()
 
 
+@pytest.mark.slow
 def test_a_symlink_inside_the_project_that_points_out(tmp_project, pqk_cmd, sentinel):
     (sentinel.folder / 'eval.yaml').write_text((ROOT / 'configs' / 'eval.yaml').read_text()); sentinel.age()
     (tmp_project / 'configs' / 'mine.yaml').symlink_to(sentinel.folder / 'eval.yaml')
@@ -263,20 +258,21 @@ def _stopped_run(tmp_path, c, runs, *extra) -> tuple:
     with open(tmp_path / 'out.txt', 'w') as f:
         p = subprocess.Popen(pqk_argv('run', c, '--runs-dir', runs, '--no-aggregate', *extra), cwd=ROOT,
                              env=pqk_env(), stdout=f, stderr=subprocess.STDOUT)
-        wait_for(lambda: list(runs.glob('*/started.marker')), p, 'template start')
+        wait_until(lambda: list(runs.glob('*/started.marker')), 'template start', p, 120)
         p.send_signal(signal.SIGTERM); p.wait(120)
     [(d, log)] = logs(runs, c.stem)
     return p.returncode, d, log, (tmp_path / 'out.txt').read_text()
 
 
 def _advised(reason: str) -> list:
-    "The command a stopped log advises, as argv for this checkout's pqk."
+    "The arguments of the `pqk` command a stopped log advises."
     m = re.search(r'continue it with `(pqk [^`]+)`', reason)
     assert m, reason
     argv = shlex.split(m[1]); assert argv[0] == 'pqk'
-    return pqk_argv(*argv[1:])
+    return argv[1:]
 
 
+@pytest.mark.slow
 def test_stop_keeps_numbers_and_the_advice_resumes(tmp_path):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'S1_stop', 'K', 'fake_stop.ipynb')
@@ -287,13 +283,14 @@ def test_stop_keeps_numbers_and_the_advice_resumes(tmp_path):
     assert log['quality']['metrics'] == {'delta_1.25': 0.8765} and log['training'] == {'steps_done': 7,
                                                                                        'final_loss': 0.123}, log
     assert f'continue it with `pqk run {c} --resume {d.name} --runs-dir {runs}`' in log['reason'], log['reason']
-    r = subprocess.run(_advised(log['reason']), cwd=ROOT, env=pqk_env(), capture_output=True, text=True, timeout=240)
+    r = run_pqk(*_advised(log['reason']))
     [(d2, log2)] = logs(runs, 'S1_stop')
     assert r.returncode == 0 and d2 == d and log2['status'] == 'passed', r.stdout[-2000:] + r.stderr[-2000:]
     assert log2['resume']['count'] == 1 and log2['resume']['previous'][0]['status'] == 'stopped'
     assert (d / 'resumed.marker').is_file() and log2['training']['status'] == 'completed'
 
 
+@pytest.mark.slow
 def test_sigterm_is_forwarded_and_the_template_records_what_it_has(tmp_path):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'S2_stop', 'K', 'fake_stop.ipynb')
@@ -306,14 +303,14 @@ def test_sigterm_is_forwarded_and_the_template_records_what_it_has(tmp_path):
     assert log['efficiency']['latency_p50_ms'] == 5.0
 
 
+@pytest.mark.slow
 def test_resume_refuses_edited_inputs_and_a_second_writer(tmp_path):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'S3_stop', 'K', 'fake_stop.ipynb')
     rc, d, log, out = _stopped_run(tmp_path, c, runs, '--param', 'resume_sleep_s=120')
     assert rc == 4, out[-3000:]
-    resume = pqk_argv('run', c, '--runs-dir', runs, '--no-aggregate', '--resume', d.name)
-    run = lambda *a: subprocess.run(resume + list(a), cwd=ROOT, env=pqk_env(), capture_output=True, text=True,
-                                    timeout=240)
+    resume = ['run', c, '--runs-dir', runs, '--no-aggregate', '--resume', d.name]
+    run = lambda *a: run_pqk(*resume, *a)
     before = sorted(p.name for p in d.rglob('*'))
     for rel in ('config/eval.yaml', 'config/fake_stop.ipynb'):               # an edited copy inside the run folder
         f = d / rel; orig = f.read_bytes(); was = sha(f)
@@ -328,9 +325,9 @@ def test_resume_refuses_edited_inputs_and_a_second_writer(tmp_path):
     assert sorted(p.name for p in d.rglob('*')) == before and json.loads((d / 'log.json').read_text()) == log
     # one writer per run folder: while a resume runs (it sleeps), a second one is refused at once
     with open(tmp_path / 'a.txt', 'w') as f:
-        a = subprocess.Popen(resume, cwd=ROOT, env=pqk_env(), stdout=f, stderr=subprocess.STDOUT)
+        a = subprocess.Popen(pqk_argv(*resume), cwd=ROOT, env=pqk_env(), stdout=f, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: (d / 'resumed.marker').exists(), a, 'first resume')
+            wait_until(lambda: (d / 'resumed.marker').exists(), 'first resume', a, 120)
             r = run()
             assert r.returncode == 2 and (f"--resume {d.name}: run: got '{d.name}'; expected a run folder no other pqk "
                                           "process is writing") in r.stderr, r.stderr
@@ -342,18 +339,19 @@ def test_resume_refuses_edited_inputs_and_a_second_writer(tmp_path):
         'S3_stop.attempt1.html', 'S3_stop.attempt1.ipynb', 'log.attempt1.json']
 
 
+@pytest.mark.slow
 def test_method_command_stop_advises_its_own_resume(tmp_path):
     runs = tmp_path / 'runs'
     with open(tmp_path / 'out.txt', 'w') as f:
         p = subprocess.Popen(pqk_argv('run-eval', '--template', 'tests/templates/fake_stop.ipynb', '--runs-dir', runs,
                                       '--no-aggregate'), cwd=ROOT, env=pqk_env(), stdout=f, stderr=subprocess.STDOUT)
-        wait_for(lambda: list(runs.glob('*/started.marker')), p, 'template start')
+        wait_until(lambda: list(runs.glob('*/started.marker')), 'template start', p, 120)
         p.send_signal(signal.SIGINT); p.wait(120)
     [(d, log)] = logs(runs, 'adhoc-eval')
     assert p.returncode == 4 and log['status'] == 'stopped', (tmp_path / 'out.txt').read_text()[-3000:]
     assert log['reason'].startswith('stopped by SIGINT') and \
         f'continue it with `pqk run-eval --resume {d.name} --runs-dir {runs}`' in log['reason'], log['reason']
-    r = subprocess.run(_advised(log['reason']), cwd=ROOT, env=pqk_env(), capture_output=True, text=True, timeout=240)
+    r = run_pqk(*_advised(log['reason']))
     [(d2, log2)] = logs(runs, 'adhoc-eval')
     assert r.returncode == 0 and d2 == d and log2['status'] == 'passed', r.stdout[-2000:] + r.stderr[-2000:]
     assert log2['resume']['count'] == 1 and (d / 'resumed.marker').is_file()
@@ -361,6 +359,7 @@ def test_method_command_stop_advises_its_own_resume(tmp_path):
 
 # --- 13. one meaning per exit status and word ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_exit_status_and_words(tmp_path, pqk_cmd):
     runs = tmp_path / 'runs'
     c = card(tmp_path, 'X1', 'K')

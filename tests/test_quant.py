@@ -5,56 +5,28 @@ failed log naming the field, and `pqk export`.
 
 Tiny setting: a 355k-parameter random DUSt3R as model and teacher, 2 eval pairs, 2 calibration pairs, 2 QAT steps at
 64 px, 1 pair per sensitivity group, one latency round."""
-import json, os, shutil, subprocess, sys
+import json, os, shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import make_project
+from conftest import ROOT, make_project, run_pqk, tiny_contracts, yaml_copy
 
-ROOT = Path(__file__).resolve().parents[1]
 TPL = ROOT / 'tests' / 'templates'
 
 
-def _env(extra_path=None):
-    pp = os.pathsep.join(filter(None, [str(extra_path) if extra_path else None, str(ROOT)]))
-    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': pp}
-
-
-def _pqk(*args, env=None, timeout=600):
-    p = subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, env=env or _env(),
-                       capture_output=True, text=True, timeout=timeout)
-    return p
-
-
-def _yaml_copy(src: Path, dst: Path, edit) -> Path:
-    d = yaml.safe_load(src.read_text()); edit(d)
-    dst.write_text(src.read_text().splitlines()[0] + '\n' + yaml.safe_dump(d, sort_keys=False))
-    return dst
-
-
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_ckpt):
     "A tiny DUSt3R checkpoint (model and workload teacher) and tiny copies of the contracts and quant.yaml."
-    import torch
-    from pqk.models.dust3r import make_model
-    from pqk.models.checkpoints import save_checkpoint
     d = tmp_path_factory.mktemp('quant')
-    torch.manual_seed(0)
-    save_checkpoint(make_model('tiny_linear').eval(), d / 'tiny.pt')
-    def wl(x):
-        x['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
-        x['calibration']['synthetic'].update(n_scenes=1)
-        x['teacher']['checkpoint'] = str(d / 'tiny.pt')
-    def ev(x): x['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
+    shutil.copy(tiny_ckpt, d / 'tiny.pt')
+    tiny_contracts(d, {'calibration.synthetic': {'n_scenes': 1}, 'teacher.checkpoint': str(d / 'tiny.pt')})
     def qc(x):
         x['qat'].update(steps=2, res=64, train_data={'seed': 0, 'n_scenes': 1, 'views_per_scene': 2})
         x['sensitivity']['pairs'] = 1
-    _yaml_copy(ROOT / 'configs/workload.yaml', d / 'workload.yaml', wl)
-    _yaml_copy(ROOT / 'configs/eval.yaml', d / 'eval.yaml', ev)
-    _yaml_copy(ROOT / 'configs/quant.yaml', d / 'quant.yaml', qc)
+    yaml_copy(ROOT / 'configs/quant.yaml', d / 'quant.yaml', qc)
     return d
 
 
@@ -91,22 +63,26 @@ def _onnx_qdq_facts(path):
     return zps, w_scales
 
 
-def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
-    "B1 on the tiny setting with a threshold no PTQ can meet: QAT runs; PTQ and QAT, exports, sizes in one log."
-    proj = make_project(tmp_path / 'proj'); (proj / 'configs' / 'tiny').mkdir()   # a card's paths: inside its project
-    cfg = _yaml_copy(tiny / 'quant.yaml', proj / 'configs' / 'tiny' / 'quant.yaml',   # percentile 55: PTQ clips hard
-                     lambda x: x['ptq'].update(calibration='percentile', percentile=55.0))
-    # drops against the teacher (the model itself): any quantization error is a drop > 0, so threshold 0 is missed
-    ev = _yaml_copy(tiny / 'eval.yaml', proj / 'configs' / 'tiny' / 'eval.yaml',
-                    lambda x: x['quality'].update(reference='teacher'))
-    wlc = shutil.copy(tiny / 'workload.yaml', proj / 'configs' / 'tiny' / 'workload.yaml')
-    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', proj / 'taskcards' / 'B1t.md', tiny, id='B1t',
+def _b1_card(tiny: Path, proj: Path, cid: str, quant=None) -> Path:
+    """A copy of the B1 card in the project `proj` (a card's paths lie inside its project) on copies of the tiny
+    configs, with drops against the teacher (the model itself: any quantization error is a drop > 0) and a threshold
+    exception of 0 % that PTQ therefore misses."""
+    d = proj / 'configs' / 'tiny'; d.mkdir(parents=True)
+    yaml_copy(tiny / 'quant.yaml', d / 'quant.yaml', quant)
+    yaml_copy(tiny / 'eval.yaml', d / 'eval.yaml', {'quality.reference': 'teacher'})
+    shutil.copy(tiny / 'workload.yaml', d / 'workload.yaml')
+    return _card_from(ROOT / 'taskcards/B1_Q_only.md', proj / 'taskcards' / f'{cid}.md', d, id=cid,
                       exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
                                    'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
-    text = card.read_text().replace(str(tiny / 'quant.yaml'), str(cfg)).replace(str(tiny / 'workload.yaml'), str(wlc))
-    card.write_text(text.replace(str(tiny / 'eval.yaml'), str(ev)))
-    p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS,
-             env={**_env(), 'PQK_ROOT': str(proj)})
+
+
+@pytest.mark.slow
+def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
+    "B1 on the tiny setting with a threshold no PTQ can meet: QAT runs; PTQ and QAT, exports, sizes in one log."
+    proj = make_project(tmp_path / 'proj')
+    card = _b1_card(tiny, proj, 'B1t', {'ptq': {'calibration': 'percentile', 'percentile': 55.0}})  # PTQ clips hard
+    p = run_pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS, project=proj,
+                timeout=600)
     logs = list((tmp_path / 'runs').glob('B1t-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
     rec = json.loads(logs[0].read_text())
@@ -141,7 +117,9 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     zps, w = _onnx_qdq_facts(rd / 'model_qdq_trt.onnx')
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
     assert w and all(n == oc and n > 1 for n, oc in w), w[:5]
-    assert ex['trt_qdq']['qdq']['trt_style'] and ex['trt_qdq']['ort_vs_fake_quant']['rel_l2_pts3d'] >= 0
+    from pqk.compress.quant import QDQ_ERROR_BUDGET
+    fq = ex['trt_qdq']['ort_vs_fake_quant']                    # ORT on the Q/DQ graph agrees with the fake-quant model
+    assert ex['trt_qdq']['qdq']['trt_style'] and fq['ok'] and 0 <= fq['rel_l2_pts3d'] <= QDQ_ERROR_BUDGET, fq
     # precision ledger: one row per MatMul/Gemm/Conv node of each export (counted here from the graph itself)
     import csv, onnx
     for k, f in (('trt_qdq', 'model_qdq_trt.onnx'), ('ort_int8', ex['ort_int8']['file'])):
@@ -170,23 +148,17 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
 
 
 
+@pytest.mark.slow
 def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     """B1 with a threshold PTQ misses, QAT stopped by SIGTERM during step 1 (the test hook, in the kernel): QAT leaves
     its checkpoint, nothing after QAT runs, and the `stopped` log keeps PTQ's quality and quantization numbers, the
     QAT training block, and a reason that names the step, the checkpoint and the command that continues the run (the
     template parameter `resume_command`, which the runner passes)."""
-    proj = make_project(tmp_path / 'proj'); (proj / 'configs' / 'tiny').mkdir()   # a card's paths: inside its project
-    ev = _yaml_copy(tiny / 'eval.yaml', proj / 'configs' / 'tiny' / 'eval.yaml',
-                    lambda x: x['quality'].update(reference='teacher'))
-    cfgs = {n: shutil.copy(tiny / n, proj / 'configs' / 'tiny' / n) for n in ('quant.yaml', 'workload.yaml')}
-    card = _card_from(ROOT / 'taskcards/B1_Q_only.md', proj / 'taskcards' / 'B1s.md', tiny, id='B1s',
-                      exceptions=[{'field': 'quality_drop_pct', 'value': 0.0,
-                                   'reason': 'test: a threshold PTQ cannot meet, so QAT must run'}])
-    text = card.read_text().replace(str(tiny / 'eval.yaml'), str(ev))
-    for n, c in cfgs.items(): text = text.replace(str(tiny / n), str(c))
-    card.write_text(text)
-    p = _pqk('run', card, '--runs-dir', tmp_path / 'runs', '--no-aggregate', *TINY_PARAMS,
-             '--param', 'debug_sigterm_at_step=1', env={**_env(), 'PQK_ROOT': str(proj)})
+    proj = make_project(tmp_path / 'proj')
+    card = _b1_card(tiny, proj, 'B1s')
+    runs = tmp_path / 'runs'
+    p = run_pqk('run', card, '--runs-dir', runs, '--no-aggregate', *TINY_PARAMS, '--param', 'debug_sigterm_at_step=1',
+                project=proj, timeout=600)
     logs = list((tmp_path / 'runs').glob('B1s-*/log.json'))
     assert logs, p.stdout[-3000:] + p.stderr[-3000:]
     rec, rd = json.loads(logs[0].read_text()), logs[0].parent
@@ -194,8 +166,7 @@ def test_b1_qat_stopped_by_sigterm_keeps_the_ptq_numbers(tiny, tmp_path):
     assert log_problems(rec) == [] and rec['error'] is None, (log_problems(rec), rec['error'])
     assert rec['status'] == 'stopped' and p.returncode != 0
     assert rec['reason'] == ('SIGTERM received: stopped at step 1 of 2; resumable checkpoint ckpt_000001.pt; '
-                             f"continue it with `pqk run {card} --resume {rd.name} --runs-dir {tmp_path / 'runs'}`"
-                             ), rec['reason']                   # the runner's resume_command, named once
+                             f'continue it with `pqk run {card} --resume {rd.name} --runs-dir {runs}`'), rec['reason']
     q, t = rec['quantization'], rec['training']
     assert q['final'] == 'ptq' and q['qat']['ran']
     assert (q['qat']['status'], q['qat']['signal']) == ('stopped', 'SIGTERM'), q['qat']
@@ -239,12 +210,13 @@ template: {TPL / 'fake_chain.ipynb'}
 
 
 def _run_card(card, runs):
-    p = _pqk('run', card, '--runs-dir', runs, '--no-aggregate')
+    p = run_pqk('run', card, '--runs-dir', runs, '--no-aggregate')
     logs = sorted(Path(runs).glob(f'{Path(card).stem}-*/log.json'))
     assert logs, p.stdout[-2000:] + p.stderr[-2000:]
     return json.loads(logs[-1].read_text()), logs[-1].parent
 
 
+@pytest.mark.slow
 def test_chains_latest_named_missing(tmp_path):
     "K → P → Q through `upstream:`: latest, a named run, the three-run list in the last log, a missing upstream."
     import hashlib
@@ -294,14 +266,15 @@ def test_bad_quant_config_is_refused_before_running(tiny, tmp_path, case):
                   'op_types': (lambda x: x['ptq'].update(op_types=['Conv', 'Softmax']), ['ptq.op_types[1]', 'Softmax']),
                   'modelopt_minmax': (lambda x: x['ptq'].update(backend='modelopt', calibration='percentile'),
                                       ['ptq.calibration', 'percentile', 'minmax with backend modelopt'])}[case]
-    cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', edit)
-    p = _pqk('run-quant', '--workload', tiny / 'workload.yaml', '--eval', tiny / 'eval.yaml', '--cfg', cfg,
-             '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate')
+    cfg = yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', edit)
+    p = run_pqk('run-quant', '--workload', tiny / 'workload.yaml', '--eval', tiny / 'eval.yaml', '--cfg', cfg,
+                '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate', timeout=600)
     assert p.returncode != 0 and 'Traceback' not in p.stderr and not (tmp_path / 'runs').exists(), p.stderr[-3000:]
     assert any('quant.yaml' in l and all(w in l for w in want) for l in p.stderr.splitlines()), p.stderr[-3000:]
 
 
 @pytest.mark.parametrize('case', ['empty_calibration', 'not_dust3r', 'modelopt_missing'])
+@pytest.mark.slow
 def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
     "Each bad input ends in a failed log whose error names the field and the value."
     cfg, extra, env, ckpt = tiny / 'quant.yaml', [], None, None
@@ -312,26 +285,28 @@ def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
         torch.save({'weights': torch.zeros(3)}, tmp_path / 'other.pt')
         ckpt, want = tmp_path / 'other.pt', ['ckpt', 'other.pt', 'not a DUSt3R']
     else:
-        cfg = _yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', lambda x: x['ptq'].update(backend='modelopt'))
-        env, want = _env(_fake_modelopt(tmp_path)), ['ptq.backend', 'modelopt', 'simulated']
+        cfg = yaml_copy(tiny / 'quant.yaml', tmp_path / 'quant.yaml', {'ptq.backend': 'modelopt'})
+        env = {'PYTHONPATH': os.pathsep.join([str(_fake_modelopt(tmp_path)), str(ROOT)])}
+        want = ['ptq.backend', 'modelopt', 'simulated']
     args = ['run-quant', '--workload', tiny / 'workload.yaml', '--eval', tiny / 'eval.yaml', '--cfg', cfg,
             '--log', tmp_path / 'log.json', '--runs-dir', tmp_path / 'runs', '--no-aggregate',
             '--param', 'progress=false',
             *(['--ckpt', ckpt] if ckpt else []), *extra]
-    p = _pqk(*args, env=env)
+    p = run_pqk(*args, env=env, timeout=600)
     assert (tmp_path / 'log.json').is_file(), p.stderr[-3000:]
     rec = json.loads((tmp_path / 'log.json').read_text())
     assert p.returncode == 1 and rec['status'] == 'failed' and rec['kind'] == 'Q'
     assert all(w in rec['error'] for w in want), rec['error']
 
 
+@pytest.mark.slow
 def test_export_cli(tiny, tmp_path):
     "`pqk export` writes a checked ONNX at the contract shape; a bad precision is a usage error."
-    p = _pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'fp32', '--out', tmp_path / 'm.onnx',
-             '--workload', tiny / 'workload.yaml')
+    p = run_pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'fp32', '--out', tmp_path / 'm.onnx',
+                '--workload', tiny / 'workload.yaml', timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads(p.stdout)
     assert rep['shape'] == [1, 3, 384, 384] and rep['checker']['ok'] and rep['ort_vs_torch']['ok']
     assert (tmp_path / 'm.onnx').is_file() and (tmp_path / 'm.onnx.polygraphy.txt').is_file()
-    p = _pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'int4', '--out', tmp_path / 'x.onnx')
+    p = run_pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'int4', '--out', tmp_path / 'x.onnx')
     assert p.returncode == 2 and 'int4' in p.stderr

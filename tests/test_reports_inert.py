@@ -5,24 +5,19 @@ A log may be hand-edited: its reason can be a spreadsheet formula or markup, its
 path or another run's. The reports must show such text as text (summary.csv, milestones.md, the plots) and skip the
 logs whose names cannot be trusted, naming them.
 """
-import csv, json, random, subprocess, sys
+import csv, json, random
 from pathlib import Path
 
 import pytest
+from conftest import run_pqk
 from synthetic_runs import synthetic_run_log, write_run
 
-ROOT = Path(__file__).resolve().parents[1]
 FORMULA = '=HYPERLINK("http://x","y")'
 MARKUP = '-1 <script>alert(1)</script> & a|b \\| [x](http://e) ![i](http://e/i.png) `c` $x$\nline2'
 MARKUP_MD = ('-1 &lt;script&gt;alert(1)&lt;/script&gt; &amp; a\\|b \\\\\\| \\[x\\](http://e) !\\[i\\](http://e/i.png) '
              '\\`c\\` $x$ line2')
 MATH = r'$\notacommand{x}$ <b>|`'
 EVIL_CARD = '<script>|`x`$x$'
-
-
-def pqk(*args):
-    return subprocess.run([sys.executable, '-m', 'pqk.run.cli', *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
 
 
 def _log(i: int, rid: str, **over) -> dict:
@@ -50,8 +45,9 @@ def reports(tmp_path_factory):
     write_run(runs, _log(3, 'M1-elsewhere'), folder='M1-moved')             # run_id is not its folder's name
     write_run(runs, _log(4, 'bad run'))                                      # not a name (a space)
     write_run(runs, _log(5, 'C1-evil', task_card=EVIL_CARD))                 # a card id that is markup
-    agg = pqk('aggregate', '--runs-dir', runs, '--reports-dir', reps)
-    rev = pqk('review', '--runs-dir', runs, '--reports-dir', reps, '--since', '2026-01-01', '--until', '2026-01-31')
+    agg = run_pqk('aggregate', '--runs-dir', runs, '--reports-dir', reps, timeout=300)
+    rev = run_pqk('review', '--runs-dir', runs, '--reports-dir', reps, '--since', '2026-01-01', '--until', '2026-01-31',
+                  timeout=300)
     return {'runs': runs, 'reps': reps, 'agg': agg, 'rev': rev}
 
 

@@ -4,43 +4,30 @@ metrics and weights equal those of an uninterrupted run. A draft card runs only 
 
 The card, its edited configs and its tiny teacher live in a small project of their own (PQK_ROOT): what a card names
 must lie inside the project."""
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from conftest import make_project
-
-ROOT = Path(__file__).resolve().parents[1]
-
-def _yaml_copy(src: Path, dst: Path, edit) -> Path:
-    d = yaml.safe_load(src.read_text()); edit(d)
-    dst.write_text(src.read_text().splitlines()[0] + '\n' + yaml.safe_dump(d, sort_keys=False))
-    return dst
+from conftest import (ROOT, make_project, pqk_argv, pqk_env, run_pqk, tiny_checkpoint, tiny_contracts, wait_until,
+                      yaml_copy)
 
 @pytest.fixture(scope='module')
 def card(tmp_path_factory):
-    "A K card on a tiny teacher and tiny data: 240 steps at 64 px, a checkpoint every 40 steps, 2 evaluation pairs."
+    "A K card on a tiny teacher and tiny data: 60 steps at 64 px, a checkpoint every 10 steps, 2 evaluation pairs."
     d = make_project(tmp_path_factory.mktemp('proj') / 'proj')
-    from pqk.models.dust3r import make_model
-    from pqk.models.config import DUSt3RConfig
-    from pqk.models.checkpoints import save_checkpoint
-    torch.manual_seed(0)
-    teacher = save_checkpoint(make_model(DUSt3RConfig(enc_embed_dim=32, enc_depth=3, enc_num_heads=2, dec_embed_dim=32,
-                                                      dec_depth=3, dec_num_heads=2, head_type='linear')), d / 'teacher.pt')
-    def wl(x): x['data']['eval']['synthetic'].update(n_scenes=1, views_per_scene=2, n_pairs=2)
-    def ev(x): x['efficiency']['latency'] |= {'warmup': 1, 'repeats': 2, 'min_seconds': 0.0}
+    teacher = tiny_checkpoint(d / 'teacher.pt', dict(enc_embed_dim=32, enc_depth=3, enc_num_heads=2, dec_embed_dim=32,
+                                                     dec_depth=3, dec_num_heads=2, head_type='linear'))
     def dc(x):
-        x['train'].update(steps=240, batch_pairs=1, warmup_steps=2, lr=1e-3, res=64,
+        x['train'].update(steps=60, batch_pairs=1, warmup_steps=2, lr=1e-3, res=64,
                           train_data={'seed': 0, 'n_scenes': 2, 'views_per_scene': 2},
                           val_data={'seed': 900, 'n_scenes': 1, 'views_per_scene': 2})
-        x['checkpoint'] = {'every_steps': 40, 'eval_every_steps': 120, 'keep_last': 2}
+        x['checkpoint'] = {'every_steps': 10, 'eval_every_steps': 30, 'keep_last': 2}
         x['student'].update(reduction=0.3, reduce='depth', init='teacher')
-    w = _yaml_copy(ROOT / 'configs/workload.yaml', d / 'configs' / 'workload.yaml', wl)
-    e = _yaml_copy(ROOT / 'configs/eval.yaml', d / 'configs' / 'eval.yaml', ev)
-    c = _yaml_copy(ROOT / 'configs/distill.yaml', d / 'configs' / 'distill.yaml', dc)
+    w, e = tiny_contracts(d / 'configs')
+    c = yaml_copy(ROOT / 'configs/distill.yaml', d / 'configs' / 'distill.yaml', dc)
     front = {'id': 'R1_resume', 'kind': 'K', 'goal': 'test resume', 'status': 'ready', 'seed': 0,
              'configs': {'workload': str(w), 'eval': str(e), 'method': str(c)},
              'thresholds': {'quality_drop_pct': 'eval.thresholds.quality_drop_mainline_pct'},
@@ -50,21 +37,15 @@ def card(tmp_path_factory):
     p.write_text('---\n' + yaml.safe_dump(front, sort_keys=False) + '---\nResume test card.\n')
     return p
 
-def _env(card=None):
-    return {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(ROOT),
-            **({'PQK_ROOT': str(Path(card).parents[1])} if card else {})}
-
-def _pqk(*args, **kw):
-    return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
-
 def _run(card, *args, timeout=600):
-    return subprocess.run(_pqk('run', card, *args), cwd=ROOT, env=_env(card), capture_output=True, text=True,
-                          timeout=timeout)
+    "`pqk run CARD ARGS` in the card's project."
+    return run_pqk('run', card, *args, project=Path(card).parents[1], timeout=timeout)
 
 def _log(runs: Path) -> tuple[Path, dict]:
     (d,) = [p for p in runs.iterdir() if p.is_dir()]
     return d, json.loads((d / 'log.json').read_text())
 
+@pytest.mark.slow
 def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
     common = ['--no-aggregate', '--param', 'train_res=64', '--param', 'progress=false']
     full = _run(card, '--runs-dir', tmp_path / 'full', *common)
@@ -72,12 +53,9 @@ def test_sigterm_then_resume_equals_uninterrupted(card, tmp_path):
     assert r_full['training']['status'] == 'completed', full.stdout[-2000:] + full.stderr[-2000:]
 
     runs = tmp_path / 'cut'
-    p = subprocess.Popen(_pqk('run', card, '--runs-dir', runs, *common), cwd=ROOT, env=_env(card),
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    t0 = time.monotonic()
-    while not list(runs.glob('*/train/checkpoints/ckpt_000040.pt')):
-        assert p.poll() is None and time.monotonic() - t0 < 300, 'no first checkpoint'
-        time.sleep(0.05)
+    p = subprocess.Popen(pqk_argv('run', card, '--runs-dir', runs, *common), cwd=ROOT,
+                         env=pqk_env(Path(card).parents[1]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_until(lambda: list(runs.glob('*/train/checkpoints/ckpt_000010.pt')), 'the first checkpoint', p, limit=300)
     p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=120)
     d_cut, r_cut = _log(runs)

@@ -2,12 +2,13 @@
 
 Every test works in tmp_path (its own runs/ and reports/), never in the project's runs/ or reports/.
 """
-import json, os, signal, subprocess, sys, time
+import json, os, signal, subprocess, time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, pqk_argv as pqk_args, run_pqk as pqk, run_python
+
 TPL = ROOT / 'tests' / 'templates'
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -38,14 +39,6 @@ template: {tpl}
 # {card_id} — test card
 """
     p = tmp / f'{card_id}.md'; p.write_text(text); return p
-
-
-def pqk_args(*args):
-    return [sys.executable, '-m', 'pqk.run.cli', *map(str, args)]
-
-
-def pqk(*args, timeout=180):
-    return subprocess.run(pqk_args(*args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def run_dirs(runs: Path, card_id: str):
@@ -80,6 +73,7 @@ def check_reports(reps: Path, n_runs: int, kinds: list[str]) -> dict:
     return sj
 
 
+@pytest.mark.slow
 def test_run_card_end_to_end(tmp_path):
     from pqk.core.logschema import validate_log
     from pqk.run.scraps import read_scraps
@@ -110,6 +104,7 @@ def test_run_card_end_to_end(tmp_path):
     assert '| E9_fake | eval | 1 | 1 | 0 | 0 |' in md, md
 
 
+@pytest.mark.slow
 def test_failing_template_gives_failed_log_and_keeps_notebook(tmp_path):
     from pqk.core.logschema import validate_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
@@ -132,6 +127,7 @@ def test_failing_template_gives_failed_log_and_keeps_notebook(tmp_path):
     assert sj['runs'][0]['status'] == 'failed'
 
 
+@pytest.mark.slow
 def test_missing_template_and_bad_card(tmp_path):
     from pqk.core.logschema import validate_log
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
@@ -158,6 +154,7 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_log_and_aggregate_still_works(tmp_path):
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     r = pqk('run', make_card(tmp_path, 'E9_fake'), '--runs-dir', runs, '--reports-dir', reps)
@@ -190,6 +187,7 @@ def test_killed_run_leaves_no_log_and_aggregate_still_works(tmp_path):
     assert [x['task_card'] for x in sj['runs']] == ['E9_fake'] and sj['skipped'] == []
 
 
+@pytest.mark.slow
 def test_two_cards_at_once_both_land_in_reports(tmp_path):
     runs, reps = tmp_path / 'runs', tmp_path / 'reports'
     cards = [make_card(tmp_path, 'C1_conc', kind='K'), make_card(tmp_path, 'C2_conc', kind='Q')]
@@ -224,6 +222,7 @@ def test_invalid_logs_are_reported_and_skipped(tmp_path):
     assert sorted(Path(s['file']).parent.name for s in sj['skipped']) == ['bad_status', 'future', 'truncated']
 
 
+@pytest.mark.slow
 def test_run_method_adhoc_copies_log(tmp_path):
     "The per-method path (pqk run-eval …) with an explicit template: task_card adhoc-eval, log copied to --log."
     from pqk.core.logschema import validate_log
@@ -232,7 +231,7 @@ def test_run_method_adhoc_copies_log(tmp_path):
             f"r = run_method('eval', workload={str(ROOT / 'configs' / 'workload.yaml')!r}, eval={str(ROOT / 'configs' / 'eval.yaml')!r}, "
             f"log={str(log)!r}, runs_dir={str(runs)!r}, reports_dir={str(reps)!r}, template={str(TPL / 'fake_run.ipynb')!r}, "
             "progress=False); sys.exit(0 if r['status'] == 'passed' else 1)")
-    r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    r = run_python(code, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     rec = validate_log(json.loads(log.read_text()))
     [rd] = run_dirs(runs, 'adhoc-eval')

@@ -8,7 +8,7 @@ import pytest, torch
 from pqk.export.tensorrt import tensorrt_status
 
 OK, WHY = tensorrt_status()
-pytestmark = pytest.mark.skipif(not OK, reason=WHY)
+pytestmark = [pytest.mark.skipif(not OK, reason=WHY), pytest.mark.slow]
 
 
 @pytest.fixture(scope='module')
