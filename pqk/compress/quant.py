@@ -7,6 +7,7 @@ one training loop, and both int8 ONNX flavours with a graph check."""
 # %% ../../nbs/compress/52_quant.ipynb #5ff78ba5
 from __future__ import annotations
 import copy, fnmatch, math, os, re, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
@@ -22,12 +23,13 @@ from ..train.loop import fit, LoopConfig
 from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
 
 # %% auto #0
-__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'QDQ_ERROR_BUDGET',
-           'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group', 'float_patterns',
-           'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
-           'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
-           'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8']
+__all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'WORK_PREFIX',
+           'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group',
+           'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
+           'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'work_dir', 'calibrate_ranges',
+           'ort_quantize', 'mtq_quantize', 'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity',
+           'qat_decision', 'train_qat', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'reference_outputs',
+           'ort_vs_reference', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -239,57 +241,132 @@ def reduce_range(qc: dict, isa=None) -> bool:
         isa = cpu_isa()
     return 'avx2' in isa and not {'avx512_vnni', 'avx_vnni', 'amx_int8'} & set(isa)
 
+WORK_PREFIX = '.pqk-work-'
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _stale(name: str, prefix: str) -> bool:
+    "True when `name` is `<prefix><pid>-...` of a process that no longer runs."
+    m = re.match(re.escape(prefix) + r'(\d+)-', name)
+    return bool(m) and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+
+@contextmanager
+def work_dir(out):
+    """A private folder beside `out` (`.pqk-work-<pid>-<random>`) for the intermediates of writing `out`, removed on
+    exit whatever happens; the leftovers of killed runs in that folder (work folders and atomic temporaries of `out`
+    whose process is gone) are removed first. Python's temporary files go there too while it is open."""
+    import shutil, tempfile
+    from pqk.core.io import TMP_PREFIX
+    folder = Path(out).parent; folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():
+        if _stale(p.name, WORK_PREFIX) and p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        elif _stale(p.name, TMP_PREFIX) and p.name.endswith(f'-{Path(out).name}'): p.unlink(missing_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=f'{WORK_PREFIX}{os.getpid()}-', dir=folder))
+    old, tempfile.tempdir = tempfile.tempdir, str(d)          # ORT's own temporary files land here too
+    try: yield d
+    finally:
+        tempfile.tempdir = old
+        shutil.rmtree(d, ignore_errors=True)
+
+def _lean_session(path, providers=None):
+    """An ORT session for calibration: no graph optimization (tensor names kept, as ORT's calibrators do), no CPU
+    memory arena and priority-based execution order, which runs each range reduction as soon as its tensor exists."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.enable_cpu_mem_arena = False
+    so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    return ort.InferenceSession(str(path), so, providers=providers or ['CPUExecutionProvider'])
+
+class _OnePair:
+    "A calibration reader of one feed."
+    def __init__(self, feed): self.feed = feed
+    def get_next(self):
+        f, self.feed = self.feed, None
+        return f
+
+def calibrate_ranges(pre_onnx, op_types, calib_items, calibration: str = 'minmax', percentile: float = 99.99,
+                     work=None, progress=None):
+    """ORT's calibration ranges (`TensorsData`) of the tensors around `op_types` nodes of a pre-processed ONNX,
+    collected pair by pair (see above); `calib_items`: calibration pairs or ORT feeds; `work`: folder for the
+    augmented model (default: beside `pre_onnx`); `progress(k)` is called after pair k."""
+    from onnxruntime.quantization.calibrate import create_calibrator, CalibrationMethod
+    cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
+          'percentile': CalibrationMethod.Percentile}[calibration]
+    work = Path(work) if work is not None else Path(pre_onnx).parent
+    aug = work / f'augmented-{os.getpid()}.onnx'
+    cal = create_calibrator(Path(pre_onnx), list(op_types), augmented_model_path=str(aug), calibrate_method=cm,
+                            use_external_data_format=True, extra_options={'percentile': float(percentile)})
+    try:
+        cal.infer_session = None                                  # ORT's own session out first, then the lean one
+        cal.infer_session = _lean_session(aug)
+        for k, it in enumerate(calib_items):                      # a pair's feed is made only when it is used
+            cal.collect_data(_OnePair(it if isinstance(it, dict) else calib_feeds([it])[0]))   # merged, then dropped
+            if progress: progress(k + 1)
+        return cal.compute_data()
+    finally:
+        cal.infer_session = None
+        del cal
+        for f in work.glob(aug.name + '*'): f.unlink(missing_ok=True)
+
 def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None) -> dict:
     "Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}."
-    import onnx
-    from onnxruntime.quantization import (quantize_static, quantize_dynamic, QuantFormat, QuantType,
-                                          CalibrationDataReader, CalibrationMethod)
+    import gc, onnx
+    from onnxruntime.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
     p, t0, out = qc['ptq'], time.perf_counter(), Path(out)
     method = 'static' if flavour == 'tensorrt' else p['method']
     if method == 'static' and not calib_items:
         raise ValueError('calibration set: empty; static quantization needs at least one pair (calibration.count)')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pre = out.with_name(out.stem + '.pre.onnx')
-    quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True, skip_optimization=True)
-    m = onnx.load(str(pre))
-    todo, keep = select_nodes(m, qc, only_group)
-    if not todo: raise ValueError(f"ptq: no node to quantize in {Path(fp32_onnx).name} (op_types "
-                                  f"{p['op_types']}, keep_float {qc['keep_float']}, group {only_group})")
-    ops = sorted({n.op_type for n in m.graph.node if n.name in set(todo)})
-    feeds = calib_feeds(calib_items) if method == 'static' else []
-    class Reader(CalibrationDataReader):
-        def __init__(s): s.it = iter(feeds)
-        def get_next(s): return next(s.it, None)
-    acts, chk = ('int8', None) if flavour == 'tensorrt' else (
-        cpu_activation_type(qc, m) if method == 'static' else ('uint8', None))   # dynamic: ORT's uint8 only
-    sym = bool(p['symmetric']) or flavour == 'tensorrt'
-    asym_act = acts == 'uint8' or not sym
-    rr = flavour != 'tensorrt' and reduce_range(qc)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    with work_dir(out) as work, warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        if method == 'dynamic':
-            quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
-                             reduce_range=rr,
-                             op_types_to_quantize=ops, nodes_to_exclude=keep)
-        else:
-            cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
-                  'percentile': CalibrationMethod.Percentile}[p['calibration']]
-            extra = {'ActivationSymmetric': not asym_act, 'WeightSymmetric': sym,
-                     'CalibPercentile': float(p['percentile'])}
-            if flavour == 'tensorrt': extra |= {'QuantizeBias': False, 'OpTypesToExcludeOutputQuantization': ops}
-            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=bool(p['per_channel']), calibrate_method=cm, op_types_to_quantize=ops,
-                            activation_type=QuantType.QUInt8 if acts == 'uint8' else QuantType.QInt8,
-                            weight_type=QuantType.QInt8, reduce_range=rr,
-                            nodes_to_exclude=keep, extra_options=extra)
-        q = onnx.load(str(tmp)); del q.graph.value_info[:]; onnx.save(q, str(tmp))
-    pre.unlink(missing_ok=True)
-    for f in out.parent.glob(out.stem + '.pre*'): f.unlink(missing_ok=True)
+        pre = work / 'pre.onnx'                                   # weights in pre.onnx.data: the graph loads alone
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True, skip_optimization=True,
+                          save_as_external_data=True, all_tensors_to_one_file=True,
+                          external_data_location='pre.onnx.data')
+        m = onnx.load(str(pre), load_external_data=False)
+        todo, keep = select_nodes(m, qc, only_group)
+        if not todo: raise ValueError(f"ptq: no node to quantize in {Path(fp32_onnx).name} (op_types "
+                                      f"{p['op_types']}, keep_float {qc['keep_float']}, group {only_group})")
+        ops = sorted({n.op_type for n in m.graph.node if n.name in set(todo)})
+        acts, chk = ('int8', None) if flavour == 'tensorrt' else (
+            cpu_activation_type(qc, m) if method == 'static' else ('uint8', None))   # dynamic: ORT's uint8 only
+        del m
+        sym = bool(p['symmetric']) or flavour == 'tensorrt'
+        asym_act = acts == 'uint8' or not sym
+        rr = flavour != 'tensorrt' and reduce_range(qc)
+        t_cal = None
+        if method == 'static':
+            t1 = time.perf_counter()
+            cache = work / 'calibration.json'
+            save_tensors_data(calibrate_ranges(pre, ops, calib_items, p['calibration'], p['percentile'], work), cache)
+            gc.collect(); t_cal = round(time.perf_counter() - t1, 2)
+        with atomic_path(out) as tmp:
+            if method == 'dynamic':
+                quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
+                                 reduce_range=rr, op_types_to_quantize=ops, nodes_to_exclude=keep)
+            else:
+                cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
+                      'percentile': CalibrationMethod.Percentile}[p['calibration']]
+                extra = {'ActivationSymmetric': not asym_act, 'WeightSymmetric': sym,
+                         'CalibPercentile': float(p['percentile'])}
+                if flavour == 'tensorrt': extra |= {'QuantizeBias': False, 'OpTypesToExcludeOutputQuantization': ops}
+                quantize_static(str(pre), str(tmp), None, quant_format=QuantFormat.QDQ,
+                                per_channel=bool(p['per_channel']), calibrate_method=cm, op_types_to_quantize=ops,
+                                activation_type=QuantType.QUInt8 if acts == 'uint8' else QuantType.QInt8,
+                                weight_type=QuantType.QInt8, reduce_range=rr,
+                                nodes_to_exclude=keep, extra_options=extra, calibration_cache_path=str(cache))
+            gc.collect()
+            q = onnx.load(str(tmp)); del q.graph.value_info[:]; onnx.save(q, str(tmp)); del q
     return {'path': str(out), 'size_mb': round(onnx_size_mb(out), 4), 'flavour': flavour, 'method': method,
             'calibration': p['calibration'] if method == 'static' else None, 'quantized_nodes': len(todo),
             'float_nodes': len(keep), 'op_types': ops, 'activations': acts, 'reduce_range': rr, 'kernel_check': chk,
-            'seconds': round(time.perf_counter() - t0, 2),
+            'calibration_s': t_cal, 'seconds': round(time.perf_counter() - t0, 2),
             **({'group': only_group} if only_group else {})}
 
 # %% ../../nbs/compress/52_quant.ipynb #318da0d5
@@ -297,8 +374,10 @@ def _quantizers(model):
     from modelopt.torch.quantization.nn import TensorQuantizer
     return [(n, m) for n, m in model.named_modules() if isinstance(m, TensorQuantizer)]
 
-def mtq_quantize(model: nn.Module, calib_items, qc: dict, device=None) -> nn.Module:
-    "A fake-quant copy of `model` calibrated on `calib_items` (see above); `model` is not changed."
+def mtq_quantize(model: nn.Module, calib_items, qc: dict, device=None, inplace: bool = False) -> nn.Module:
+    """A fake-quant copy of `model` calibrated on `calib_items` (see above); `model` is not changed, except with
+    `inplace=True`, which quantizes `model` itself (no second copy of the weights: for a caller done with the float
+    model)."""
     mtq = import_mtq()
     if not calib_items: raise ValueError('calibration set: empty; ModelOpt calibration needs at least one pair')
     p = qc['ptq']
@@ -307,7 +386,7 @@ def mtq_quantize(model: nn.Module, calib_items, qc: dict, device=None) -> nn.Mod
         if e.get('quantizer_name') == '*weight_quantizer' and 'cfg' in e:
             e['cfg'] = {**e['cfg'], 'axis': 0 if p['per_channel'] else None}
     for pat in float_patterns(qc): cfg['quant_cfg'].append({'quantizer_name': pat, 'enable': False})
-    m = copy.deepcopy(model).float().eval()
+    m = (model if inplace else copy.deepcopy(model)).float().eval()
     dev = next(m.parameters()).device if device is None else torch.device(device)
     xs = [(to_tensor(it.img1, dev), to_tensor(it.img2, dev)) for it in calib_items]
     def loop(mm):
@@ -336,11 +415,13 @@ def set_groups(model: nn.Module, groups=None, base: dict | None = None) -> dict:
     return base
 
 # %% ../../nbs/compress/52_quant.ipynb #279f7c97
-def _const_values(model) -> dict:
+def _const_values(model, names=None) -> dict:
+    "{name: array} of the initializers and Constant outputs of `model` (only `names` when given: no weight copies)."
     from onnx import numpy_helper
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    want = (lambda n: True) if names is None else set(names).__contains__
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if want(i.name)}
     for n in model.graph.node:
-        if n.op_type == 'Constant':
+        if n.op_type == 'Constant' and want(n.output[0]):
             for a in n.attribute:
                 if a.name == 'value': out[n.output[0]] = numpy_helper.to_array(a.t)
     return out
@@ -349,9 +430,10 @@ def qdq_report(onnx_path) -> dict:
     "Q/DQ counts, zero-point types and values, weight scales per-channel or not, and `trt_style` (see above)."
     import onnx
     m = onnx.load(str(onnx_path))
-    c = _const_values(m)
     prod = {o: n for n in m.graph.node for o in n.output}
     qs = [n for n in m.graph.node if n.op_type in ('QuantizeLinear', 'DequantizeLinear')]
+    consts = {i.name for i in m.graph.initializer} | {n.output[0] for n in m.graph.node if n.op_type == 'Constant'}
+    c = _const_values(m, {x for n in qs for x in n.input[1:3]})        # scales and zero points only
     zp_types, nonzero, missing_zp, w_pc, w_pt = set(), 0, 0, 0, 0
     for n in qs:
         if len(n.input) < 3 or n.input[2] not in c: missing_zp += 1
@@ -359,7 +441,7 @@ def qdq_report(onnx_path) -> dict:
             z = c[n.input[2]]; zp_types.add(str(z.dtype)); nonzero += int(np.count_nonzero(z))
         if n.op_type != 'DequantizeLinear': continue
         src = n.input[0]; q = prod.get(src)
-        weight = src in c or (q is not None and q.op_type == 'QuantizeLinear' and q.input[0] in c)
+        weight = src in consts or (q is not None and q.op_type == 'QuantizeLinear' and q.input[0] in consts)
         if weight:
             s = c.get(n.input[1])
             if s is not None and s.size > 1: w_pc += 1
@@ -457,21 +539,61 @@ def fp32_weights_copy(fq_model: nn.Module) -> nn.Module:
     return m
 
 # %% ../../nbs/compress/52_quant.ipynb #428f042d
+def reference_outputs(model: nn.Module, shape, seed: int = 1) -> tuple[tuple, dict]:
+    "((img1, img2), outputs) of `model` on the random pair `compare_with_torch` uses: a reference kept for later."
+    g = torch.Generator().manual_seed(seed)
+    x = tuple((torch.rand(*shape, generator=g) * 2 - 1) for _ in range(2))
+    dev = next(model.parameters()).device
+    with torch.no_grad(): r1, r2 = model({'img': x[0].to(dev)}, {'img': x[1].to(dev)})
+    return x, {'pts3d': r1['pts3d'].cpu(), 'conf1': r1['conf'].cpu(),
+               'pts3d_in_other_view': r2['pts3d_in_other_view'].cpu(), 'conf2': r2['conf'].cpu()}
+
+def ort_vs_reference(onnx_path, x, ref: dict, budget: float | None = None) -> dict:
+    "ORT on `onnx_path` against recorded outputs `ref` on the pair `x`: rel. L2 per output, max, budget, ok."
+    o1, o2 = OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(*x)
+    errs = {'pts3d': rel_l2(o1['pts3d'], ref['pts3d']), 'conf1': rel_l2(o1['conf'], ref['conf1']),
+            'pts3d_in_other_view': rel_l2(o2['pts3d_in_other_view'], ref['pts3d_in_other_view']),
+            'conf2': rel_l2(o2['conf'], ref['conf2'])}
+    mx = max(errs.values())
+    return {'rel_l2': errs, 'max': mx, 'budget': budget,
+            'ok': None if budget is None else bool(math.isfinite(mx) and mx <= budget)}
+
 def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
     "int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); a report."
-    from pqk.export.onnx import export_onnx
-    qc, m = quant_config(cfg, check_backend=False), load_fp32(ckpt)
+    import gc
+    from pqk.export.onnx import ERROR_BUDGET
+    if flavour not in ('ort', 'tensorrt'):
+        raise ValueError(f"export_int8: flavour {flavour!r}; expected 'ort' or 'tensorrt'")
+    qc = quant_config(cfg, check_backend=False)
     calib, h, info = calibration_data(workload)
-    out = Path(out); fp = out.with_name(out.stem + '.fp32.onnx')
-    rep = {'fp32': export_onnx(m, fp, workload=workload, polygraphy=False), 'calibration_set_hash': h}
-    if flavour == 'ort': rep['int8'] = ort_quantize(fp, out, calib, qc)
+    out, shape = Path(out), list(workload.shape)
+    rep = {'calibration_set_hash': h, 'calibration': info}
+    m = load_fp32(ckpt)
+    x, ref = reference_outputs(m, shape)
+    mo = False
+    if flavour == 'tensorrt':
+        try: import_mtq(); mo = True
+        except ModelOptUnavailable: pass
+    if mo:
+        qm = quant_config({**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
+                                         'method': 'static', 'symmetric': True}})
+        fq = mtq_quantize(m, calib, qm, inplace=True); del m                  # the float weights are not needed
+        t0 = time.perf_counter()
+        rep['int8'] = {**export_qdq(fq, out, shape), 'producer': 'modelopt',
+                       'export_s': round(time.perf_counter() - t0, 2)}
+        rep['int8']['ort_vs_fake_quant'] = ort_vs_fake_quant(fq, out, shape)
+        del fq; gc.collect()
     else:
-        try:
-            import_mtq()
-            qm = quant_config({**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
-                                             'method': 'static', 'symmetric': True}})
-            rep['int8'] = {**export_qdq(mtq_quantize(m, calib, qm), out, workload.shape), 'producer': 'modelopt'}
-        except ModelOptUnavailable:
-            rep['int8'] = {**ort_quantize(fp, out, calib, qc, flavour='tensorrt'), 'qdq': qdq_report(out),
-                           'producer': 'onnxruntime'}
+        with work_dir(out) as work:
+            fp, t0 = work / 'model_fp32.onnx', time.perf_counter()
+            export_graph(m, fp, shape, 'fp32')
+            del m; gc.collect()                                               # torch weights out before ORT's
+            rep['fp32'] = {'export_s': round(time.perf_counter() - t0, 2), 'size_mb': round(onnx_size_mb(fp), 4),
+                           'ort_vs_torch': ort_vs_reference(fp, x, ref, ERROR_BUDGET['fp32']), 'kept': False}
+            if not rep['fp32']['ort_vs_torch']['ok']:
+                raise ValueError(f"{ckpt}: the fp32 ONNX differs from torch by {rep['fp32']['ort_vs_torch']['max']:.3g} "
+                                 f"(rel. L2, budget {ERROR_BUDGET['fp32']}): the export is broken, nothing quantized")
+            rep['int8'] = ort_quantize(fp, out, calib, qc, flavour='cpu' if flavour == 'ort' else 'tensorrt')
+            if flavour == 'tensorrt': rep['int8'] |= {'qdq': qdq_report(out), 'producer': 'onnxruntime'}
+    rep['int8']['ort_vs_torch'] = ort_vs_reference(out, x, ref)                # int8 against the fp32 model
     return rep
