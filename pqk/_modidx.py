@@ -733,6 +733,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'pqk/models/checkpoints.py'),
                                         'pqk.models.checkpoints.save_hf_checkpoint': ( 'models/checkpoints.html#save_hf_checkpoint',
                                                                                        'pqk/models/checkpoints.py'),
+                                        'pqk.models.checkpoints.save_random_release_checkpoint': ( 'models/checkpoints.html#save_random_release_checkpoint',
+                                                                                                   'pqk/models/checkpoints.py'),
                                         'pqk.models.checkpoints.save_release_checkpoint': ( 'models/checkpoints.html#save_release_checkpoint',
                                                                                             'pqk/models/checkpoints.py')},
             'pqk.models.config': { 'pqk.models.config.DUSt3RConfig': ('models/config.html#dust3rconfig', 'pqk/models/config.py'),
