@@ -85,7 +85,7 @@ def stage_forward(spec) -> dict:
             'weights_mb': round(model_size_mb(m), 1), 'config': m.cfg.to_dict()}
 
 def stage_distill(spec) -> dict:
-    "A −30% student (distill.yaml) at its training resolution: the teacher's forward, then 3 steps of pqk's loop."
+    "A −30% student (distill.yaml) at its training resolution: the teacher's forward, then 3 (`steps`) loop steps."
     import torch
     from pqk.compress.distill import distill_config, make_student, make_projections, kd_loss_fn
     from pqk.data.manifests import load_dataset
@@ -110,7 +110,7 @@ def stage_distill(spec) -> dict:
     marks = []
     def timed(step, rank=0, world=1):
         _sync(dev); marks.append(_now()); return batches(step, rank, world)
-    steps = 3
+    steps = int(spec.get('steps') or 3)                              # the last one is timed
     cfg = LoopConfig.from_sections({**tr, 'steps': steps},
                                    {'every_steps': steps, 'eval_every_steps': 0, 'keep_last': 1})
     t0 = _now()
