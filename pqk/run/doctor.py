@@ -85,7 +85,7 @@ def stage_forward(spec) -> dict:
             'weights_mb': round(model_size_mb(m), 1), 'config': m.cfg.to_dict()}
 
 def stage_distill(spec) -> dict:
-    "A −30% student (distill.yaml) at its training resolution: the teacher's forward, then 3 (`steps`) loop steps."
+    "A −30% student (distill.yaml) at its training resolution: the teacher's forward, then `steps` loop steps."
     import torch
     from pqk.compress.distill import distill_config, make_student, make_projections, kd_loss_fn
     from pqk.data.manifests import load_dataset
@@ -110,7 +110,7 @@ def stage_distill(spec) -> dict:
     marks = []
     def timed(step, rank=0, world=1):
         _sync(dev); marks.append(_now()); return batches(step, rank, world)
-    steps = int(spec.get('steps') or 3)                              # the last one is timed
+    steps = int(spec.get('steps') or 3)                  # the last interval is timed (of 2: the first)
     cfg = LoopConfig.from_sections({**tr, 'steps': steps},
                                    {'every_steps': steps, 'eval_every_steps': 0, 'keep_last': 1})
     t0 = _now()
@@ -562,7 +562,8 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
     spec = {'ckpt': str(work / 'model.pt') if build else str(Path(ckpt).resolve()) if ckpt not in (None, 'demo')
             else 'demo', 'build': REAL_PRESET if build else None, 'res': res,
             'train_res': int(dc['train'].get('res') or res), 'device': device, 'work': str(work),
-            'probe': scale == 'real', 'distill_cfg': str(root / 'configs' / 'distill.yaml'),
+            'probe': scale == 'real', 'steps': 2 if scale == 'real' else 3,
+            'distill_cfg': str(root / 'configs' / 'distill.yaml'),
             'quant_cfg': str(root / 'configs' / 'quant.yaml'), 'prune_cfg': str(root / 'configs' / 'prune.yaml')}
     tmo = float(timeout or TIMEOUT_S[scale])
     order = ['base', 'forward'] + [s for s in STAGES if s in stages and s != 'forward'] + (['gpu'] if device == 'cuda'
