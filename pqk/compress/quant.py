@@ -24,12 +24,12 @@ from .distill import kd_loss_fn, DEFAULTS as KD_DEFAULTS
 
 # %% auto #0
 __all__ = ['BACKENDS', 'OP_TYPES', 'CALIBRATIONS', 'CPU_ACTIVATIONS', 'BITS', 'GROUPS', 'QUANT_DEFAULTS', 'WORK_PREFIX',
-           'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'quant_config', 'module_path', 'layer_group',
-           'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
-           'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'work_dir', 'calibrate_ranges',
-           'ort_quantize', 'mtq_quantize', 'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity',
-           'qat_decision', 'train_qat', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'reference_outputs',
-           'ort_vs_reference', 'export_int8']
+           'QDQ_ERROR_BUDGET', 'MODELOPT_EXPORT_MAX_GB', 'ModelOptUnavailable', 'import_mtq', 'quant_config',
+           'module_path', 'layer_group', 'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds',
+           'select_nodes', 'gemm_shape', 'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range',
+           'work_dir', 'calibrate_ranges', 'ort_quantize', 'mtq_quantize', 'set_groups', 'qdq_report',
+           'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'export_qdq', 'ort_vs_fake_quant',
+           'fp32_weights_copy', 'reference_outputs', 'ort_vs_reference', 'export_int8']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 BACKENDS = ('onnxruntime', 'modelopt')
@@ -313,8 +313,11 @@ def calibrate_ranges(pre_onnx, op_types, calib_items, calibration: str = 'minmax
         del cal
         for f in work.glob(aug.name + '*'): f.unlink(missing_ok=True)
 
-def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None) -> dict:
-    "Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}."
+def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None,
+                 calibration_cache=None) -> dict:
+    """Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}.
+    `calibration_cache`: a file for the ranges, reused when it exists (both flavours of one fp32 file and calibration
+    set share it: keep it in a private folder, it is not checked against the model)."""
     import gc, onnx
     from onnxruntime.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -341,9 +344,9 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
         asym_act = acts == 'uint8' or not sym
         rr = flavour != 'tensorrt' and reduce_range(qc)
         t_cal = None
-        if method == 'static':
+        cache = Path(calibration_cache) if calibration_cache is not None else work / 'calibration.json'
+        if method == 'static' and not cache.is_file():
             t1 = time.perf_counter()
-            cache = work / 'calibration.json'
             save_tensors_data(calibrate_ranges(pre, ops, calib_items, p['calibration'], p['percentile'], work), cache)
             gc.collect(); t_cal = round(time.perf_counter() - t1, 2)
         with atomic_path(out) as tmp:
@@ -558,42 +561,61 @@ def ort_vs_reference(onnx_path, x, ref: dict, budget: float | None = None) -> di
     return {'rel_l2': errs, 'max': mx, 'budget': budget,
             'ok': None if budget is None else bool(math.isfinite(mx) and mx <= budget)}
 
-def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
-    "int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); a report."
+MODELOPT_EXPORT_MAX_GB = 1.0    # fp32 weights above which the TensorRT flavour comes from ORT (see above)
+
+def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort', trt_out=None) -> dict:
+    """int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); `trt_out`:
+    also the TensorRT-style file there, from the same fp32 export and calibration (its report: `trt`)."""
     import gc
+    from pqk.eval.efficiency import model_size_mb, MB
     from pqk.export.onnx import ERROR_BUDGET
     if flavour not in ('ort', 'tensorrt'):
         raise ValueError(f"export_int8: flavour {flavour!r}; expected 'ort' or 'tensorrt'")
+    outs = {flavour: Path(out)} | ({'tensorrt': Path(trt_out)} if trt_out is not None else {})
+    if trt_out is not None and flavour != 'ort':
+        raise ValueError("export_int8: trt_out goes with flavour 'ort' (the TensorRT file beside the CPU one)")
     qc = quant_config(cfg, check_backend=False)
     calib, h, info = calibration_data(workload)
-    out, shape = Path(out), list(workload.shape)
-    rep = {'calibration_set_hash': h, 'calibration': info}
+    shape = list(workload.shape)
+    rep, done = {'calibration_set_hash': h, 'calibration': info}, {}
     m = load_fp32(ckpt)
     x, ref = reference_outputs(m, shape)
-    mo = False
-    if flavour == 'tensorrt':
-        try: import_mtq(); mo = True
-        except ModelOptUnavailable: pass
-    if mo:
-        qm = quant_config({**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
-                                         'method': 'static', 'symmetric': True}})
-        fq = mtq_quantize(m, calib, qm, inplace=True); del m                  # the float weights are not needed
-        t0 = time.perf_counter()
-        rep['int8'] = {**export_qdq(fq, out, shape), 'producer': 'modelopt',
-                       'export_s': round(time.perf_counter() - t0, 2)}
-        rep['int8']['ort_vs_fake_quant'] = ort_vs_fake_quant(fq, out, shape)
-        del fq; gc.collect()
-    else:
-        with work_dir(out) as work:
+    w_gb = model_size_mb(m) * MB / 1e9
+    mo, why = False, None
+    if 'tensorrt' in outs:
+        try: import_mtq(); mo = w_gb <= MODELOPT_EXPORT_MAX_GB
+        except ModelOptUnavailable as e: why = f'ModelOpt missing: {e}'
+        if not mo and why is None:
+            why = (f'{w_gb:.2f} GB of fp32 weights > {MODELOPT_EXPORT_MAX_GB} GB: the legacy export of the ModelOpt '
+                   "model peaked at 6.6 W on DUSt3R-L; ORT's TensorRT placement stays within 4 W")
+    with work_dir(outs[flavour]) as work:
+        if 'ort' in outs or not mo:                                          # the ORT flavours need the fp32 ONNX
             fp, t0 = work / 'model_fp32.onnx', time.perf_counter()
             export_graph(m, fp, shape, 'fp32')
-            del m; gc.collect()                                               # torch weights out before ORT's
             rep['fp32'] = {'export_s': round(time.perf_counter() - t0, 2), 'size_mb': round(onnx_size_mb(fp), 4),
-                           'ort_vs_torch': ort_vs_reference(fp, x, ref, ERROR_BUDGET['fp32']), 'kept': False}
+                           'kept': False}
+        if mo:                                                               # ModelOpt: the float model is done
+            qm = quant_config({**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
+                                             'method': 'static', 'symmetric': True}})
+            fq, m = mtq_quantize(m, calib, qm, inplace=True), None
+            t0 = time.perf_counter()
+            r = {**export_qdq(fq, outs['tensorrt'], shape), 'producer': 'modelopt',
+                 'export_s': round(time.perf_counter() - t0, 2)}
+            r['ort_vs_fake_quant'] = ort_vs_fake_quant(fq, outs['tensorrt'], shape)
+            done['tensorrt'], fq = r, None
+        m = None; gc.collect()                                               # torch weights out before ORT's
+        if 'fp32' in rep:
+            rep['fp32']['ort_vs_torch'] = ort_vs_reference(fp, x, ref, ERROR_BUDGET['fp32'])
             if not rep['fp32']['ort_vs_torch']['ok']:
-                raise ValueError(f"{ckpt}: the fp32 ONNX differs from torch by {rep['fp32']['ort_vs_torch']['max']:.3g} "
-                                 f"(rel. L2, budget {ERROR_BUDGET['fp32']}): the export is broken, nothing quantized")
-            rep['int8'] = ort_quantize(fp, out, calib, qc, flavour='cpu' if flavour == 'ort' else 'tensorrt')
-            if flavour == 'tensorrt': rep['int8'] |= {'qdq': qdq_report(out), 'producer': 'onnxruntime'}
-    rep['int8']['ort_vs_torch'] = ort_vs_reference(out, x, ref)                # int8 against the fp32 model
+                raise ValueError(f"{ckpt}: the fp32 ONNX differs from torch by {rep['fp32']['ort_vs_torch']['max']:.3g}"
+                                 f" (rel. L2, budget {ERROR_BUDGET['fp32']}): the export is broken, nothing quantized")
+        cache = work / 'calibration.json'                                    # one calibration for both flavours
+        for fl in [f for f in ('ort', 'tensorrt') if f in outs and (f == 'ort' or not mo)]:
+            r = ort_quantize(fp, outs[fl], calib, qc, flavour='cpu' if fl == 'ort' else 'tensorrt',
+                             calibration_cache=cache)
+            if fl == 'tensorrt': r |= {'qdq': qdq_report(outs[fl]), 'producer': 'onnxruntime', 'why': why}
+            done[fl] = r
+    for fl, o in outs.items(): done[fl]['ort_vs_torch'] = ort_vs_reference(o, x, ref)  # int8 against fp32
+    rep['int8'] = done[flavour]
+    if trt_out is not None: rep['trt'] = done['tensorrt']
     return rep
