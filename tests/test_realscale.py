@@ -38,7 +38,8 @@ def rs(release_setup):
 def _run(rs, args, timeout=TIMEOUT) -> dict:
     r = run_measured([sys.executable, *map(str, args)], timeout=timeout, env=rs.env, cwd=ROOT)
     r['peak_w'] = r['peak_mb'] * MB / rs.W if r['peak_mb'] is not None else None
-    print(f"{args[:3]}: peak {r['peak_mb'] * MB / 1e9:.2f} GB = {r['peak_w']:.2f} W, {r['wall_s']:.0f} s, "
+    what = ' '.join(map(str, args[:4])) if args[0] != '-c' else 'python -c <script>'
+    print(f"{what}: peak {r['peak_mb'] * MB / 1e9:.2f} GB = {r['peak_w']:.2f} W, {r['wall_s']:.0f} s, "
           f"load {os.getloadavg()[0]:.1f}")
     assert not r['timed_out'], f'did not finish within {timeout} s'
     assert r['rc'] == 0, r['stderr'][-3000:]
