@@ -492,6 +492,7 @@ def format_report(rep: dict) -> str:
     u, rows, W = rep['units'], rep['stages'], rep['units'].get('weights_gb')
     lines = [f"pqk doctor — {rep['model']} ({(u.get('params') or 0) / 1e6:.0f} M params, W = "
              f"{W or 0:.2f} GB fp32), {rep['res']}² pairs, device {rep['device']}, scale {rep['scale']}",
+             *([rep['device_note']] if rep.get('device_note') else []),
              f"machine: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, "
              f"{rep['machine']['mem_total_gb']:.1f} GB"
              f" ({rep['machine']['mem_available_gb']:.1f} GB free), load {rep['machine']['load']}"]
@@ -562,6 +563,10 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
         raise FileNotFoundError(2, 'no such checkpoint', str(ckpt))
     wl, ev, root = load_workload(workload), load_eval(eval), project_root()
     res = 512 if scale == 'real' else int(wl.resolution)
+    import torch
+    run_on, note = device, None
+    if device == 'cuda' and not torch.cuda.is_available():          # the stages still run; the CUDA rows say why
+        run_on, note = 'cpu', 'CUDA is not available here: the stages ran on the CPU'
     from pqk.compress.distill import distill_config
     dc = distill_config(root / 'configs' / 'distill.yaml')
     wroot = Path(work_root or tempfile.gettempdir()); wroot.mkdir(parents=True, exist_ok=True)
@@ -570,7 +575,7 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
     build = scale == 'real' and ckpt is None
     spec = {'ckpt': str(work / 'model.pt') if build else str(Path(ckpt).resolve()) if ckpt not in (None, 'demo')
             else 'demo', 'build': REAL_PRESET if build else None, 'res': res,
-            'train_res': int(dc['train'].get('res') or res), 'device': device, 'work': str(work),
+            'train_res': int(dc['train'].get('res') or res), 'device': run_on, 'work': str(work),
             'probe': scale == 'real', 'steps': 1 if scale == 'real' else 3,
             'distill_cfg': str(root / 'configs' / 'distill.yaml'),
             'quant_cfg': str(root / 'configs' / 'quant.yaml'), 'prune_cfg': str(root / 'configs' / 'prune.yaml')}
@@ -593,7 +598,7 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
     u = units(rows)
     avail = _mem_available_gb()
     rep = {'model': 'random weights, release shape ' + REAL_PRESET if build else (spec['ckpt'] if ckpt else 'demo'),
-           'scale': scale, 'device': device, 'res': res, 'stages': rows, 'units': u,
+           'scale': scale, 'device': device, 'device_note': note, 'res': res, 'stages': rows, 'units': u,
            'verdicts': verdicts(rows, u, avail), 'cards': card_estimates(u, wl, ev), 'machine': _machine(),
            'seconds': round(_now() - t0, 1)}
     rep['table'] = format_report(rep)
