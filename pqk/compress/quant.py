@@ -7,6 +7,7 @@ one training loop, and both int8 ONNX flavours with a graph check."""
 # %% ../../nbs/compress/52_quant.ipynb #5ff78ba5
 from __future__ import annotations
 import copy, fnmatch, math, os, re, time, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
@@ -14,22 +15,23 @@ import torch.nn as nn
 from ..core.contracts import ContractError, Problem, _rel, method_config, method_defaults
 from ..core.io import atomic_path
 from ..data.manifests import to_tensor
-from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher
-from ..eval.protocol import predict_pairs, pair_quality, quality_block
-from ..export.onnx import export_graph, onnx_size_mb, check_onnx, rel_l2
+from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher, probe_pair
+from ..eval.protocol import predict_pairs, pair_quality, quality_block, output_errors, rel_l2
+from ..export.onnx import export_graph, onnx_size_mb, check_onnx
 from ..export.ort import OrtPredictor
 from ..train.loop import fit, LoopConfig
 from ..train.stoprules import StopRules
 from .distill import kd_loss_fn
 
 # %% auto #0
-__all__ = ['GROUPS', 'QDQ_ERROR_BUDGET', 'ModelOptUnavailable', 'import_mtq', 'check_backend', 'module_path', 'layer_group',
-           'float_patterns', 'excluded', 'load_fp32', 'calibration_data', 'calib_feeds', 'select_nodes', 'gemm_shape',
-           'model_kernel_check', 'cpu_activation_type', 'int8_ceiling', 'reduce_range', 'ort_quantize', 'mtq_quantize',
-           'set_groups', 'qdq_report', 'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat',
-           'qat_training_block', 'export_qdq', 'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8', 'quant_start',
-           'quant_calibrate', 'quant_ptq', 'quant_sensitivity', 'quant_qat', 'ptq_vs_qat', 'quant_exports',
-           'ledger_table', 'quant_latency', 'quant_finish', 'quant_run']
+__all__ = ['GROUPS', 'WORK_PREFIX', 'QDQ_ERROR_BUDGET', 'MODELOPT_EXPORT_MAX_GB', 'ModelOptUnavailable', 'import_mtq',
+           'check_backend', 'module_path', 'layer_group', 'float_patterns', 'excluded', 'load_fp32', 'calibration_data',
+           'calib_feeds', 'select_nodes', 'gemm_shape', 'model_kernel_check', 'cpu_activation_type', 'int8_ceiling',
+           'reduce_range', 'work_dir', 'calibrate_ranges', 'ort_quantize', 'mtq_quantize', 'set_groups', 'qdq_report',
+           'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'qat_training_block', 'export_qdq',
+           'ort_vs_fake_quant', 'fp32_weights_copy', 'reference_outputs', 'ort_vs_reference', 'export_int8',
+           'quant_start', 'quant_calibrate', 'quant_ptq', 'quant_sensitivity', 'quant_qat', 'ptq_vs_qat',
+           'quant_exports', 'ledger_table', 'quant_latency', 'quant_finish', 'quant_run']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder': ('enc_blocks', 'enc_norm'),
@@ -172,57 +174,135 @@ def reduce_range(qc: dict, isa=None) -> bool:
         isa = cpu_isa()
     return 'avx2' in isa and not {'avx512_vnni', 'avx_vnni', 'amx_int8'} & set(isa)
 
-def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None) -> dict:
-    "Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}."
-    import onnx
-    from onnxruntime.quantization import (quantize_static, quantize_dynamic, QuantFormat, QuantType,
-                                          CalibrationDataReader, CalibrationMethod)
+WORK_PREFIX = '.pqk-work-'
+
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _stale(name: str, prefix: str) -> bool:
+    "True when `name` is `<prefix><pid>-...` of a process that no longer runs."
+    m = re.match(re.escape(prefix) + r'(\d+)-', name)
+    return bool(m) and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1)))
+
+@contextmanager
+def work_dir(out):
+    """A private folder beside `out` (`.pqk-work-<pid>-<random>`) for the intermediates of writing `out`, removed on
+    exit whatever happens; the leftovers of killed runs in that folder (work folders and atomic temporaries of `out`
+    whose process is gone) are removed first. Python's temporary files go there too while it is open."""
+    import shutil, tempfile
+    from pqk.core.io import TMP_PREFIX
+    folder = Path(out).parent; folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():
+        if _stale(p.name, WORK_PREFIX) and p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        elif _stale(p.name, TMP_PREFIX) and p.name.endswith(f'-{Path(out).name}'): p.unlink(missing_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=f'{WORK_PREFIX}{os.getpid()}-', dir=folder))
+    old, tempfile.tempdir = tempfile.tempdir, str(d)          # ORT's own temporary files land here too
+    try: yield d
+    finally:
+        tempfile.tempdir = old
+        shutil.rmtree(d, ignore_errors=True)
+
+def _lean_session(path, providers=None):
+    """An ORT session for calibration: no graph optimization (tensor names kept, as ORT's calibrators do), no CPU
+    memory arena and priority-based execution order, which runs each range reduction as soon as its tensor exists."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.enable_cpu_mem_arena = False
+    so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+    return ort.InferenceSession(str(path), so, providers=providers or ['CPUExecutionProvider'])
+
+class _OnePair:
+    "A calibration reader of one feed."
+    def __init__(self, feed): self.feed = feed
+    def get_next(self):
+        f, self.feed = self.feed, None
+        return f
+
+def calibrate_ranges(pre_onnx, op_types, calib_items, calibration: str = 'minmax', percentile: float = 99.99,
+                     work=None, progress=None):
+    """ORT's calibration ranges (`TensorsData`) of the tensors around `op_types` nodes of a pre-processed ONNX,
+    collected pair by pair (see above); `calib_items`: calibration pairs or ORT feeds; `work`: folder for the
+    augmented model (default: beside `pre_onnx`); `progress(k)` is called after pair k."""
+    from onnxruntime.quantization.calibrate import create_calibrator, CalibrationMethod
+    cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
+          'percentile': CalibrationMethod.Percentile}[calibration]
+    work = Path(work) if work is not None else Path(pre_onnx).parent
+    aug = work / f'augmented-{os.getpid()}.onnx'
+    cal = create_calibrator(Path(pre_onnx), list(op_types), augmented_model_path=str(aug), calibrate_method=cm,
+                            use_external_data_format=True, extra_options={'percentile': float(percentile)})
+    try:
+        cal.infer_session = None                                  # ORT's own session out first, then the lean one
+        cal.infer_session = _lean_session(aug)
+        for k, it in enumerate(calib_items):                      # a pair's feed is made only when it is used
+            cal.collect_data(_OnePair(it if isinstance(it, dict) else calib_feeds([it])[0]))   # merged, then dropped
+            if progress: progress(k + 1)
+        return cal.compute_data()
+    finally:
+        cal.infer_session = None
+        del cal
+        for f in work.glob(aug.name + '*'): f.unlink(missing_ok=True)
+
+def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None,
+                 calibration_cache=None) -> dict:
+    """Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}.
+    `calibration_cache`: a file for the ranges, reused when it exists (both flavours of one fp32 file and calibration
+    set share it: keep it in a private folder, it is not checked against the model)."""
+    import gc, onnx
+    from onnxruntime.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
     p, t0, out = qc['ptq'], time.perf_counter(), Path(out)
     method = 'static' if flavour == 'tensorrt' else p['method']
     if method == 'static' and not calib_items:
         raise ValueError('calibration set: empty; static quantization needs at least one pair (calibration.count)')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pre = out.with_name(out.stem + '.pre.onnx')
-    quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True, skip_optimization=True)
-    m = onnx.load(str(pre))
-    todo, keep = select_nodes(m, qc, only_group)
-    if not todo: raise ValueError(f"ptq: no node to quantize in {Path(fp32_onnx).name} (op_types "
-                                  f"{p['op_types']}, keep_float {qc['keep_float']}, group {only_group})")
-    ops = sorted({n.op_type for n in m.graph.node if n.name in set(todo)})
-    feeds = calib_feeds(calib_items) if method == 'static' else []
-    class Reader(CalibrationDataReader):
-        def __init__(s): s.it = iter(feeds)
-        def get_next(s): return next(s.it, None)
-    acts, chk = ('int8', None) if flavour == 'tensorrt' else (
-        cpu_activation_type(qc, m) if method == 'static' else ('uint8', None))   # dynamic: ORT's uint8 only
-    sym = bool(p['symmetric']) or flavour == 'tensorrt'
-    asym_act = acts == 'uint8' or not sym
-    rr = flavour != 'tensorrt' and reduce_range(qc)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    with work_dir(out) as work, warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        if method == 'dynamic':
-            quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
-                             reduce_range=rr,
-                             op_types_to_quantize=ops, nodes_to_exclude=keep)
-        else:
-            cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
-                  'percentile': CalibrationMethod.Percentile}[p['calibration']]
-            extra = {'ActivationSymmetric': not asym_act, 'WeightSymmetric': sym,
-                     'CalibPercentile': float(p['percentile'])}
-            if flavour == 'tensorrt': extra |= {'QuantizeBias': False, 'OpTypesToExcludeOutputQuantization': ops}
-            quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=bool(p['per_channel']), calibrate_method=cm, op_types_to_quantize=ops,
-                            activation_type=QuantType.QUInt8 if acts == 'uint8' else QuantType.QInt8,
-                            weight_type=QuantType.QInt8, reduce_range=rr,
-                            nodes_to_exclude=keep, extra_options=extra)
-        q = onnx.load(str(tmp)); del q.graph.value_info[:]; onnx.save(q, str(tmp))
-    pre.unlink(missing_ok=True)
-    for f in out.parent.glob(out.stem + '.pre*'): f.unlink(missing_ok=True)
+        pre = work / 'pre.onnx'                                   # weights in pre.onnx.data: the graph loads alone
+        quant_pre_process(str(fp32_onnx), str(pre), skip_symbolic_shape=True, skip_optimization=True,
+                          save_as_external_data=True, all_tensors_to_one_file=True,
+                          external_data_location='pre.onnx.data')
+        m = onnx.load(str(pre), load_external_data=False)
+        todo, keep = select_nodes(m, qc, only_group)
+        if not todo: raise ValueError(f"ptq: no node to quantize in {Path(fp32_onnx).name} (op_types "
+                                      f"{p['op_types']}, keep_float {qc['keep_float']}, group {only_group})")
+        ops = sorted({n.op_type for n in m.graph.node if n.name in set(todo)})
+        acts, chk = ('int8', None) if flavour == 'tensorrt' else (
+            cpu_activation_type(qc, m) if method == 'static' else ('uint8', None))   # dynamic: ORT's uint8 only
+        del m
+        sym = bool(p['symmetric']) or flavour == 'tensorrt'
+        asym_act = acts == 'uint8' or not sym
+        rr = flavour != 'tensorrt' and reduce_range(qc)
+        t_cal = None
+        cache = Path(calibration_cache) if calibration_cache is not None else work / 'calibration.json'
+        if method == 'static' and not cache.is_file():
+            t1 = time.perf_counter()
+            save_tensors_data(calibrate_ranges(pre, ops, calib_items, p['calibration'], p['percentile'], work), cache)
+            gc.collect(); t_cal = round(time.perf_counter() - t1, 2)
+        with atomic_path(out) as tmp:
+            if method == 'dynamic':
+                quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
+                                 reduce_range=rr, op_types_to_quantize=ops, nodes_to_exclude=keep)
+            else:
+                cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
+                      'percentile': CalibrationMethod.Percentile}[p['calibration']]
+                extra = {'ActivationSymmetric': not asym_act, 'WeightSymmetric': sym,
+                         'CalibPercentile': float(p['percentile'])}
+                if flavour == 'tensorrt': extra |= {'QuantizeBias': False, 'OpTypesToExcludeOutputQuantization': ops}
+                quantize_static(str(pre), str(tmp), None, quant_format=QuantFormat.QDQ,
+                                per_channel=bool(p['per_channel']), calibrate_method=cm, op_types_to_quantize=ops,
+                                activation_type=QuantType.QUInt8 if acts == 'uint8' else QuantType.QInt8,
+                                weight_type=QuantType.QInt8, reduce_range=rr,
+                                nodes_to_exclude=keep, extra_options=extra, calibration_cache_path=str(cache))
+            gc.collect()
+            q = onnx.load(str(tmp)); del q.graph.value_info[:]; onnx.save(q, str(tmp)); del q
     return {'path': str(out), 'size_mb': round(onnx_size_mb(out), 4), 'flavour': flavour, 'method': method,
             'calibration': p['calibration'] if method == 'static' else None, 'quantized_nodes': len(todo),
             'float_nodes': len(keep), 'op_types': ops, 'activations': acts, 'reduce_range': rr, 'kernel_check': chk,
-            'seconds': round(time.perf_counter() - t0, 2),
+            'calibration_s': t_cal, 'seconds': round(time.perf_counter() - t0, 2),
             **({'group': only_group} if only_group else {})}
 
 # %% ../../nbs/compress/52_quant.ipynb #318da0d5
@@ -230,8 +310,10 @@ def _quantizers(model):
     from modelopt.torch.quantization.nn import TensorQuantizer
     return [(n, m) for n, m in model.named_modules() if isinstance(m, TensorQuantizer)]
 
-def mtq_quantize(model: nn.Module, calib_items, qc: dict, device=None) -> nn.Module:
-    "A fake-quant copy of `model` calibrated on `calib_items` (see above); `model` is not changed."
+def mtq_quantize(model: nn.Module, calib_items, qc: dict, device=None, inplace: bool = False) -> nn.Module:
+    """A fake-quant copy of `model` calibrated on `calib_items` (see above); `model` is not changed, except with
+    `inplace=True`, which quantizes `model` itself (no second copy of the weights: for a caller done with the float
+    model)."""
     mtq = import_mtq()
     if not calib_items: raise ValueError('calibration set: empty; ModelOpt calibration needs at least one pair')
     p = qc['ptq']
@@ -240,7 +322,7 @@ def mtq_quantize(model: nn.Module, calib_items, qc: dict, device=None) -> nn.Mod
         if e.get('quantizer_name') == '*weight_quantizer' and 'cfg' in e:
             e['cfg'] = {**e['cfg'], 'axis': 0 if p['per_channel'] else None}
     for pat in float_patterns(qc): cfg['quant_cfg'].append({'quantizer_name': pat, 'enable': False})
-    m = copy.deepcopy(model).float().eval()
+    m = (model if inplace else copy.deepcopy(model)).float().eval()
     dev = next(m.parameters()).device if device is None else torch.device(device)
     xs = [(to_tensor(it.img1, dev), to_tensor(it.img2, dev)) for it in calib_items]
     def loop(mm):
@@ -269,11 +351,13 @@ def set_groups(model: nn.Module, groups=None, base: dict | None = None) -> dict:
     return base
 
 # %% ../../nbs/compress/52_quant.ipynb #279f7c97
-def _const_values(model) -> dict:
+def _const_values(model, names=None) -> dict:
+    "{name: array} of the initializers and Constant outputs of `model` (only `names` when given: no weight copies)."
     from onnx import numpy_helper
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    want = (lambda n: True) if names is None else set(names).__contains__
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if want(i.name)}
     for n in model.graph.node:
-        if n.op_type == 'Constant':
+        if n.op_type == 'Constant' and want(n.output[0]):
             for a in n.attribute:
                 if a.name == 'value': out[n.output[0]] = numpy_helper.to_array(a.t)
     return out
@@ -282,9 +366,10 @@ def qdq_report(onnx_path) -> dict:
     "Q/DQ counts, zero-point types and values, weight scales per-channel or not, and `trt_style` (see above)."
     import onnx
     m = onnx.load(str(onnx_path))
-    c = _const_values(m)
     prod = {o: n for n in m.graph.node for o in n.output}
     qs = [n for n in m.graph.node if n.op_type in ('QuantizeLinear', 'DequantizeLinear')]
+    consts = {i.name for i in m.graph.initializer} | {n.output[0] for n in m.graph.node if n.op_type == 'Constant'}
+    c = _const_values(m, {x for n in qs for x in n.input[1:3]})        # scales and zero points only
     zp_types, nonzero, missing_zp, w_pc, w_pt = set(), 0, 0, 0, 0
     for n in qs:
         if len(n.input) < 3 or n.input[2] not in c: missing_zp += 1
@@ -292,7 +377,7 @@ def qdq_report(onnx_path) -> dict:
             z = c[n.input[2]]; zp_types.add(str(z.dtype)); nonzero += int(np.count_nonzero(z))
         if n.op_type != 'DequantizeLinear': continue
         src = n.input[0]; q = prod.get(src)
-        weight = src in c or (q is not None and q.op_type == 'QuantizeLinear' and q.input[0] in c)
+        weight = src in consts or (q is not None and q.op_type == 'QuantizeLinear' and q.input[0] in consts)
         if weight:
             s = c.get(n.input[1])
             if s is not None and s.size > 1: w_pc += 1
@@ -383,8 +468,7 @@ def export_qdq(fq_model: nn.Module, path, shape) -> dict:
 
 def ort_vs_fake_quant(fq_model: nn.Module, onnx_path, shape, budget: float = QDQ_ERROR_BUDGET) -> dict:
     "Relative L2 error of ORT on `onnx_path` against the fake-quant module on one random pair."
-    g = torch.Generator().manual_seed(1)
-    x1, x2 = ((torch.rand(*shape, generator=g) * 2 - 1) for _ in range(2))
+    x1, x2 = probe_pair(list(shape), 1)
     o1, _ = OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(x1, x2)
     with torch.no_grad(): t1, _ = fq_model.eval()({'img': x1}, {'img': x2})
     e = rel_l2(o1['pts3d'], t1['pts3d'])
@@ -397,23 +481,76 @@ def fp32_weights_copy(fq_model: nn.Module) -> nn.Module:
     return m
 
 # %% ../../nbs/compress/52_quant.ipynb #428f042d
-def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort') -> dict:
-    "int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); a report."
-    from pqk.export.onnx import export_onnx
-    qc, m = method_config('quant', cfg), load_fp32(ckpt)
+def reference_outputs(model: nn.Module, shape, seed: int = 1) -> tuple[tuple, tuple]:
+    """(pair, outputs): `model`'s outputs (on the CPU) on `probe_pair(shape, seed)`, recorded so that the exports
+    can be compared with them (`ort_vs_reference`) after the model is gone."""
+    x = probe_pair(list(shape), seed)
+    dev = next(model.parameters()).device
+    with torch.no_grad(): r1, r2 = model({'img': x[0].to(dev)}, {'img': x[1].to(dev)})
+    return x, ({k: r1[k].cpu() for k in ('pts3d', 'conf')}, {k: r2[k].cpu() for k in ('pts3d_in_other_view', 'conf')})
+
+def ort_vs_reference(onnx_path, x, ref, budget: float | None = None) -> dict:
+    "`output_errors` of ORT on `onnx_path` against recorded outputs `ref` on the pair `x`, with `budget` and `ok`."
+    e = output_errors(OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(*x), ref)
+    return {**e, 'budget': budget, 'ok': None if budget is None else bool(math.isfinite(e['max']) and e['max'] <= budget)}
+
+MODELOPT_EXPORT_MAX_GB = 1.0    # fp32 weights above which the TensorRT flavour comes from ORT (see above)
+
+def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort', trt_out=None) -> dict:
+    """int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); `trt_out`:
+    also the TensorRT-style file there, from the same fp32 export and calibration (its report: `trt`)."""
+    import gc
+    from pqk.eval.efficiency import model_size_mb, MB
+    from pqk.export.onnx import ERROR_BUDGET
+    if flavour not in ('ort', 'tensorrt'):
+        raise ValueError(f"export_int8: flavour {flavour!r}; expected 'ort' or 'tensorrt'")
+    outs = {flavour: Path(out)} | ({'tensorrt': Path(trt_out)} if trt_out is not None else {})
+    if trt_out is not None and flavour != 'ort':
+        raise ValueError("export_int8: trt_out goes with flavour 'ort' (the TensorRT file beside the CPU one)")
+    qc = method_config('quant', cfg)
     calib, h, info = calibration_data(workload)
-    out = Path(out); fp = out.with_name(out.stem + '.fp32.onnx')
-    rep = {'fp32': export_onnx(m, fp, workload=workload, polygraphy=False), 'calibration_set_hash': h}
-    if flavour == 'ort': rep['int8'] = ort_quantize(fp, out, calib, qc)
-    else:
-        try:
-            import_mtq()
+    shape = list(workload.shape)
+    rep, done = {'calibration_set_hash': h, 'calibration': info}, {}
+    m = load_fp32(ckpt)
+    x, ref = reference_outputs(m, shape)
+    w_gb = model_size_mb(m) * MB / 1e9
+    mo, why = False, None
+    if 'tensorrt' in outs:
+        try: import_mtq(); mo = w_gb <= MODELOPT_EXPORT_MAX_GB
+        except ModelOptUnavailable as e: why = f'ModelOpt missing: {e}'
+        if not mo and why is None:
+            why = (f'{w_gb:.2f} GB of fp32 weights > {MODELOPT_EXPORT_MAX_GB} GB: the legacy export of the ModelOpt '
+                   "model peaked at 6.6 W on DUSt3R-L; ORT's TensorRT placement stays within 4 W")
+    with work_dir(outs[flavour]) as work:
+        if 'ort' in outs or not mo:                                          # the ORT flavours need the fp32 ONNX
+            fp, t0 = work / 'model_fp32.onnx', time.perf_counter()
+            export_graph(m, fp, shape, 'fp32')
+            rep['fp32'] = {'export_s': round(time.perf_counter() - t0, 2), 'size_mb': round(onnx_size_mb(fp), 4),
+                           'kept': False}
+        if mo:                                                               # ModelOpt: the float model is done
             qm = method_config('quant', {**qc, 'ptq': {**qc['ptq'], 'backend': 'modelopt', 'calibration': 'minmax',
                                              'method': 'static', 'symmetric': True}})
-            rep['int8'] = {**export_qdq(mtq_quantize(m, calib, qm), out, workload.shape), 'producer': 'modelopt'}
-        except ModelOptUnavailable:
-            rep['int8'] = {**ort_quantize(fp, out, calib, qc, flavour='tensorrt'), 'qdq': qdq_report(out),
-                           'producer': 'onnxruntime'}
+            fq, m = mtq_quantize(m, calib, qm, inplace=True), None
+            t0 = time.perf_counter()
+            r = {**export_qdq(fq, outs['tensorrt'], shape), 'producer': 'modelopt',
+                 'export_s': round(time.perf_counter() - t0, 2)}
+            r['ort_vs_fake_quant'] = ort_vs_fake_quant(fq, outs['tensorrt'], shape)
+            done['tensorrt'], fq = r, None
+        m = None; gc.collect()                                               # torch weights out before ORT's
+        if 'fp32' in rep:
+            rep['fp32']['ort_vs_torch'] = ort_vs_reference(fp, x, ref, ERROR_BUDGET['fp32'])
+            if not rep['fp32']['ort_vs_torch']['ok']:
+                raise ValueError(f"{ckpt}: the fp32 ONNX differs from torch by {rep['fp32']['ort_vs_torch']['max']:.3g}"
+                                 f" (rel. L2, budget {ERROR_BUDGET['fp32']}): the export is broken, nothing quantized")
+        cache = work / 'calibration.json'                                    # one calibration for both flavours
+        for fl in [f for f in ('ort', 'tensorrt') if f in outs and (f == 'ort' or not mo)]:
+            r = ort_quantize(fp, outs[fl], calib, qc, flavour='cpu' if fl == 'ort' else 'tensorrt',
+                             calibration_cache=cache)
+            if fl == 'tensorrt': r |= {'qdq': qdq_report(outs[fl]), 'producer': 'onnxruntime', 'why': why}
+            done[fl] = r
+    for fl, o in outs.items(): done[fl]['ort_vs_torch'] = ort_vs_reference(o, x, ref)  # int8 against fp32
+    rep['int8'] = done[flavour]
+    if trt_out is not None: rep['trt'] = done['tensorrt']
     return rep
 
 # %% ../../nbs/compress/52_quant.ipynb #632cc355

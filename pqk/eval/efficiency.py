@@ -11,8 +11,8 @@ import torch
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_PARTS', 'MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'interleaved_latency', 'has_stages',
-           'stage_latency', 'count_params', 'size_on_disk_mb', 'model_size_mb', 'gflops', 'PeakMemory', 'DeviceHours',
-           'benchmark_forward']
+           'stage_latency', 'count_params', 'size_on_disk_mb', 'model_size_mb', 'gflops', 'PeakMemory',
+           'process_tree_rss_mb', 'run_measured', 'DeviceHours', 'benchmark_forward']
 
 # %% ../../nbs/eval/32_efficiency.ipynb #4666f45b
 def resolve_device(device=None) -> torch.device:
@@ -178,14 +178,28 @@ def size_on_disk_mb(path) -> float:
     if p.is_file(): return p.stat().st_size / MB
     return sum(f.stat().st_size for f in p.rglob('*') if f.is_file()) / MB
 
+def _tensors(v):
+    "Every tensor inside a state_dict value (a tensor, or a tuple/list/dict of them, e.g. packed quantized params)."
+    if torch.is_tensor(v): yield v
+    elif isinstance(v, (tuple, list)):
+        for x in v: yield from _tensors(x)
+    elif isinstance(v, dict):
+        for x in v.values(): yield from _tensors(x)
+
 def model_size_mb(model: torch.nn.Module) -> float:
-    "Size in MiB of the model's state_dict serialised with torch.save (what its checkpoint takes on disk)."
+    """Size in MiB of the model's state_dict as torch.save stores it: the bytes of every distinct tensor storage
+    (parameters and buffers, aliased tensors once), read from the tensors, never by writing them."""
     if not isinstance(model, torch.nn.Module):
         raise ValueError(f"model_size_mb: got a {type(model).__name__}; expected a torch.nn.Module")
-    with tempfile.TemporaryDirectory(prefix='pqk_size_') as d:
-        f = Path(d) / 'state_dict.pt'
-        torch.save(model.state_dict(), f)
-        return size_on_disk_mb(f)
+    seen, n = set(), 0
+    for v in model.state_dict(keep_vars=True).values():
+        for t in _tensors(v):
+            st = t.untyped_storage()
+            key = (st.data_ptr(), t.device) if t.device.type != 'meta' and st.nbytes() else id(t)
+            if key in seen: continue
+            seen.add(key)
+            n += st.nbytes() if t.device.type != 'meta' else t.numel() * t.element_size()
+    return n / MB
 
 # %% ../../nbs/eval/32_efficiency.ipynb #6a7f0178
 def gflops(model, inputs, per_module: bool = False):
@@ -249,6 +263,86 @@ class PeakMemory:
     def as_dict(self) -> dict:
         "{'peak_mem_mb', 'peak_mem_delta_mb', 'peak_mem_kind'} for the log."
         return {'peak_mem_mb': self.peak_mb, 'peak_mem_delta_mb': self.delta_mb, 'peak_mem_kind': self.kind}
+
+# %% ../../nbs/eval/32_efficiency.ipynb #a1b2c3d5
+def _children() -> dict:
+    "{ppid: [pid, ...]} of every process visible in /proc ({} where there is no /proc)."
+    out = {}
+    try: names = os.listdir('/proc')
+    except OSError: return out
+    for d in names:
+        if not d.isdigit(): continue
+        try:
+            with open(f'/proc/{d}/stat', 'rb') as f: st = f.read()
+            out.setdefault(int(st.rsplit(b')', 1)[1].split()[1]), []).append(int(d))
+        except (OSError, ValueError, IndexError): pass
+    return out
+
+def _tree_memory(pid: int) -> tuple[float, float] | None:
+    "(sum of VmRSS, largest VmHWM) in MiB over process `pid` and all its descendants; None without /proc."
+    if not Path(f'/proc/{pid}/status').exists(): return None
+    kids, todo, seen, rss, hwm = _children(), [int(pid)], set(), 0, 0
+    while todo:
+        p = todo.pop()
+        if p in seen: continue
+        seen.add(p)
+        try:
+            with open(f'/proc/{p}/status') as f:
+                for line in f:
+                    if line.startswith('VmHWM:'): hwm = max(hwm, int(line.split()[1]))
+                    elif line.startswith('VmRSS:'): rss += int(line.split()[1]); break
+        except (OSError, ValueError): pass
+        todo += kids.get(p, [])
+    return rss * 1024 / MB, hwm * 1024 / MB
+
+def process_tree_rss_mb(pid: int) -> float | None:
+    "Sum of VmRSS (MiB) of process `pid` and all its descendants; None where /proc cannot be read."
+    r = _tree_memory(pid)
+    return None if r is None else r[0]
+
+def _tail(f, n: int = 4000) -> str:
+    f.seek(0); b = f.read()
+    return b[-n:].decode(errors='replace')
+
+def run_measured(cmd, timeout: float | None = None, env: dict | None = None, cwd=None, poll: float = 0.1) -> dict:
+    """Run `cmd` (a list) in its own session and measure it: {'rc', 'timed_out', 'wall_s', 'peak_mb' (the larger of
+    the sampled tree peak and the largest single process' own peak), 'tree_peak_mb', 'max_single_mb', 'tree_sampled',
+    'stdout', 'stderr' (tails)}. `timeout`: seconds, after which the process group is killed."""
+    import signal, subprocess
+    if isinstance(cmd, (str, bytes)) or not cmd:
+        raise ValueError(f'run_measured: cmd={cmd!r}; expected a non-empty list of arguments')
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f'run_measured: timeout={timeout!r}; expected a number of seconds > 0 or None')
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.monotonic()
+        p = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, env=env, cwd=cwd,
+                             start_new_session=True)
+        tree, single, sampled, timed_out, rc = 0.0, 0.0, False, False, None
+        try:
+            while True:
+                pid, status, _ = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    rc = os.waitstatus_to_exitcode(status); p.returncode = rc; break
+                r = _tree_memory(p.pid)
+                if r is not None: tree, single, sampled = max(tree, r[0]), max(single, r[1]), True
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    timed_out = True
+                    try: os.killpg(p.pid, signal.SIGKILL)
+                    except OSError: pass
+                    _, status, _ = os.wait4(p.pid, 0)
+                    rc = os.waitstatus_to_exitcode(status); p.returncode = rc; break
+                time.sleep(poll)
+        finally:
+            if p.returncode is None:                       # interrupted while waiting: leave no orphan behind
+                try: os.killpg(p.pid, signal.SIGKILL)
+                except OSError: pass
+                p.wait()
+        wall = time.monotonic() - t0
+        return {'rc': rc, 'timed_out': timed_out, 'wall_s': round(wall, 3),
+                'peak_mb': round(max(tree, single), 1) if sampled else None,
+                'tree_peak_mb': round(tree, 1) if sampled else None,
+                'max_single_mb': round(single, 1) if sampled else None,
+                'tree_sampled': sampled, 'stdout': _tail(out), 'stderr': _tail(err)}
 
 # %% ../../nbs/eval/32_efficiency.ipynb #ce7b55cc
 class DeviceHours:

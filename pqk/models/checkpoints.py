@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['PQK_FORMAT', 'CheckpointError', 'parse_model_string', 'config_from_reference_args', 'model_string',
-           'nonfinite_tensors', 'load_state_into', 'read_checkpoint', 'load_checkpoint', 'save_checkpoint',
-           'save_release_checkpoint', 'save_hf_checkpoint']
+__all__ = ['PQK_FORMAT', 'RELEASE_MODEL_STRINGS', 'CheckpointError', 'parse_model_string', 'config_from_reference_args',
+           'model_string', 'nonfinite_tensors', 'load_state_into', 'read_checkpoint', 'load_checkpoint',
+           'save_checkpoint', 'save_release_checkpoint', 'save_hf_checkpoint', 'save_random_release_checkpoint']
 
 # %% ../../nbs/models/13_checkpoints.ipynb #5a37c89e
 from .config import DUSt3RConfig, SHAPE_FIELDS, _INF, _is_int, _decode_float
@@ -302,3 +302,29 @@ def save_hf_checkpoint(model: DUSt3R, directory) -> Path:
     _atomic_write(d / 'model.safetensors', lambda tmp: save_file(tensors, tmp, metadata={'format': 'pt', **aliases}))
     _atomic_write(d / 'config.json', lambda tmp: Path(tmp).write_text(json.dumps(kw, indent=2)))
     return d
+
+# %% ../../nbs/models/13_checkpoints.ipynb #c4a1e5b3
+RELEASE_MODEL_STRINGS = {   # the constructor strings the three DUSt3R release checkpoints carry in args.model
+    'dust3r_224_linear': "AsymmetricCroCo3DStereo(pos_embed='RoPE100', img_size=(224, 224), head_type='linear', "
+                         "output_mode='pts3d', depth_mode=('exp', -inf, inf), conf_mode=('exp', 1, inf), "
+                         "enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12, "
+                         "dec_num_heads=12)",
+    'dust3r_512_linear': "AsymmetricCroCo3DStereo(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', "
+                         "img_size=(512, 512), head_type='linear', output_mode='pts3d', depth_mode=('exp', -inf, inf), "
+                         "conf_mode=('exp', 1, inf), enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, "
+                         "dec_embed_dim=768, dec_depth=12, dec_num_heads=12)",
+    'dust3r_512_dpt': "AsymmetricCroCo3DStereo(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', "
+                      "img_size=(512, 512), head_type='dpt', output_mode='pts3d', depth_mode=('exp', -inf, inf), "
+                      "conf_mode=('exp', 1, inf), enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, "
+                      "dec_embed_dim=768, dec_depth=12, dec_num_heads=12)"}
+
+def save_random_release_checkpoint(path, preset: str = 'dust3r_512_dpt', seed: int = 0) -> Path:
+    """A checkpoint in the release layout — `{'model': state_dict, 'args': Namespace(model=<constructor string>)}`,
+    the official string for the release presets — holding `preset` with pqk's random initialisation (seeded): the
+    real shape and file of a release checkpoint, without a download. Written atomically."""
+    from pqk.models.dust3r import make_model
+    torch.manual_seed(int(seed))
+    m = make_model(preset).eval()
+    s = RELEASE_MODEL_STRINGS.get(preset) or model_string(m.cfg)
+    obj = {'model': _cpu_state(m), 'args': argparse.Namespace(model=s)}
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))

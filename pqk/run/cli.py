@@ -105,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--compile-timeout', type=float, default=600.,
                    help='seconds allowed for torch.compile (default 600)')
     p.add_argument('--out', default=None, help='also write the result as JSON here')
+    p = sub.add_parser('doctor', help="what this machine can run: each stage's time and peak memory, every card's "
+                                      'estimated time (nothing downloaded)')
+    p.add_argument('--ckpt', default=None, help='checkpoint (default: the demo teacher; with --scale real, random '
+                                                'weights in the release shape)')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
+    p.add_argument('--scale', choices=('demo', 'real'), default='demo', help='demo teacher, or ViT-L/512 DPT')
+    p.add_argument('--workload', default=None); p.add_argument('--json', default=None, help='also write the report')
+    p.add_argument('--timeout', type=float, default=None, help='seconds per stage (default 240 demo, 420 real)')
     return ap
 
 class UsageError(ValueError):
@@ -218,6 +226,9 @@ def _main(args) -> int:
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
                              extra_params=_extra_params(args.param), resume=args.resume)
             return run_exit(res)
+        if args.cmd == 'doctor':
+            from pqk.run.doctor import main as doctor_main
+            return doctor_main(args)
         if args.cmd == 'bench':
             from pqk.edge.bench import bench, BENCH_ROWS
             rows = tuple(r for r in BENCH_ROWS if not (args.no_compile and r == 'compiled'))
