@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
-# torch-free: the parser builds without importing torch; each command's module is imported when it runs (`_main`)
+# torch-free: the parser builds without torch; each command's module is imported when it runs (`_main`)
 from ..core.contracts import EDGE_BACKENDS, ContractError, load_workload, parse_yaml, project_root
 
 # %% auto #0
