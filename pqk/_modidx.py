@@ -492,6 +492,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'pqk.edge.power.TegrastatsSampler.probe': ('edge/power.html#tegrastatssampler.probe', 'pqk/edge/power.py'),
                                 'pqk.edge.power.TegrastatsSampler.start': ('edge/power.html#tegrastatssampler.start', 'pqk/edge/power.py'),
                                 'pqk.edge.power.TegrastatsSampler.stop': ('edge/power.html#tegrastatssampler.stop', 'pqk/edge/power.py'),
+                                'pqk.edge.power._bucketed': ('edge/power.html#_bucketed', 'pqk/edge/power.py'),
                                 'pqk.edge.power._clock_drops': ('edge/power.html#_clock_drops', 'pqk/edge/power.py'),
                                 'pqk.edge.power._cpu': ('edge/power.html#_cpu', 'pqk/edge/power.py'),
                                 'pqk.edge.power._events': ('edge/power.html#_events', 'pqk/edge/power.py'),
