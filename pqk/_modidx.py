@@ -469,7 +469,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'pqk.edge.power.PowerTrace.__init__': ('edge/power.html#powertrace.__init__', 'pqk/edge/power.py'),
                                 'pqk.edge.power.PowerTrace.__len__': ('edge/power.html#powertrace.__len__', 'pqk/edge/power.py'),
                                 'pqk.edge.power.PowerTrace.__repr__': ('edge/power.html#powertrace.__repr__', 'pqk/edge/power.py'),
-                                'pqk.edge.power.PowerTrace._dicts': ('edge/power.html#powertrace._dicts', 'pqk/edge/power.py'),
                                 'pqk.edge.power.PowerTrace.add': ('edge/power.html#powertrace.add', 'pqk/edge/power.py'),
                                 'pqk.edge.power.PowerTrace.col': ('edge/power.html#powertrace.col', 'pqk/edge/power.py'),
                                 'pqk.edge.power.PowerTrace.n_skipped': ('edge/power.html#powertrace.n_skipped', 'pqk/edge/power.py'),
