@@ -6,7 +6,10 @@
 from __future__ import annotations
 import argparse, json, os, sys, time
 from pathlib import Path
-from ..core.contracts import method_config
+# torch-free only: every stage runs this module in a child whose memory is measured; the rest is imported per stage
+from ..core.contracts import (ContractError, load_card, load_contract, load_eval, load_workload, method_config,
+                                project_root)
+from ..core.io import write_json_atomic
 
 # %% auto #0
 __all__ = ['SCALES', 'DEVICES', 'STAGES', 'BOUNDS_W', 'REAL_PRESET', 'PROBE_DEPTH', 'TIMEOUT_S', 'MARK', 'GB', 'STAGE_FNS',
@@ -425,7 +428,6 @@ def _sbs_calls(evalc, rounds: int) -> int:
 def card_estimate(card, u: dict, workload, evalc, root=None) -> dict:
     """{'card', 'kind', 'hours', 'parts' {what: seconds}, 'missing'} for one task card at the measured unit costs
     (first order: counts from the card's configs × unit times; chains scale by the upstream model's size)."""
-    from pqk.core.contracts import load_contract
     kind, parts, miss = card.kind, {}, []
     method = kind[-1] if kind not in ('eval', 'edge') else kind         # KQ, KPQ: Q of the upstream model
     n_eval = ((workload.data['data']['eval'].get('synthetic') or {}).get('n_pairs')
@@ -481,7 +483,6 @@ def card_estimate(card, u: dict, workload, evalc, root=None) -> dict:
 # %% ../../nbs/run/76_doctor.ipynb #6e6ccd3a
 def card_estimates(u: dict, workload, evalc, cards_dir=None) -> list[dict]:
     "`card_estimate` of every shipped task card (taskcards/*.md except the template)."
-    from pqk.core.contracts import project_root, load_card, ContractError
     d = Path(cards_dir) if cards_dir is not None else project_root() / 'taskcards'
     out = []
     for f in sorted(d.glob('*.md')):
@@ -581,7 +582,6 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
     """Measure what this machine can run (see above): every stage in its own measured, time-bounded process; returns
     {'stages', 'units', 'verdicts', 'cards', 'machine', 'table', ...} and `echo`es each stage as it ends."""
     import shutil, tempfile
-    from pqk.core.contracts import load_workload, load_eval, project_root
     if scale not in SCALES: raise ValueError(f"doctor: scale {scale!r}; expected one of {', '.join(SCALES)}")
     if device not in DEVICES: raise ValueError(f"doctor: device {device!r}; expected one of {', '.join(DEVICES)}")
     bad = [s for s in stages if s not in STAGES]
@@ -637,7 +637,6 @@ def main(args) -> int:
     print(rep['table'])
     print(f"\n({rep['seconds']:.0f} s in all)")
     if args.json:
-        from pqk.core.io import write_json_atomic
         write_json_atomic(args.json, {k: v for k, v in rep.items() if k != 'table'})
     return 1 if any(r.get('error') for s, r in rep['stages'].items() if s != 'gpu') else 0
 
