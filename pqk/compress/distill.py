@@ -11,14 +11,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.contracts import Contract, load_eval, load_workload, method_config, method_defaults
+from ..core.io import write_json_atomic
 from ..models.dust3r import DUSt3R
 from ..models.config import DUSt3RConfig
 from ..models.checkpoints import save_checkpoint, load_checkpoint
-from ..train.losses import conf_regr_loss
+from ..models.teacher import load_teacher
+from ..data.manifests import load_dataset
 from ..data.pairs import dataset_pairs, PairBatcher
-from ..eval.efficiency import count_params, resolve_device
-from ..train.loop import fit, LoopConfig, dist_info, distributed
-from ..core.contracts import method_config, method_defaults
+from ..data.scenes import default_cache_dir
+from ..eval.efficiency import count_params, resolve_device, stage_latency, STAGES, PeakMemory
+from ..eval.metrics import aggregate
+from ..eval.pointmaps import save_pointmaps
+from ..eval.protocol import predict_pairs, pair_quality, stop_block, evaluate, side_by_side
+from ..train.losses import conf_regr_loss
+from ..train.loop import fit, LoopConfig, dist_info, distributed, torchrun, latest_checkpoint
 from ..train.stoprules import StopRules
 
 # %% auto #0
@@ -32,7 +39,7 @@ __all__ = ['REDUCE_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT
 REDUCE_MODES = ('depth', 'width', 'both')
 FEAT_LAYERS = ('enc_last', 'dec_mid', 'dec_last')
 
-# %% ../../nbs/compress/51_distill.ipynb #8da68609
+# %% ../../nbs/compress/51_distill.ipynb #ed7a6cf0
 from itertools import product
 from .surgery import PlanError, even_indices, leading_plan, param_count, slice_model
 from ..models.config import _tup
@@ -63,6 +70,7 @@ def _student_shape(t: DUSt3RConfig, e, d, eh, dh, r_enc, r_dec, dpt) -> DUSt3RCo
         kw.update(enc_mlp_dims=(int(t.enc_embed_dim * r_enc),) * e, dec_mlp_dims=(hd,) * d, dec2_mlp_dims=(hd,) * d)
     return dataclasses.replace(t, **kw).canonical()
 
+# %% ../../nbs/compress/51_distill.ipynb #483e06ae
 def _candidates(t: DUSt3RConfig, reduce: str, shrink=DEFAULT_SHRINK):
     "Every student shape the search scores (uniform teacher `t`)."
     enc, dec = 'encoder' in shrink, 'decoder' in shrink
@@ -101,7 +109,7 @@ def student_config(teacher_cfg: DUSt3RConfig, reduction: float = 0.3, reduce: st
         if best is None or key < best[0]: best = (key, c, got)
     return best[1], best[2]
 
-# %% ../../nbs/compress/51_distill.ipynb #4cd72af8
+# %% ../../nbs/compress/51_distill.ipynb #e49822a1
 def _unreachable_note(s: dict, t: DUSt3RConfig, got: float) -> str:
     sh = f" and shrink={list(s['shrink'])!r}" if s.get('shrink') else ''
     return (f"student.reduction={s['reduction']} is not reachable with reduce={s['reduce']!r}{sh} for this teacher "
@@ -115,7 +123,6 @@ def auto_parts(teacher: DUSt3R, res: int | None = None, share: float = 0.25, pro
     """The parts `shrink: auto` shrinks: every stage holding at least `share` of the teacher's stage latency (measured
     by `pqk.eval.efficiency.stage_latency` at `res`, or the given `profile`), as shrinkable parts
     (heads → dpt_feature, postprocess → nothing; at least the slowest stage). Returns (parts, profile)."""
-    from pqk.eval.efficiency import stage_latency, STAGES
     if profile is None:
         res = int(res or teacher.cfg.img_size[0]); dev = next(teacher.parameters()).device
         x = {'img': torch.zeros(1, 3, res, res, device=dev)}
@@ -130,6 +137,7 @@ def auto_parts(teacher: DUSt3R, res: int | None = None, share: float = 0.25, pro
     if teacher.cfg.head_type != 'dpt': keep = [k for k in keep if k != 'heads'] or ['decoder']
     return tuple(dict.fromkeys(STAGE_PART[k] for k in keep)), {k: round(v, 3) for k, v in t.items()}
 
+# %% ../../nbs/compress/51_distill.ipynb #9e4e9a91
 def make_student(teacher: DUSt3R, cfg=None, seed: int | None = None, res: int | None = None) -> DUSt3R:
     """A student built from `teacher` by `cfg['student']` (reduction, reduce, shrink, init); `student.distill_info`
     holds the parameter counts, the actual reduction and the kept blocks. An explicit `student.config` (dict of
@@ -232,8 +240,6 @@ def export_student(ckpt, path, meta: dict | None = None) -> Path:
 # %% ../../nbs/compress/51_distill.ipynb #4cf5a09e
 def eval_metric(model, scenes, pairs, evalc, device, teacher_preds=None) -> dict:
     "Mean of the eval contract's metrics on (scenes, pairs) with the shared protocol; `value` = the primary metric."
-    from pqk.eval.protocol import predict_pairs, pair_quality
-    from pqk.eval.metrics import aggregate
     was = model.training
     P = predict_pairs(model, scenes, pairs, device, progress=False)
     model.train(was)
@@ -253,7 +259,7 @@ def kd_loss_fn(teacher: DUSt3R, proj: nn.ModuleDict, loss_cfg: dict):
         return distill_loss(ctx.forward(v1, v2), ft, loss_cfg, proj, gt)
     return loss
 
-# %% ../../nbs/compress/51_distill.ipynb #61345c67
+# %% ../../nbs/compress/51_distill.ipynb #0abb6a08
 import hashlib
 from ..core.io import save_torch_atomic
 from ..data.pairs import pair_batch, sample_pairs
@@ -271,7 +277,6 @@ def model_checksum(model: nn.Module) -> str:
 
 def default_teacher_cache_dir() -> Path:
     "`$PQK_CACHE/teacher` if PQK_CACHE is set, else `~/.cache/pqk/teacher`."
-    from pqk.data.scenes import default_cache_dir
     return default_cache_dir().parent / 'teacher'
 
 def _images_hash(scenes, pairs) -> str:
@@ -292,6 +297,7 @@ def teacher_cache_key(teacher, scenes, pairs, layers, data_spec: dict | None = N
              'torch': str(torch.__version__)}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24], facts
 
+# %% ../../nbs/compress/51_distill.ipynb #aa1dc57a
 class TeacherCache:
     "The teacher's outputs and features for every training pair, read from the cache file or computed once and saved."
     KEYS = (('res1', 'pts3d'), ('res1', 'conf'), ('res2', 'pts3d_in_other_view'), ('res2', 'conf'))
@@ -333,6 +339,7 @@ class TeacherCache:
                 'res2': {'pts3d_in_other_view': g('res2.pts3d_in_other_view'), 'conf': g('res2.conf')},
                 'feats': {n: (g(f'feat.{n}.1'), g(f'feat.{n}.2')) for n in self.layers}}
 
+# %% ../../nbs/compress/51_distill.ipynb #e2f5d37e
 class CachedBatcher:
     "A `PairBatcher` whose batches carry the teacher's cached outputs as a 4th item: `(view1, view2, gt, teacher)`."
     def __init__(self, batcher: PairBatcher, cache: TeacherCache):
@@ -391,10 +398,6 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
                 overrides: dict | None = None, stop_after: int | None = None) -> dict:
     """Teacher → student → training → `out_dir/result.json` (see above); returns the result dict. `workload` and `eval`:
     paths, or the contracts loaded already (a template's: not validated again); `rules` default: the eval contract's."""
-    from pqk.core.contracts import Contract, load_workload, load_eval
-    from pqk.data.manifests import load_dataset
-    from pqk.models.teacher import load_teacher
-    from pqk.core.io import write_json_atomic
     rank = dist_info()[1]
     c = method_config('distill', cfg, **(overrides or {}))
     if seed is not None: c['train']['seed'] = int(seed)
@@ -434,7 +437,6 @@ def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teach
                   debug_nan_at_step: int | None = None, debug_sigterm_at_step: int | None = None,
                   progress: bool = True, resume: bool = False, device=None) -> dict:
     "Train the student in this process or under torchrun (see above); the training result (`result.json`)."
-    from pqk.train.loop import torchrun, latest_checkpoint
     out_dir = Path(out_dir)
     resume_from = latest_checkpoint(out_dir / 'checkpoints') if resume else None
     if resume: print(f'resuming from {resume_from}' if resume_from else 'resume: no training checkpoint; starting over')
@@ -475,8 +477,6 @@ def distill_train(dc: dict, out_dir, workload, eval, teacher, *, card_id: str = 
                   nproc: int = 1, device=None, verbose: bool = True, **kw) -> dict:
     """Train the student into `out_dir/train` (`train_student`; `kw` goes to it) and return the method result so far:
     {'train': the training result, 'training', 'model', 'artifacts', 'resource', 'stop'}."""
-    from pqk.eval.efficiency import PeakMemory
-    from pqk.eval.protocol import stop_block
     out_dir, device = Path(out_dir), resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     with PeakMemory(device) as mem:
@@ -499,8 +499,6 @@ def distill_evaluate(k: dict, teacher, workload, evalc, out_dir, device=None, pr
     """The method result `k` of `distill_train` with the student evaluated (see above): quality, efficiency, the
     model and its artefacts, the speed-ups in `training`; unchanged but for its `stop` when training stopped or left
     no checkpoint."""
-    from pqk.eval.protocol import evaluate, side_by_side, stop_block
-    from pqk.eval.pointmaps import save_pointmaps
     r, out_dir = k['train'], Path(out_dir)
     best_rel = (r.get('best') or {}).get('checkpoint') or r.get('last_checkpoint')
     if k.get('stop') or not best_rel:

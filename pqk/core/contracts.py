@@ -98,7 +98,7 @@ class ContractError(ValueError):
         self.problems = list(problems)
         super().__init__('\n'.join(map(str, self.problems)))
 
-# %% ../../nbs/core/00_contracts.ipynb #b6144e26
+# %% ../../nbs/core/00_contracts.ipynb #2ab403fc
 SCHEMA_FILES = {**{n: f'{n}.schema.json' for n in CONTRACT_NAMES}, 'taskcard': 'taskcard.schema.json',
                 'unified_log': 'unified_log_schema.json'}
 
@@ -130,6 +130,7 @@ def _expected(err) -> str:
     if v == 'format': return f'a {a} string'
     return err.message
 
+# %% ../../nbs/core/00_contracts.ipynb #ed920faf
 MAX_PROBLEMS = 50
 
 def _jsonschema():
@@ -217,7 +218,7 @@ def version_problems(text: str, data: Any, name: str, file: str) -> list[Problem
         out.append(Problem(file, 'version', ver, f"{m['ver']!r}, the version in the first-line comment"))
     return out
 
-# %% ../../nbs/core/00_contracts.ipynb #d542a484
+# %% ../../nbs/core/00_contracts.ipynb #0773ef8b
 def _rel(path, root=None) -> str:
     p = Path(path).resolve()
     try: return str(p.relative_to(root or project_root()))
@@ -253,6 +254,7 @@ class Workload(Contract):
     @property
     def teacher(self) -> str: return self.data['teacher']['checkpoint']
 
+# %% ../../nbs/core/00_contracts.ipynb #aada538d
 @dataclass
 class EvalContract(Contract):
     @property
@@ -281,7 +283,7 @@ class EvalContract(Contract):
 
 _CLASSES = {'workload': Workload, 'eval': EvalContract}
 
-# %% ../../nbs/core/00_contracts.ipynb #417cace3
+# %% ../../nbs/core/00_contracts.ipynb #e9c7a42c
 RESOLUTIONS = (384, 512, 640)
 
 def _sec(d, *keys) -> dict:
@@ -321,6 +323,7 @@ def _eval_problems(data: dict, file: str) -> list[Problem]:
                            f'<= quality_drop_q_only_pct ({a}): the mainline threshold is the stricter one'))
     return out
 
+# %% ../../nbs/core/00_contracts.ipynb #0ef95989
 def _distill_problems(data: dict, file: str) -> list[Problem]:
     "The warm-up ends before the training does."
     tr = _sec(data, 'train')
@@ -348,7 +351,7 @@ def semantic_problems(name: str, data: dict, file: str) -> list[Problem]:
     check = SEMANTIC_CHECKS.get(name)
     return check(data, file) if check is not None and isinstance(data, dict) else []
 
-# %% ../../nbs/core/00_contracts.ipynb #e98896ac
+# %% ../../nbs/core/00_contracts.ipynb #32cecec5
 MAX_CONFIG_BYTES = 1 << 20     # contracts, method configs and cards are small files; anything larger is refused
 MAX_YAML_DEPTH = 32            # nesting levels a config may use (the contracts use 4)
 
@@ -386,6 +389,7 @@ def nonfinite_problems(data: Any, file: str) -> list[Problem]:
     if len(out) > MAX_PROBLEMS: out[MAX_PROBLEMS:] = [Problem(file, '', '...', '(more problems not shown)')]
     return out
 
+# %% ../../nbs/core/00_contracts.ipynb #579949c5
 def parse_yaml(text: str, file: str, where: str = '', line_offset: int = 0) -> Any:
     """`text` as YAML (libyaml's safe loader when available), refusing anchors/aliases (a few KB of aliases can expand
     to gigabytes) and nesting deeper than `MAX_YAML_DEPTH`, with the line of the problem, and numbers that are not
@@ -416,6 +420,7 @@ def _read_yaml(path: Path, file: str) -> tuple[str, Any]:
     text = _read_text(path, file)
     return text, parse_yaml(text, file)
 
+# %% ../../nbs/core/00_contracts.ipynb #630e2749
 def guess_contract_name(path, data=None) -> str | None:
     "Which contract a file is: its `method:` field, else its file stem."
     if isinstance(data, dict) and data.get('method') in CONTRACT_NAMES: return data['method']
@@ -483,7 +488,7 @@ def method_config(name: str, cfg=None, **overrides) -> dict:
     if ps: raise ContractError(ps)
     return data
 
-# %% ../../nbs/core/00_contracts.ipynb #2a9b5786
+# %% ../../nbs/core/00_contracts.ipynb #692bacbf
 @dataclass
 class TaskCard:
     path: Path
@@ -500,6 +505,7 @@ class TaskCard:
         p = self.front['configs'].get(which)
         return None if p is None else resolve_path(p, self.path)
 
+# %% ../../nbs/core/00_contracts.ipynb #6c4a5c71
 def resolve_path(p, card_path=None) -> Path:
     "A config path from a card: absolute as is; relative to the project root (or the card's folder if it exists there)."
     p = Path(p)
@@ -534,6 +540,7 @@ def card_path_problems(front: dict, card_path, file: str) -> list[Problem]:
                                                            '(no absolute path, no ..)'))
     return out
 
+# %% ../../nbs/core/00_contracts.ipynb #2dbc6fb5
 def split_front_matter(text: str) -> tuple[str | None, str]:
     lines = text.splitlines(keepends=True)
     if not lines or lines[0].strip() != '---': return None, text
@@ -549,6 +556,7 @@ def resolve_ref(ref: str, ev: dict):
         cur = cur[part]
     return cur
 
+# %% ../../nbs/core/00_contracts.ipynb #5be9393f
 METHOD_FOR_KIND = {'K': 'distill', 'KP': 'prune', 'Q': 'quant', 'KQ': 'quant', 'KPQ': 'quant', 'P': 'prune'}
 
 def check_card(path) -> tuple[list[Problem], TaskCard | None]:
@@ -608,6 +616,7 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
         ps.append(Problem(file, 'upstream.card', up['card'], 'another card (a card cannot chain from itself)'))
     return ps, (None if ps else card)
 
+# %% ../../nbs/core/00_contracts.ipynb #1f6911eb
 _ID_LINE = re.compile(r'^id:\s*["\']?([A-Za-z0-9][A-Za-z0-9_.-]*)', re.M)
 
 def cards_by_id(folder) -> dict:

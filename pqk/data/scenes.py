@@ -107,7 +107,7 @@ def scene_layout(seed: int, n_views: int = 2, res: int = 384) -> dict:
         poses.append(look_at(eye, target + rng.uniform(-.15, .15, 3), roll_deg=rng.uniform(-6, 6)))
     return dict(seed=seed, room=room, objects=objects, light=light, ambient=ambient, K=K, poses=poses, res=res)
 
-# %% ../../nbs/data/21_scenes.ipynb #cd48b31c
+# %% ../../nbs/data/21_scenes.ipynb #785c11c5
 def _hit_box(o, D, ob):
     R, c, h = ob['R'], ob['center'], ob['half']
     ol, Dl = R.T @ (o - c), D @ R
@@ -140,6 +140,7 @@ def _surface(P, sid, layout):
     nl = np.zeros_like(pl); nl[np.arange(len(pl)), ax] = sgn
     return nl @ ob['R'].T, shade_texture(ob['mat'], pl)
 
+# %% ../../nbs/data/21_scenes.ipynb #a59cd7a3
 def render_view(layout: dict, cam2world, K=None, res: int | None = None) -> dict:
     "Ray-cast one view of a scene layout from pose `cam2world` (OpenCV cam→world); returns the view dict."
     K = layout['K'] if K is None else np.asarray(K, np.float32)

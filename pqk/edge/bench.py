@@ -15,6 +15,9 @@ from ..eval.efficiency import measure_latency, _cpu_name
 from ..eval.protocol import output_errors
 from ..export.onnx import PairOutputs, export_graph, ort_dynamic_int8
 from ..export.ort import OrtPredictor, pair_from_outputs
+from ..models.layers import set_fast_linear
+from ..core.contracts import load_workload, load_eval
+from .edge_eval import load_edge_model
 
 # %% auto #0
 __all__ = ['BENCH_ROWS', 'CompileTimeout', 'bench_model', 'format_bench', 'bench']
@@ -34,18 +37,49 @@ def _time_limit(seconds: float | None):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0); signal.signal(signal.SIGALRM, old)
 
-# %% ../../nbs/edge/64_bench.ipynb #a58c40b6
+# %% ../../nbs/edge/64_bench.ipynb #8537d6b8
 BENCH_ROWS = ('eager', 'eager_plain_linear', 'compiled', 'ort_fp32', 'ort_int8')
 _LABELS = {'eager': 'torch eager', 'eager_plain_linear': 'torch eager, plain Linear', 'compiled': 'torch compiled',
            'ort_fp32': 'ORT fp32', 'ort_int8': 'ORT int8 (dynamic)'}
 
+def _bench_row(out: dict, ref, lat: dict, name: str, fn=None, skipped=None, **extra) -> dict:
+    "One row of `out`: the output error of `fn` against `ref` and its latency (`lat`: measure_latency's options)."
+    r = {'row': name, 'label': _LABELS[name], 'skipped': skipped, **extra}
+    if fn is not None and skipped is None:
+        try:
+            with torch.inference_mode(): r['max_rel_err'] = output_errors(pair_from_outputs(fn()), ref)['max']
+            m = measure_latency(fn, **lat)
+        except Exception as e: r['skipped'] = f'{type(e).__name__}: {str(e)[:200]}'
+        else:
+            r.update({k: m[k] for k in ('p50_ms', 'p90_ms', 'p95_ms', 'n_timed', 'noisy', 'load_before',
+                                        'load_after')})
+            if m['error']: r['error'] = m['error']
+    out['rows'].append(r)
+    return r
+
+# %% ../../nbs/edge/64_bench.ipynb #315bb36b
+def _ort_rows(model, shape, onnx_rows, tmp: Path, threads: int, i1, i2, row):
+    "The ORT rows: the model exported once to fp32 ONNX (and quantized to dynamic int8), each timed by `row`."
+    fp32 = tmp / 'model_fp32.onnx'
+    try: export_graph(model, fp32, list(shape), 'fp32'); why = None
+    except Exception as e:
+        why = f'ONNX export failed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
+    for r in onnx_rows:
+        if why: row(r, skipped=why); continue
+        try:
+            path = fp32 if r == 'ort_fp32' else ort_dynamic_int8(fp32, tmp / 'model_int8.onnx')
+            pred = OrtPredictor(path, providers=['CPUExecutionProvider'], threads=threads)
+        except Exception as e:
+            row(r, skipped=f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'); continue
+        row(r, lambda pred=pred: pred.run(i1, i2), onnx_mb=round(path.stat().st_size / 2 ** 20, 2))
+
+# %% ../../nbs/edge/64_bench.ipynb #d62eabbb
 def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repeats: int = 10, min_seconds: float = 0.,
                 threads: int | None = None, compile_timeout_s: float | None = 600., seed: int = 0,
                 work_dir=None) -> dict:
     """Time `model` (a DUSt3R pair model) at `shape` [1, 3, H, W] on each backend in `rows`; returns
     {'rows': [{row, label, p50_ms, p90_ms, speedup, max_rel_err, n_timed, skipped, ...}],
      'load_before', 'load_after', ...}."""
-    from pqk.models.layers import set_fast_linear
     bad = [r for r in rows if r not in BENCH_ROWS]
     if bad: raise ValueError(f'bench: unknown row(s) {bad}; expected some of {list(BENCH_ROWS)}')
     if len(shape) != 4 or shape[0] != 1 or shape[1] != 3:
@@ -62,19 +96,7 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix='pqk_bench_'))
     tmp.mkdir(parents=True, exist_ok=True)
 
-    def row(name, fn=None, skipped=None, **extra):
-        r = {'row': name, 'label': _LABELS[name], 'skipped': skipped, **extra}
-        if fn is not None and skipped is None:
-            try:
-                with torch.inference_mode(): r['max_rel_err'] = output_errors(pair_from_outputs(fn()), ref)['max']
-                m = measure_latency(fn, **lat)
-            except Exception as e: r['skipped'] = f'{type(e).__name__}: {str(e)[:200]}'
-            else:
-                r.update({k: m[k] for k in ('p50_ms', 'p90_ms', 'p95_ms', 'n_timed', 'noisy', 'load_before',
-                                            'load_after')})
-                if m['error']: r['error'] = m['error']
-        out['rows'].append(r)
-        return r
+    def row(name, fn=None, skipped=None, **extra): return _bench_row(out, ref, lat, name, fn, skipped, **extra)
 
     try:
         with torch.inference_mode():
@@ -97,19 +119,7 @@ def bench_model(model: nn.Module, shape, rows=BENCH_ROWS, warmup: int = 2, repea
                            else f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}')
                     row('compiled', skipped=f'torch.compile failed: {why}')
         onnx_rows = [r for r in ('ort_fp32', 'ort_int8') if r in rows]
-        if onnx_rows:
-            fp32 = tmp / 'model_fp32.onnx'
-            try: export_graph(model, fp32, list(shape), 'fp32'); why = None
-            except Exception as e:
-                why = f'ONNX export failed: {type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'
-            for r in onnx_rows:
-                if why: row(r, skipped=why); continue
-                try:
-                    path = fp32 if r == 'ort_fp32' else ort_dynamic_int8(fp32, tmp / 'model_int8.onnx')
-                    pred = OrtPredictor(path, providers=['CPUExecutionProvider'], threads=threads)
-                except Exception as e:
-                    row(r, skipped=f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:200]}'); continue
-                row(r, lambda pred=pred: pred.run(i1, i2), onnx_mb=round(path.stat().st_size / 2 ** 20, 2))
+        if onnx_rows: _ort_rows(model, shape, onnx_rows, tmp, threads, i1, i2, row)
     finally:
         torch.set_num_threads(old_threads)
         if not work_dir:
@@ -140,8 +150,6 @@ def bench(ckpt=None, workload=None, eval=None, rows=BENCH_ROWS, warmup: int | No
           min_seconds: float | None = None, threads: int | None = None, compile_timeout_s: float | None = 600.,
           out=None, verbose: bool = True) -> dict:
     "`pqk bench`: bench_model on a checkpoint (default: the workload's teacher) at the workload contract's shape."
-    from pqk.core.contracts import load_workload, load_eval
-    from pqk.edge.edge_eval import load_edge_model
     wl, ev = load_workload(workload), load_eval(eval)
     lp = ev.data['efficiency']['latency']
     model, name, _ = load_edge_model(wl, ckpt, 'torch')

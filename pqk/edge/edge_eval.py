@@ -16,6 +16,9 @@ from ..eval.efficiency import (PeakMemory, measure_latency, pairs_per_s, resolve
 from ..eval.protocol import TorchPredictor, as_predictor, output_errors
 from ..export.ort import OrtPredictor, onnx_precision
 from .power import PowerSampler, NoneSampler, power_summary, jetson_state
+from ..export.tensorrt import TensorRTPredictor
+from ..models.teacher import load_teacher
+from ..models.checkpoints import load_checkpoint
 
 # %% auto #0
 __all__ = ['DEFAULT_MIN_DURATION_S', 'edge_protocol', 'default_backend', 'load_predictor', 'load_edge_model', 'device_name',
@@ -74,7 +77,6 @@ def load_predictor(backend: str | None, model=None, onnx=None, engine=None, shap
         return p, {'backend': 'ort', 'precision': onnx_precision(onnx), 'runtime': p.runtime, 'device': p.device,
                    'source': str(onnx)}
     if not engine: raise ValueError('backend tensorrt: no engine file given (--engine FILE)')
-    from pqk.export.tensorrt import TensorRTPredictor
     p = TensorRTPredictor(engine)
     if shape is not None: p.check_shape(shape)
     return p, {'backend': 'tensorrt', 'precision': p.precision or precision, 'runtime': p.runtime, 'device': p.device,
@@ -83,8 +85,6 @@ def load_predictor(backend: str | None, model=None, onnx=None, engine=None, shap
 # %% ../../nbs/edge/62_edge_eval.ipynb #2981bf06
 def load_edge_model(wl, ckpt=None, backend: str = 'torch', onnx=None, engine=None):
     "(torch model on the CPU or None, model name, reference model for an exported backend or None)."
-    from pqk.models.teacher import load_teacher
-    from pqk.models.checkpoints import load_checkpoint
     exported = backend in ('ort', 'tensorrt')
     if exported and not (onnx or engine):
         raise ValueError(f"edge-eval: backend {backend!r} needs an exported model: --onnx FILE"
@@ -116,9 +116,37 @@ def profile_notes(state: dict, profile: dict) -> list[str]:
         out.append('clocks not locked (jetson_clocks off), profile asks for locked clocks')
     return out
 
-# %% ../../nbs/edge/62_edge_eval.ipynb #369624c6
+# %% ../../nbs/edge/62_edge_eval.ipynb #326fbb5a
 def _pct(xs, q): return float(np.percentile(xs, q)) if len(xs) else None
 
+def _timed(call, d, protocol: dict, sampler, notes: list) -> tuple:
+    "`measure_latency` of `call` with `sampler` running and peak memory measured: (latency, memory, trace, sampler)."
+    try: sampler.start()
+    except Exception as e:                      # a sampler that cannot start must not stop the latency measurement
+        sampler = NoneSampler(reason=f'{sampler.name} could not start ({type(e).__name__}: {e})')
+    try:
+        mem = PeakMemory(d)
+        try: mem.__enter__()
+        except Exception as e: mem = None; notes.append(f'peak memory not measured: {type(e).__name__}: {e}')
+        lat = measure_latency(call, protocol['warmup'], protocol['min_timed_pairs'], d, protocol['min_duration_s'],
+                              protocol['max_timed_pairs'], on_error='return')
+        try:
+            if mem is not None: mem.__exit__(None, None, None)
+        except Exception as e:                    # e.g. a CUDA context broken by the failure that ended the timing
+            mem = None; notes.append(f'peak memory not read: {type(e).__name__}: {e}')
+    finally: trace = sampler.stop()
+    return lat, mem, trace, sampler
+
+def _fidelity(reference, out, h1, h2, d, notes: list) -> float | None:
+    "The largest relative error of the timed model's last output against `reference` on the same pair (None: no check)."
+    if reference is None or out is None: return None
+    try:
+        with torch.inference_mode(): ref = as_predictor(reference, d)(h1.to(d), h2.to(d))
+        return output_errors(out, ref)['max']
+    except Exception as e: notes.append(f'fidelity check failed: {type(e).__name__}: {e}')
+    return None
+
+# %% ../../nbs/edge/62_edge_eval.ipynb #74504655
 def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | None = None, reference=None,
                  seed: int = 0, state: dict | None = None) -> tuple[dict, object, tuple | None]:
     "Time `predictor` on one pair per the protocol with a power sampler running; (edge block, trace, window)."
@@ -139,21 +167,8 @@ def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | 
         ends.append(time.monotonic())
     sampler = sampler or NoneSampler(reason='no sampler given')
     state = state if state is not None else jetson_state()
-    try: sampler.start()
-    except Exception as e:                      # a sampler that cannot start must not stop the latency measurement
-        sampler = NoneSampler(reason=f'{sampler.name} could not start ({type(e).__name__}: {e})')
     notes = []
-    try:
-        mem = PeakMemory(d)
-        try: mem.__enter__()
-        except Exception as e: mem = None; notes.append(f'peak memory not measured: {type(e).__name__}: {e}')
-        lat = measure_latency(call, protocol['warmup'], protocol['min_timed_pairs'], d, protocol['min_duration_s'],
-                              protocol['max_timed_pairs'], on_error='return')
-        try:
-            if mem is not None: mem.__exit__(None, None, None)
-        except Exception as e:                    # e.g. a CUDA context broken by the failure that ended the timing
-            mem = None; notes.append(f'peak memory not read: {type(e).__name__}: {e}')
-    finally: trace = sampler.stop()
+    lat, mem, trace, sampler = _timed(call, d, protocol, sampler, notes)
     n, w = lat['n_timed'], protocol['warmup']
     window = (starts[w], ends[w + n - 1]) if n else None
     gpu = []
@@ -170,12 +185,7 @@ def edge_measure(predictor, info: dict, protocol: dict, sampler: PowerSampler | 
     except ValueError as e:                               # e.g. the profile's rail is not among the sampler's rails
         notes.append(f'power: {e}'); pw = power_summary(type(trace)(trace.sampler), 'auto')
     notes += pw['power_notes']                            # e.g. no energy per pair from a replayed log
-    fid = None
-    if reference is not None and 'out' in last:
-        try:
-            with torch.inference_mode(): ref = as_predictor(reference, d)(h1.to(d), h2.to(d))
-            fid = output_errors(last['out'], ref)['max']
-        except Exception as e: notes.append(f'fidelity check failed: {type(e).__name__}: {e}')
+    fid = _fidelity(reference, last.get('out'), h1, h2, d, notes)
     block = {'name': device_name(d), 'profile': protocol['profile'].get('device'), 'backend': info['backend'],
              'precision': info.get('precision'), 'runtime': info.get('runtime'),
              'latency_p50_ms': lat['p50_ms'], 'latency_p90_ms': lat['p90_ms'], 'latency_p95_ms': lat['p95_ms'],

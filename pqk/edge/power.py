@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 import numpy as np
 from ..core.contracts import clip_text
+from ..core.io import write_json_atomic
 
 # %% auto #0
 __all__ = ['RAIL_MW', 'TEMP_C', 'CLOCK_MHZ', 'PCT', 'RAM_MB', 'MAX_RAIL_MW', 'MAX_NAMES', 'BOARDS', 'WHOLE_RAILS',
@@ -22,7 +23,7 @@ __all__ = ['RAIL_MW', 'TEMP_C', 'CLOCK_MHZ', 'PCT', 'RAM_MB', 'MAX_RAIL_MW', 'MA
            'RaplSampler', 'select_sampler', 'window_samples', 'power_summary', 'parse_nvpmodel', 'parse_jetson_clocks',
            'jetson_state', 'save_trace', 'load_trace', 'plot_power']
 
-# %% ../../nbs/edge/63_power.ipynb #0ea444f4
+# %% ../../nbs/edge/63_power.ipynb #d1b15d7e
 class MalformedLine(ValueError):
     "A tegrastats line that cannot be used; `reason` is a short category for the log's counts."
     def __init__(self, reason: str, line: str):
@@ -49,6 +50,7 @@ _CORE = re.compile(r'(\d+)%(?:@(\d+))?', _A)
 _EMC = re.compile(r'(?<!\S)EMC_FREQ (\d+)%(?:@(\d+))?', _A)
 _TEMP = re.compile(r'(?<!\S)([A-Za-z][A-Za-z0-9_]*)@(-?\d+(?:\.\d+)?)C(?:/-?\d+(?:\.\d+)?C)?(?=\s|$)', _A)
 
+# %% ../../nbs/edge/63_power.ipynb #10885077
 def _mw(s: str) -> float: return float(s[:-2] if s.endswith('mW') else s)
 
 def _inside(v: float, bounds) -> bool: return bounds[0] <= v <= bounds[1]      # False for NaN
@@ -68,6 +70,7 @@ def _stamp(m, line) -> float:
     try: return datetime(y, mo, d, hh, mm, ss).timestamp()
     except (ValueError, OverflowError, OSError): raise MalformedLine('unreadable time stamp', line) from None
 
+# %% ../../nbs/edge/63_power.ipynb #d7e4d7f2
 def parse_tegrastats_line(line: str) -> dict:
     "One tegrastats line → sample dict (rails mW, clocks MHz, temperatures °C); `MalformedLine` if unusable."
     s = line.strip()
@@ -115,7 +118,7 @@ def parse_tegrastats_line(line: str) -> dict:
             'gpu_util_pct': gpu_util, 'cpu_mhz': cpu_mhz, 'cpu_util_pct': cpu_util, 'emc_mhz': emc_mhz,
             'temps_C': temps, 'throttle_reasons': None, 'ram_mb': (int(used), int(total))}
 
-# %% ../../nbs/edge/63_power.ipynb #36383d01
+# %% ../../nbs/edge/63_power.ipynb #4078f2df
 _SCALARS = ('gpu_mhz', 'gpu_util_pct', 'cpu_mhz', 'cpu_util_pct', 'emc_mhz')
 _BOUNDS = {'gpu_mhz': CLOCK_MHZ, 'cpu_mhz': CLOCK_MHZ, 'emc_mhz': CLOCK_MHZ, 'gpu_util_pct': PCT, 'cpu_util_pct': PCT}
 MAX_NAMES = 64                 # distinct rails, and distinct sensors, one trace may hold
@@ -143,6 +146,7 @@ def sample_problem(s: dict) -> str | None:
 
 def _nan_col(n: int) -> array: return array('d', [math.nan]) * n
 
+# %% ../../nbs/edge/63_power.ipynb #3ccdf23c
 class PowerTrace:
     "Samples of one sampler; `aligned`: sample times are this process' time.monotonic() (False for a replayed file)."
     def __init__(self, sampler: str, samples=(), aligned: bool = True, interval_s: float | None = None,
@@ -200,46 +204,49 @@ class PowerTrace:
     @property
     def samples(self) -> tuple:
         "The samples as dicts: all of them up to `keep`, else `keep` buckets (see above). Read-only: use `add`."
-        if self._view is None: self._view = tuple(self._dicts())
+        if self._view is None: self._view = tuple(_bucketed(self))
         return self._view
-    def _dicts(self):
-        n = self.n
-        if n == 0: return []
-        k = -(-n // self.keep)                                           # samples per bucket
-        starts = np.arange(0, n, k)
-        def opt(x): return None if x != x else float(x)
-        def stat(a):
-            a = np.array(a, dtype=np.float64)
-            if k == 1: return a, a, a
-            ok = ~np.isnan(a)
-            cnt = np.add.reduceat(ok.astype(np.int64), starts)
-            mean = np.add.reduceat(np.where(ok, a, 0.), starts) / np.maximum(cnt, 1)
-            mean[cnt == 0] = np.nan
-            return mean, np.fmin.reduceat(a, starts), np.fmax.reduceat(a, starts)
-        t, stamp = stat(self._t)[0], stat(self._stamp)[0]
-        cols = {c: stat(a)[0] for c, a in self._cols.items()}
-        rails = {r: stat(a) for r, a in self.rails.items()}
-        temps = {c: stat(a) for c, a in self.temps.items()}
-        thr = self.col('throttle_reasons')
-        if k > 1:
-            known = np.maximum.reduceat(thr, starts) >= 0
-            thr = np.where(known, np.bitwise_or.reduceat(np.where(thr < 0, 0, thr), starts), -1)
-        out = []
-        for i in range(len(starts)):
-            s = {'t': opt(t[i]), 't_stamp': opt(stamp[i]),
-                 'power_mW': {r: float(v[0][i]) for r, v in rails.items() if v[0][i] == v[0][i]},
-                 **{c: opt(a[i]) for c, a in cols.items()},
-                 'temps_C': {c: float(v[0][i]) for c, v in temps.items() if v[0][i] == v[0][i]},
-                 'throttle_reasons': None if thr[i] < 0 else int(thr[i])}
-            if k > 1:
-                s['power_min_mW'] = {r: float(v[1][i]) for r, v in rails.items() if v[1][i] == v[1][i]}
-                s['power_max_mW'] = {r: float(v[2][i]) for r, v in rails.items() if v[2][i] == v[2][i]}
-                s['temps_max_C'] = {c: float(v[2][i]) for c, v in temps.items() if v[2][i] == v[2][i]}
-                s['n'] = int(min(k, n - starts[i]))
-            out.append(s)
-        return out
 
-# %% ../../nbs/edge/63_power.ipynb #a7c1e0b3
+# %% ../../nbs/edge/63_power.ipynb #08817273
+def _bucketed(tr: PowerTrace) -> list:
+    "The samples of `tr` as dicts: all of them up to `tr.keep`, else `tr.keep` buckets of mean, min and max."
+    n = tr.n
+    if n == 0: return []
+    k = -(-n // tr.keep)                                           # samples per bucket
+    starts = np.arange(0, n, k)
+    def opt(x): return None if x != x else float(x)
+    def stat(a):
+        a = np.array(a, dtype=np.float64)
+        if k == 1: return a, a, a
+        ok = ~np.isnan(a)
+        cnt = np.add.reduceat(ok.astype(np.int64), starts)
+        mean = np.add.reduceat(np.where(ok, a, 0.), starts) / np.maximum(cnt, 1)
+        mean[cnt == 0] = np.nan
+        return mean, np.fmin.reduceat(a, starts), np.fmax.reduceat(a, starts)
+    t, stamp = stat(tr._t)[0], stat(tr._stamp)[0]
+    cols = {c: stat(a)[0] for c, a in tr._cols.items()}
+    rails = {r: stat(a) for r, a in tr.rails.items()}
+    temps = {c: stat(a) for c, a in tr.temps.items()}
+    thr = tr.col('throttle_reasons')
+    if k > 1:
+        known = np.maximum.reduceat(thr, starts) >= 0
+        thr = np.where(known, np.bitwise_or.reduceat(np.where(thr < 0, 0, thr), starts), -1)
+    out = []
+    for i in range(len(starts)):
+        s = {'t': opt(t[i]), 't_stamp': opt(stamp[i]),
+             'power_mW': {r: float(v[0][i]) for r, v in rails.items() if v[0][i] == v[0][i]},
+             **{c: opt(a[i]) for c, a in cols.items()},
+             'temps_C': {c: float(v[0][i]) for c, v in temps.items() if v[0][i] == v[0][i]},
+             'throttle_reasons': None if thr[i] < 0 else int(thr[i])}
+        if k > 1:
+            s['power_min_mW'] = {r: float(v[1][i]) for r, v in rails.items() if v[1][i] == v[1][i]}
+            s['power_max_mW'] = {r: float(v[2][i]) for r, v in rails.items() if v[2][i] == v[2][i]}
+            s['temps_max_C'] = {c: float(v[2][i]) for c, v in temps.items() if v[2][i] == v[2][i]}
+            s['n'] = int(min(k, n - starts[i]))
+        out.append(s)
+    return out
+
+# %% ../../nbs/edge/63_power.ipynb #06f2019c
 @dataclass(frozen=True)
 class BoardRails:
     "A family's rails and which of them add up to the board's power (`total`); `why`: the documented reason."
@@ -268,6 +275,8 @@ BOARDS = (   # NVIDIA Jetson Linux Developer Guide, "Power Monitoring" of each m
                ('GPU', 'CPU', 'SOC', 'CV', 'VDDRQ', 'SYS5V'), 'no input rail: the sum of its six rails'),
     BoardRails('NVIDIA GPU (NVML)', frozenset({'gpu'}), ('gpu',), 'board power of one GPU'),
 )
+
+# %% ../../nbs/edge/63_power.ipynb #48d8f8ad
 WHOLE_RAILS = ('VIN', 'VDD_IN', 'POM_5V_IN', 'psys')      # a rail that measures a whole board's input
 _RAPL = re.compile(r'package-\d+|dram|intel-rapl:\d+', re.ASCII)     # top-level zones (unnamed: their folder)
 
@@ -294,6 +303,7 @@ def board_rails(names) -> tuple[str, tuple, tuple, str]:
                      f"({', '.join(WHOLE_RAILS)}), so which rails make the board's power is not known; set "
                      "edge_profile.power_rail to one of them, or 'sum' if they are disjoint")
 
+# %% ../../nbs/edge/63_power.ipynb #11d7353e
 def _rail_label(parts) -> str:
     return f"sum({'+'.join(parts)})" if len(parts) > 1 else (parts[0] if parts else 'sum')
 
@@ -390,7 +400,7 @@ def _sample(t, power, **kw) -> dict:
             'temps_C': {}, 'throttle_reasons': None}
     return {'t': t, 'power_mW': dict(power), **base, **kw}
 
-# %% ../../nbs/edge/63_power.ipynb #e24e2633
+# %% ../../nbs/edge/63_power.ipynb #a8d43ea7
 MAX_LINE_BYTES = 4096          # a tegrastats line is under 1 KiB (Thor, 14 cores: ~600 bytes)
 
 def bounded_lines(read, max_bytes: int = MAX_LINE_BYTES, chunk: int = 1 << 16):
@@ -413,6 +423,7 @@ def bounded_lines(read, max_bytes: int = MAX_LINE_BYTES, chunk: int = 1 << 16):
     if over: yield None
     elif buf: yield bytes(buf)
 
+# %% ../../nbs/edge/63_power.ipynb #0dd4ee11
 class TegrastatsSampler(PowerSampler):
     "Live tegrastats: `tegrastats --interval N` in a child process, lines read by a daemon thread."
     name = 'tegrastats'
@@ -456,6 +467,7 @@ class TegrastatsSampler(PowerSampler):
         self._proc = None
         return self.trace
 
+# %% ../../nbs/edge/63_power.ipynb #7a5bfe0b
 class TegrastatsReplay(PowerSampler):
     "A recorded tegrastats file read back (`--power-log FILE`); sample times are relative (aligned=False)."
     name = 'tegrastats-replay'
@@ -484,7 +496,7 @@ class TegrastatsReplay(PowerSampler):
         else: tr.set_times(np.arange(tr.n) * (self.interval_ms / 1e3))
         return tr
 
-# %% ../../nbs/edge/63_power.ipynb #79fc5bcc
+# %% ../../nbs/edge/63_power.ipynb #bd254542
 NVML_THROTTLE = {0x4: 'sw_power_cap', 0x8: 'hw_slowdown', 0x20: 'sw_thermal', 0x40: 'hw_thermal',
                  0x80: 'hw_power_brake'}
 NVML_THROTTLE_MASK = sum(NVML_THROTTLE)
@@ -512,6 +524,7 @@ class JtopSampler(PollingSampler):
         return _sample(time.monotonic(), rails, temps_C=temps)
     def teardown(self): self._j.close()
 
+# %% ../../nbs/edge/63_power.ipynb #6071a0a8
 class NvmlSampler(PollingSampler):
     "NVML on a desktop/server GPU: board power (rail `gpu`), SM clock, temperature, utilisation, throttle reasons."
     name = 'nvml'
@@ -550,6 +563,7 @@ class NvmlSampler(PollingSampler):
                        throttle_reasons=opt(self._reasons) if self._reasons else None)
     def teardown(self): self.N.nvmlShutdown()
 
+# %% ../../nbs/edge/63_power.ipynb #d3f49426
 def rapl_zones(root='/sys/class/powercap') -> list[Path]:
     "Top-level RAPL zones (`intel-rapl:N`, not their sub-zones) under `root`."
     root = Path(root)
@@ -608,7 +622,7 @@ def select_sampler(prefer: str = 'auto', power_log=None, interval_ms: int = 100,
     s = NoneSampler(interval_ms, reason='no sampler works here'); s.skipped = skipped
     return s, skipped
 
-# %% ../../nbs/edge/63_power.ipynb #7df598f4
+# %% ../../nbs/edge/63_power.ipynb #3a791c2d
 def _events(flags) -> int:
     "Number of False→True transitions (a run of True counts once)."
     f = np.asarray(flags, dtype=bool)
@@ -643,6 +657,7 @@ def _clock_drops(trace: PowerTrace, idx, clock_drop: float) -> int:
     k = k[busy]
     return _events(k < (1 - clock_drop) * k.max())
 
+# %% ../../nbs/edge/63_power.ipynb #91fbfa9b
 REPLAY_ENERGY_NOTE = ('energy per pair not computed: the power log was replayed (recorded on another machine at '
                       "another time), so its power cannot be multiplied by this host's timed window")
 
@@ -716,7 +731,6 @@ MAX_TRACE_BYTES = 64 << 20
 
 def save_trace(trace: PowerTrace, path, window=None) -> Path:
     "Write `trace` (samples view, skipped lines, errors, source) and the timed window to `path` as JSON, atomically."
-    from pqk.core.io import write_json_atomic
     ss = trace.samples
     return write_json_atomic(path, {'sampler': trace.sampler, 'source': trace.source, 'aligned': trace.aligned,
                                     'interval_s': trace.interval_s, 'skipped': trace.skipped, 'errors': trace.errors,

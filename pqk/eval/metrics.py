@@ -231,7 +231,7 @@ def _umeyama(src, dst, w, max_points):
     return (torch.where(bad, torch.nan, s), torch.where(bad[:, None, None], torch.nan, R),
             torch.where(bad[:, None], torch.nan, t))
 
-# %% ../../nbs/eval/30_metrics.ipynb #30e755ea
+# %% ../../nbs/eval/30_metrics.ipynb #956969ec
 def _rays(K: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     "Camera rays (B,N,3) with z = 1 through pixels (u, v) for intrinsics K (B,3,3)."
     pix = torch.stack([u, v, torch.ones_like(u)], -1)                       # (N,3)
@@ -269,6 +269,7 @@ def _dlt(X, r, w):
     U, _, Vh = torch.linalg.svd(M)
     return U @ Vh
 
+# %% ../../nbs/eval/30_metrics.ipynb #c124733e
 def solve_pnp(pts: torch.Tensor, K: torch.Tensor, w: torch.Tensor | None = None, max_points: int | None = 4096,
               iters: int = 300, irls: int = 2):
     """Camera pose from a pointmap (B,H,W,3) giving each pixel's 3-D point in a reference frame, with intrinsics

@@ -115,7 +115,7 @@ def load_error_message(engine_path, meta: dict | None, trt_version: str, gpu: st
             f'TensorRT version and GPU they were built for: rebuild it here from the ONNX file (pqk.export.tensorrt.'
             f'build_engine).' + (f' TensorRT said: {tail}' if tail else ''))
 
-# %% ../../nbs/export/61_tensorrt.ipynb #a1c1ac7e
+# %% ../../nbs/export/61_tensorrt.ipynb #c84dcc8f
 class EngineBuildError(RuntimeError):
     "TensorRT could not parse or build; the message carries TensorRT's log."
 
@@ -134,6 +134,7 @@ def engine_layers(engine, trt=None) -> list[dict]:
     try: return parse_inspector_json(text)
     except ValueError: return []
 
+# %% ../../nbs/export/61_tensorrt.ipynb #a4fad4c0
 def build_engine(onnx_path, engine_path, profile: dict | None = None, precision: str | None = None,
                  workspace_mb: int | None = None, timing_cache=None, shape=None) -> dict:
     "Build a serialized TensorRT engine from `onnx_path`; write it and `<engine>.json` atomically; return the metadata."

@@ -16,10 +16,10 @@ __all__ = ['PQK_FORMAT', 'RELEASE_MODEL_STRINGS', 'CheckpointError', 'parse_mode
 
 # %% ../../nbs/models/13_checkpoints.ipynb #5a37c89e
 from .config import DUSt3RConfig, SHAPE_FIELDS, _INF, _is_int, _decode_float
-from .dust3r import DUSt3R
+from .dust3r import DUSt3R, make_model
 from ..core.io import atomic_path
 
-# %% ../../nbs/models/13_checkpoints.ipynb #c7c60b43
+# %% ../../nbs/models/13_checkpoints.ipynb #3a33b98e
 class CheckpointError(ValueError):
     "A checkpoint file that cannot be loaded safely or does not match the model (the message names file and cause)."
 
@@ -37,6 +37,7 @@ _IGNORED_ARGS = {'output_mode': ('pts3d',), 'patch_embed_cls': ('ManyAR_PatchEmb
                  'landscape_only': None, 'freeze': None, 'mask_ratio': None, 'norm_im2_in_dec': (True,),
                  'two_confs': (False,), 'desc_conf_mode': None}
 
+# %% ../../nbs/models/13_checkpoints.ipynb #242c93cf
 def _literal(node, src):
     "Evaluate a literal constructor argument: numbers, strings, tuples/lists, inf/-inf, float('inf'), bare names."
     if isinstance(node, ast.Constant): return node.value
@@ -80,6 +81,7 @@ def config_from_reference_args(kw: dict, src: str = 'checkpoint') -> DUSt3RConfi
     try: return DUSt3RConfig(**args)
     except ValueError as e: raise CheckpointError(f"{src}: {e}") from None
 
+# %% ../../nbs/models/13_checkpoints.ipynb #f0297a56
 def _fmt(v) -> str:
     if isinstance(v, float) and math.isinf(v): return 'inf' if v > 0 else '-inf'
     if isinstance(v, float) and v.is_integer(): return str(int(v))
@@ -113,7 +115,7 @@ def model_string(cfg: DUSt3RConfig) -> str:
     kw['landscape_only'] = False
     return 'AsymmetricCroCo3DStereo(' + ', '.join(f'{k}={_fmt(v)}' for k, v in kw.items()) + ')'
 
-# %% ../../nbs/models/13_checkpoints.ipynb #d06261b4
+# %% ../../nbs/models/13_checkpoints.ipynb #e49238ef
 def _alias_pairs(keys) -> dict:
     "Map each DPT key `X.scratch.layer_rn.{i}.Y` <-> `X.scratch.layer{i+1}_rn.Y` (both directions)."
     out = {}
@@ -136,6 +138,7 @@ def nonfinite_tensors(sd: dict) -> list[tuple[str, int, int]]:
             out.append((k, int((~torch.isfinite(v)).sum()), v.numel()))
     return out
 
+# %% ../../nbs/models/13_checkpoints.ipynb #1fdc7438
 def load_state_into(model: DUSt3R, sd: dict, src: str = 'state_dict') -> DUSt3R:
     """Strictly load `sd` into `model`; aliases filled in; missing/unexpected keys and shape mismatches raise
     CheckpointError. A model built on the meta device gets the checkpoint tensors assigned (cast to its dtype), without
@@ -171,6 +174,7 @@ def load_state_into(model: DUSt3R, sd: dict, src: str = 'state_dict') -> DUSt3R:
     else: model.load_state_dict(sd, strict=True)
     return model
 
+# %% ../../nbs/models/13_checkpoints.ipynb #49d30d38
 def _torch_load(path: Path):
     "torch.load(weights_only=True) with only argparse.Namespace allowed; unsafe files are refused before unpickling."
     try: unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -204,6 +208,7 @@ def _read_hf(path: Path):
     except Exception as e: raise CheckpointError(f"{st}: not a readable safetensors file ({e})") from None
     return cfg, sd, {'format': 'hf'}
 
+# %% ../../nbs/models/13_checkpoints.ipynb #0ecb2704
 def read_checkpoint(path) -> tuple[DUSt3RConfig, dict, dict]:
     """`(config, state_dict, info)` of a release `.pth`, Hugging Face directory/safetensors or pqk checkpoint (CPU
     tensors)."""
@@ -241,6 +246,7 @@ def load_checkpoint(path, map_location='cpu') -> DUSt3R:
     model.checkpoint_info = {'path': str(path), **info}
     return model.to(map_location).eval()
 
+# %% ../../nbs/models/13_checkpoints.ipynb #de1bfdb6
 def _atomic_write(path, write):
     "Call `write(tmp_path)` then move the temporary file onto `path` (same directory) atomically."
     with atomic_path(path) as tmp: write(str(tmp))
@@ -275,6 +281,7 @@ def save_checkpoint(model: DUSt3R, path, meta: dict | None = None) -> Path:
            'meta': dict(meta or {})}
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
+# %% ../../nbs/models/13_checkpoints.ipynb #134f7f17
 def save_release_checkpoint(model: DUSt3R, path) -> Path:
     "Write the release layout `{'model': state_dict, 'args': Namespace(model=<constructor string>)}` atomically."
     ms = model_string(_uniform(model.cfg, 'save_release_checkpoint'))
@@ -322,7 +329,6 @@ def save_random_release_checkpoint(path, preset: str = 'dust3r_512_dpt', seed: i
     """A checkpoint in the release layout — `{'model': state_dict, 'args': Namespace(model=<constructor string>)}`,
     the official string for the release presets — holding `preset` with pqk's random initialisation (seeded): the
     real shape and file of a release checkpoint, without a download. Written atomically."""
-    from pqk.models.dust3r import make_model
     torch.manual_seed(int(seed))
     m = make_model(preset).eval()
     s = RELEASE_MODEL_STRINGS.get(preset) or model_string(m.cfg)

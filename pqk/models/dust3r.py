@@ -17,28 +17,7 @@ from .config import DUSt3RConfig, PRESETS
 from .layers import DecoderBlock, DPTHead, EncoderBlock, LinearHead, PatchEmbed, RoPE2D, linear
 from .layers import _ln, _tracing
 
-# ## The network
-#
-# `DUSt3R(cfg)` registers its children in the release order (`mask_token`, `patch_embed`, `enc_blocks`, `enc_norm`,
-# `decoder_embed`, `dec_blocks`, `dec_norm`, `dec_blocks2`, `downstream_head1`, `downstream_head2`), so even the
-# state_dict *order* equals the reference's. Forward pass (shapes for a B-pair batch at H×W, h = H/16, w = W/16):
-#
-# 1. both images go through the shared encoder **in one batch** (concatenated along the batch axis when their shapes
-#    match): patch embed → blocks with RoPE2D → `enc_norm`: `enc1, enc2` (B, h·w, enc_dim);
-# 2. `decoder_embed` projects both; decoder layer j updates both sides from the *previous* layer's outputs
-#    (`f1' = dec_blocks[j](f1, f2)`, `f2' = dec_blocks2[j](f2, f1)`);
-# 3. each head gets `[enc_i, dec_i[1], ..., dec_norm(dec_i[L])]` (only the last layer is normalised), in fp32;
-# 4. post-processing: `pts3d = v/max(|v|, 1e-8) · expm1(|v|)`, `conf = vmin + exp(c)` (clipped at `vmax - vmin` when
-#    finite), outputs (B, H, W, 3) and (B, H, W).
-#
-# `forward_features` returns everything a distiller may want (encoder outputs, every decoder layer's tokens as the heads
-# see them — block outputs, the last one after `dec_norm`, as the reference's decoder returns them —, raw head
-# outputs, final results); `forward` returns just `(res1, res2)`. `encode(img1, img2)` runs the encoder alone.
-# Inputs are checked (dict with `img` of shape (B, 3, H, W), H and W multiples of the patch size, same B for both
-# views); an optional `true_shape` (B, 2) must equal (H, W) (checked only in eager mode: the network always uses the
-# tensor's own shape; padded or mixed-shape batches are not supported).
-
-# %% ../../nbs/models/12_dust3r.ipynb #a04fb45c
+# %% ../../nbs/models/12_dust3r.ipynb #1ac3cd30
 def _postprocess(out, cfg: DUSt3RConfig):
     "Raw head output (B, 4, H, W) -> pts3d (B, H, W, 3), conf (B, H, W) with the 'exp' depth/conf modes."
     f = out.permute(0, 2, 3, 1).contiguous()              # (B, H, W, 4); a no-op for a channels-last DPT output
@@ -51,6 +30,28 @@ def _postprocess(out, cfg: DUSt3RConfig):
     if math.isfinite(hi - lo): c = c.clamp(max=hi - lo)
     return pts, lo + c
 
+# %% ../../nbs/models/12_dust3r.ipynb #341d6b2d
+def _check_view(view, name: str, p: int):
+    "The image of `view` (a dict with `img` (B, 3, H, W)); H and W multiples of the patch size `p`; static checks only."
+    if not isinstance(view, dict) or 'img' not in view:
+        got = sorted(view) if isinstance(view, dict) else type(view).__name__
+        raise ValueError(f"DUSt3R: {name} must be a dict with key 'img' (B, 3, H, W) in [-1, 1]; got {got}")
+    img = view['img']
+    if not torch.is_tensor(img) or img.ndim != 4 or img.shape[1] != 3 or not img.is_floating_point():
+        desc = f"{tuple(img.shape)} {img.dtype}" if torch.is_tensor(img) else type(img).__name__
+        raise ValueError(f"DUSt3R: {name}['img'] must be a float tensor (B, 3, H, W); got {desc}")
+    H, W = img.shape[-2:]
+    if H % p or W % p:
+        raise ValueError(f"DUSt3R: {name}['img'] has H×W = {H}×{W}; both must be multiples of the patch size {p}")
+    ts = view.get('true_shape')
+    if ts is not None and not _tracing():
+        ts = torch.as_tensor(ts)
+        if ts.shape != (img.shape[0], 2) or not bool((ts.to('cpu') == torch.tensor([H, W])).all()):
+            raise ValueError(f"DUSt3R: {name}['true_shape'] must be (B, 2) rows equal to the image's (H, W) = "
+                             f"({H}, {W}); got {ts.tolist()} (padded or mixed-shape batches are not supported)")
+    return img
+
+# %% ../../nbs/models/12_dust3r.ipynb #be00ba41
 class DUSt3R(nn.Module):
     "DUSt3R: siamese ViT encoder, two cross-attending decoders, per-view heads; state_dict-compatible with the release."
     def __init__(self, cfg: DUSt3RConfig | None = None):
@@ -94,26 +95,6 @@ class DUSt3R(nn.Module):
         same = all(a.shape == b.shape for a, b in zip(self.dec_blocks.parameters(), self.dec_blocks2.parameters()))
         if same: self.dec_blocks2.load_state_dict(self.dec_blocks.state_dict())   # (not when per-block shapes differ)
 
-    # ---- input checks (static shapes only, so they are free under tracing) ----
-    def _img(self, view, name):
-        if not isinstance(view, dict) or 'img' not in view:
-            got = sorted(view) if isinstance(view, dict) else type(view).__name__
-            raise ValueError(f"DUSt3R: {name} must be a dict with key 'img' (B, 3, H, W) in [-1, 1]; got {got}")
-        img, p = view['img'], self.cfg.patch_size
-        if not torch.is_tensor(img) or img.ndim != 4 or img.shape[1] != 3 or not img.is_floating_point():
-            desc = f"{tuple(img.shape)} {img.dtype}" if torch.is_tensor(img) else type(img).__name__
-            raise ValueError(f"DUSt3R: {name}['img'] must be a float tensor (B, 3, H, W); got {desc}")
-        H, W = img.shape[-2:]
-        if H % p or W % p:
-            raise ValueError(f"DUSt3R: {name}['img'] has H×W = {H}×{W}; both must be multiples of the patch size {p}")
-        ts = view.get('true_shape')
-        if ts is not None and not _tracing():
-            ts = torch.as_tensor(ts)
-            if ts.shape != (img.shape[0], 2) or not bool((ts.to('cpu') == torch.tensor([H, W])).all()):
-                raise ValueError(f"DUSt3R: {name}['true_shape'] must be (B, 2) rows equal to the image's (H, W) = "
-                                 f"({H}, {W}); got {ts.tolist()} (padded or mixed-shape batches are not supported)")
-        return img
-
     def _encode_one(self, img):
         p = self.cfg.patch_size
         h, w = img.shape[-2] // p, img.shape[-1] // p
@@ -153,11 +134,11 @@ class DUSt3R(nn.Module):
         """Everything computed for a pair: `enc1/enc2` (B, N, E), `dec1/dec2` (lists of L decoder outputs (B, N, D),
         the last after dec_norm),
         `head1/head2` raw head outputs (B, 4, H, W), `res1` {'pts3d','conf'}, `res2` {'conf','pts3d_in_other_view'}."""
-        img1, img2 = self._img(view1, 'view1'), self._img(view2, 'view2')
+        p = self.cfg.patch_size
+        img1, img2 = _check_view(view1, 'view1', p), _check_view(view2, 'view2', p)
         if img1.shape[0] != img2.shape[0]:
             raise ValueError(f"DUSt3R: view1 and view2 must have the same batch size; "
                              f"got {img1.shape[0]} and {img2.shape[0]}")
-        p = self.cfg.patch_size
         hw1, hw2 = (img1.shape[-2] // p, img1.shape[-1] // p), (img2.shape[-2] // p, img2.shape[-1] // p)
         enc1, enc2 = self.encode(img1, img2)
         dec1, dec2 = self.decode(enc1, enc2, hw1, hw2)
@@ -173,6 +154,7 @@ class DUSt3R(nn.Module):
         f = self.forward_features(view1, view2)
         return f['res1'], f['res2']
 
+# %% ../../nbs/models/12_dust3r.ipynb #890d3888
 def make_model(name_or_cfg: str | DUSt3RConfig | dict = 'demo_teacher', **overrides) -> DUSt3R:
     "Build a randomly initialised `DUSt3R` from a preset name, a config or a config dict; `overrides` replace fields."
     if isinstance(name_or_cfg, str):

@@ -101,7 +101,7 @@ def linear(m: nn.Module, x, gelu: bool = False):
     y = m(x)
     return F.gelu(y) if gelu else y
 
-# %% ../../nbs/models/11_layers.ipynb #1a7d7395
+# %% ../../nbs/models/11_layers.ipynb #fe819613
 class Mlp(nn.Module):
     "fc1 -> exact GELU -> fc2."
     def __init__(self, dim: int, hidden: int):
@@ -147,6 +147,7 @@ class CrossAttention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v)
         return linear(self.proj, x.transpose(1, 2).reshape(B, Nx, self.num_heads * self.head_dim))
 
+# %% ../../nbs/models/11_layers.ipynb #2bb01ce4
 def _ln(dim): return nn.LayerNorm(dim, eps=1e-6)
 
 class EncoderBlock(nn.Module):
@@ -173,6 +174,7 @@ class DecoderBlock(nn.Module):
         x = x + self.cross_attn(self.norm2(x), y, rope_x, rope_y)
         return x + self.mlp(self.norm3(x))
 
+# %% ../../nbs/models/11_layers.ipynb #b1198e83
 class PatchEmbed(nn.Module):
     "Non-overlapping p×p patches -> tokens (B, h*w, C), row-major (x fastest)."
     def __init__(self, patch_size, dim):
@@ -181,7 +183,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(3, dim, patch_size, patch_size)
     def forward(self, img): return self.proj(img).flatten(2).transpose(1, 2)
 
-# %% ../../nbs/models/11_layers.ipynb #77bdb988
+# %% ../../nbs/models/11_layers.ipynb #51a2378a
 class LinearHead(nn.Module):
     "Linear head: Linear(dec_dim, 4·p²) per token + pixel shuffle -> (B, 4, H, W)."
     def __init__(self, cfg: DUSt3RConfig):
@@ -220,6 +222,7 @@ class _Scratch(nn.Module):
         self.layer_rn = nn.ModuleList([getattr(self, f'layer{i + 1}_rn') for i in range(4)])   # aliases, same convs
         for i in range(4): setattr(self, f'refinenet{i + 1}', _Fusion(f))
 
+# %% ../../nbs/models/11_layers.ipynb #d5f293f6
 class _DPT(nn.Module):
     def __init__(self, cfg: DUSt3RConfig, head: int = 1):
         super().__init__()

@@ -39,7 +39,7 @@ def report_paths(reports_dir=None) -> dict:
         b = p['result_table'].parent
     return {**p, 'dir': b, 'milestones': b / 'milestones.md', 'lock': b / '.lock', 'cache': b / '.cache' / 'logs.json'}
 
-# %% ../../nbs/run/72_aggregate.ipynb #f1c7fd23
+# %% ../../nbs/run/72_aggregate.ipynb #1f590338
 UPGRADES: dict[str, Callable[[dict], dict]] = {}
 
 def register_upgrade(from_version: str):
@@ -67,6 +67,7 @@ def upgrade_log(rec: dict, file: str = '<log>') -> dict:
         seen.add(v); rec = UPGRADES[v](dict(rec))
     return rec
 
+# %% ../../nbs/run/72_aggregate.ipynb #904e4ec1
 MAX_LOG_BYTES = 16 << 20          # a run log is a few KB; a larger file is skipped unread
 
 def read_log_bytes(path) -> bytes:
@@ -93,6 +94,7 @@ def parse_log(path, data: bytes | None = None, root=None) -> tuple[dict | None, 
     except RecursionError: ps = [f'{file}: JSON nested too deeply to be a run log']
     return (None, ps) if ps else (rec, [])
 
+# %% ../../nbs/run/72_aggregate.ipynb #fec22e95
 from ..core.paths import is_name, NAME_RULE      # run ids and card ids: names, never paths
 
 def identity_problems(path, run_id, task_card, root=None) -> list[str]:
@@ -147,7 +149,7 @@ def upgrade_1_1_to_1_2(rec: dict) -> dict:
     "A log of schema 1.1 as schema 1.2 (see above): the version changes, nothing else."
     return {**rec, 'schema_version': '1.2'}
 
-# %% ../../nbs/run/72_aggregate.ipynb #e4917163
+# %% ../../nbs/run/72_aggregate.ipynb #df9d882d
 ROW_FORMAT = 1      # bump when flattening or cell conversion changes: invalidates every cache
 
 def _cell(v):
@@ -175,6 +177,7 @@ def _load_cache(path, key: str, runs_dir: str) -> dict:
     except (OSError, ValueError, AttributeError): pass
     return {}
 
+# %% ../../nbs/run/72_aggregate.ipynb #cc74f174
 PARALLEL_FROM = 500     # logs to parse before a second process helps (schema validation dominates a cold rebuild)
 
 def _entry(item) -> dict:
@@ -259,7 +262,7 @@ def flat_rows(records: list[dict]) -> list[dict]:
     "Report rows of `records`, ordered by started_utc then run_id."
     return sorted(map(log_row, records), key=lambda r: (str(r.get('started_utc')), str(r.get('run_id'))))
 
-# %% ../../nbs/run/72_aggregate.ipynb #dcf1de7d
+# %% ../../nbs/run/72_aggregate.ipynb #07639b47
 _NS = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
 _NS_R = 'xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"'
 _XML = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
@@ -299,6 +302,7 @@ def _widths(cols: list[str], rows: list[dict]) -> list[float]:
     longest = lambda c: max([len(c)] + [len(str(r[c])) for r in sample if r.get(c) is not None])
     return [float(min(60, max(8, longest(c) + 2))) for c in cols]
 
+# %% ../../nbs/run/72_aggregate.ipynb #b5c07738
 def _write_sheet(f, cols: list[str], rows: list[dict], chunk: int = 500):
     letters = [col_letter(i) for i in range(len(cols))]
     n = len(rows) + 1
@@ -333,6 +337,7 @@ def _write_sheet(f, cols: list[str], rows: list[dict], chunk: int = 500):
         if len(text) > 100_000: text.clear()
     f.write(f'</sheetData><autoFilter ref="A1:{letters[-1]}{n}"/></worksheet>'.encode())
 
+# %% ../../nbs/run/72_aggregate.ipynb #4cd8b2d7
 _STYLES = (_XML + f'<styleSheet {_NS}><fonts count="2"><font><sz val="11"/><name val="Calibri"/></font>'
            '<font><b/><sz val="11"/><name val="Calibri"/></font></fonts>'
            '<fills count="2"><fill><patternFill patternType="none"/></fill><fill><patternFill patternType="gray125"/>'
@@ -378,7 +383,7 @@ def write_xlsx(path, sheets: list[tuple[str, list[str], list[dict]]]) -> list[st
             with z.open(f'xl/worksheets/sheet{i}.xml', 'w') as f: _write_sheet(f, cols, rows)
     return [t for t, _, _ in sheets]
 
-# %% ../../nbs/run/72_aggregate.ipynb #702ac666
+# %% ../../nbs/run/72_aggregate.ipynb #8edeae80
 def _counts(rows, key):
     out = {}
     for r in rows: out[str(r.get(key))] = out.get(str(r.get(key)), 0) + 1
@@ -416,6 +421,7 @@ def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]
              'last run (UTC)', 'kind sheets']
     return [('versions', icols, index)] + body
 
+# %% ../../nbs/run/72_aggregate.ipynb #a8abedb3
 CSV_FORMULA_LEAD = frozenset('=+-@\t\r')      # what makes a spreadsheet read a cell as a formula (OWASP)
 
 def csv_text(v):
@@ -441,7 +447,7 @@ def write_summary_json(path, head: dict, cols: list[str], rows: list[dict]) -> P
         f.write(']\n}\n')
     return Path(path)
 
-# %% ../../nbs/run/72_aggregate.ipynb #1f1c9e44
+# %% ../../nbs/run/72_aggregate.ipynb #a34d42f9
 MAX_PANELS = 6          # version groups drawn per figure (newest first)
 MAX_LABELS = 40         # labels on a Pareto front
 
@@ -469,6 +475,7 @@ def card_family(card_id: str) -> str:
     m = re.search(r'(?:^|[_.-])([A-Za-z])\d+(?=[_.-]|$)', card_id)
     return (m.group(1) if m else card_id[:1]).upper()
 
+# %% ../../nbs/run/72_aggregate.ipynb #7aa3780c
 def _latest(rows, key):
     "Latest row (by started_utc) per key(row)."
     out = {}
@@ -500,6 +507,7 @@ def _nodata(ax, what):
     ax.text(0.5, 0.5, f'no runs with {what} yet', ha='center', va='center', transform=ax.transAxes)
     ax.set_xticks([]); ax.set_yticks([])
 
+# %% ../../nbs/run/72_aggregate.ipynb #e9f41d6f
 def tradeoff_points(rows) -> tuple[list, list[int]]:
     "[(row, latency p50, quality drop)] of the runs that have both, and the indices of their Pareto front."
     pts = [(r, _num(r.get('efficiency.latency_p50_ms')), _num(r.get('quality.quality_drop_pct'))) for r in rows]
@@ -540,6 +548,7 @@ def plot_tradeoff(rows, path) -> Path:
         ax.set_xlabel('latency p50 (ms)'); ax.set_ylabel('quality drop (%)'); ax.legend(fontsize=8, loc='upper right')
     return _save(fig, path)
 
+# %% ../../nbs/run/72_aggregate.ipynb #c4543f24
 def prune_share_label(row: dict) -> str | None:
     "'heads 41% · mlp 59%': each pruning target's share of the parameters a P/KP run removed (None for other runs)."
     sh = {k[len('pruning.share.'):]: _num(v) for k, v in row.items() if k.startswith('pruning.share.')}
@@ -573,6 +582,7 @@ def plot_ablation(rows, path) -> Path:
         ax.set_ylabel('quality drop (%)')
     return _save(fig, path)
 
+# %% ../../nbs/run/72_aggregate.ipynb #70200bf6
 def plot_latency(rows, path) -> Path:
     "Per version group: latency p50 and p95 (ms) of the latest run per model and device, side by side."
     fig, panels = _panels(rows, 'latency per model and device (latest run)')

@@ -6,13 +6,14 @@
 from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
-from ..core.contracts import EDGE_BACKENDS           # torch-free: the parser builds without importing torch
+# torch-free: the parser builds without torch; each command's module is imported when it runs (`_main`)
+from ..core.contracts import EDGE_BACKENDS, ContractError, load_workload, parse_yaml, project_root
 
 # %% auto #0
 __all__ = ['EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError',
            'error_line', 'run_exit', 'main']
 
-# %% ../../nbs/run/75_cli.ipynb #bd6efae4
+# %% ../../nbs/run/75_cli.ipynb #b107bebd
 def _method_args(p: argparse.ArgumentParser, method: str | None):
     p.add_argument('--workload', default='configs/workload.yaml', help='workload contract')
     p.add_argument('--eval', default='configs/eval.yaml', help='evaluation contract')
@@ -37,11 +38,9 @@ def _resume_arg(p: argparse.ArgumentParser):
 
 def _abs(p): return None if p is None else str(Path(p).expanduser().resolve())
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog='pqk',
-                                 description='pqk — compress DUSt3R by distillation, quantization and pruning')
-    ap.add_argument('--debug', action='store_true', help='show the Python traceback of an error')
-    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+# %% ../../nbs/run/75_cli.ipynb #980c1d7b
+def _workbook_commands(sub):
+    "devcheck, run (a task card), aggregate, review and lab: the workbook as a whole."
     p = sub.add_parser('devcheck', help='validate contracts, configs, task cards and the log schema (no model loaded)')
     p.add_argument('--workload', default=None); p.add_argument('--eval', default=None)
     p.add_argument('--cfg', action='append', default=None,
@@ -69,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                    'the variable: a command line is visible to every local user)')
     p.add_argument('--ip', default='127.0.0.1', help='loopback address to listen on (127.0.0.1, localhost or ::1)')
     p.add_argument('--browser', action='store_true', help='open a browser on the explorer')
+    return sub
+
+# %% ../../nbs/run/75_cli.ipynb #e20b8011
+def _method_commands(sub):
+    "run-eval, run-distill, run-quant, export and run-prune: one method, explicit config paths."
     _resume_arg(_method_args(sub.add_parser('run-eval', help='evaluate a checkpoint with the eval template'), None))
     _resume_arg(_method_args(sub.add_parser('run-distill', help='distil the teacher into a student with the distill '
                                                                 'template'), 'distill'))
@@ -84,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--flavour', choices=('ort', 'tensorrt'), default='ort', help='int8 only: ORT-CPU or TensorRT Q/DQ')
     _resume_arg(_method_args(sub.add_parser('run-prune', help='prune a model and fine-tune it with the prune template'),
                              'prune'))
+    return sub
+
+# %% ../../nbs/run/75_cli.ipynb #a7737b98
+def _device_commands(sub):
+    "edge-eval, bench and doctor: what this device runs and how fast."
     p = sub.add_parser('edge-eval', help='latency, memory, power and throttling of a model on this device (run_edge)')
     _method_args(p, None)
     p.add_argument('--backend', choices=EDGE_BACKENDS, default=None,
@@ -113,13 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scale', choices=('demo', 'real'), default='demo', help='demo teacher, or ViT-L/512 DPT')
     p.add_argument('--workload', default=None); p.add_argument('--json', default=None, help='also write the report')
     p.add_argument('--timeout', type=float, default=None, help='seconds per stage (default 240 demo, 420 real)')
+    return sub
+
+# %% ../../nbs/run/75_cli.ipynb #8e1a6dcc
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog='pqk',
+                                 description='pqk — compress DUSt3R by distillation, quantization and pruning')
+    ap.add_argument('--debug', action='store_true', help='show the Python traceback of an error')
+    sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+    _device_commands(_method_commands(_workbook_commands(sub)))
     return ap
 
+# %% ../../nbs/run/75_cli.ipynb #a5367302
 class UsageError(ValueError):
     "A command-line argument that cannot be used (the message names it)."
 
 def _extra_params(items) -> dict:
-    from pqk.core.contracts import parse_yaml, ContractError
     out = {}
     for it in items:
         if '=' not in it: raise UsageError(f'--param {it!r}: expected KEY=VALUE')
@@ -132,13 +150,12 @@ def _extra_params(items) -> dict:
 def _resolve_dirs(args):
     "Default runs/ (and reports/ via eval.yaml) of the project root, so pqk gives the same reports from any subfolder."
     if hasattr(args, 'runs_dir') and args.runs_dir is None:
-        from pqk.core.contracts import project_root
         args.runs_dir = str(project_root() / 'runs')
     return args
 
+# %% ../../nbs/run/75_cli.ipynb #69898852
 def error_line(cmd: str, e: BaseException) -> str:
     "One line for an expected error: what failed, on which file, and what to do."
-    from pqk.core.contracts import ContractError
     if isinstance(e, ContractError): return '\n'.join(f'FAIL {p}' for p in e.problems)
     what = f'{type(e).__name__}: {e}'
     if isinstance(e, OSError) and getattr(e, 'filename', None):
@@ -156,6 +173,7 @@ def error_line(cmd: str, e: BaseException) -> str:
 
 EXPECTED_ERRORS = (ValueError, OSError, RecursionError, KeyboardInterrupt)
 
+# %% ../../nbs/run/75_cli.ipynb #fb744549
 # `pqk run` and `pqk run-*`: one meaning per exit status (the README has the same table)
 EXIT_CODES = {0: 'passed', 1: 'failed (the log says why)', 2: 'bad input: nothing ran (a usage error, or a card, '
               'config, path, --param or --resume refused before the run started; one line says which)',
@@ -169,6 +187,39 @@ def run_exit(res: dict) -> int:
     "The exit status of a finished run (its log's status; `EXIT_CODES`)."
     return STATUS_EXIT.get(res.get('status'), 1)
 
+# %% ../../nbs/run/75_cli.ipynb #0f1d8238
+def _export(args) -> int:
+    "`pqk export`: the target is checked before anything is loaded; SIGTERM removes the temp file."
+    import json
+    from pqk.export.onnx import ExportTargetError, check_export_target
+    from pqk.run.runner import stop_forwarding
+    try: check_export_target(args.out, args.force, '--out', '--force')     # before anything is loaded
+    except ExportTargetError as e: print(f'pqk export: {e}', file=sys.stderr); return 2
+    wl, ckpt = load_workload(args.workload), _ckpt_arg(args)
+    with stop_forwarding(grace=0):        # SIGTERM, like Ctrl-C, removes the temp file before pqk exits
+        if args.precision == 'int8':
+            from pqk.compress.quant import export_int8
+            rep = export_int8(ckpt, args.out, wl, args.cfg, args.flavour)
+        else:
+            from pqk.export.onnx import export_checkpoint
+            rep = export_checkpoint(ckpt, args.out, args.precision, wl, force=args.force)
+    print(json.dumps(rep, indent=1, default=str)); return 0
+
+def _edge_eval(args) -> int:
+    "`pqk edge-eval`: the run_edge template through the runner, with the options that were given."
+    from pqk.run.runner import run_method
+    extra = {'backend': args.backend, 'onnx': _abs(args.onnx), 'engine': _abs(args.engine),
+             'power_log': _abs(args.power_log), 'power_sampler': args.power_sampler,
+             'precision': args.precision,
+             'min_pairs': args.min_pairs, 'min_seconds': args.min_seconds}
+    ckpt = _abs(_ckpt_arg(args))
+    res = run_method('edge', workload=args.workload, eval=args.eval, ckpt=ckpt, log=args.log, seed=args.seed,
+                     runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
+                     gpu_hours_budget=args.gpu_hours_budget, template=args.template,
+                     extra_params={k: v for k, v in extra.items() if v is not None})
+    return run_exit(res)
+
+# %% ../../nbs/run/75_cli.ipynb #a53b162a
 def main(argv=None) -> int:
     args = _resolve_dirs(build_parser().parse_args(argv))
     try: return _main(args)
@@ -188,7 +239,6 @@ def _main(args) -> int:
         from pqk.run.explore import lab
         try: return lab(args.port, args.token, args.ip, args.browser)
         except ValueError as e: print(e, file=sys.stderr); return 2
-    from pqk.core.contracts import ContractError
     try:
         if args.cmd == 'run':
             from pqk.run.runner import run_card
@@ -202,22 +252,7 @@ def _main(args) -> int:
         if args.cmd == 'review':
             from pqk.run.review import review
             review(args.runs_dir, args.reports_dir, since=args.since, until=args.until); return 0
-        if args.cmd == 'export':
-            import json
-            from pqk.core.contracts import load_workload
-            from pqk.export.onnx import ExportTargetError, check_export_target
-            from pqk.run.runner import stop_forwarding
-            try: check_export_target(args.out, args.force, '--out', '--force')     # before anything is loaded
-            except ExportTargetError as e: print(f'pqk export: {e}', file=sys.stderr); return 2
-            wl, ckpt = load_workload(args.workload), _ckpt_arg(args)
-            with stop_forwarding(grace=0):        # SIGTERM, like Ctrl-C, removes the temp file before pqk exits
-                if args.precision == 'int8':
-                    from pqk.compress.quant import export_int8
-                    rep = export_int8(ckpt, args.out, wl, args.cfg, args.flavour)
-                else:
-                    from pqk.export.onnx import export_checkpoint
-                    rep = export_checkpoint(ckpt, args.out, args.precision, wl, force=args.force)
-            print(json.dumps(rep, indent=1, default=str)); return 0
+        if args.cmd == 'export': return _export(args)
         if args.cmd in ('run-eval', 'run-distill', 'run-quant', 'run-prune'):
             from pqk.run.runner import run_method
             res = run_method(args.cmd.split('-', 1)[1], workload=args.workload, eval=args.eval,
@@ -236,18 +271,7 @@ def _main(args) -> int:
             bench(ckpt, args.workload, args.eval, rows, args.warmup, args.repeats, args.min_seconds, args.threads,
                   args.compile_timeout, args.out)
             return 0
-        if args.cmd == 'edge-eval':
-            from pqk.run.runner import run_method
-            extra = {'backend': args.backend, 'onnx': _abs(args.onnx), 'engine': _abs(args.engine),
-                     'power_log': _abs(args.power_log), 'power_sampler': args.power_sampler,
-                     'precision': args.precision,
-                     'min_pairs': args.min_pairs, 'min_seconds': args.min_seconds}
-            ckpt = _abs(_ckpt_arg(args))
-            res = run_method('edge', workload=args.workload, eval=args.eval, ckpt=ckpt, log=args.log, seed=args.seed,
-                             runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
-                             gpu_hours_budget=args.gpu_hours_budget, template=args.template,
-                             extra_params={k: v for k, v in extra.items() if v is not None})
-            return run_exit(res)
+        if args.cmd == 'edge-eval': return _edge_eval(args)
     except ContractError as e:
         print(error_line(args.cmd, e), file=sys.stderr)
         return 2 if args.cmd in RUN_COMMANDS else 1
@@ -261,7 +285,6 @@ def _ckpt_arg(args) -> str | None:
     c = getattr(args, 'ckpt', None)
     if c == 'teacher':
         if args.cmd in TEACHER_BY_DEFAULT: return None
-        from pqk.core.contracts import load_workload, project_root
         c = load_workload(args.workload).teacher                        # 'demo' or a path from the project root
         if c != 'demo': return str(project_root() / Path(c).expanduser())
     if c == 'demo':

@@ -6,7 +6,10 @@
 from __future__ import annotations
 import argparse, json, os, sys, time
 from pathlib import Path
-from ..core.contracts import method_config
+# torch-free only: every stage runs this module in a child whose memory is measured; the rest is imported per stage
+from ..core.contracts import (ContractError, load_card, load_contract, load_eval, load_workload, method_config,
+                                project_root)
+from ..core.io import write_json_atomic
 
 # %% auto #0
 __all__ = ['SCALES', 'DEVICES', 'STAGES', 'BOUNDS_W', 'REAL_PRESET', 'PROBE_DEPTH', 'TIMEOUT_S', 'MARK', 'GB', 'STAGE_FNS',
@@ -61,7 +64,7 @@ def _probe_model(cfg: dict, depth: int = PROBE_DEPTH):
         raise ValueError('the model has per-block shapes; no probe of it can be built (use --scale demo)')
     return DUSt3R(dataclasses.replace(c, enc_depth=min(depth, c.enc_depth), dec_depth=min(depth, c.dec_depth))).eval()
 
-# %% ../../nbs/run/76_doctor.ipynb #ef547b27
+# %% ../../nbs/run/76_doctor.ipynb #30bfb0ba
 def stage_forward(spec) -> dict:
     "Build (random weights, saved for the next stages) or load the model, then time one pair at `res`."
     import torch
@@ -86,6 +89,7 @@ def stage_forward(spec) -> dict:
             'params': count_params(m),
             'weights_mb': round(model_size_mb(m), 1), 'config': m.cfg.to_dict()}
 
+# %% ../../nbs/run/76_doctor.ipynb #4e9c8f3a
 def stage_distill(spec) -> dict:
     "A −30% student (distill.yaml) at its training resolution: the teacher's forward, then `steps` loop steps."
     import torch
@@ -133,6 +137,7 @@ def stage_distill(spec) -> dict:
             'student_params': count_params(student), 'teacher_params': count_params(teacher),
             'loss': r['final_loss']}
 
+# %% ../../nbs/run/76_doctor.ipynb #cd96f2cb
 def _onnx_model(spec):
     "(model to export, facts): the model, or at real scale a probe of its widths (built from `spec['config']`)."
     import torch
@@ -183,6 +188,7 @@ def stage_ort(spec) -> dict:
         del pred
     return out
 
+# %% ../../nbs/run/76_doctor.ipynb #e1a89a3b
 def stage_prune(spec) -> dict:
     "One pruning round of configs/prune.yaml (Torch-Pruning scores, the cut, its exactness check), no fine-tune."
     from pqk.compress.prune import prune_run
@@ -194,85 +200,104 @@ def stage_prune(spec) -> dict:
     return {'load_s': load_s, 'round_s': round(_now() - t0, 2), 'params_ratio': round(pr['params_ratio'], 4),
             'exact_rel_err': pr['exactness']['max_rel_err']}
 
-# %% ../../nbs/run/76_doctor.ipynb #ebfe9cda
+# %% ../../nbs/run/76_doctor.ipynb #e93d0333
 class Unavailable(Exception):
     "A GPU check that cannot run here (the message says why)."
 
-def _gpu_checks(spec) -> list:
-    "[(name, check(ctx) -> dict)]: the CUDA-side checks (see above)."
+def _gpu_events(c) -> dict:
+    "CUDA-event time of a forward against the wall clock, and the GPU peak."
+    import torch
+    m, (v1, v2) = c['model'], c['pair']
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.inference_mode():
+        m(v1, v2); torch.cuda.synchronize()
+        t0 = _now(); s.record(); m(v1, v2); e.record(); torch.cuda.synchronize(); wall = (_now() - t0) * 1e3
+    return {'event_ms': round(s.elapsed_time(e), 2), 'wall_ms': round(wall, 2),
+            'gpu_peak_mb': round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+
+def _gpu_amp(c) -> dict:
+    "An fp16-autocast forward: its time and its distance to fp32."
     import torch
     from pqk.eval.protocol import rel_l2
-    def events(c):
-        m, (v1, v2) = c['model'], c['pair']
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        with torch.inference_mode():
-            m(v1, v2); torch.cuda.synchronize()
-            t0 = _now(); s.record(); m(v1, v2); e.record(); torch.cuda.synchronize(); wall = (_now() - t0) * 1e3
-        return {'event_ms': round(s.elapsed_time(e), 2), 'wall_ms': round(wall, 2),
-                'gpu_peak_mb': round(torch.cuda.max_memory_allocated() / 2**20, 1)}
-    def amp(c):
-        m, (v1, v2) = c['model'], c['pair']
-        with torch.inference_mode():
-            ref = m(v1, v2)[0]['pts3d']
-            with torch.autocast('cuda', dtype=torch.float16):
-                torch.cuda.synchronize(); t0 = _now(); o = m(v1, v2)[0]['pts3d']; torch.cuda.synchronize()
-        return {'fp16_autocast_ms': round((_now() - t0) * 1e3, 2), 'rel_l2_vs_fp32': rel_l2(o.float(), ref)}
-    def nvml(c):
-        from pqk.edge.power import NvmlSampler, power_summary
-        why = NvmlSampler.probe()
-        if why: raise Unavailable(why)
-        m, (v1, v2) = c['model'], c['pair']
-        s = NvmlSampler(100).start()
-        t0 = _now()
-        with torch.inference_mode():
-            while _now() - t0 < 2.0: m(v1, v2); torch.cuda.synchronize()
-        tr = s.stop()
-        ps = power_summary(tr)
-        return {'samples': len(tr.samples), **{k: ps.get(k) for k in ('power_avg_W', 'rail') if k in ps}}
-    def modelopt(c):
-        import types
-        import numpy as np
-        from pqk.compress.quant import import_mtq, ModelOptUnavailable, mtq_quantize
-        try: import_mtq()
-        except ModelOptUnavailable as e: raise Unavailable(str(e)) from None
-        res = c['res']; rng = np.random.default_rng(0)
-        items = [types.SimpleNamespace(img1=rng.integers(0, 255, (res, res, 3), dtype=np.uint8),
-                                       img2=rng.integers(0, 255, (res, res, 3), dtype=np.uint8)) for _ in range(2)]
-        qm = method_config('quant', {'ptq': {'backend': 'modelopt', 'calibration': 'minmax', 'method': 'static'}})
-        torch.cuda.synchronize(); t0 = _now()
-        fq = mtq_quantize(c['model'], items, qm, device='cuda'); torch.cuda.synchronize()
-        cal = round(_now() - t0, 2)
-        v1, v2 = c['pair']
-        with torch.inference_mode(): e = rel_l2(fq(v1, v2)[0]['pts3d'], c['model'](v1, v2)[0]['pts3d'])
-        del fq
-        return {'calibration_s': cal, 'quantizers': 'enabled', 'rel_l2_vs_fp32': e}
-    def ort_cuda(c):
-        import onnxruntime as ort
-        from pqk.export.ort import OrtPredictor
-        if 'CUDAExecutionProvider' not in ort.get_available_providers():
-            raise Unavailable(f'onnxruntime {ort.__version__} has no CUDAExecutionProvider '
-                              '(pip install onnxruntime-gpu)')
-        f = Path(spec['work']) / 'model.onnx'
-        if not f.is_file(): raise Unavailable('no ONNX file (the export stage did not run)')
-        t0 = _now(); p = OrtPredictor(f, providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])
-        init = round(_now() - t0, 2)
-        if p.providers[0] != 'CUDAExecutionProvider': raise Unavailable(f'the session fell back to {p.providers}')
-        x = [t['img'] for t in c['pair']]
-        p(*x); t0 = _now(); p(*x)
-        return {'init_s': init, 'pair_ms': round((_now() - t0) * 1e3, 2),
-                'onnx': 'probe' if spec.get('probe') else 'full'}
-    def trt(c):
-        from pqk.export.tensorrt import tensorrt_status, build_engine
-        ok, why = tensorrt_status()
-        if not ok: raise Unavailable(why)
-        f = Path(spec['work']) / 'model.onnx'
-        if not f.is_file(): raise Unavailable('no ONNX file (the export stage did not run)')
-        t0 = _now(); meta = build_engine(f, Path(spec['work']) / 'model.engine', precision='fp16', workspace_mb=4096)
-        return {'build_s': round(_now() - t0, 2), 'precision': 'fp16', 'onnx': 'probe' if spec.get('probe') else 'full',
-                **{k: meta.get(k) for k in ('trt_version',) if k in meta}}
-    return [('cuda_events', events), ('amp_fp16', amp), ('nvml_power', nvml), ('modelopt_ptq_gpu', modelopt),
-            ('ort_cuda', ort_cuda), ('tensorrt_build', trt)]
+    m, (v1, v2) = c['model'], c['pair']
+    with torch.inference_mode():
+        ref = m(v1, v2)[0]['pts3d']
+        with torch.autocast('cuda', dtype=torch.float16):
+            torch.cuda.synchronize(); t0 = _now(); o = m(v1, v2)[0]['pts3d']; torch.cuda.synchronize()
+    return {'fp16_autocast_ms': round((_now() - t0) * 1e3, 2), 'rel_l2_vs_fp32': rel_l2(o.float(), ref)}
 
+def _gpu_nvml(c) -> dict:
+    "NVML power samples over 2 s of forwards."
+    import torch
+    from pqk.edge.power import NvmlSampler, power_summary
+    why = NvmlSampler.probe()
+    if why: raise Unavailable(why)
+    m, (v1, v2) = c['model'], c['pair']
+    s = NvmlSampler(100).start()
+    t0 = _now()
+    with torch.inference_mode():
+        while _now() - t0 < 2.0: m(v1, v2); torch.cuda.synchronize()
+    tr = s.stop()
+    ps = power_summary(tr)
+    return {'samples': len(tr.samples), **{k: ps.get(k) for k in ('power_avg_W', 'rail') if k in ps}}
+
+# %% ../../nbs/run/76_doctor.ipynb #4f0ba2ef
+def _gpu_modelopt(c) -> dict:
+    "ModelOpt PTQ on the GPU: calibration time and the distance to fp32."
+    import torch
+    from pqk.eval.protocol import rel_l2
+    import types
+    import numpy as np
+    from pqk.compress.quant import import_mtq, ModelOptUnavailable, mtq_quantize
+    try: import_mtq()
+    except ModelOptUnavailable as e: raise Unavailable(str(e)) from None
+    res = c['res']; rng = np.random.default_rng(0)
+    items = [types.SimpleNamespace(img1=rng.integers(0, 255, (res, res, 3), dtype=np.uint8),
+                                   img2=rng.integers(0, 255, (res, res, 3), dtype=np.uint8)) for _ in range(2)]
+    qm = method_config('quant', {'ptq': {'backend': 'modelopt', 'calibration': 'minmax', 'method': 'static'}})
+    torch.cuda.synchronize(); t0 = _now()
+    fq = mtq_quantize(c['model'], items, qm, device='cuda'); torch.cuda.synchronize()
+    cal = round(_now() - t0, 2)
+    v1, v2 = c['pair']
+    with torch.inference_mode(): e = rel_l2(fq(v1, v2)[0]['pts3d'], c['model'](v1, v2)[0]['pts3d'])
+    del fq
+    return {'calibration_s': cal, 'quantizers': 'enabled', 'rel_l2_vs_fp32': e}
+
+def _gpu_ort_cuda(spec, c) -> dict:
+    "ORT's CUDA provider on the exported model: session time and one pair."
+    import onnxruntime as ort
+    from pqk.export.ort import OrtPredictor
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        raise Unavailable(f'onnxruntime {ort.__version__} has no CUDAExecutionProvider '
+                          '(pip install onnxruntime-gpu)')
+    f = Path(spec['work']) / 'model.onnx'
+    if not f.is_file(): raise Unavailable('no ONNX file (the export stage did not run)')
+    t0 = _now(); p = OrtPredictor(f, providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])
+    init = round(_now() - t0, 2)
+    if p.providers[0] != 'CUDAExecutionProvider': raise Unavailable(f'the session fell back to {p.providers}')
+    x = [t['img'] for t in c['pair']]
+    p(*x); t0 = _now(); p(*x)
+    return {'init_s': init, 'pair_ms': round((_now() - t0) * 1e3, 2),
+            'onnx': 'probe' if spec.get('probe') else 'full'}
+
+def _gpu_trt(spec, c) -> dict:
+    "A TensorRT fp16 engine built from the exported model."
+    from pqk.export.tensorrt import tensorrt_status, build_engine
+    ok, why = tensorrt_status()
+    if not ok: raise Unavailable(why)
+    f = Path(spec['work']) / 'model.onnx'
+    if not f.is_file(): raise Unavailable('no ONNX file (the export stage did not run)')
+    t0 = _now(); meta = build_engine(f, Path(spec['work']) / 'model.engine', precision='fp16', workspace_mb=4096)
+    return {'build_s': round(_now() - t0, 2), 'precision': 'fp16', 'onnx': 'probe' if spec.get('probe') else 'full',
+            **{k: meta.get(k) for k in ('trt_version',) if k in meta}}
+
+def _gpu_checks(spec) -> list:
+    "[(name, check(ctx) -> dict)]: the CUDA-side checks (see above)."
+    return [('cuda_events', _gpu_events), ('amp_fp16', _gpu_amp), ('nvml_power', _gpu_nvml),
+            ('modelopt_ptq_gpu', _gpu_modelopt), ('ort_cuda', lambda c: _gpu_ort_cuda(spec, c)),
+            ('tensorrt_build', lambda c: _gpu_trt(spec, c))]
+
+# %% ../../nbs/run/76_doctor.ipynb #6814a410
 def run_checks(checks, ctx_fn) -> dict:
     """{name: {'status': ok | not available | failed, ...}} of `checks` [(name, fn(ctx))]: `ctx_fn()` makes the context
     once (raising Unavailable when there is none: every check is then 'not available' with that reason)."""
@@ -358,7 +383,7 @@ def run_stage(stage: str, spec: dict, timeout: float, runner=None) -> dict:
     if res is not None: out['result'] = res
     return out
 
-# %% ../../nbs/run/76_doctor.ipynb #4c654a89
+# %% ../../nbs/run/76_doctor.ipynb #b40de57c
 def units(rows: dict) -> dict:
     """Unit costs at this scale from the stage rows: seconds per forward, step, pair, export, and peak GB per stage;
     stages run on the probe are scaled to the full model (memory above the interpreter floor by the weight ratio,
@@ -399,10 +424,10 @@ def _sbs_calls(evalc, rounds: int) -> int:
     lat = evalc.data['efficiency']['latency']
     return int(lat['warmup']) + 1 + int(lat['repeats']) * rounds
 
+# %% ../../nbs/run/76_doctor.ipynb #74de821c
 def card_estimate(card, u: dict, workload, evalc, root=None) -> dict:
     """{'card', 'kind', 'hours', 'parts' {what: seconds}, 'missing'} for one task card at the measured unit costs
     (first order: counts from the card's configs × unit times; chains scale by the upstream model's size)."""
-    from pqk.core.contracts import load_contract
     kind, parts, miss = card.kind, {}, []
     method = kind[-1] if kind not in ('eval', 'edge') else kind         # KQ, KPQ: Q of the upstream model
     n_eval = ((workload.data['data']['eval'].get('synthetic') or {}).get('n_pairs')
@@ -455,9 +480,9 @@ def card_estimate(card, u: dict, workload, evalc, root=None) -> dict:
     return {'card': card.id, 'kind': kind, 'from': up or None, 'hours': None if total is None else total / 3600,
             'parts': {k: round(v, 1) for k, v in parts.items()}, 'missing': miss}
 
+# %% ../../nbs/run/76_doctor.ipynb #6e6ccd3a
 def card_estimates(u: dict, workload, evalc, cards_dir=None) -> list[dict]:
     "`card_estimate` of every shipped task card (taskcards/*.md except the template)."
-    from pqk.core.contracts import project_root, load_card, ContractError
     d = Path(cards_dir) if cards_dir is not None else project_root() / 'taskcards'
     out = []
     for f in sorted(d.glob('*.md')):
@@ -467,7 +492,7 @@ def card_estimates(u: dict, workload, evalc, cards_dir=None) -> list[dict]:
             out.append({'card': f.stem, 'kind': None, 'hours': None, 'parts': {}, 'missing': [str(e)[:200]]})
     return out
 
-# %% ../../nbs/run/76_doctor.ipynb #55201ac6
+# %% ../../nbs/run/76_doctor.ipynb #351e648f
 STAGE_TITLES = {'base': 'interpreter (torch, ORT, pqk)', 'forward': 'forward, 1 pair', 'distill': 'distillation step',
                 'export': 'fp32 ONNX export', 'ptq': 'int8 PTQ, 2 calibration pairs', 'ort': 'ORT session + 1 pair',
                 'prune': 'one prune round', 'gpu': 'CUDA checks'}
@@ -488,6 +513,7 @@ def verdicts(rows: dict, u: dict, avail_gb: float | None) -> dict:
         else: out[s] = 'ok'
     return out
 
+# %% ../../nbs/run/76_doctor.ipynb #342e1fa4
 def format_report(rep: dict) -> str:
     "The doctor's table: what this machine can run, what it cannot, the CUDA checks and each card's estimated time."
     u, rows, W = rep['units'], rep['stages'], rep['units'].get('weights_gb')
@@ -537,7 +563,7 @@ def format_report(rep: dict) -> str:
                                          'nothing found (every stage fits the free memory)')]
     return '\n'.join(lines)
 
-# %% ../../nbs/run/76_doctor.ipynb #7abeff84
+# %% ../../nbs/run/76_doctor.ipynb #eca760a7
 def _machine() -> dict:
     from pqk.eval.efficiency import _cpu_name
     total = None
@@ -550,12 +576,12 @@ def _machine() -> dict:
     return {'cpu': _cpu_name(), 'cores': os.cpu_count(), 'mem_total_gb': total or float('nan'),
             'mem_available_gb': _mem_available_gb() or float('nan'), 'load': load}
 
+# %% ../../nbs/run/76_doctor.ipynb #f1e2811b
 def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, eval=None, timeout: float | None = None,
            stages=STAGES, work_root=None, runner=None, echo=print) -> dict:
     """Measure what this machine can run (see above): every stage in its own measured, time-bounded process; returns
     {'stages', 'units', 'verdicts', 'cards', 'machine', 'table', ...} and `echo`es each stage as it ends."""
     import shutil, tempfile
-    from pqk.core.contracts import load_workload, load_eval, project_root
     if scale not in SCALES: raise ValueError(f"doctor: scale {scale!r}; expected one of {', '.join(SCALES)}")
     if device not in DEVICES: raise ValueError(f"doctor: device {device!r}; expected one of {', '.join(DEVICES)}")
     bad = [s for s in stages if s not in STAGES]
@@ -604,13 +630,13 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
     rep['table'] = format_report(rep)
     return rep
 
+# %% ../../nbs/run/76_doctor.ipynb #8bdcbfa1
 def main(args) -> int:
     "`pqk doctor`: print the table (and write the JSON report with --json); exit 1 when a stage failed."
     rep = doctor(args.ckpt, args.device, args.scale, args.workload, None, args.timeout)
     print(rep['table'])
     print(f"\n({rep['seconds']:.0f} s in all)")
     if args.json:
-        from pqk.core.io import write_json_atomic
         write_json_atomic(args.json, {k: v for k, v in rep.items() if k != 'table'})
     return 1 if any(r.get('error') for s, r in rep['stages'].items() if s != 'gpu') else 0
 

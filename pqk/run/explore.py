@@ -13,6 +13,7 @@ import numpy as np, pandas as pd
 from ..core.contracts import project_root, split_front_matter, _rel, clip_text
 from ..eval.pointmaps import load_pointmaps, PointmapError
 from .aggregate import read_rows, report_paths, version_groups, pareto_front, _num
+from .scraps import read_displays, ScrapError
 
 # %% auto #0
 __all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'TABLE_CSS', 'MAX_OPTIONS',
@@ -138,7 +139,7 @@ def fmt(v, ci=None) -> str:
     s = f'{v:.4g}' if isinstance(v, float) else str(v)
     return s + (f' [{ci[0]:.4g}, {ci[1]:.4g}]' if ci else '')
 
-# %% ../../nbs/run/74_explore.ipynb #1b127324
+# %% ../../nbs/run/74_explore.ipynb #4648fa72
 RUN_FACTS = ('task_card', 'kind', 'status', 'reason', 'seed', 'git_commit', 'duration_s', 'model.name',
              'environment.device', 'environment.torch')
 METRIC_BLOCKS = ('quality.', 'efficiency.', 'resource.', 'edge_device.', 'training.', 'model.params', 'model.size_mb',
@@ -152,6 +153,7 @@ def _flat(d, prefix=''):
         else: out[n] = json.dumps(v) if isinstance(v, (list, dict)) else v
     return out
 
+# %% ../../nbs/run/74_explore.ipynb #6a93afb8
 CONFIG_ROLES = {'workload': 'workload', 'eval': 'eval', 'cfg': 'method', 'card': 'card'}
 
 def run_configs(run_dir: Path, row: dict) -> tuple[dict, list[str]]:
@@ -170,6 +172,7 @@ def run_configs(run_dir: Path, row: dict) -> tuple[dict, list[str]]:
         except Exception as e: missing.append(f'config snapshot {rel} (unreadable: {type(e).__name__})')
     return out, missing
 
+# %% ../../nbs/run/74_explore.ipynb #5121d8ad
 def _differs(vals) -> bool:
     return len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1
 
@@ -205,7 +208,6 @@ def compare_runs(runs: Runs, run_ids) -> tuple[pd.DataFrame, dict]:
 def run_figures(runs: Runs, run_id: str) -> tuple[dict, str | None]:
     "{figure name: PNG bytes} recorded in the run's archived notebook, and why there are none (or None)."
     import base64
-    from pqk.run.scraps import read_displays, ScrapError
     rel = runs.rows[run_id].get('artifacts.notebook')
     if not rel: return {}, 'the log names no archived notebook'
     p = runs.run_dir(run_id) / rel
@@ -575,7 +577,7 @@ class Explorer(_View):
                                          '(pqk run taskcards/E0_eval_teacher.md)')
         self.widget = W.VBox([W.HTML(head), self.tabs], layout=W.Layout(width='100%'))
 
-# %% ../../nbs/run/74_explore.ipynb #9685c06c
+# %% ../../nbs/run/74_explore.ipynb #9acb9362
 LOOPBACK = ('127.0.0.1', 'localhost', '::1')
 EXPLORER_NB = 'nbs/run/74_explore.ipynb'
 
@@ -605,6 +607,7 @@ def lab_command(root=None, port: int | None = None, token: str | None = None, ip
     env = {'JUPYTER_TOKEN': token, 'PQK_ROOT': str(root)}
     return cmd, env, f'http://{host}:{port}/lab/tree/{EXPLORER_NB}?token={token}'
 
+# %% ../../nbs/run/74_explore.ipynb #c034bc8f
 def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> int | None:
     """Stop the process group that `proc` leads (started with `start_new_session=True`): SIGTERM, then SIGKILL if it
     has not exited after `grace` seconds; its exit code (None if it was not even reaped 30 s after SIGKILL)."""

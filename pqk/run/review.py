@@ -36,7 +36,7 @@ def _utc(s) -> datetime | None:
     try: return datetime.fromisoformat(str(s).replace('Z', '+00:00')).astimezone(timezone.utc)
     except ValueError: return None
 
-# %% ../../nbs/run/73_review.ipynb #eb3a11eb
+# %% ../../nbs/run/73_review.ipynb #472f0926
 _MD = str.maketrans({**{chr(c): ' ' for c in (*range(32), 0x7f, 0x85, 0x2028, 0x2029)},
                      **{c: '\\' + c for c in '\\`|[]'}, '&': '&amp;', '<': '&lt;', '>': '&gt;'})
 
@@ -49,6 +49,7 @@ def md_text(v, n: int | None = None) -> str:
 
 def _h(x) -> str: return '–' if x is None else f'{x:.3g}'
 
+# %% ../../nbs/run/73_review.ipynb #922253de
 STATUS_COLS = ('passed', 'inconclusive', 'failed', 'stopped')
 
 def device_hours(r: dict) -> float:
@@ -71,6 +72,7 @@ def milestone_rows(records: list[dict]) -> list[dict]:
     for c in by.values(): c['used_pct'] = 100.0 * c['device_hours'] / c['budget'] if c['budget'] else None
     return sorted(by.values(), key=lambda c: c['card'])
 
+# %% ../../nbs/run/73_review.ipynb #3171a8c1
 def milestones_markdown(records: list[dict], start: datetime, end: datetime, skipped: list | None = None) -> str:
     "The milestone review as Markdown."
     rows = milestone_rows(records)

@@ -275,7 +275,7 @@ def _restore(path, model, extra, opt, sched, scaler) -> dict:
     set_rng_state(st['rng'])
     return {**st['train'], 'step': int(st['step'])}
 
-# %% ../../nbs/train/42_loop.ipynb #140f653e
+# %% ../../nbs/train/42_loop.ipynb #cfc2fa5d
 def _self_sigterm(stop: StopSignal):
     "Test hook: SIGTERM to this process when `stop` catches signals here (main thread), else trip the flag directly."
     if stop.installed: os.kill(os.getpid(), signal.SIGTERM)
@@ -290,6 +290,7 @@ def _stop_text(what: str, n: int, steps: int, last) -> str:
 def _received(signum: int, stop: StopSignal) -> str:
     return f"{signal.Signals(signum).name} received{'' if stop.signum == signum else ' by another rank'}"
 
+# %% ../../nbs/train/42_loop.ipynb #059b00de
 def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig, *, extra: dict | None = None,
         forward: str = 'forward', ckpt_dir=None, resume=None, eval_fn: Callable | None = None,
         rules: StopRules | None = None, device=None, stop_after: int | None = None,
