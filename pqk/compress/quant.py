@@ -17,7 +17,7 @@ from ..core.io import atomic_path
 from ..data.manifests import to_tensor
 from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher, probe_pair
 from ..eval.protocol import predict_pairs, pair_quality, quality_block, output_errors, rel_l2
-from ..export.onnx import export_graph, onnx_size_mb, check_onnx
+from ..export.onnx import export_graph, onnx_size_mb, check_onnx, ort_dynamic_int8
 from ..export.ort import OrtPredictor
 from ..train.loop import fit, LoopConfig
 from ..train.stoprules import StopRules
@@ -252,7 +252,7 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
     `calibration_cache`: a file for the ranges, reused when it exists (both flavours of one fp32 file and calibration
     set share it: keep it in a private folder, it is not checked against the model)."""
     import gc, onnx
-    from onnxruntime.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
+    from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationMethod
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
     p, t0, out = qc['ptq'], time.perf_counter(), Path(out)
@@ -284,8 +284,7 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
             gc.collect(); t_cal = round(time.perf_counter() - t1, 2)
         with atomic_path(out) as tmp:
             if method == 'dynamic':
-                quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
-                                 reduce_range=rr, op_types_to_quantize=ops, nodes_to_exclude=keep)
+                ort_dynamic_int8(pre, tmp, op_types=ops, per_channel=p['per_channel'], reduce_range=rr, exclude=keep)
             else:
                 cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
                       'percentile': CalibrationMethod.Percentile}[p['calibration']]

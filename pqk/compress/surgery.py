@@ -10,7 +10,8 @@ from collections import Counter
 import torch
 import torch.nn as nn
 
-from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int, _short
+from ..core.contracts import _short
+from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import load_state_into
 from ..eval.protocol import output_errors

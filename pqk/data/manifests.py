@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 if TYPE_CHECKING: import torch
+from ..core.contracts import _short
 from .geometry import depth_to_pts3d
 from .scenes import synthetic_dataset
 
@@ -29,13 +30,6 @@ class DataError(ValueError):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__('\n'.join(self.problems))
-
-def _short(v, n=80) -> str:
-    if isinstance(v, np.ndarray): s = f'array of shape {v.shape}'
-    else:
-        try: s = json.dumps(v) if not isinstance(v, str) else repr(v)
-        except (TypeError, ValueError): s = repr(v)
-    return s if len(s) <= n else s[:n - 3] + '...'
 
 @dataclass(eq=False)
 class View:

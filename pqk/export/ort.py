@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
-from ..eval.protocol import Predictor
+from ..eval.protocol import Predictor, rel_l2
 from ..eval.efficiency import size_on_disk_mb
 
 PAIR_INPUTS = ('img1', 'img2')
@@ -149,7 +149,7 @@ def int8_kernel_check(k: int, n: int, m: int, threads: int | None = None, rounds
     so.add_session_config_entry('session.intra_op.allow_spinning', '0')
     sess = {kd: ort.InferenceSession(_gemm_model(kd, w, m, float(np.abs(ref).max())), so,
                                      providers=['CPUExecutionProvider']) for kd in ('fp32', 'u8s8', 's8s8')}
-    err = {kd: float(np.linalg.norm(s.run(None, x)[0] - ref) / np.linalg.norm(ref)) for kd, s in sess.items()}
+    err = {kd: rel_l2(s.run(None, x)[0], ref) for kd, s in sess.items()}
     lat = interleaved_latency({kd: (lambda s=s: s.run(None, x)) for kd, s in sess.items()}, rounds=rounds,
                               warmup=2, repeats=3, device='cpu')
     ratio = {kd: round(lat[kd]['ratio_p50'], 3) for kd in ('u8s8', 's8s8')}

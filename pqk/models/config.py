@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses, math, re
 from collections import namedtuple
 from dataclasses import dataclass
+from ..core.contracts import _short
 
 # %% auto #0
 __all__ = ['HEAD_TYPES', 'BLOCK_FIELDS', 'DPT_FIELDS', 'SHAPE_FIELDS', 'BlockShape', 'DPTShape', 'PRESETS', 'DUSt3RConfig']
@@ -35,11 +36,6 @@ def _decode_float(v):
 def _encode_float(v):
     if isinstance(v, float) and math.isinf(v): return 'inf' if v > 0 else '-inf'
     return v
-
-def _short(v, n: int = 100) -> str:
-    "repr of `v`, cut to `n` characters (error messages stay readable for long per-block lists)."
-    r = repr(v)
-    return r if len(r) <= n else r[:n] + ' ...'
 
 def _tup(v):
     "Lists and tuples, nested, as tuples; anything else unchanged."

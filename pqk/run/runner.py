@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.contracts import (ContractError, Problem, check_card, contracts_provenance, load_contract, load_eval,
-                                load_workload, project_root, sha256_file, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES,
-                                _rel, TaskCard)
+                                load_workload, project_root, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES, _rel,
+                                TaskCard, clip_text)
 from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems, finite_record
-from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV
+from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV, sha256_file
 from ..core.paths import check_name, confined, is_name
 from .scraps import read_scraps
 from ..eval.verdict import thresholds_for, judge, STATUSES
@@ -367,8 +367,8 @@ def export_html(nb_path, html_path) -> tuple[Path, list[str]]:
 
 # %% ../../nbs/run/71_runner.ipynb #2d818d24
 def _first_line(src: str, n: int = 70) -> str:
-    line = next((l for l in (src or '').splitlines() if l.strip() and not l.startswith('#')), '')
-    return line if len(line) <= n else line[:n - 3] + '...'
+    "The first line of `src` that is neither blank nor a comment, clipped to `n` characters."
+    return clip_text(next((l for l in (src or '').splitlines() if l.strip() and not l.startswith('#')), ''), n)
 
 LEDGER_NAME = 'artifacts.jsonl'   # the run's artefact ledger (pqk.core.io.LEDGER_ENV points here while it runs)
 INPUTS_NAME = 'inputs.json'       # the run's inputs, hashed when it starts: what --resume verifies
