@@ -854,6 +854,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'pqk/models/config.py'),
                                    'pqk.models.config._block_shapes': ('models/config.html#_block_shapes', 'pqk/models/config.py'),
                                    'pqk.models.config._canonical': ('models/config.html#_canonical', 'pqk/models/config.py'),
+                                   'pqk.models.config._check_fields': ('models/config.html#_check_fields', 'pqk/models/config.py'),
                                    'pqk.models.config._check_shapes': ('models/config.html#_check_shapes', 'pqk/models/config.py'),
                                    'pqk.models.config._decode_float': ('models/config.html#_decode_float', 'pqk/models/config.py'),
                                    'pqk.models.config._dpt_shape': ('models/config.html#_dpt_shape', 'pqk/models/config.py'),

@@ -289,6 +289,7 @@ def leading_plan(cfg: DUSt3RConfig, target: DUSt3RConfig, blocks: str = 'even') 
     if keep: plan['keep'] = keep
     return plan
 
+# %% ../../nbs/compress/50_surgery.ipynb #6d99ae08
 def top_indices(scores, k: int) -> list[int]:
     "Indices of the `k` highest `scores` (ties: the lower index), in ascending order."
     s = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()

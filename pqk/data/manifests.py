@@ -157,6 +157,7 @@ def check_pose(v) -> str | None:
         return 'a rigid transform: the 3x3 block a rotation (orthonormal, det +1)'
     return None
 
+# %% ../../nbs/data/22_manifests.ipynb #9864cb8d
 def _check_manifest(data, mf: Path) -> list[str]:
     "Structural problems of manifest `data` read from file `mf` (files must exist)."
     P = []
@@ -254,6 +255,7 @@ def _read_depth(p: Path, scale: float | None, where: str, fld='depth') -> np.nda
         raise DataError(_prob(where, fld, str(p), f'a 2-D numeric depth map, got dtype {d.dtype} shape {d.shape}'))
     return (d.astype(np.float64) * (1. if scale is None else scale)).astype(np.float32)
 
+# %% ../../nbs/data/22_manifests.ipynb #4befc640
 MAX_IMAGE_PIXELS = 64_000_000   # larger files are refused before decoding (a small file can claim a huge size)
 MIN_IMAGE_SIDE = 16             # below this nothing is left to see once resized to the workload's H = W
 MAX_ASPECT = 8.0                # a 1:8 strip loses most of itself to the centre crop
@@ -283,6 +285,7 @@ def _open_image(p: Path, where: str, fld: str, exif: bool = False, res: int | No
                       '(detail the model sees is interpolated)', stacklevel=2)
     return out
 
+# %% ../../nbs/data/22_manifests.ipynb #09fb2ab7
 def load_manifest(path: str | os.PathLike, res: int = 384) -> list[Scene]:
     "Scenes of manifest `path` (JSON, format above), views squared to `res`×`res`."
     mf = Path(path)

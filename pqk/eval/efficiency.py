@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from ..core.io import load_avg
 from ..data.pairs import probe_pair
+from ..models.dust3r import make_model
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_PARTS', 'MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'interleaved_latency', 'has_stages',
@@ -298,6 +299,7 @@ def process_tree_rss_mb(pid: int) -> float | None:
     r = _tree_memory(pid)
     return None if r is None else r[0]
 
+# %% ../../nbs/eval/32_efficiency.ipynb #1aaf8571
 def _tail(f, n: int = 4000) -> str:
     f.seek(0); b = f.read()
     return b[-n:].decode(errors='replace')
@@ -399,7 +401,6 @@ def benchmark_forward(preset: str = 'demo_teacher', res: int = 384, repeats: int
                       threads: int | None = None, device=None, seed: int = 0, verbose: bool = True) -> dict:
     ("Latency of one `res`×`res` pair through `preset` (random weights, fp32) with `measure_latency`; "
      "printed and returned.")
-    from pqk.models.dust3r import make_model
     for k, v, lo in (('res', res, 16), ('repeats', repeats, 1), ('warmup', warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"benchmark_forward: {k} got {v!r}; expected an integer >= {lo}")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..eval.protocol import Predictor, rel_l2
-from ..eval.efficiency import size_on_disk_mb
+from ..eval.efficiency import size_on_disk_mb, interleaved_latency
 
 PAIR_INPUTS = ('img1', 'img2')
 PAIR_OUTPUTS = ('pts3d', 'conf1', 'pts3d_in_other_view', 'conf2')
@@ -136,7 +136,6 @@ def int8_kernel_check(k: int, n: int, m: int, threads: int | None = None, rounds
     """Side-by-side p50 of y = x @ w (x: m×k, w: k×n) in fp32 and as int8 (u8s8 and s8s8 activations), in ORT on
     this CPU; 'ratio' (int8 / fp32 p50), 'rel_err' (vs the fp32 product), 'fastest' int8 kind and 'isa'."""
     import onnxruntime as ort
-    from pqk.eval.efficiency import interleaved_latency
     for v, what in ((k, 'k'), (n, 'n'), (m, 'm')):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16384:
             raise ValueError(f'int8_kernel_check: {what}={v!r}; expected an integer in [1, 16384]')
