@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ..core.contracts import ContractError, Problem, _rel, method_config, method_defaults
-from ..core.io import atomic_path, TMP_PREFIX
+from ..core.io import atomic_path, load_avg, TMP_PREFIX
 from ..models.teacher import load_teacher
 from ..data.manifests import to_tensor, load_dataset
 from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher, probe_pair
@@ -759,7 +759,7 @@ def quant_latency(q: dict, rounds: int = 2) -> dict:
     print(f"p50 ms: ORT fp32 {sbs['ort_fp32']['p50_ms']:.1f}, ORT int8 {sbs['ort_int8']['p50_ms']:.1f} "
           f"({ratios['int8_vs_fp32_ort_p50']:.2f}x), teacher eager {sbs['teacher_eager']['p50_ms']:.1f} "
           f"({ratios['teacher_eager_vs_int8_p50']:.2f}x the int8); size int8/fp32 {ratios['int8_vs_fp32_size']:.2f}; "
-          f"load {os.getloadavg()[0]:.2f}")
+          f"load {load_avg()}")
     q['ceiling'] = int8_ceiling(out / 'model_fp32.onnx', q['ort_ptq'].get('kernel_check'))
     q['kc'] = kc = q['ceiling'].pop('kernel')
     print(f"int8 GEMM kernel on this CPU ({', '.join(kc['isa']) or 'ISA unknown'}), m×k×n {kc['shape']}: uint8×int8 "
