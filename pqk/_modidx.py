@@ -1138,6 +1138,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'pqk.run.runner._exp_has': ('run/runner.html#_exp_has', 'pqk/run/runner.py'),
                                 'pqk.run.runner._finite_hours': ('run/runner.html#_finite_hours', 'pqk/run/runner.py'),
                                 'pqk.run.runner._first_line': ('run/runner.html#_first_line', 'pqk/run/runner.py'),
+                                'pqk.run.runner._latest_upstream': ('run/runner.html#_latest_upstream', 'pqk/run/runner.py'),
                                 'pqk.run.runner._pop_leaf': ('run/runner.html#_pop_leaf', 'pqk/run/runner.py'),
                                 'pqk.run.runner._resource': ('run/runner.html#_resource', 'pqk/run/runner.py'),
                                 'pqk.run.runner._run_log': ('run/runner.html#_run_log', 'pqk/run/runner.py'),

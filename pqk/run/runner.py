@@ -586,6 +586,27 @@ def _upstream_candidates(runs_dir: Path, card: str, art: str, where: str):
         out.append((key, d, rec, why))
     return [x[1:] for x in sorted(out, key=lambda x: x[0], reverse=True)]
 
+def _latest_upstream(runs_dir: Path, card: str, art: str, accept: tuple, where: str) -> tuple[Path, dict, str]:
+    "(run folder, its log, why it was taken) of the newest usable run of `card`; a ContractError naming the skipped."
+    cands = _upstream_candidates(runs_dir, card, art, where)
+    skipped, pick = [], None
+    for d, rec, why in cands:
+        why = why or (None if rec.get('status') in accept else f"status {rec.get('status')}")
+        if why is None: pick = (d, rec); break
+        skipped.append(f'{d.name} ({why})')
+    if pick is None:
+        seen = f"; runs seen: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped else ''
+        raise ContractError([Problem(where, 'upstream.card', card,
+                                     f"a finished run of card {card!r} under {_rel(runs_dir)} whose status is "
+                                     f"{' or '.join(accept)} and that holds {art} (none found: run `pqk run "
+                                     f"taskcards/{card}.md` first, or add the statuses to take to the card's "
+                                     f"upstream.accept{seen})")])
+    d, rec = pick
+    why = (f"the newest {' or '.join(accept)} run of {card}"
+           + (f"; newer runs skipped: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped
+              else ''))
+    return d, rec, why
+
 # %% ../../nbs/run/71_runner.ipynb #a0f3f393
 def resolve_upstream(up: dict, runs_dir, where: str = 'task card', pin: dict | None = None) -> tuple[Path, list[dict]]:
     """A chain's upstream `{card, run, artifact, accept}` → (absolute path of the verified artefact, the log's
@@ -601,24 +622,7 @@ def resolve_upstream(up: dict, runs_dir, where: str = 'task card', pin: dict | N
                                                                       '(no absolute path, no ..)')])
     runs_dir = Path(runs_dir)
     within = f'the runs folder {_rel(runs_dir)}'
-    if run == 'latest':
-        cands = _upstream_candidates(runs_dir, card, art, where)
-        skipped, pick = [], None
-        for d, rec, why in cands:
-            why = why or (None if rec.get('status') in accept else f"status {rec.get('status')}")
-            if why is None: pick = (d, rec); break
-            skipped.append(f'{d.name} ({why})')
-        if pick is None:
-            seen = f"; runs seen: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped else ''
-            raise ContractError([Problem(where, 'upstream.card', card,
-                                         f"a finished run of card {card!r} under {_rel(runs_dir)} whose status is "
-                                         f"{' or '.join(accept)} and that holds {art} (none found: run `pqk run "
-                                         f"taskcards/{card}.md` first, or add the statuses to take to the card's "
-                                         f"upstream.accept{seen})")])
-        d, rec = pick
-        why = (f"the newest {' or '.join(accept)} run of {card}"
-               + (f"; newer runs skipped: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped
-                  else ''))
+    if run == 'latest': d, rec, why = _latest_upstream(runs_dir, card, art, accept, where)
     else:
         check_name(run, where, 'upstream.run')
         d = runs_dir / run
