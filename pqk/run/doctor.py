@@ -298,7 +298,8 @@ def stage_gpu(spec) -> dict:
 
 def stage_base(spec) -> dict:
     "The interpreter with torch, ONNX Runtime and pqk's models imported: the floor every stage stands on."
-    import torch, onnxruntime, pqk.models.dust3r  # noqa: F401
+    import importlib, torch, onnxruntime
+    importlib.import_module('pqk.models.dust3r')      # imported for its cost, not used here
     return {'torch': torch.__version__, 'onnxruntime': onnxruntime.__version__}
 
 STAGE_FNS = {'base': stage_base, 'forward': stage_forward, 'distill': stage_distill, 'export': stage_export,
