@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, json, os, sys, time
 from pathlib import Path
 from ..core.contracts import method_config
+from ..core.io import load_avg
 
 # %% auto #0
 __all__ = ['SCALES', 'DEVICES', 'STAGES', 'BOUNDS_W', 'REAL_PRESET', 'PROBE_DEPTH', 'TIMEOUT_S', 'MARK', 'GB', 'STAGE_FNS',
@@ -47,9 +48,9 @@ def _load(spec):
     return m, round(_now() - t0, 2)
 
 def _pair(res: int, dev, seed: int = 0):
-    import torch
-    g = torch.Generator().manual_seed(seed)
-    return tuple({'img': (torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(dev)} for _ in range(2))
+    "The probe pair (`pqk.data.pairs.probe_pair`) as the two views a DUSt3R forward takes."
+    from pqk.data.pairs import probe_pair
+    return tuple({'img': x} for x in probe_pair(res, seed, dev))
 
 def _probe_model(cfg: dict, depth: int = PROBE_DEPTH):
     "A model of `cfg`'s widths with only `depth` encoder and decoder blocks (random weights), to extrapolate from."
@@ -546,10 +547,8 @@ def _machine() -> dict:
         for line in Path('/proc/meminfo').read_text().splitlines():
             if line.startswith('MemTotal:'): total = int(line.split()[1]) * 1024 / GB
     except OSError: pass
-    try: load = round(os.getloadavg()[0], 2)
-    except OSError: load = None
     return {'cpu': _cpu_name(), 'cores': os.cpu_count(), 'mem_total_gb': total or float('nan'),
-            'mem_available_gb': _mem_available_gb() or float('nan'), 'load': load}
+            'mem_available_gb': _mem_available_gb() or float('nan'), 'load': load_avg()}
 
 def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, eval=None, timeout: float | None = None,
            stages=STAGES, work_root=None, runner=None, echo=print) -> dict:
