@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data.pairs import probe_pair
+from ..data.pairs import probe_pair, PairBatcher, calibration_set, calibration_set_hash, pair_batch, dataset_pairs
 from ..models.config import DUSt3RConfig
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
@@ -20,6 +20,13 @@ from ..train.stoprules import StopRules
 from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model,
                                   slice_error,
                       top_indices, param_count)
+from ..train.losses import conf_regr_loss
+from .distill import make_projections, kd_loss_fn, eval_metric
+from ..train.loop import fit, LoopConfig, latest_checkpoint, read_train_checkpoint
+from ..eval.efficiency import resolve_device, gflops, count_params, PeakMemory
+from ..eval.protocol import load_eval_data, side_by_side, stop_block, evaluate
+from ..data.manifests import load_dataset
+from ..core.io import write_json_atomic
 
 # %% auto #0
 __all__ = ['TARGETS', 'IMPORTANCES', 'PruneError', 'active_targets', 'target_units', 'check_ignored', 'final_counts',
@@ -71,6 +78,7 @@ def check_ignored(model: nn.Module, ignored) -> list[str]:
                              f"module name such as {', '.join(near)}")
     return list(ignored)
 
+# %% ../../nbs/compress/53_prune.ipynb #47cc1893
 def _keep_count(n: int, ratio: float, step: int, where: str, field: str, what: str) -> int:
     "Units kept of `n` at `ratio`, a multiple of `step`; a PruneError when nothing would be left."
     k = n * (1 - ratio)
@@ -156,6 +164,7 @@ def dependency_graph(model: DUSt3R, res: int = 64):
             return tp.DependencyGraph().build_dependency(_Pair(model), example_inputs=(x, x))
     finally: model.rope.enabled = was
 
+# %% ../../nbs/compress/53_prune.ipynb #cab3fbd5
 def tp_importance(method: str):
     "The Torch-Pruning importance criterion of `method`."
     import torch_pruning as tp
@@ -207,7 +216,6 @@ def block_scores(model: DUSt3R, method: str, generator=None) -> dict:
 def taylor_gradients(model: DUSt3R, batches, alpha: float = 0.2) -> int:
     """Fill `.grad` of `model` with the summed gradient of DUSt3R's ground-truth loss over `batches` ((view1, view2, gt)
     from `pqk.data.pairs.pair_batch`); returns the pairs used. Calibration data without ground truth is an error."""
-    from pqk.train.losses import conf_regr_loss
     model.zero_grad(set_to_none=True)
     was, n = model.training, 0
     model.eval()
@@ -263,6 +271,7 @@ def _drop_blocks(cfg: DUSt3RConfig, st: str, scores, n_keep: int, lin: dict, ign
         warnings.warn(f'prune: {st} keeps {len(kept)} blocks, not {n_keep}: the DPT hooks or `ignored` forbid more')
     return kept
 
+# %% ../../nbs/compress/53_prune.ipynb #1d44b951
 def prune_step(model: DUSt3R, counts: dict, lin: dict, method: str, ignored=(), seed: int = 0, dg=None,
                check_res: int = 64, tol: float = 1e-5) -> tuple:
     """Cut `model` down to `counts` ({original unit/stack: count}); returns (pruned model, plan, new lineage, exactness
@@ -354,10 +363,6 @@ def finetune(model: DUSt3R, teacher: DUSt3R, scenes, pc: dict, ckpt_dir=None, *,
              evalc=None, resume=None, device=None, rules: StopRules | None = None, progress: bool = True,
              stop_after=None, debug_nan_at_step=None, debug_sigterm_at_step=None) -> dict:
     "Distil `teacher` into the pruned `model` for `pc['finetune']['steps']` steps with the one loop; fit's result."
-    from pqk.compress.distill import make_projections, kd_loss_fn, eval_metric
-    from pqk.data.pairs import PairBatcher
-    from pqk.train.loop import fit, LoopConfig
-    from pqk.eval.efficiency import resolve_device
     ft, device = pc['finetune'], resolve_device(device)
     loss_cfg = {**method_defaults('distill')['loss'], **ft['loss']}
     teacher = teacher.to(device).eval()
@@ -383,8 +388,6 @@ def _round_dir(out_dir, k: int) -> Path: return Path(out_dir) / f'round{k}'
 def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
     """(batches of one pair with ground truth, sha256 of the set) from the workload's calibration set: the data that
     `pqk.eval.protocol.load_eval_data` loads for it and the contract's selection rule (at most its `count` pairs)."""
-    from pqk.data.pairs import calibration_set, calibration_set_hash, pair_batch
-    from pqk.eval.protocol import load_eval_data
     c, pg = workload.data['calibration'], workload.pair_graph
     scenes, _ = load_eval_data(workload, 'calibration')
     cal = calibration_set(scenes, min(int(count), int(c.get('count', count))), int(c.get('seed', 0)), pg['strategy'],
@@ -392,16 +395,13 @@ def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
     pairs = [(x.scene_idx, x.i, x.j) for x in cal]
     return [pair_batch(scenes, pairs, [n], device) for n in range(len(pairs))], calibration_set_hash(cal)
 
+# %% ../../nbs/compress/53_prune.ipynb #6abb22f4
 def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=None, evalc=None, resume: bool = False,
               device=None, rules: StopRules | None = None, progress: bool = True, stop_after=None,
               debug_nan_at_step=None, debug_sigterm_at_step=None, calib=None) -> dict:
     """Prune `model` by `pc` (a checked prune config) in `pc['rounds']` rounds of prune → fine-tune (distilled from
     `teacher`); see above. `rules` (`StopRules`): the budget counts every round's device-hours; without them no
     early stop and no budget. `calib`: Taylor batches (default: the workload's calibration set)."""
-    from pqk.eval.efficiency import resolve_device
-    from pqk.data.manifests import load_dataset
-    from pqk.data.pairs import dataset_pairs
-    from pqk.core.io import write_json_atomic
     device, out_dir = resolve_device(device), Path(out_dir)
     if teacher is model: teacher = copy.deepcopy(model)              # fine-tuning freezes the teacher's weights
     model, N, t0 = model.to(device).float().eval(), int(pc['rounds']), time.time()
@@ -445,7 +445,6 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
         r = {'round': k, 'params': param_count(pruned.cfg), 'exact_rel_err': err, 'status': 'completed',
              'reason': 'no fine-tune (finetune.steps = 0)', 'steps_done': 0}
         if ft['steps'] > 0:
-            from pqk.train.loop import latest_checkpoint, read_train_checkpoint
             ck = rd / 'checkpoints'
             res = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs, evalc=evalc,
                            resume=latest_checkpoint(ck) if resume else None, device=device,
@@ -498,8 +497,6 @@ def training_block(result: dict, pc: dict, where: str = 'prune') -> dict:
 # %% ../../nbs/compress/53_prune.ipynb #482f9a2f
 def costs_before_after(before: nn.Module, after: nn.Module, res: int, evalc, device=None, rounds: int = 2) -> dict:
     "{params, gflops, latency_p50_ms: {before, after, ratio}, latency: side_by_side's numbers, resolution, load_avg}."
-    from pqk.eval.protocol import side_by_side
-    from pqk.eval.efficiency import gflops, count_params
     t = side_by_side({'before': before, 'after': after}, res, evalc, device, rounds=int(rounds))
     x1, x2 = probe_pair(res, 0)
     def fl(m):
@@ -517,8 +514,6 @@ def prune_train(model: DUSt3R, pc: dict, out_dir, workload, evalc, *, card_id: s
     """Prune `model` by `pc` into `out_dir/prune` (`prune_run`, fine-tuned from `model` itself) and return the method
     result so far: {'prune': the `prune_run` result, 'pruning', 'training', 'model', 'artifacts', 'resource',
     'calibration_set_hash', 'stop'}."""
-    from pqk.eval.efficiency import PeakMemory, resolve_device
-    from pqk.eval.protocol import stop_block
     out_dir, device, ev = Path(out_dir), resolve_device(device), evalc
     with PeakMemory(device) as mem:
         r = prune_run(model, model, pc, out_dir / 'prune', workload=workload, evalc=ev, resume=bool(resume),
@@ -541,7 +536,6 @@ def prune_evaluate(p: dict, before: nn.Module, teacher: nn.Module, workload, eva
                    progress: bool = True, card_id: str = 'adhoc-prune', source: str | None = None) -> dict:
     """The method result `p` of `prune_train` with the pruned model saved, reloaded, evaluated against `teacher` and
     timed beside `before` (see above); unchanged when a fine-tune stopped."""
-    from pqk.eval.protocol import evaluate
     if p.get('stop'): print(f"not evaluated: {p['stop']['reason']}"); return p
     out_dir = Path(out_dir)
     path = save_checkpoint(p['prune']['model'], out_dir / 'pruned_best.pt',

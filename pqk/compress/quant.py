@@ -13,13 +13,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 from ..core.contracts import ContractError, Problem, _rel, method_config, method_defaults
-from ..core.io import atomic_path
-from ..data.manifests import to_tensor
+from ..core.io import atomic_path, load_avg, TMP_PREFIX
+from ..models.teacher import load_teacher
+from ..data.manifests import to_tensor, load_dataset
 from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher, probe_pair
-from ..eval.protocol import predict_pairs, pair_quality, quality_block, output_errors, rel_l2
-from ..export.onnx import export_graph, onnx_size_mb, check_onnx
-from ..export.ort import OrtPredictor
-from ..train.loop import fit, LoopConfig
+from ..eval.efficiency import model_size_mb, MB, resolve_device, count_params, PeakMemory
+from ..eval.protocol import (predict_pairs, pair_quality, quality_block, output_errors, rel_l2, load_eval_data,
+                               evaluate, TorchPredictor, write_per_pair, PER_PAIR_FILE, stop_block, efficiency_block,
+                               side_by_side)
+from ..eval.verdict import thresholds_for
+from ..export.onnx import export_graph, export_onnx, onnx_size_mb, check_onnx, ort_dynamic_int8, ERROR_BUDGET
+from ..export.ort import OrtPredictor, int8_kernel_check, op_time_shares, int8_bound, cpu_isa
+from ..train.loop import fit, LoopConfig, latest_checkpoint
 from ..train.stoprules import StopRules
 from .distill import kd_loss_fn
 
@@ -86,7 +91,6 @@ def excluded(name: str, patterns) -> bool:
 # %% ../../nbs/compress/52_quant.ipynb #e1578267
 def load_fp32(ckpt, device=None) -> nn.Module:
     "The fp32 DUSt3R of `ckpt` ('demo', a path); a clear ValueError naming `ckpt` when it is not a DUSt3R checkpoint."
-    from pqk.models.teacher import load_teacher
     try: return load_teacher(str(ckpt) if ckpt else 'demo', device or 'cpu').float().eval()
     except FileNotFoundError: raise
     except Exception as e:
@@ -96,7 +100,6 @@ def load_fp32(ckpt, device=None) -> nn.Module:
 
 def calibration_data(workload, count: int | None = None, seed: int | None = None) -> tuple[list, str, dict]:
     "(calibration pairs, their sha256, info) by the workload contract's calibration rule; `count` overrides its count."
-    from pqk.eval.protocol import load_eval_data
     c = workload.data['calibration']
     n = int(c['count']) if count is None else count
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -134,6 +137,7 @@ def select_nodes(model, qc: dict, only_group: str | None = None) -> tuple[list, 
 
 _KERNEL_CHECKS: dict = {}
 
+# %% ../../nbs/compress/52_quant.ipynb #061cb95c
 def gemm_shape(model) -> tuple[int, int, int]:
     "(k, n, m) of the largest weight GEMM of an ONNX model: its weight k×n, m = tokens of one view (H·W/16²)."
     w = {i.name: i.dims for i in model.graph.initializer if len(i.dims) == 2}
@@ -145,7 +149,6 @@ def gemm_shape(model) -> tuple[int, int, int]:
 
 def model_kernel_check(model) -> dict:
     "`pqk.export.ort.int8_kernel_check` at the largest weight GEMM of an ONNX model, measured once per shape."
-    from pqk.export.ort import int8_kernel_check
     shape = gemm_shape(model)
     if shape not in _KERNEL_CHECKS: _KERNEL_CHECKS[shape] = int8_kernel_check(*shape)
     return _KERNEL_CHECKS[shape]
@@ -161,7 +164,6 @@ def int8_ceiling(fp32_onnx, kernel: dict | None = None) -> dict:
     """`pqk.export.ort.int8_bound` of an fp32 ONNX on this CPU: its time share in GEMMs/convs (profiled) and the lowest
     int8/fp32 ratio they allow at the measured kernel ratio (`kernel`: a kernel check, else measured here)."""
     import onnx
-    from pqk.export.ort import op_time_shares, int8_bound
     kernel = kernel or model_kernel_check(onnx.load(str(fp32_onnx), load_external_data=False))
     return {**int8_bound(op_time_shares(fp32_onnx), kernel), 'kernel': kernel}
 
@@ -170,10 +172,10 @@ def reduce_range(qc: dict, isa=None) -> bool:
     want = qc['ptq']['reduce_range']
     if want != 'auto': return bool(want)
     if isa is None:
-        from pqk.export.ort import cpu_isa
         isa = cpu_isa()
     return 'avx2' in isa and not {'avx512_vnni', 'avx_vnni', 'amx_int8'} & set(isa)
 
+# %% ../../nbs/compress/52_quant.ipynb #edda609d
 WORK_PREFIX = '.pqk-work-'
 
 def _pid_alive(pid: int) -> bool:
@@ -193,7 +195,6 @@ def work_dir(out):
     exit whatever happens; the leftovers of killed runs in that folder (work folders and atomic temporaries of `out`
     whose process is gone) are removed first. Python's temporary files go there too while it is open."""
     import shutil, tempfile
-    from pqk.core.io import TMP_PREFIX
     folder = Path(out).parent; folder.mkdir(parents=True, exist_ok=True)
     for p in folder.iterdir():
         if _stale(p.name, WORK_PREFIX) and p.is_dir(): shutil.rmtree(p, ignore_errors=True)
@@ -205,6 +206,7 @@ def work_dir(out):
         tempfile.tempdir = old
         shutil.rmtree(d, ignore_errors=True)
 
+# %% ../../nbs/compress/52_quant.ipynb #52c8082f
 def _lean_session(path, providers=None):
     """An ORT session for calibration: no graph optimization (tensor names kept, as ORT's calibrators do), no CPU
     memory arena and priority-based execution order, which runs each range reduction as soon as its tensor exists."""
@@ -246,13 +248,14 @@ def calibrate_ranges(pre_onnx, op_types, calib_items, calibration: str = 'minmax
         del cal
         for f in work.glob(aug.name + '*'): f.unlink(missing_ok=True)
 
+# %% ../../nbs/compress/52_quant.ipynb #7e4bf2d2
 def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', only_group: str | None = None,
                  calibration_cache=None) -> dict:
     """Quantize `fp32_onnx` into `out` with ONNX Runtime (see above); {'path', 'size_mb', 'quantized_nodes', ...}.
     `calibration_cache`: a file for the ranges, reused when it exists (both flavours of one fp32 file and calibration
     set share it: keep it in a private folder, it is not checked against the model)."""
     import gc, onnx
-    from onnxruntime.quantization import quantize_static, quantize_dynamic, QuantFormat, QuantType, CalibrationMethod
+    from onnxruntime.quantization import quantize_static, QuantFormat, QuantType, CalibrationMethod
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
     p, t0, out = qc['ptq'], time.perf_counter(), Path(out)
@@ -284,8 +287,7 @@ def ort_quantize(fp32_onnx, out, calib_items, qc: dict, flavour: str = 'cpu', on
             gc.collect(); t_cal = round(time.perf_counter() - t1, 2)
         with atomic_path(out) as tmp:
             if method == 'dynamic':
-                quantize_dynamic(str(pre), str(tmp), per_channel=bool(p['per_channel']), weight_type=QuantType.QInt8,
-                                 reduce_range=rr, op_types_to_quantize=ops, nodes_to_exclude=keep)
+                ort_dynamic_int8(pre, tmp, op_types=ops, per_channel=p['per_channel'], reduce_range=rr, exclude=keep)
             else:
                 cm = {'minmax': CalibrationMethod.MinMax, 'entropy': CalibrationMethod.Entropy,
                       'percentile': CalibrationMethod.Percentile}[p['calibration']]
@@ -494,14 +496,13 @@ def ort_vs_reference(onnx_path, x, ref, budget: float | None = None) -> dict:
     e = output_errors(OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(*x), ref)
     return {**e, 'budget': budget, 'ok': None if budget is None else bool(math.isfinite(e['max']) and e['max'] <= budget)}
 
+# %% ../../nbs/compress/52_quant.ipynb #4e34bf45
 MODELOPT_EXPORT_MAX_GB = 1.0    # fp32 weights above which the TensorRT flavour comes from ORT (see above)
 
 def export_int8(ckpt, out, workload, cfg=None, flavour: str = 'ort', trt_out=None) -> dict:
     """int8 ONNX of checkpoint `ckpt` at the workload's shape: flavour 'ort' (CPU) or 'tensorrt' (Q/DQ); `trt_out`:
     also the TensorRT-style file there, from the same fp32 export and calibration (its report: `trt`)."""
     import gc
-    from pqk.eval.efficiency import model_size_mb, MB
-    from pqk.export.onnx import ERROR_BUDGET
     if flavour not in ('ort', 'tensorrt'):
         raise ValueError(f"export_int8: flavour {flavour!r}; expected 'ort' or 'tensorrt'")
     outs = {flavour: Path(out)} | ({'tensorrt': Path(trt_out)} if trt_out is not None else {})
@@ -565,8 +566,6 @@ def quant_start(workload, evalc, qc: dict, *, kind: str = 'Q', card_id: str = 'a
                 out_dir='.', thresholds: dict | None = None, card=None, gpu_hours_budget=None) -> dict:
     """The Q method's state: contracts, config, thresholds (the runner's, else `thresholds_for` the card), the fp32
     model (`ckpt`, else the workload's teacher) and the teacher, on the CPU; the run folder `out_dir` made."""
-    from pqk.eval.verdict import thresholds_for
-    from pqk.eval.efficiency import resolve_device, count_params
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     th = thresholds if thresholds is not None else thresholds_for(kind, evalc, card, gpu_hours_budget)
     fp32 = load_fp32(ckpt or workload.teacher)
@@ -581,7 +580,6 @@ def quant_start(workload, evalc, qc: dict, *, kind: str = 'Q', card_id: str = 'a
 
 def quant_calibrate(q: dict, count: int | None = None) -> dict:
     "The calibration set (the workload contract's rule; `count` overrides its size) and the fp32 ONNX export."
-    from pqk.export.onnx import export_onnx
     q['calib'], h, q['calib_info'] = calibration_data(q['wl'], count)
     q['calibration_set_hash'] = h
     q['fp32_onnx'] = e = export_onnx(q['fp32'], q['out'] / 'model_fp32.onnx', workload=q['wl'])
@@ -589,6 +587,7 @@ def quant_calibrate(q: dict, count: int | None = None) -> dict:
           f"ORT vs torch rel. error {e['ort_vs_torch']['max']:.2g} (budget {e['ort_vs_torch']['budget']})")
     return q
 
+# %% ../../nbs/compress/52_quant.ipynb #e8e938d6
 def _drops(quality: dict | None) -> dict:
     "The drop and its interval of a quality block (Nones without one)."
     return {k: (quality or {}).get(k) for k in ('quality_drop_pct', 'quality_drop_lo_pct', 'quality_drop_hi_pct')}
@@ -597,8 +596,6 @@ def quant_ptq(q: dict, progress: bool = True) -> dict:
     """PTQ: the ORT int8 file always (the CPU export), the ModelOpt fake-quant model when that is the backend; the one
     evaluated (fake-quant torch, else ORT int8) against the teacher with the shared protocol, its peak memory
     measured. Blocks: quality, quantization (PTQ's numbers), artifacts, model, resource."""
-    from pqk.eval.protocol import load_eval_data, evaluate, TorchPredictor
-    from pqk.eval.efficiency import PeakMemory, count_params
     qc, out, mo = q['qc'], q['out'], q['mo']
     q['data'] = load_eval_data(q['wl'])
     q['ort_ptq'] = o = ort_quantize(out / 'model_fp32.onnx', out / 'model_int8.onnx', q['calib'],
@@ -626,10 +623,10 @@ def quant_ptq(q: dict, progress: bool = True) -> dict:
           f"({o['quantized_nodes']} nodes int8, {o['float_nodes']} kept float)")
     return q
 
+# %% ../../nbs/compress/52_quant.ipynb #e3356d79
 def quant_sensitivity(q: dict) -> dict:
     """Each layer group quantized alone (keep_float ignored), its drop against the fp32 model on a few pairs with a few
     calibration pairs (indicative); `sensitivity.csv`, the figure `figures['sensitivity']`, in `quantization`."""
-    from pqk.eval.protocol import predict_pairs, TorchPredictor
     qc, out = q['qc'], q['out']
     q['sensitivity'] = []
     if not qc['sensitivity']['enabled']: return q
@@ -654,16 +651,13 @@ def quant_sensitivity(q: dict) -> dict:
     q['artifacts'] = {**q['artifacts'], 'sensitivity': 'sensitivity.csv'}
     return q
 
+# %% ../../nbs/compress/52_quant.ipynb #4bc861d4
 def quant_qat(q: dict, *, resume: bool = False, rules: StopRules | None = None, progress: bool = True, seed: int = 0,
               debug_sigterm_at_step=None) -> dict:
     """QAT when PTQ misses the threshold (`qat_decision`): K's losses from the fp32 model through the one training
     loop, on a ModelOpt fake-quant copy; a finished QAT is evaluated (its ORT int8 export when the backend is ORT).
     A stop by a signal leaves its checkpoint and a `stop` (the run ends after this step); a stop by the stop-loss or
     a non-finite loss keeps PTQ. The final model is QAT's when it was evaluated and drops no more than PTQ's."""
-    from pqk.data.manifests import load_dataset
-    from pqk.eval.protocol import evaluate, TorchPredictor, write_per_pair, PER_PAIR_FILE, stop_block
-    from pqk.export.onnx import export_onnx
-    from pqk.train.loop import latest_checkpoint
     qc, out, th, pq = q['qc'], q['out'], q['th'], q['R_ptq']['quality']
     run, why = qat_decision(qc['qat']['enabled'], pq['quality_drop_pct'], th['quality_drop_max_pct'])
     print('QAT:', 'runs' if run else 'skipped', '—', why)
@@ -710,6 +704,7 @@ def ptq_vs_qat(q: dict):
     rows = {'PTQ': _drops(q['R_ptq']['quality']), 'QAT': _drops(q['R_qat']['quality'] if q.get('R_qat') else None)}
     return pd.DataFrame({k: {cols[c]: v for c, v in r.items()} for k, r in rows.items()}).T
 
+# %% ../../nbs/compress/52_quant.ipynb #c91e2b29
 def quant_exports(q: dict) -> dict:
     """Both export flavours of the final model, unless the run stopped: the ORT-CPU int8 file and the TensorRT-style
     Q/DQ ONNX (ModelOpt's export, else ORT's Q/DQ flavour), checked TensorRT-style; the precision ledger of both."""
@@ -742,11 +737,11 @@ def ledger_table(q: dict):
     return pd.DataFrame({k: {c: v[c] for c in ('n_layers', 'int8_mac_share', 'n_float_islands', 'n_macs_unknown')}
                          for k, v in q['ledger'].items()}).T
 
+# %% ../../nbs/compress/52_quant.ipynb #f52c66d3
 def quant_latency(q: dict, rounds: int = 2) -> dict:
     """Unless the run stopped: ORT fp32, ORT int8 of the final model and the teacher in eager torch timed side by side
     (alternating `rounds`), the int8 file's efficiency block (the teacher's beside it), sizes and ratios, and the int8
     GEMM kernel's ceiling on this CPU."""
-    from pqk.eval.protocol import efficiency_block, side_by_side, TorchPredictor
     q.update(sbs=None, efficiency=None, sizes=None, ratios=None, ceiling=None, kc=None)
     if q['stop']: return q
     res, ev, out = q['wl'].resolution, q['ev'], q['out']
@@ -764,7 +759,7 @@ def quant_latency(q: dict, rounds: int = 2) -> dict:
     print(f"p50 ms: ORT fp32 {sbs['ort_fp32']['p50_ms']:.1f}, ORT int8 {sbs['ort_int8']['p50_ms']:.1f} "
           f"({ratios['int8_vs_fp32_ort_p50']:.2f}x), teacher eager {sbs['teacher_eager']['p50_ms']:.1f} "
           f"({ratios['teacher_eager_vs_int8_p50']:.2f}x the int8); size int8/fp32 {ratios['int8_vs_fp32_size']:.2f}; "
-          f"load {os.getloadavg()[0]:.2f}")
+          f"load {load_avg()}")
     q['ceiling'] = int8_ceiling(out / 'model_fp32.onnx', q['ort_ptq'].get('kernel_check'))
     q['kc'] = kc = q['ceiling'].pop('kernel')
     print(f"int8 GEMM kernel on this CPU ({', '.join(kc['isa']) or 'ISA unknown'}), m×k×n {kc['shape']}: uint8×int8 "
@@ -791,6 +786,7 @@ def quant_finish(q: dict) -> dict:
     q['artifacts'] = a
     return q
 
+# %% ../../nbs/compress/52_quant.ipynb #d3dc196a
 def quant_run(workload, evalc, qc: dict, *, calib_count=None, resume: bool = False, gpu_hours_budget=None,
               progress: bool = True, seed: int = 0, debug_sigterm_at_step=None, latency_rounds: int = 2,
               on_step=None, **start) -> dict:
@@ -807,4 +803,3 @@ def quant_run(workload, evalc, qc: dict, *, calib_count=None, resume: bool = Fal
              quant_exports, lambda q: quant_latency(q, latency_rounds), quant_finish]
     for step in steps: q = step(q); on_step(q)
     return q
-

@@ -10,7 +10,8 @@ from collections import Counter
 import torch
 import torch.nn as nn
 
-from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int, _short
+from ..core.contracts import _short
+from ..models.config import DUSt3RConfig, BLOCK_FIELDS, _is_int
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import load_state_into
 from ..eval.protocol import output_errors
@@ -288,6 +289,7 @@ def leading_plan(cfg: DUSt3RConfig, target: DUSt3RConfig, blocks: str = 'even') 
     if keep: plan['keep'] = keep
     return plan
 
+# %% ../../nbs/compress/50_surgery.ipynb #6d99ae08
 def top_indices(scores, k: int) -> list[int]:
     "Indices of the `k` highest `scores` (ties: the lower index), in ascending order."
     s = torch.as_tensor(scores, dtype=torch.float64).flatten().cpu()

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 if TYPE_CHECKING: import torch
+from ..core.contracts import _short
 from .geometry import depth_to_pts3d
 from .scenes import synthetic_dataset
 
@@ -29,13 +30,6 @@ class DataError(ValueError):
     def __init__(self, problems: str | list[str]):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         super().__init__('\n'.join(self.problems))
-
-def _short(v, n=80) -> str:
-    if isinstance(v, np.ndarray): s = f'array of shape {v.shape}'
-    else:
-        try: s = json.dumps(v) if not isinstance(v, str) else repr(v)
-        except (TypeError, ValueError): s = repr(v)
-    return s if len(s) <= n else s[:n - 3] + '...'
 
 @dataclass(eq=False)
 class View:
@@ -163,6 +157,7 @@ def check_pose(v) -> str | None:
         return 'a rigid transform: the 3x3 block a rotation (orthonormal, det +1)'
     return None
 
+# %% ../../nbs/data/22_manifests.ipynb #9864cb8d
 def _check_manifest(data, mf: Path) -> list[str]:
     "Structural problems of manifest `data` read from file `mf` (files must exist)."
     P = []
@@ -260,6 +255,7 @@ def _read_depth(p: Path, scale: float | None, where: str, fld='depth') -> np.nda
         raise DataError(_prob(where, fld, str(p), f'a 2-D numeric depth map, got dtype {d.dtype} shape {d.shape}'))
     return (d.astype(np.float64) * (1. if scale is None else scale)).astype(np.float32)
 
+# %% ../../nbs/data/22_manifests.ipynb #4befc640
 MAX_IMAGE_PIXELS = 64_000_000   # larger files are refused before decoding (a small file can claim a huge size)
 MIN_IMAGE_SIDE = 16             # below this nothing is left to see once resized to the workload's H = W
 MAX_ASPECT = 8.0                # a 1:8 strip loses most of itself to the centre crop
@@ -289,6 +285,7 @@ def _open_image(p: Path, where: str, fld: str, exif: bool = False, res: int | No
                       '(detail the model sees is interpolated)', stacklevel=2)
     return out
 
+# %% ../../nbs/data/22_manifests.ipynb #09fb2ab7
 def load_manifest(path: str | os.PathLike, res: int = 384) -> list[Scene]:
     "Scenes of manifest `path` (JSON, format above), views squared to `res`×`res`."
     mf = Path(path)

@@ -8,6 +8,9 @@ import os, time, tempfile, resource
 from pathlib import Path
 import numpy as np
 import torch
+from ..core.io import load_avg
+from ..data.pairs import probe_pair
+from ..models.dust3r import make_model
 
 # %% auto #0
 __all__ = ['STAGES', 'STAGE_PARTS', 'MB', 'resolve_device', 'measure_latency', 'pairs_per_s', 'interleaved_latency', 'has_stages',
@@ -32,10 +35,6 @@ def _sync(d: torch.device):
     if d.type == 'cuda': torch.cuda.synchronize(d)
 
 # %% ../../nbs/eval/32_efficiency.ipynb #cf6a0f1d
-def _loadavg() -> float | None:
-    try: return round(os.getloadavg()[0], 2)
-    except (OSError, AttributeError): return None
-
 def measure_latency(fn, warmup: int = 2, repeats: int = 10, device=None, min_seconds: float = 0.0,
                     max_repeats: int = 1000, noisy_ratio: float = 3.0, on_error: str = 'raise') -> dict:
     """Time `fn()`: `warmup` untimed calls, then >= `repeats` timed ones (and >= `min_seconds` in all), each
@@ -52,7 +51,7 @@ def measure_latency(fn, warmup: int = 2, repeats: int = 10, device=None, min_sec
     if not isinstance(min_seconds, (int, float)) or not 0 <= min_seconds < 3600:
         raise ValueError(f"measure_latency: min_seconds={min_seconds!r}; expected a number of seconds in [0, 3600)")
     d = resolve_device(device)
-    load0, ts, cs, error = _loadavg(), [], [], None
+    load0, ts, cs, error = load_avg(), [], [], None
     try:
         for _ in range(warmup): fn()
         while len(ts) < max(repeats, 1) or (sum(ts) < min_seconds * 1e3 and len(ts) < max_repeats):
@@ -69,7 +68,7 @@ def measure_latency(fn, warmup: int = 2, repeats: int = 10, device=None, min_sec
             'min_ms': float(ts.min()) if len(ts) else None, 'max_ms': float(ts.max()) if len(ts) else None,
             'cpu_p50_ms': float(np.percentile(cs, 50)) if cs else None, 'n_timed': int(len(ts)),
             'repeats': int(repeats), 'warmup': int(warmup), 'min_seconds': float(min_seconds), 'device': str(d),
-            'noisy': bool(len(ts) and p95 > noisy_ratio * p50), 'load_before': load0, 'load_after': _loadavg(),
+            'noisy': bool(len(ts) and p95 > noisy_ratio * p50), 'load_before': load0, 'load_after': load_avg(),
             'error': error}
 
 def pairs_per_s(latency, pairs_per_call: int = 1) -> float:
@@ -300,6 +299,7 @@ def process_tree_rss_mb(pid: int) -> float | None:
     r = _tree_memory(pid)
     return None if r is None else r[0]
 
+# %% ../../nbs/eval/32_efficiency.ipynb #1aaf8571
 def _tail(f, n: int = 4000) -> str:
     f.seek(0); b = f.read()
     return b[-n:].decode(errors='replace')
@@ -401,7 +401,6 @@ def benchmark_forward(preset: str = 'demo_teacher', res: int = 384, repeats: int
                       threads: int | None = None, device=None, seed: int = 0, verbose: bool = True) -> dict:
     ("Latency of one `res`×`res` pair through `preset` (random weights, fp32) with `measure_latency`; "
      "printed and returned.")
-    from pqk.models.dust3r import make_model
     for k, v, lo in (('res', res, 16), ('repeats', repeats, 1), ('warmup', warmup, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ValueError(f"benchmark_forward: {k} got {v!r}; expected an integer >= {lo}")
@@ -412,8 +411,7 @@ def benchmark_forward(preset: str = 'demo_teacher', res: int = 384, repeats: int
     try:
         torch.manual_seed(seed)
         model = make_model(preset).eval().to(device)
-        g = torch.Generator().manual_seed(seed)
-        v1, v2 = ({'img': (torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(device)} for _ in range(2))
+        v1, v2 = ({'img': x} for x in probe_pair(res, seed, device))
         with torch.inference_mode(): lat = measure_latency(lambda: model(v1, v2), warmup, repeats, device)
     finally: torch.set_num_threads(old)
     r = {'preset': preset, 'res': res, **lat, 'params': count_params(model), 'threads': threads, 'cpu': _cpu_name(),

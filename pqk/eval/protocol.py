@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ..core.progress import tqdm
-from ..core.io import load_avg
+from ..core.io import load_avg, write_text_atomic
 
 from ..data.manifests import load_dataset, to_tensor
 from ..data.pairs import dataset_pairs, probe_pair
@@ -17,7 +17,9 @@ from .metrics import pair_metrics, teacher_metrics, aggregate, quality_drop_pct
 from .efficiency import (measure_latency, pairs_per_s, count_params, model_size_mb, gflops, resolve_device,
                                  PeakMemory)
 from .intervals import paired_bootstrap, drop_stat, mean_diff
-from .efficiency import stage_latency, has_stages, STAGES
+from .efficiency import stage_latency, has_stages, STAGES, interleaved_latency
+from ..core.contracts import project_root, ContractError, Problem, _rel
+from .pointmaps import save_pointmaps
 
 # %% auto #0
 __all__ = ['PER_PAIR_FILE', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs',
@@ -35,14 +37,12 @@ def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
         if spec.get('source') == 'eval': spec = workload.data['data']['eval']
         spec = {k: v for k, v in spec.items() if k in ('source', 'paths', 'synthetic')}
     if root is None:
-        from pqk.core.contracts import project_root
         root = project_root()
     scenes = load_dataset(spec, workload.resolution, root=root, cache_dir=cache_dir)
     pg = workload.pair_graph
     pairs = dataset_pairs(scenes, pg['strategy'], pg['k'], pg['symmetrize'], pg.get('ref', 0))
     want = (spec.get('synthetic') or {}).get('n_pairs') if spec.get('source') == 'synthetic' else None
     if want is not None and len(pairs) != want:
-        from pqk.core.contracts import ContractError, Problem, _rel
         raise ContractError([Problem(_rel(workload.path), f'data.{block}.synthetic.n_pairs', want,
                                      f"{len(pairs)}, the pairs its n_scenes, views_per_scene and pair_graph give")])
     return scenes, pairs
@@ -53,7 +53,6 @@ def _gt(view) -> dict | None:
             'cam2world': torch.from_numpy(view.cam2world),
             **({'depth': torch.from_numpy(view.depth)} if view.depth is not None else {}),
             **({'K': torch.from_numpy(view.K)} if view.K is not None else {})}
-
 
 
 # %% ../../nbs/eval/33_protocol.ipynb #e25bb40e
@@ -232,7 +231,6 @@ def per_pair_rows(scenes, pairs, model_rows: list[dict], teacher_rows: list[dict
 def write_per_pair(path, rows: list[dict]) -> Path:
     "Write per-pair rows as CSV atomically (columns: the rows' keys in first-seen order; an empty cell = unknown)."
     import csv, io
-    from pqk.core.io import write_text_atomic
     cols = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, restval='', lineterminator='\n')
@@ -271,7 +269,6 @@ def efficiency_block(model, res: int, evalc, device=None) -> dict:
 # %% ../../nbs/eval/33_protocol.ipynb #785559d8
 def side_by_side(models: dict, res: int, evalc, device=None, rounds: int = 3) -> dict:
     "`interleaved_latency` of `{name: model or predictor}` at `res`×`res` with eval.yaml's protocol, plus `load_avg`."
-    from pqk.eval.efficiency import interleaved_latency
     preds = {k: as_predictor(m, device) for k, m in models.items()}
     lat = evalc.data['efficiency']['latency']
     x1, x2 = probe_pair(res, 0)
@@ -414,7 +411,6 @@ def eval_run(model, teacher, workload, evalc, out_dir, device=None, progress: bo
              checkpoint=None) -> dict:
     """`evaluate(model, teacher, …, baseline=True)` into `out_dir` with `pointmaps.npz` saved; its result with the
     log blocks of an eval run: model, quality, efficiency, resource, baseline, artifacts."""
-    from pqk.eval.pointmaps import save_pointmaps
     res = evaluate(model, teacher, workload, evalc, out_dir, device, progress, name=name, baseline=True)
     pm = save_pointmaps(Path(out_dir) / 'pointmaps.npz', res['teacher_preds'], res['preds'], res['scenes'],
                         res['pairs'], model_name=name)

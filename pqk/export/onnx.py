@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from ..core.io import TMP_PREFIX, atomic_path, clean_stale_tmp
 from ..data.pairs import probe_pair
-from ..eval.protocol import compare_models, rel_l2
+from ..eval.protocol import compare_models
 from ..eval.efficiency import size_on_disk_mb
 from .ort import PAIR_INPUTS, PAIR_OUTPUTS, OrtPredictor
 

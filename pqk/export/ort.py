@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 import torch
-from ..eval.protocol import Predictor
-from ..eval.efficiency import size_on_disk_mb
+from ..eval.protocol import Predictor, rel_l2
+from ..eval.efficiency import size_on_disk_mb, interleaved_latency
 
 PAIR_INPUTS = ('img1', 'img2')
 PAIR_OUTPUTS = ('pts3d', 'conf1', 'pts3d_in_other_view', 'conf2')
@@ -136,7 +136,6 @@ def int8_kernel_check(k: int, n: int, m: int, threads: int | None = None, rounds
     """Side-by-side p50 of y = x @ w (x: m×k, w: k×n) in fp32 and as int8 (u8s8 and s8s8 activations), in ORT on
     this CPU; 'ratio' (int8 / fp32 p50), 'rel_err' (vs the fp32 product), 'fastest' int8 kind and 'isa'."""
     import onnxruntime as ort
-    from pqk.eval.efficiency import interleaved_latency
     for v, what in ((k, 'k'), (n, 'n'), (m, 'm')):
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 16384:
             raise ValueError(f'int8_kernel_check: {what}={v!r}; expected an integer in [1, 16384]')
@@ -149,7 +148,7 @@ def int8_kernel_check(k: int, n: int, m: int, threads: int | None = None, rounds
     so.add_session_config_entry('session.intra_op.allow_spinning', '0')
     sess = {kd: ort.InferenceSession(_gemm_model(kd, w, m, float(np.abs(ref).max())), so,
                                      providers=['CPUExecutionProvider']) for kd in ('fp32', 'u8s8', 's8s8')}
-    err = {kd: float(np.linalg.norm(s.run(None, x)[0] - ref) / np.linalg.norm(ref)) for kd, s in sess.items()}
+    err = {kd: rel_l2(s.run(None, x)[0], ref) for kd, s in sess.items()}
     lat = interleaved_latency({kd: (lambda s=s: s.run(None, x)) for kd, s in sess.items()}, rounds=rounds,
                               warmup=2, repeats=3, device='cpu')
     ratio = {kd: round(lat[kd]['ratio_p50'], 3) for kd in ('u8s8', 's8s8')}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses, math, re
 from collections import namedtuple
 from dataclasses import dataclass
+from ..core.contracts import _short
 
 # %% auto #0
 __all__ = ['HEAD_TYPES', 'BLOCK_FIELDS', 'DPT_FIELDS', 'SHAPE_FIELDS', 'BlockShape', 'DPTShape', 'PRESETS', 'DUSt3RConfig']
@@ -35,11 +36,6 @@ def _decode_float(v):
 def _encode_float(v):
     if isinstance(v, float) and math.isinf(v): return 'inf' if v > 0 else '-inf'
     return v
-
-def _short(v, n: int = 100) -> str:
-    "repr of `v`, cut to `n` characters (error messages stay readable for long per-block lists)."
-    r = repr(v)
-    return r if len(r) <= n else r[:n] + ' ...'
 
 def _tup(v):
     "Lists and tuples, nested, as tuples; anything else unchanged."
@@ -74,6 +70,64 @@ def _check_shapes(c, set_, bad):
     L = c.dec_depth
     if hk is not None and not (_ints(hk, 4, 0, L) and hk[0] == 0 and min(hk[1:]) >= 1):
         bad('dpt_hook_layers', hk, f'None or 4 token indices: 0 (the encoder), then three in [1, {L}] (decoder blocks)')
+
+# %% ../../nbs/models/10_config.ipynb #c602f34d
+def _check_fields(c, set_, bad):
+    "Check and normalise the uniform fields of config `c` (`set_(k, v)` stores, `bad(k, v, want)` raises)."
+    for k, hi in (('enc_embed_dim', _MAX_WIDTH), ('enc_depth', _MAX_DEPTH), ('enc_num_heads', _MAX_HEADS),
+                  ('dec_embed_dim', _MAX_WIDTH), ('dec_depth', _MAX_DEPTH), ('dec_num_heads', _MAX_HEADS),
+                  ('patch_size', 64), ('dpt_feature_dim', _MAX_WIDTH)):
+        v = getattr(c, k)
+        if not _is_int(v) or not 1 <= v <= hi: bad(k, v, f'an integer in [1, {hi}]')
+    if (not isinstance(c.mlp_ratio, (int, float)) or isinstance(c.mlp_ratio, bool)
+            or not 0 < c.mlp_ratio <= 64):
+        bad('mlp_ratio', c.mlp_ratio, 'a number in (0, 64]')
+    set_('mlp_ratio', float(c.mlp_ratio))
+    for side in ('enc', 'dec'):
+        k, dim, nh = f'{side}_head_dim', getattr(c, f'{side}_embed_dim'), getattr(c, f'{side}_num_heads')
+        hd = getattr(c, k)
+        if hd is None:
+            if dim % nh: bad(f'{side}_num_heads', nh, f'a divisor of {side}_embed_dim={dim} (or set {k})')
+            hd = dim // nh
+        elif not _is_int(hd) or not 1 <= hd <= _MAX_WIDTH: bad(k, hd, f'None or an integer in [1, {_MAX_WIDTH}]')
+        if hd % 4:
+            pinned = getattr(c, k) is not None
+            bad(k if pinned else f'{side}_num_heads', hd if pinned else nh,
+                f'a head dim divisible by 4 for RoPE2D (got head dim {hd})')
+    if c.head_type not in HEAD_TYPES: bad('head_type', c.head_type, f"one of {HEAD_TYPES}")
+    lds = tuple(c.dpt_layer_dims) if isinstance(c.dpt_layer_dims, (list, tuple)) else None
+    if lds is None or not _ints(lds, 4, 1, _MAX_WIDTH):
+        bad('dpt_layer_dims', c.dpt_layer_dims, f'4 integers in [1, {_MAX_WIDTH}], e.g. (96, 192, 384, 768)')
+    set_('dpt_layer_dims', lds)
+    if c.head_type == 'dpt':
+        if c.dec_depth < 2:
+            bad('dec_depth', c.dec_depth, '>= 2 for a DPT head (hooks [0, L*2//4, L*3//4, L])')
+        if c.patch_size != 16:
+            bad('patch_size', c.patch_size, '16 for a DPT head (its up-sampling path assumes 16)')
+        if c.dpt_feature_dim % 2: bad('dpt_feature_dim', c.dpt_feature_dim, 'an even integer')
+    for k, want_bounds in (('depth_mode', True), ('conf_mode', False)):
+        v = getattr(c, k)
+        if not isinstance(v, (list, tuple)) or len(v) != 3 or v[0] != 'exp':
+            bad(k, v, "('exp', vmin, vmax): only the 'exp' mode is implemented")
+        try: lo, hi = float(_decode_float(v[1])), float(_decode_float(v[2]))
+        except (TypeError, ValueError): bad(k, v, "('exp', vmin, vmax) with numeric bounds")
+        if want_bounds and (lo, hi) != (-_INF, _INF):
+            bad(k, v, "('exp', -inf, inf) (bounded depth is not implemented)")
+        if not lo < hi: bad(k, v, 'vmin < vmax')
+        set_(k, ('exp', lo, hi))
+    if not isinstance(c.pos_embed, str) or not re.fullmatch(r'RoPE\d+(\.\d+)?', c.pos_embed):
+        bad('pos_embed', c.pos_embed,
+            "'RoPE<base>' such as 'RoPE100' (cosine position embeddings are not implemented)")
+    isz = c.img_size
+    if _is_int(isz): isz = (isz, isz)
+    if not isinstance(isz, (list, tuple)) or len(isz) != 2 or not all(_is_int(s) and s >= 1 for s in isz):
+        bad('img_size', c.img_size, 'an integer or (H, W)')
+    set_('img_size', tuple(isz))
+    for side, ks in (('enc', ('enc_mlp_dims',)), ('dec', ('dec_mlp_dims', 'dec2_mlp_dims'))):
+        dim = getattr(c, f'{side}_embed_dim')
+        if any(getattr(c, k) is None for k in ks) and not 1 <= int(dim * c.mlp_ratio) <= _MAX_WIDTH:
+            bad('mlp_ratio', c.mlp_ratio, 
+                f'a ratio giving an MLP width in [1, {_MAX_WIDTH}] for {side}_embed_dim={dim}')
 
 # %% ../../nbs/models/10_config.ipynb #df11f906
 @dataclass(frozen=True)
@@ -113,60 +167,7 @@ class DUSt3RConfig:
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
         def bad(k, v, want): raise ValueError(f"DUSt3RConfig.{k}: got {_short(v)}; expected {want}")
-        for k, hi in (('enc_embed_dim', _MAX_WIDTH), ('enc_depth', _MAX_DEPTH), ('enc_num_heads', _MAX_HEADS),
-                      ('dec_embed_dim', _MAX_WIDTH), ('dec_depth', _MAX_DEPTH), ('dec_num_heads', _MAX_HEADS),
-                      ('patch_size', 64), ('dpt_feature_dim', _MAX_WIDTH)):
-            v = getattr(self, k)
-            if not _is_int(v) or not 1 <= v <= hi: bad(k, v, f'an integer in [1, {hi}]')
-        if (not isinstance(self.mlp_ratio, (int, float)) or isinstance(self.mlp_ratio, bool)
-                or not 0 < self.mlp_ratio <= 64):
-            bad('mlp_ratio', self.mlp_ratio, 'a number in (0, 64]')
-        set_('mlp_ratio', float(self.mlp_ratio))
-        for side in ('enc', 'dec'):
-            k, dim, nh = f'{side}_head_dim', getattr(self, f'{side}_embed_dim'), getattr(self, f'{side}_num_heads')
-            hd = getattr(self, k)
-            if hd is None:
-                if dim % nh: bad(f'{side}_num_heads', nh, f'a divisor of {side}_embed_dim={dim} (or set {k})')
-                hd = dim // nh
-            elif not _is_int(hd) or not 1 <= hd <= _MAX_WIDTH: bad(k, hd, f'None or an integer in [1, {_MAX_WIDTH}]')
-            if hd % 4:
-                pinned = getattr(self, k) is not None
-                bad(k if pinned else f'{side}_num_heads', hd if pinned else nh,
-                    f'a head dim divisible by 4 for RoPE2D (got head dim {hd})')
-        if self.head_type not in HEAD_TYPES: bad('head_type', self.head_type, f"one of {HEAD_TYPES}")
-        lds = tuple(self.dpt_layer_dims) if isinstance(self.dpt_layer_dims, (list, tuple)) else None
-        if lds is None or not _ints(lds, 4, 1, _MAX_WIDTH):
-            bad('dpt_layer_dims', self.dpt_layer_dims, f'4 integers in [1, {_MAX_WIDTH}], e.g. (96, 192, 384, 768)')
-        set_('dpt_layer_dims', lds)
-        if self.head_type == 'dpt':
-            if self.dec_depth < 2:
-                bad('dec_depth', self.dec_depth, '>= 2 for a DPT head (hooks [0, L*2//4, L*3//4, L])')
-            if self.patch_size != 16:
-                bad('patch_size', self.patch_size, '16 for a DPT head (its up-sampling path assumes 16)')
-            if self.dpt_feature_dim % 2: bad('dpt_feature_dim', self.dpt_feature_dim, 'an even integer')
-        for k, want_bounds in (('depth_mode', True), ('conf_mode', False)):
-            v = getattr(self, k)
-            if not isinstance(v, (list, tuple)) or len(v) != 3 or v[0] != 'exp':
-                bad(k, v, "('exp', vmin, vmax): only the 'exp' mode is implemented")
-            try: lo, hi = float(_decode_float(v[1])), float(_decode_float(v[2]))
-            except (TypeError, ValueError): bad(k, v, "('exp', vmin, vmax) with numeric bounds")
-            if want_bounds and (lo, hi) != (-_INF, _INF):
-                bad(k, v, "('exp', -inf, inf) (bounded depth is not implemented)")
-            if not lo < hi: bad(k, v, 'vmin < vmax')
-            set_(k, ('exp', lo, hi))
-        if not isinstance(self.pos_embed, str) or not re.fullmatch(r'RoPE\d+(\.\d+)?', self.pos_embed):
-            bad('pos_embed', self.pos_embed,
-                "'RoPE<base>' such as 'RoPE100' (cosine position embeddings are not implemented)")
-        isz = self.img_size
-        if _is_int(isz): isz = (isz, isz)
-        if not isinstance(isz, (list, tuple)) or len(isz) != 2 or not all(_is_int(s) and s >= 1 for s in isz):
-            bad('img_size', self.img_size, 'an integer or (H, W)')
-        set_('img_size', tuple(isz))
-        for side, ks in (('enc', ('enc_mlp_dims',)), ('dec', ('dec_mlp_dims', 'dec2_mlp_dims'))):
-            dim = getattr(self, f'{side}_embed_dim')
-            if any(getattr(self, k) is None for k in ks) and not 1 <= int(dim * self.mlp_ratio) <= _MAX_WIDTH:
-                bad('mlp_ratio', self.mlp_ratio, 
-                    f'a ratio giving an MLP width in [1, {_MAX_WIDTH}] for {side}_embed_dim={dim}')
+        _check_fields(self, set_, bad)
         _check_shapes(self, set_, bad)
 
     @property
@@ -232,6 +233,7 @@ def _dpt_shape(c, head: int) -> DPTShape:
     ld = c.dpt_head_layer_dims[head - 1] if c.dpt_head_layer_dims else c.dpt_layer_dims
     return DPTShape(f, tuple(ld), c.dpt_head_hidden_dims[head - 1] if c.dpt_head_hidden_dims else f // 2)
 
+# %% ../../nbs/models/10_config.ipynb #048fa069
 def _fold_heads(c, side: str, stacks) -> dict:
     "Uniform head fields when every attention of `side` has the same head count; else drop fields equal to them."
     fields = [k for st in stacks for k in BLOCK_FIELDS[st][:2] if k]

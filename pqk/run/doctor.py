@@ -9,7 +9,7 @@ from pathlib import Path
 # torch-free only: every stage runs this module in a child whose memory is measured; the rest is imported per stage
 from ..core.contracts import (ContractError, load_card, load_contract, load_eval, load_workload, method_config,
                                 project_root)
-from ..core.io import write_json_atomic
+from ..core.io import load_avg, write_json_atomic
 
 # %% auto #0
 __all__ = ['SCALES', 'DEVICES', 'STAGES', 'BOUNDS_W', 'REAL_PRESET', 'PROBE_DEPTH', 'TIMEOUT_S', 'MARK', 'GB', 'STAGE_FNS',
@@ -50,9 +50,9 @@ def _load(spec):
     return m, round(_now() - t0, 2)
 
 def _pair(res: int, dev, seed: int = 0):
-    import torch
-    g = torch.Generator().manual_seed(seed)
-    return tuple({'img': (torch.rand(1, 3, res, res, generator=g) * 2 - 1).to(dev)} for _ in range(2))
+    "The probe pair (`pqk.data.pairs.probe_pair`) as the two views a DUSt3R forward takes."
+    from pqk.data.pairs import probe_pair
+    return tuple({'img': x} for x in probe_pair(res, seed, dev))
 
 def _probe_model(cfg: dict, depth: int = PROBE_DEPTH):
     "A model of `cfg`'s widths with only `depth` encoder and decoder blocks (random weights), to extrapolate from."
@@ -323,7 +323,8 @@ def stage_gpu(spec) -> dict:
 
 def stage_base(spec) -> dict:
     "The interpreter with torch, ONNX Runtime and pqk's models imported: the floor every stage stands on."
-    import torch, onnxruntime, pqk.models.dust3r  # noqa: F401
+    import importlib, torch, onnxruntime
+    importlib.import_module('pqk.models.dust3r')      # imported for its cost, not used here
     return {'torch': torch.__version__, 'onnxruntime': onnxruntime.__version__}
 
 STAGE_FNS = {'base': stage_base, 'forward': stage_forward, 'distill': stage_distill, 'export': stage_export,
@@ -571,10 +572,8 @@ def _machine() -> dict:
         for line in Path('/proc/meminfo').read_text().splitlines():
             if line.startswith('MemTotal:'): total = int(line.split()[1]) * 1024 / GB
     except OSError: pass
-    try: load = round(os.getloadavg()[0], 2)
-    except OSError: load = None
     return {'cpu': _cpu_name(), 'cores': os.cpu_count(), 'mem_total_gb': total or float('nan'),
-            'mem_available_gb': _mem_available_gb() or float('nan'), 'load': load}
+            'mem_available_gb': _mem_available_gb() or float('nan'), 'load': load_avg()}
 
 # %% ../../nbs/run/76_doctor.ipynb #f1e2811b
 def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, eval=None, timeout: float | None = None,

@@ -11,10 +11,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..core.contracts import (ContractError, Problem, check_card, contracts_provenance, load_contract, load_eval,
-                                load_workload, project_root, sha256_file, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES,
-                                _rel, TaskCard)
+                                load_workload, project_root, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES, _rel,
+                                TaskCard, clip_text)
 from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems, finite_record
-from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV
+from ..core.devcheck import devcheck
+from ..core.io import (utc_now, write_json_atomic, write_text_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV,
+                         sha256_file)
+from ..core.progress import LIVE_ENV
 from ..core.paths import check_name, confined, is_name
 from .scraps import read_scraps
 from ..eval.verdict import thresholds_for, judge, STATUSES
@@ -160,7 +163,6 @@ def _check_extra(extra: dict | None, file='--param') -> dict:
 def _devcheck(workload, eval, cfgs, cards) -> dict:
     """devcheck the run's contracts and card (a `TaskCard` is not parsed again); {role: loaded object} (workload, eval,
     cfg, card), so that the run validates each file once."""
-    from pqk.core.devcheck import devcheck
     lo = {}
     ps = devcheck(workload, eval, cfgs, cards, loaded=lo)
     if ps:
@@ -220,6 +222,7 @@ def stop_scrap(scraps: dict) -> dict | None:
     s = _block(scraps, 'stop')
     return s if s is not None and isinstance(s.get('reason'), str) and s['reason'] else None
 
+# %% ../../nbs/run/71_runner.ipynb #9640c944
 def _status(scraps: dict, kind: str, th: dict, error, stopped, resume_hint, notes: list) -> dict:
     """The run's one verdict: `pqk.eval.verdict.judge` on the recorded blocks. An error fails it; a stop by a signal
     to the runner (`stopped`) or a `stop` the template recorded makes it `stopped` (a stop by a signal names the
@@ -238,6 +241,7 @@ def _status(scraps: dict, kind: str, th: dict, error, stopped, resume_hint, note
         return {'status': 'failed', 'reason': f'the verdict could not be computed ({type(e).__name__}: {e})',
                 'pairs_to_resolve': None}
 
+# %% ../../nbs/run/71_runner.ipynb #40172bc6
 def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finished, duration_s, thresholds,
               artifacts: dict, error: str | None = None, stopped: str | None = None, device_hours: float = 0.0,
               device_kind: str = 'cpu', resume_hint: str | None = None) -> dict:
@@ -286,6 +290,7 @@ def build_log(scraps: dict, *, run_id, spec: RunSpec, wl, ev, mc, started, finis
                               + (f' and {len(bad) - 20} more' if len(bad) > 20 else ''))
     return rec
 
+# %% ../../nbs/run/71_runner.ipynb #3d254e54
 def _pop_leaf(rec: dict, path: str) -> bool:
     "Remove the value at a problem's dotted path (keys may hold dots: the longest matching key wins); True if removed."
     cur, rest = rec, path
@@ -351,7 +356,6 @@ def _exp_has(trait: str) -> bool:
 def export_html(nb_path, html_path) -> tuple[Path, list[str]]:
     "Write an offline HTML copy of a notebook atomically; returns (path, remote URLs that had to be removed)."
     from nbconvert import HTMLExporter
-    from pqk.core.io import write_text_atomic
     blank = {k: '' for k in ('mathjax_url', 'require_js_url', 'mermaid_js_url', 'mermaid_layout_elk_js_url',
                              'widget_renderer_url', 'jquery_url', 'jupyter_widgets_base_url')}
     exp = HTMLExporter(**{k: v for k, v in blank.items() if _exp_has(k)})
@@ -367,9 +371,10 @@ def export_html(nb_path, html_path) -> tuple[Path, list[str]]:
 
 # %% ../../nbs/run/71_runner.ipynb #2d818d24
 def _first_line(src: str, n: int = 70) -> str:
-    line = next((l for l in (src or '').splitlines() if l.strip() and not l.startswith('#')), '')
-    return line if len(line) <= n else line[:n - 3] + '...'
+    "The first line of `src` that is neither blank nor a comment, clipped to `n` characters."
+    return clip_text(next((l for l in (src or '').splitlines() if l.strip() and not l.startswith('#')), ''), n)
 
+# %% ../../nbs/run/71_runner.ipynb #01c3f820
 LEDGER_NAME = 'artifacts.jsonl'   # the run's artefact ledger (pqk.core.io.LEDGER_ENV points here while it runs)
 INPUTS_NAME = 'inputs.json'       # the run's inputs, hashed when it starts: what --resume verifies
 LOCK_NAME = '.pqk-run.lock'       # one writer per run folder
@@ -411,6 +416,7 @@ def read_inputs(run_dir: Path, where: str) -> dict:
                                      f'the record of the inputs the run started with ({_rel(p)}; a run from before pqk '
                                      'verified resumes has none: start a new run)')]) from None
 
+# %% ../../nbs/run/71_runner.ipynb #d7c59b2d
 def _ckpt_param(ckpt, run_dir: Path):
     ("A checkpoint given by path (cwd or project relative) as the template sees it: "
      "relative to the run folder if in the project.")
@@ -431,6 +437,7 @@ def template_params(spec: RunSpec, run_id: str, run_dir: Path, copies: dict, thr
             'gpu_hours_budget': spec.budget, 'thresholds': thresholds, **({'nproc': spec.nproc} if spec.nproc else {}),
             **spec.extra}
 
+# %% ../../nbs/run/71_runner.ipynb #876f4316
 @contextmanager
 def env_vars(add: dict):
     "Set the environment variables `add` (this process and its children) for the block, then restore them."
@@ -445,7 +452,6 @@ def env_vars(add: dict):
 def kernel_env(live: str | None = None):
     "Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path."
     import pqk
-    from pqk.core.progress import LIVE_ENV
     return env_vars({'PQK_PROGRESS': os.environ.get('PQK_PROGRESS') or 'final', 'PQK_ROOT': str(project_root()),
                      'PYTHONPATH': os.pathsep.join([str(Path(pqk.__file__).resolve().parent.parent)]
                                                    + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
@@ -485,6 +491,7 @@ def stop_grace() -> float:
     except ValueError: return STOP_GRACE_S
     return g if math.isfinite(g) and g >= 0 else STOP_GRACE_S
 
+# %% ../../nbs/run/71_runner.ipynb #8bf5576c
 def forward_sigterm(pid: int | None = None) -> list[int]:
     """Send SIGTERM to every process below `pid` (default: this one): once to each process group other than ours
     (the kernel runs in its own session, torchrun's workers in its group), directly to the others. The pids reached."""
@@ -501,6 +508,7 @@ def forward_sigterm(pid: int | None = None) -> list[int]:
         except OSError: continue                      # it ended meanwhile
     return sent
 
+# %% ../../nbs/run/71_runner.ipynb #6bceb7ba
 @dataclass
 class StopState:
     armed: bool = True                # a signal now stops the template; False while the log is written
@@ -578,6 +586,28 @@ def _upstream_candidates(runs_dir: Path, card: str, art: str, where: str):
         out.append((key, d, rec, why))
     return [x[1:] for x in sorted(out, key=lambda x: x[0], reverse=True)]
 
+def _latest_upstream(runs_dir: Path, card: str, art: str, accept: tuple, where: str) -> tuple[Path, dict, str]:
+    "(run folder, its log, why it was taken) of the newest usable run of `card`; a ContractError naming the skipped."
+    cands = _upstream_candidates(runs_dir, card, art, where)
+    skipped, pick = [], None
+    for d, rec, why in cands:
+        why = why or (None if rec.get('status') in accept else f"status {rec.get('status')}")
+        if why is None: pick = (d, rec); break
+        skipped.append(f'{d.name} ({why})')
+    if pick is None:
+        seen = f"; runs seen: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped else ''
+        raise ContractError([Problem(where, 'upstream.card', card,
+                                     f"a finished run of card {card!r} under {_rel(runs_dir)} whose status is "
+                                     f"{' or '.join(accept)} and that holds {art} (none found: run `pqk run "
+                                     f"taskcards/{card}.md` first, or add the statuses to take to the card's "
+                                     f"upstream.accept{seen})")])
+    d, rec = pick
+    why = (f"the newest {' or '.join(accept)} run of {card}"
+           + (f"; newer runs skipped: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped
+              else ''))
+    return d, rec, why
+
+# %% ../../nbs/run/71_runner.ipynb #a0f3f393
 def resolve_upstream(up: dict, runs_dir, where: str = 'task card', pin: dict | None = None) -> tuple[Path, list[dict]]:
     """A chain's upstream `{card, run, artifact, accept}` → (absolute path of the verified artefact, the log's
     `upstream` list: this run first, then the upstream's own list). `pin` (a resumed run): the upstream entry the run
@@ -592,24 +622,7 @@ def resolve_upstream(up: dict, runs_dir, where: str = 'task card', pin: dict | N
                                                                       '(no absolute path, no ..)')])
     runs_dir = Path(runs_dir)
     within = f'the runs folder {_rel(runs_dir)}'
-    if run == 'latest':
-        cands = _upstream_candidates(runs_dir, card, art, where)
-        skipped, pick = [], None
-        for d, rec, why in cands:
-            why = why or (None if rec.get('status') in accept else f"status {rec.get('status')}")
-            if why is None: pick = (d, rec); break
-            skipped.append(f'{d.name} ({why})')
-        if pick is None:
-            seen = f"; runs seen: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped else ''
-            raise ContractError([Problem(where, 'upstream.card', card,
-                                         f"a finished run of card {card!r} under {_rel(runs_dir)} whose status is "
-                                         f"{' or '.join(accept)} and that holds {art} (none found: run `pqk run "
-                                         f"taskcards/{card}.md` first, or add the statuses to take to the card's "
-                                         f"upstream.accept{seen})")])
-        d, rec = pick
-        why = (f"the newest {' or '.join(accept)} run of {card}"
-               + (f"; newer runs skipped: {', '.join(skipped[:5])}{' …' if len(skipped) > 5 else ''}" if skipped
-                  else ''))
+    if run == 'latest': d, rec, why = _latest_upstream(runs_dir, card, art, accept, where)
     else:
         check_name(run, where, 'upstream.run')
         d = runs_dir / run
@@ -708,6 +721,7 @@ def verify_resume(run_dir: Path, spec: RunSpec, where: str) -> tuple[dict, dict]
         raise ContractError([Problem(where, f'{INPUTS_NAME} roles.template', None, 'the template copy the run used')])
     return roles, inp
 
+# %% ../../nbs/run/71_runner.ipynb #9b48f094
 def prepare_resume(run_dir: Path, card_id: str) -> dict:
     """Move the previous attempt's notebook, HTML and log of `run_dir` to `attempts/` and return what the new log's
     `resume` block says about it: {'count', 'previous': [{status, reason, device_hours, notebook, log}]}."""
@@ -807,6 +821,7 @@ def _stop_reason(stop: StopState, interrupted: bool, kernel_exc: str | None) -> 
     elif kernel_exc: why += f' ({kernel_exc})'
     return why
 
+# %% ../../nbs/run/71_runner.ipynb #e1dda0b9
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
                 stream_output: bool = True, resume_dir: Path | None = None) -> dict:
     """Run `spec` through its template into a new run folder (or continue `resume_dir`) and return {'status',
@@ -962,6 +977,7 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
     resume_dir = resume_folder(runs_dir, resume, spec.card_id) if resume else None
     return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir)
 
+# %% ../../nbs/run/71_runner.ipynb #132b98fc
 def resume_folder(runs_dir, run_id: str, card_id: str) -> Path:
     """The folder of run `run_id` of card `card_id` under `runs_dir`: a name (never a path), a folder inside the runs
     folder (symlinks resolved). What it holds is verified under its lock by `verify_resume`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64, io, json, math, numbers, warnings
 from pathlib import Path
 from typing import Any
+from ..core.contracts import clip_text
 
 # %% auto #0
 __all__ = ['SCRAP_MIME_PREFIX', 'SCRAP_VERSION', 'PNG_SIGNATURE', 'scrap_mime', 'ScrapError', 'to_jsonable', 'scrap_bundle',
@@ -51,10 +52,6 @@ def to_jsonable(value: Any, where: str = 'value') -> Any:
                      '(dict, list, str, number, bool, None, or a numpy/torch scalar or array)')
 
 # %% ../../nbs/run/70_scraps.ipynb #a4c0aee6
-def _preview(value, n: int = 400) -> str:
-    s = value if isinstance(value, str) else json.dumps(value, sort_keys=False)
-    return s if len(s) <= n else s[:n - 3] + '...'
-
 def scrap_bundle(name: str, value: Any) -> tuple[dict, dict]:
     "(data, metadata) of the display output that records scrap `name` = `value`."
     if not isinstance(name, str) or not name:
@@ -64,7 +61,8 @@ def scrap_bundle(name: str, value: Any) -> tuple[dict, dict]:
     encoder = 'text' if isinstance(data, str) else 'json'
     payload = {'name': name, 'data': data, 'encoder': encoder, 'version': SCRAP_VERSION}
     json.dumps(payload, allow_nan=False)      # proves it is strict JSON
-    return ({scrap_mime(encoder): payload, 'text/plain': f'scrap {name} = {_preview(data)}'},
+    shown = clip_text(data if encoder == 'text' else json.dumps(data), 400)
+    return ({scrap_mime(encoder): payload, 'text/plain': f'scrap {name} = {shown}'},
             {'scrapbook': {'name': name, 'data': True, 'display': False}})
 
 def record(name: str, value: Any) -> None:

@@ -5,7 +5,7 @@
 # %% ../../nbs/train/41_stoprules.ipynb #213074ae
 from __future__ import annotations
 import math, os, signal, threading, time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..eval.verdict import _num, _fmt, _as_eval
