@@ -446,20 +446,20 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
              'reason': 'no fine-tune (finetune.steps = 0)', 'steps_done': 0}
         if ft['steps'] > 0:
             ck = rd / 'checkpoints'
-            res = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs, evalc=evalc,
-                           resume=latest_checkpoint(ck) if resume else None, device=device,
-                           rules=None if rules is None else rules.after(spent), progress=progress,
-                           stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
-                           debug_sigterm_at_step=debug_sigterm_at_step)
-            best = (res.get('best') or {}).get('checkpoint')
+            fr = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs, evalc=evalc,
+                          resume=latest_checkpoint(ck) if resume else None, device=device,
+                          rules=None if rules is None else rules.after(spent), progress=progress,
+                          stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
+                          debug_sigterm_at_step=debug_sigterm_at_step)
+            best = (fr.get('best') or {}).get('checkpoint')
             if best and (ck / best).is_file(): pruned.load_state_dict(read_train_checkpoint(ck / best)['model'])
-            got, lc = res.get('signal'), res['last_checkpoint']
-            r.update(status=res['status'], reason=res['reason'], steps_done=res['step'], steps=res['steps'],
+            got, lc = fr.get('signal'), fr['last_checkpoint']
+            r.update(status=fr['status'], reason=fr['reason'], steps_done=fr['step'], steps=fr['steps'],
                      last_checkpoint=os.path.relpath(lc, out_dir) if lc else None,
-                     final_loss=res['final_loss'], best=res['best'], device_hours=res['device_hours'],
-                     evals=[{x: e[x] for x in ('step', 'value', 'metric', 'improved')} for e in res['evals']],
-                     history=res['history'])
-            spent += res['device_hours'] or 0.0
+                     final_loss=fr['final_loss'], best=fr['best'], device_hours=fr['device_hours'],
+                     evals=[{x: e[x] for x in ('step', 'value', 'metric', 'improved')} for e in fr['evals']],
+                     history=fr['history'])
+            spent += fr['device_hours'] or 0.0
         model = pruned.eval()
         rounds.append(r)
         if r['status'] != 'completed':
