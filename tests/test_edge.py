@@ -2,7 +2,7 @@
 contract's shape, timed with the torch backend while a recorded tegrastats file is replayed (the log carries the
 replay's power numbers, computed here by hand, and no energy per pair: the log is not this host's), then with the
 ONNX Runtime backend on its export; a backend that is not installed gives a failed log that says why (a missing or
-malformed power log is tested in nbs/edge/63_power.ipynb, a hostile 100 MB one in tests/test_hostile.py).
+malformed power log is tested in nbs/edge/66_power.ipynb, a hostile 100 MB one in tests/test_hostile.py).
 `pqk aggregate` puts the edge columns beside the efficiency columns."""
 import csv, json, shutil
 from pathlib import Path

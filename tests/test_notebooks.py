@@ -31,3 +31,20 @@ def test_notebook(nb, monkeypatch):
     try: ok, secs = run_notebook(str(nb), skip_flags=flags, basepath=ROOT)
     finally: torch.set_num_threads(threads)
     assert ok, f'{nb.name} failed (run `nbdev-test {nb.relative_to(ROOT)}` to see the cell)'
+
+
+LAYERS = ('core', 'models', 'data', 'eval', 'train', 'compress', 'export', 'edge', 'run')   # the import order
+
+
+def test_notebook_numbers_are_unique_and_in_layer_order():
+    "Every notebook's number is its own, and a lower layer's numbers all come before a higher layer's."
+    nums = {}
+    for p in ROOT.glob('nbs/*/*.ipynb'):
+        if p.parent.name == 'templates': continue
+        assert p.parent.name in LAYERS, f'{p.relative_to(ROOT)}: layer {p.parent.name!r}; expected one of {LAYERS}'
+        n, _, name = p.stem.partition('_')
+        assert n.isdigit() and name, f'{p.relative_to(ROOT)}: expected NN_name.ipynb'
+        nums.setdefault(int(n), []).append(str(p.relative_to(ROOT)))
+    assert not {n: ps for n, ps in nums.items() if len(ps) > 1}, {n: ps for n, ps in nums.items() if len(ps) > 1}
+    order = [LAYERS.index(Path(ps[0]).parent.name) for n, ps in sorted(nums.items())]
+    assert order == sorted(order), [ps[0] for n, ps in sorted(nums.items())]

@@ -113,7 +113,7 @@ def test_ptq_and_both_int8_exports(ptq):
 
 @pytest.mark.xfail(strict=False, reason="measured 3.7 W for torch's legacy ONNX exporter alone (model, constant-folded "
                    'weight copies and the serialised protobuf: 8.4 GB) and 4.3 W for `pqk export` with its checks; '
-                   'needs pqk/export/onnx.py (64_onnx) to export and check with less (see the issue-21 report)')
+                   'needs pqk/export/onnx.py (60_onnx) to export and check with less (see the issue-21 report)')
 def test_fp32_export_within_3w(fp32_export):
     rep, r, _ = fp32_export
     assert r['peak_w'] <= 3.0, f"fp32 export peaked at {r['peak_w']:.2f} W (bound 3 W)"
