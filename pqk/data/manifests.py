@@ -267,13 +267,14 @@ def _open_image(p: Path, where: str, fld: str, exif: bool = False, res: int | No
         with Image.open(p) as im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
-                raise DataError(_prob(where, fld, f'{p} ({w}×{h})',
+                raise DataError(_prob(where, fld, f'{w}×{h} pixels ({p.name})',
                                       f'an image of at most {MAX_IMAGE_PIXELS:,} pixels'))
             if min(w, h) < MIN_IMAGE_SIDE:
-                raise DataError(_prob(where, fld, f'{p} ({w}×{h})',
+                raise DataError(_prob(where, fld, f'{w}×{h} pixels ({p.name})',
                                       f'an image of at least {MIN_IMAGE_SIDE} pixels a side'))
             if max(w, h) > MAX_ASPECT * min(w, h):
-                raise DataError(_prob(where, fld, f'{p} ({w}×{h})', f'an aspect ratio of at most {MAX_ASPECT:g}:1'))
+                raise DataError(_prob(where, fld, f'{w}×{h} pixels ({p.name})',
+                                      f'an aspect ratio of at most {MAX_ASPECT:g}:1'))
             im.load()
             out = ImageOps.exif_transpose(im) if exif else im.copy()
     except DataError: raise
