@@ -4,10 +4,11 @@ whose peak resident memory (the whole process tree, `pqk.eval.efficiency.run_mea
 and the release checkpoint's outputs against pqk's reload of its own exports.
 
 The checkpoint is a random-weight file in the release format built once per session (`release_setup` in conftest);
-the contracts are at 512² with 2 evaluation pairs, 2 calibration pairs and a one-call latency protocol. About 25 min
-and up to ~9 GB on 2 cores; `pytest -m "not realscale"` leaves them out. Measured on the project machine (2-core
-EPYC, 24 GB) the bounds that pqk's own code sets hold; the two that depend on modules outside this test's reach are
-marked xfail with the measured value and the change they need (the reason says which)."""
+the contracts are at 512² with 2 evaluation pairs, 2 calibration pairs and a one-call latency protocol. About 12 min
+and up to ~14 GB (the distillation step) on 2 cores, 2026-12-07; `pytest -m "not realscale"` leaves them out.
+Measured on the project machine (2-core EPYC, 24 GB) the bounds that pqk's own code sets hold; the two that depend
+on modules outside this test's reach are marked xfail with the measured value and the change they need (the
+reason says which)."""
 import json, os, sys
 from pathlib import Path
 
