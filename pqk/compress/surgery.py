@@ -61,6 +61,7 @@ def _indices(v, n: int, where: str, what: str) -> list[int]:
     if dup: raise PlanError(f"surgery plan: {where}: index {dup[0]} appears more than once in {_short(v)}")
     return sorted(v)
 
+# %% ../../nbs/compress/50_surgery.ipynb #efca4b4f
 def check_plan(cfg: DUSt3RConfig, plan: dict) -> dict:
     "`plan` validated against `cfg` and normalised: `{'enc_blocks'?: [...], 'dec_blocks'?: [...], 'keep': {...}}`."
     if not isinstance(plan, dict): raise PlanError(f"surgery plan: got {type(plan).__name__}; expected a dict")
