@@ -447,7 +447,8 @@ def train_student(dc: dict, out_dir, workload, eval, teacher, *, cfg=None, teach
     if cfg is None or teacher_spec is None:
         raise ValueError('train_student: nproc > 1 needs cfg (the distill.yaml path) and teacher_spec (a path or name)')
     path = lambda c: getattr(c, 'path', c)                      # a loaded contract: its file
-    args = ['--config', cfg, '--out', out_dir, '--workload', path(workload), '--eval', path(eval), '--teacher', teacher_spec,
+    args = ['--config', cfg, '--out', out_dir, '--workload', path(workload), '--eval', path(eval),
+            '--teacher', teacher_spec,
             '--seed', seed, '--quiet', *(['--res', res] if res else []),
             '--overrides', json.dumps({'train': dc['train']})]
     for flag, v in (('--stop-rules', json.dumps(dataclasses.asdict(rules)) if rules else None),

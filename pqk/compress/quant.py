@@ -494,7 +494,8 @@ def reference_outputs(model: nn.Module, shape, seed: int = 1) -> tuple[tuple, tu
 def ort_vs_reference(onnx_path, x, ref, budget: float | None = None) -> dict:
     "`output_errors` of ORT on `onnx_path` against recorded outputs `ref` on the pair `x`, with `budget` and `ok`."
     e = output_errors(OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(*x), ref)
-    return {**e, 'budget': budget, 'ok': None if budget is None else bool(math.isfinite(e['max']) and e['max'] <= budget)}
+    ok = None if budget is None else bool(math.isfinite(e['max']) and e['max'] <= budget)
+    return {**e, 'budget': budget, 'ok': ok}
 
 # %% ../../nbs/compress/52_quant.ipynb #4e34bf45
 MODELOPT_EXPORT_MAX_GB = 1.0    # fp32 weights above which the TensorRT flavour comes from ORT (see above)
@@ -608,14 +609,16 @@ def quant_ptq(q: dict, progress: bool = True) -> dict:
     q['quality'] = pq = q['R_ptq']['quality']
     p = qc['ptq']
     q['quantization'] = {
-        'backend': p['backend'], 'method': p['method'], 'calibration': p['calibration'], 'per_channel': p['per_channel'],
+        'backend': p['backend'], 'method': p['method'], 'calibration': p['calibration'],
+        'per_channel': p['per_channel'],
         'symmetric': p['symmetric'], 'op_types': p['op_types'], 'cpu_activations': o['activations'],
         'keep_float': qc['keep_float'], 'float_patterns': float_patterns(qc), 'calibration_set': q['calib_info'],
         'ptq': {**_drops(pq), 'ort_int8': o, 'evaluated': 'fake-quant torch (ModelOpt)' if mo else 'ONNX Runtime int8'},
         'final': 'ptq', 'qat': {'ran': False, 'reason': 'not decided: the run ended before'}}
     q['artifacts'] = {**q['R_ptq']['artifacts'], 'onnx_fp32': 'model_fp32.onnx', 'onnx_int8': 'model_int8.onnx'}
     q['model'] = {'name': f"{q['card_id']}-int8", 'params': count_params(q['fp32']),
-                  'size_mb': round(onnx_size_mb(out / 'model_int8.onnx'), 4), 'checkpoint': str(q['ckpt'] or q['wl'].teacher),
+                  'size_mb': round(onnx_size_mb(out / 'model_int8.onnx'), 4),
+                  'checkpoint': str(q['ckpt'] or q['wl'].teacher),
                   'teacher': str(q['wl'].teacher), 'teacher_params': count_params(q['teacher'])}
     q['resource'] = {'peak_mem_mb': mem.peak_mb, 'device_kind': q['device'].type, 'n_devices': 1}
     print(f"PTQ ({p['backend']}): drop {pq['quality_drop_pct']}% [{pq['quality_drop_lo_pct']}, "
@@ -682,18 +685,21 @@ def quant_qat(q: dict, *, resume: bool = False, rules: StopRules | None = None, 
             q['R_qat'] = evaluate(pred, q['teacher'], q['wl'], q['ev'], None, q['device'], progress, name='qat',
                                   data=q['data'], efficiency=False)
     d = lambda R: None if R is None else R['quality']['quality_drop_pct']
-    use = q['R_qat'] is not None and d(q['R_qat']) is not None and (d(q['R_ptq']) is None or d(q['R_qat']) <= d(q['R_ptq']))
+    use = (q['R_qat'] is not None and d(q['R_qat']) is not None
+           and (d(q['R_ptq']) is None or d(q['R_qat']) <= d(q['R_ptq'])))
     q['final'], R = ('qat', q['R_qat']) if use else ('ptq', q['R_ptq'])
     if use: write_per_pair(out / PER_PAIR_FILE, R['per_pair'])              # per_pair.csv of the final model
     q['quality'] = R['quality']
     qa = {'ran': run, 'reason': why}
     if q['qat']:
         r = q['qat']
-        qa.update({'status': r['status'], 'stop_reason': r['reason'], 'steps_done': r['step'], 'signal': r.get('signal'),
+        qa.update({'status': r['status'], 'stop_reason': r['reason'], 'steps_done': r['step'],
+                   'signal': r.get('signal'),
                    **_drops(q['R_qat']['quality'] if q['R_qat'] else None),
                    'freeze_bn_stats': 'no batch norm in DUSt3R: nothing to freeze'})
     q['quantization'] = {**q['quantization'], 'final': q['final'], 'qat': qa}
-    if r_ckpt := (q.get('training') or {}).get('last_checkpoint'): q['artifacts'] = {**q['artifacts'], 'qat_checkpoint': r_ckpt}
+    if r_ckpt := (q.get('training') or {}).get('last_checkpoint'):
+        q['artifacts'] = {**q['artifacts'], 'qat_checkpoint': r_ckpt}
     print(f"final model: {q['final'].upper()}" + ('' if run else f' (QAT skipped: {why})'))
     return q
 
@@ -751,7 +757,8 @@ def quant_latency(q: dict, rounds: int = 2) -> dict:
                                   ev, rounds=rounds)
     q['efficiency'] = efficiency_block(int8_pred, res, ev)
     q['efficiency']['teacher'] = efficiency_block(teacher_pred, res, ev)
-    q['sizes'] = sizes = {'fp32_onnx_mb': q['fp32_onnx']['size_mb'], 'ort_int8_onnx_mb': round(onnx_size_mb(q['ort_final']), 4),
+    q['sizes'] = sizes = {'fp32_onnx_mb': q['fp32_onnx']['size_mb'],
+                          'ort_int8_onnx_mb': round(onnx_size_mb(q['ort_final']), 4),
                           'trt_qdq_onnx_mb': q['trt']['size_mb']}
     q['ratios'] = ratios = {'int8_vs_fp32_ort_p50': sbs['ort_int8']['p50_ms'] / sbs['ort_fp32']['p50_ms'],
                             'teacher_eager_vs_int8_p50': sbs['teacher_eager']['p50_ms'] / sbs['ort_int8']['p50_ms'],
@@ -773,9 +780,10 @@ def quant_finish(q: dict) -> dict:
     if not q['stop']:
         e, trt = q['fp32_onnx'], q['trt']
         q['quantization'] = {**q['quantization'], 'kernel_check': q['kc'], 'int8_ceiling': q['ceiling'],
-                             'exports': {'fp32': {k: e.get(k) for k in ('size_mb', 'checker', 'ort_vs_torch', 'polygraphy')},
-                                         'ort_int8': {'file': q['ort_final'].name, 'size_mb': q['sizes']['ort_int8_onnx_mb']},
-                                         'trt_qdq': {'file': q['trt_path'].name, **{k: trt[k] for k in trt if k != 'path'}}},
+                             'exports': {
+                                 'fp32': {k: e.get(k) for k in ('size_mb', 'checker', 'ort_vs_torch', 'polygraphy')},
+                                 'ort_int8': {'file': q['ort_final'].name, 'size_mb': q['sizes']['ort_int8_onnx_mb']},
+                                 'trt_qdq': {'file': q['trt_path'].name, **{k: trt[k] for k in trt if k != 'path'}}},
                              'latency_side_by_side': q['sbs'], 'ratios': q['ratios'], 'ledger': q['ledger']}
     q['model'] = {**q['model'], 'size_mb': q['sizes']['ort_int8_onnx_mb'] if q['sizes'] else
                   round(onnx_size_mb(q['ort_final']), 4)}

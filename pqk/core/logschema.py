@@ -9,7 +9,8 @@ from typing import Any
 
 from .contracts import Problem, load_schema, schema_problems, project_root
 
-LOG_SCHEMA_VERSION = '1.2'   # 1.1: intervals, inconclusive, device-hours, real hashes; 1.2: Q/P/chains (+ optional artifact_hashes)
+# 1.1: intervals, inconclusive, device-hours, real hashes; 1.2: Q/P/chains (+ optional artifact_hashes)
+LOG_SCHEMA_VERSION = '1.2'
 
 # %% auto #0
 __all__ = ['LOG_SCHEMA_VERSION', 'NOT_COLUMNS', 'git_commit', 'environment', 'log_problems', 'validate_log', 'finite_record',
