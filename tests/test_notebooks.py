@@ -4,7 +4,7 @@ Cells flagged with a word in `[tool.nbdev] tst_flags` (`slow`, `notest`) are ski
 cells too.
 The notebooks in SLOW carry the `slow` pytest marker (a whole notebook: `pytest -m "not slow"` skips it).
 """
-import os
+import os, tempfile
 from pathlib import Path
 import pytest, torch
 from nbdev.config import get_config
@@ -23,8 +23,10 @@ assert SLOW <= set(IDS), f'no such notebook (renamed?): {sorted(SLOW - set(IDS))
 
 @pytest.mark.parametrize('nb', [pytest.param(p, marks=pytest.mark.slow) if i in SLOW else p for p, i in zip(NBS, IDS)],
                          ids=IDS)
-def test_notebook(nb, monkeypatch):
+def test_notebook(nb, monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
+    # the notebooks' temporary folders (and their child processes') go under pytest's tmp_path, which pytest prunes
+    monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path)); monkeypatch.setenv('TMPDIR', str(tmp_path))
     flags = get_config(ROOT).tst_flags.split()
     if os.environ.get('PQK_SLOW') == '1': flags = [f for f in flags if f != 'slow']
     threads = torch.get_num_threads()      # a notebook may set its own; the tests after it must not depend on the order
