@@ -395,7 +395,71 @@ def calibration_batches(workload, count: int, device='cpu') -> tuple[list, str]:
     pairs = [(x.scene_idx, x.i, x.j) for x in cal]
     return [pair_batch(scenes, pairs, [n], device) for n in range(len(pairs))], calibration_set_hash(cal)
 
-# %% ../../nbs/compress/53_prune.ipynb #6abb22f4
+# %% ../../nbs/compress/53_prune.ipynb #eb7c9dcb
+def _finetune_data(pc: dict, workload=None, evalc=None) -> tuple[int, tuple]:
+    """(fine-tune resolution, (train scenes, validation scenes, validation pairs)) of prune config `pc`; None where
+    unused (no fine-tune, or no evaluation during it)."""
+    ft = pc['finetune']
+    res = int(ft['res'] or (workload.resolution if workload is not None else 224))
+    scenes = vscenes = vpairs = None
+    if ft['steps'] > 0:
+        scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['train_data'])}, res)
+        if evalc is not None and pc['checkpoint'].get('eval_every_steps'):
+            vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['val_data'])}, res)
+            vpairs = dataset_pairs(vscenes, 'complete', 1, False)
+    return res, (scenes, vscenes, vpairs)
+
+# %% ../../nbs/compress/53_prune.ipynb #2427564e
+def _cut_round(model: DUSt3R, pc: dict, k: int, final: dict, start: dict, lin: dict, calib, rd: Path, st, device):
+    "Round `k`'s (pruned model, lineage, exactness error, plan): read back from `rd` when `st` has a cut, else cut."
+    if st is not None and (rd / 'pruned.pt').is_file():              # cut, fine-tune unfinished
+        return load_checkpoint(rd / 'pruned.pt').to(device), st['lineage'], st['exact_err'], st['plan']
+    cur = current_counts(model, lin)
+    counts = round_counts(final, start, k, int(pc['rounds']), pc['round_to'])
+    counts = {u: c for u, c in counts.items() if u in cur and c < cur[u]}
+    if pc['importance'] == 'taylor': taylor_gradients(model, calib)
+    pruned, plan, lin, err = prune_step(model, counts, lin, pc['importance'], pc['ignored'],
+                                        seed=pc['finetune']['seed'] + k)
+    model.zero_grad(set_to_none=True)
+    rd.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(pruned, rd / 'pruned.pt', meta={'kind': 'pruned', 'round': k})
+    write_json_atomic(rd / 'state.json', {'done': False, 'lineage': lin, 'exact_err': err, 'plan': plan})
+    return pruned, lin, err, plan
+
+# %% ../../nbs/compress/53_prune.ipynb #73805f53
+def _finetune_round(pruned: DUSt3R, teacher: DUSt3R, pc: dict, rd: Path, r: dict, data: tuple, out_dir: Path, *,
+                    resume: bool, rules, **fit_kw) -> tuple:
+    "Fine-tune round `rd`'s `pruned` model in place, filling its record `r`; (the loop's signal, its device-hours)."
+    ck, (scenes, vscenes, vpairs) = rd / 'checkpoints', data
+    fr = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs,
+                  resume=latest_checkpoint(ck) if resume else None, rules=rules, **fit_kw)
+    best = (fr.get('best') or {}).get('checkpoint')
+    if best and (ck / best).is_file(): pruned.load_state_dict(read_train_checkpoint(ck / best)['model'])
+    lc = fr['last_checkpoint']
+    r.update(status=fr['status'], reason=fr['reason'], steps_done=fr['step'], steps=fr['steps'],
+             last_checkpoint=os.path.relpath(lc, out_dir) if lc else None,
+             final_loss=fr['final_loss'], best=fr['best'], device_hours=fr['device_hours'],
+             evals=[{x: e[x] for x in ('step', 'value', 'metric', 'improved')} for e in fr['evals']],
+             history=fr['history'])
+    return fr.get('signal'), fr['device_hours'] or 0.0
+
+# %% ../../nbs/compress/53_prune.ipynb #78259c60
+def _prune_summary(model: DUSt3R, pc: dict, lin: dict, rounds: list, params0: int, calib_hash, res: int) -> dict:
+    "The `pruning` block of a schedule that ended with `model` and lineage `lin` after `rounds`."
+    n1 = param_count(model.cfg)
+    summary = {'targets': active_targets(pc), 'importance': pc['importance'], 'rounds': int(pc['rounds']),
+               'round_to': pc['round_to'],
+               'ignored': pc['ignored'], 'removed': removed_report(lin), 'params_removed': param_shares(lin),
+               'params_before': params0, 'params_after': n1, 'params_ratio': n1 / params0,
+               'exactness': {'tol': 1e-5, 'max_rel_err': max((x['exact_rel_err'] for x in rounds), default=None),
+                             'per_round': [x['exact_rel_err'] for x in rounds]},
+               'rounds_done': [{k: v for k, v in x.items() if k != 'history'} for x in rounds],
+               'config': model.cfg.to_dict(), 'calibration_set_hash': calib_hash, 'finetune_res': res}
+    tot = summary['params_removed']['total']
+    summary['share'] = {t: v / tot for t, v in summary['params_removed'].items() if t != 'total'} if tot else {}
+    return summary
+
+# %% ../../nbs/compress/53_prune.ipynb #047ce718
 def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=None, evalc=None, resume: bool = False,
               device=None, rules: StopRules | None = None, progress: bool = True, stop_after=None,
               debug_nan_at_step=None, debug_sigterm_at_step=None, calib=None) -> dict:
@@ -412,14 +476,9 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
     if pc['importance'] == 'taylor' and calib is None:
         if workload is None: raise PruneError("importance 'taylor': needs the workload (its calibration set) or calib")
         calib, calib_hash = calibration_batches(workload, pc['calibration_pairs'], device=device)
-    ft = pc['finetune']
-    res = int(ft['res'] or (workload.resolution if workload is not None else 224))
-    scenes = vscenes = vpairs = None
-    if ft['steps'] > 0:
-        scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['train_data'])}, res)
-        if evalc is not None and pc['checkpoint'].get('eval_every_steps'):
-            vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['val_data'])}, res)
-            vpairs = dataset_pairs(vscenes, 'complete', 1, False)
+    res, data = _finetune_data(pc, workload, evalc)
+    fit_kw = dict(evalc=evalc, device=device, progress=progress, stop_after=stop_after,
+                  debug_nan_at_step=debug_nan_at_step, debug_sigterm_at_step=debug_sigterm_at_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     rounds, status, reason, spent, got = [], 'completed', f'completed {N} round(s)', 0.0, None
     for k in range(1, N + 1):
@@ -428,58 +487,24 @@ def prune_run(model: DUSt3R, teacher: DUSt3R, pc: dict, out_dir, *, workload=Non
         if st is not None and st.get('done'):                         # a finished round: its model and lineage
             model, lin = load_checkpoint(rd / 'finetuned.pt').to(device), st['lineage']
             rounds.append(st['round']); spent += st['round'].get('device_hours') or 0.0; continue
-        if st is not None and (rd / 'pruned.pt').is_file():           # cut, fine-tune unfinished
-            pruned = load_checkpoint(rd / 'pruned.pt').to(device)
-            lin, err, plan = st['lineage'], st['exact_err'], st['plan']
-        else:
-            cur = current_counts(model, lin)
-            counts = round_counts(final, start, k, N, pc['round_to'])
-            counts = {u: c for u, c in counts.items() if u in cur and c < cur[u]}
-            if pc['importance'] == 'taylor': taylor_gradients(model, calib)
-            pruned, plan, lin, err = prune_step(model, counts, lin, pc['importance'], pc['ignored'],
-                                                seed=ft['seed'] + k)
-            model.zero_grad(set_to_none=True)
-            rd.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(pruned, rd / 'pruned.pt', meta={'kind': 'pruned', 'round': k})
-            write_json_atomic(rd / 'state.json', {'done': False, 'lineage': lin, 'exact_err': err, 'plan': plan})
+        pruned, lin, err, plan = _cut_round(model, pc, k, final, start, lin, calib, rd, st, device)
         r = {'round': k, 'params': param_count(pruned.cfg), 'exact_rel_err': err, 'status': 'completed',
              'reason': 'no fine-tune (finetune.steps = 0)', 'steps_done': 0}
-        if ft['steps'] > 0:
-            ck = rd / 'checkpoints'
-            fr = finetune(pruned, teacher, scenes, pc, ck, eval_scenes=vscenes, eval_pairs=vpairs, evalc=evalc,
-                          resume=latest_checkpoint(ck) if resume else None, device=device,
-                          rules=None if rules is None else rules.after(spent), progress=progress,
-                          stop_after=stop_after, debug_nan_at_step=debug_nan_at_step,
-                          debug_sigterm_at_step=debug_sigterm_at_step)
-            best = (fr.get('best') or {}).get('checkpoint')
-            if best and (ck / best).is_file(): pruned.load_state_dict(read_train_checkpoint(ck / best)['model'])
-            got, lc = fr.get('signal'), fr['last_checkpoint']
-            r.update(status=fr['status'], reason=fr['reason'], steps_done=fr['step'], steps=fr['steps'],
-                     last_checkpoint=os.path.relpath(lc, out_dir) if lc else None,
-                     final_loss=fr['final_loss'], best=fr['best'], device_hours=fr['device_hours'],
-                     evals=[{x: e[x] for x in ('step', 'value', 'metric', 'improved')} for e in fr['evals']],
-                     history=fr['history'])
-            spent += fr['device_hours'] or 0.0
+        if pc['finetune']['steps'] > 0:
+            got, dh = _finetune_round(pruned, teacher, pc, rd, r, data, out_dir, resume=resume,
+                                      rules=None if rules is None else rules.after(spent), **fit_kw)
+            spent += dh
         model = pruned.eval()
         rounds.append(r)
+        state = {'lineage': lin, 'exact_err': err, 'plan': plan, 'round': r}
         if r['status'] != 'completed':
             status, reason = r['status'], f"round {k}: {r['reason']}"
-            write_json_atomic(rd / 'state.json', {'done': False, 'lineage': lin, 'exact_err': err, 'plan': plan,
-                                                  'round': r})
+            write_json_atomic(rd / 'state.json', {'done': False, **state})
             break
         save_checkpoint(model, rd / 'finetuned.pt', meta={'kind': 'pruned_finetuned', 'round': k})
-        write_json_atomic(rd / 'state.json', {'done': True, 'lineage': lin, 'exact_err': err, 'plan': plan, 'round': r})
-    n1 = param_count(model.cfg)
-    summary = {'targets': active_targets(pc), 'importance': pc['importance'], 'rounds': N, 'round_to': pc['round_to'],
-               'ignored': pc['ignored'], 'removed': removed_report(lin), 'params_removed': param_shares(lin),
-               'params_before': params0, 'params_after': n1, 'params_ratio': n1 / params0,
-               'exactness': {'tol': 1e-5, 'max_rel_err': max((x['exact_rel_err'] for x in rounds), default=None),
-                             'per_round': [x['exact_rel_err'] for x in rounds]},
-               'rounds_done': [{k: v for k, v in x.items() if k != 'history'} for x in rounds],
-               'config': model.cfg.to_dict(), 'calibration_set_hash': calib_hash, 'finetune_res': res}
-    tot = summary['params_removed']['total']
-    summary['share'] = {t: v / tot for t, v in summary['params_removed'].items() if t != 'total'} if tot else {}
-    return {'status': status, 'reason': reason, 'signal': got, 'model': model, 'pruning': summary,
+        write_json_atomic(rd / 'state.json', {'done': True, **state})
+    return {'status': status, 'reason': reason, 'signal': got, 'model': model,
+            'pruning': _prune_summary(model, pc, lin, rounds, params0, calib_hash, res),
             'history': [dict(h, round=x['round']) for x in rounds for h in x.get('history', [])],
             'train_seconds': round(time.time() - t0, 2), 'device_hours': spent}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses, math, re
 from collections import namedtuple
 from dataclasses import dataclass
+from fastcore.basics import patch
 from ..core.contracts import _short
 
 # %% auto #0
@@ -129,7 +130,7 @@ def _check_fields(c, set_, bad):
             bad('mlp_ratio', c.mlp_ratio, 
                 f'a ratio giving an MLP width in [1, {_MAX_WIDTH}] for {side}_embed_dim={dim}')
 
-# %% ../../nbs/models/10_config.ipynb #df11f906
+# %% ../../nbs/models/10_config.ipynb #c2445619
 @dataclass(frozen=True)
 class DUSt3RConfig:
     "Sizes and modes of a DUSt3R network (defaults: the release ViT-L/ViT-B model with a linear head)."
@@ -186,33 +187,23 @@ class DUSt3RConfig:
         "True when no per-block / per-head field is set (the release checkpoint formats can hold the config)."
         return all(getattr(self, k) is None for k in SHAPE_FIELDS)
 
-    def block_shapes(self, stack: str) -> list:
-        "`BlockShape(heads, cross_heads, mlp)` of each block of `stack` ('enc_blocks', 'dec_blocks' or 'dec_blocks2')."
-        return _block_shapes(self, stack)
+# %% ../../nbs/models/10_config.ipynb #178cb5cd
+@patch
+def to_dict(self: DUSt3RConfig) -> dict:
+    "JSON-safe dict (infinities as 'inf'/'-inf', tuples as lists); per-block fields only when set."
+    enc = lambda v: [enc(x) for x in v] if isinstance(v, tuple) else _encode_float(v)
+    return {f.name: enc(getattr(self, f.name)) for f in dataclasses.fields(self)
+            if f.name not in SHAPE_FIELDS or getattr(self, f.name) is not None}
 
-    def dpt_shape(self, head: int) -> DPTShape:
-        "`DPTShape(feature, layers, hidden)` of DPT head 1 (`downstream_head1`) or 2."
-        return _dpt_shape(self, head)
-
-    def canonical(self) -> 'DUSt3RConfig':
-        "The same network with per-block fields folded into the uniform ones wherever that is exact."
-        return _canonical(self)
-
-    def to_dict(self) -> dict:
-        "JSON-safe dict (infinities as 'inf'/'-inf', tuples as lists); per-block fields only when set."
-        enc = lambda v: [enc(x) for x in v] if isinstance(v, tuple) else _encode_float(v)
-        return {f.name: enc(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name not in SHAPE_FIELDS or getattr(self, f.name) is not None}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> 'DUSt3RConfig':
-        "Inverse of `to_dict`; unknown fields are an error, missing fields take the defaults."
-        if not isinstance(d, dict): raise ValueError(f"DUSt3RConfig.from_dict: got {type(d).__name__}; expected a dict")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown: raise ValueError(f"DUSt3RConfig.from_dict: unknown field(s) {unknown}; known fields: {names}")
-        dec = lambda v: tuple(dec(x) for x in v) if isinstance(v, list) else _decode_float(v)
-        return cls(**{k: (dec(v) if isinstance(v, list) else v) for k, v in d.items()})
+@patch(cls_method=True)
+def from_dict(cls: DUSt3RConfig, d: dict) -> DUSt3RConfig:
+    "Inverse of `to_dict`; unknown fields are an error, missing fields take the defaults."
+    if not isinstance(d, dict): raise ValueError(f"DUSt3RConfig.from_dict: got {type(d).__name__}; expected a dict")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    if unknown: raise ValueError(f"DUSt3RConfig.from_dict: unknown field(s) {unknown}; known fields: {names}")
+    dec = lambda v: tuple(dec(x) for x in v) if isinstance(v, list) else _decode_float(v)
+    return cls(**{k: (dec(v) if isinstance(v, list) else v) for k, v in d.items()})
 
 # %% ../../nbs/models/10_config.ipynb #444b7cf3
 def _block_shapes(c, stack: str) -> list:
@@ -232,6 +223,16 @@ def _dpt_shape(c, head: int) -> DPTShape:
     f = c.dpt_head_feature_dims[head - 1] if c.dpt_head_feature_dims else c.dpt_feature_dim
     ld = c.dpt_head_layer_dims[head - 1] if c.dpt_head_layer_dims else c.dpt_layer_dims
     return DPTShape(f, tuple(ld), c.dpt_head_hidden_dims[head - 1] if c.dpt_head_hidden_dims else f // 2)
+
+@patch
+def block_shapes(self: DUSt3RConfig, stack: str) -> list:
+    "`BlockShape(heads, cross_heads, mlp)` of each block of `stack` ('enc_blocks', 'dec_blocks' or 'dec_blocks2')."
+    return _block_shapes(self, stack)
+
+@patch
+def dpt_shape(self: DUSt3RConfig, head: int) -> DPTShape:
+    "`DPTShape(feature, layers, hidden)` of DPT head 1 (`downstream_head1`) or 2."
+    return _dpt_shape(self, head)
 
 # %% ../../nbs/models/10_config.ipynb #048fa069
 def _fold_heads(c, side: str, stacks) -> dict:
@@ -278,6 +279,11 @@ def _canonical(c):
     kw = {**_fold_heads(c, 'enc', ('enc_blocks',)), **_fold_heads(c, 'dec', ('dec_blocks', 'dec_blocks2')),
           **_fold_mlp(c), **_fold_dpt(c)}
     return dataclasses.replace(c, **kw) if kw else c
+
+@patch
+def canonical(self: DUSt3RConfig) -> DUSt3RConfig:
+    "The same network with per-block fields folded into the uniform ones wherever that is exact."
+    return _canonical(self)
 
 # %% ../../nbs/models/10_config.ipynb #b616240d
 _REL = dict(enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12, dec_num_heads=12)

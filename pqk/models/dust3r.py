@@ -16,6 +16,7 @@ __all__ = ['DUSt3R', 'make_model']
 from .config import DUSt3RConfig, PRESETS
 from .layers import DecoderBlock, DPTHead, EncoderBlock, LinearHead, PatchEmbed, RoPE2D, linear
 from .layers import _ln, _tracing
+from fastcore.basics import patch
 
 # %% ../../nbs/models/12_dust3r.ipynb #1ac3cd30
 def _postprocess(out, cfg: DUSt3RConfig):
@@ -51,7 +52,7 @@ def _check_view(view, name: str, p: int):
                              f"({H}, {W}); got {ts.tolist()} (padded or mixed-shape batches are not supported)")
     return img
 
-# %% ../../nbs/models/12_dust3r.ipynb #be00ba41
+# %% ../../nbs/models/12_dust3r.ipynb #f7eb8597
 class DUSt3R(nn.Module):
     "DUSt3R: siamese ViT encoder, two cross-attending decoders, per-view heads; state_dict-compatible with the release."
     def __init__(self, cfg: DUSt3RConfig | None = None):
@@ -95,64 +96,73 @@ class DUSt3R(nn.Module):
         same = all(a.shape == b.shape for a, b in zip(self.dec_blocks.parameters(), self.dec_blocks2.parameters()))
         if same: self.dec_blocks2.load_state_dict(self.dec_blocks.state_dict())   # (not when per-block shapes differ)
 
-    def _encode_one(self, img):
-        p = self.cfg.patch_size
-        h, w = img.shape[-2] // p, img.shape[-1] // p
-        x = self.patch_embed(img)                                      # (B, h*w, E)
-        rope = self.rope.tables(h, w, self.cfg.enc_hd, x.device, x.dtype)
-        for blk in self.enc_blocks: x = blk(x, rope)
-        return self.enc_norm(x)
+# %% ../../nbs/models/12_dust3r.ipynb #e4ef903b
+@patch
+def _encode_one(self: DUSt3R, img):
+    p = self.cfg.patch_size
+    h, w = img.shape[-2] // p, img.shape[-1] // p
+    x = self.patch_embed(img)                                      # (B, h*w, E)
+    rope = self.rope.tables(h, w, self.cfg.enc_hd, x.device, x.dtype)
+    for blk in self.enc_blocks: x = blk(x, rope)
+    return self.enc_norm(x)
 
-    def encode(self, img1, img2):
-        "Encoder outputs after enc_norm: (B, N1, E), (B, N2, E); both images in one batch when shapes match."
-        if img1.shape == img2.shape:
-            return self._encode_one(torch.cat([img1, img2])).chunk(2)
-        return self._encode_one(img1), self._encode_one(img2)
+@patch
+def encode(self: DUSt3R, img1, img2):
+    "Encoder outputs after enc_norm: (B, N1, E), (B, N2, E); both images in one batch when shapes match."
+    if img1.shape == img2.shape:
+        return self._encode_one(torch.cat([img1, img2])).chunk(2)
+    return self._encode_one(img1), self._encode_one(img2)
 
-    def decode(self, enc1, enc2, hw1, hw2):
-        ("Decoder outputs for both views: two lists of L tensors (B, N, D), "
-         "block outputs with `dec_norm` on the last one.")
-        hd = self.cfg.dec_hd
-        r1 = self.rope.tables(*hw1, hd, enc1.device, enc1.dtype)
-        r2 = r1 if tuple(hw1) == tuple(hw2) else self.rope.tables(*hw2, hd, enc2.device, enc2.dtype)
-        f1, f2 = linear(self.decoder_embed, enc1), linear(self.decoder_embed, enc2)
-        dec1, dec2 = [], []
-        for b1, b2 in zip(self.dec_blocks, self.dec_blocks2):
-            f1, f2 = b1(f1, f2, r1, r2), b2(f2, f1, r2, r1)
-            dec1.append(f1); dec2.append(f2)
-        dec1[-1], dec2[-1] = self.dec_norm(dec1[-1]), self.dec_norm(dec2[-1])
-        return dec1, dec2
+# %% ../../nbs/models/12_dust3r.ipynb #c5b82f3b
+@patch
+def decode(self: DUSt3R, enc1, enc2, hw1, hw2):
+    ("Decoder outputs for both views: two lists of L tensors (B, N, D), "
+     "block outputs with `dec_norm` on the last one.")
+    hd = self.cfg.dec_hd
+    r1 = self.rope.tables(*hw1, hd, enc1.device, enc1.dtype)
+    r2 = r1 if tuple(hw1) == tuple(hw2) else self.rope.tables(*hw2, hd, enc2.device, enc2.dtype)
+    f1, f2 = linear(self.decoder_embed, enc1), linear(self.decoder_embed, enc2)    # (B, N, D) each
+    dec1, dec2 = [], []
+    for b1, b2 in zip(self.dec_blocks, self.dec_blocks2):
+        f1, f2 = b1(f1, f2, r1, r2), b2(f2, f1, r2, r1)          # both sides from the previous layer's outputs
+        dec1.append(f1); dec2.append(f2)
+    dec1[-1], dec2[-1] = self.dec_norm(dec1[-1]), self.dec_norm(dec2[-1])
+    return dec1, dec2
 
-    def _head(self, head, enc, dec, hw):
-        toks = [enc, *dec]
-        if torch.is_autocast_enabled(enc.device.type):                 # heads run in fp32 (as the reference)
-            with torch.autocast(enc.device.type, enabled=False):
-                return head([t.float() for t in toks], *hw)
-        return head(toks, *hw)
+# %% ../../nbs/models/12_dust3r.ipynb #28ee0697
+@patch
+def _head(self: DUSt3R, head, enc, dec, hw):
+    toks = [enc, *dec]
+    if torch.is_autocast_enabled(enc.device.type):                 # heads run in fp32 (as the reference)
+        with torch.autocast(enc.device.type, enabled=False):
+            return head([t.float() for t in toks], *hw)
+    return head(toks, *hw)
 
-    def forward_features(self, view1: dict, view2: dict) -> dict:
-        """Everything computed for a pair: `enc1/enc2` (B, N, E), `dec1/dec2` (lists of L decoder outputs (B, N, D),
-        the last after dec_norm),
-        `head1/head2` raw head outputs (B, 4, H, W), `res1` {'pts3d','conf'}, `res2` {'conf','pts3d_in_other_view'}."""
-        p = self.cfg.patch_size
-        img1, img2 = _check_view(view1, 'view1', p), _check_view(view2, 'view2', p)
-        if img1.shape[0] != img2.shape[0]:
-            raise ValueError(f"DUSt3R: view1 and view2 must have the same batch size; "
-                             f"got {img1.shape[0]} and {img2.shape[0]}")
-        hw1, hw2 = (img1.shape[-2] // p, img1.shape[-1] // p), (img2.shape[-2] // p, img2.shape[-1] // p)
-        enc1, enc2 = self.encode(img1, img2)
-        dec1, dec2 = self.decode(enc1, enc2, hw1, hw2)
-        out1 = self._head(self.downstream_head1, enc1, dec1, hw1)
-        out2 = self._head(self.downstream_head2, enc2, dec2, hw2)
-        pts1, conf1 = _postprocess(out1, self.cfg)
-        pts2, conf2 = _postprocess(out2, self.cfg)
-        return dict(enc1=enc1, enc2=enc2, dec1=dec1, dec2=dec2, head1=out1, head2=out2,
-                    res1={'pts3d': pts1, 'conf': conf1}, res2={'conf': conf2, 'pts3d_in_other_view': pts2})
+@patch
+def forward_features(self: DUSt3R, view1: dict, view2: dict) -> dict:
+    """Everything computed for a pair: `enc1/enc2` (B, N, E), `dec1/dec2` (lists of L decoder outputs (B, N, D),
+    the last after dec_norm),
+    `head1/head2` raw head outputs (B, 4, H, W), `res1` {'pts3d','conf'}, `res2` {'conf','pts3d_in_other_view'}."""
+    p = self.cfg.patch_size
+    img1, img2 = _check_view(view1, 'view1', p), _check_view(view2, 'view2', p)      # (B, 3, H, W) each
+    if img1.shape[0] != img2.shape[0]:
+        raise ValueError(f"DUSt3R: view1 and view2 must have the same batch size; "
+                         f"got {img1.shape[0]} and {img2.shape[0]}")
+    hw1, hw2 = (img1.shape[-2] // p, img1.shape[-1] // p), (img2.shape[-2] // p, img2.shape[-1] // p)
+    enc1, enc2 = self.encode(img1, img2)                           # (B, h*w, E)
+    dec1, dec2 = self.decode(enc1, enc2, hw1, hw2)                 # L × (B, h*w, D)
+    out1 = self._head(self.downstream_head1, enc1, dec1, hw1)      # (B, 4, H, W)
+    out2 = self._head(self.downstream_head2, enc2, dec2, hw2)
+    pts1, conf1 = _postprocess(out1, self.cfg)                     # (B, H, W, 3), (B, H, W)
+    pts2, conf2 = _postprocess(out2, self.cfg)
+    return dict(enc1=enc1, enc2=enc2, dec1=dec1, dec2=dec2, head1=out1, head2=out2,
+                res1={'pts3d': pts1, 'conf': conf1}, res2={'conf': conf2, 'pts3d_in_other_view': pts2})
 
-    def forward(self, view1: dict, view2: dict):
-        "`(res1, res2)`: res1 {'pts3d' (B,H,W,3), 'conf' (B,H,W)}, res2 {'conf', 'pts3d_in_other_view'} (view-1 frame)."
-        f = self.forward_features(view1, view2)
-        return f['res1'], f['res2']
+@patch
+def forward(self: DUSt3R, view1: dict, view2: dict):
+    "`(res1, res2)`: res1 {'pts3d' (B,H,W,3), 'conf' (B,H,W)}, res2 {'conf', 'pts3d_in_other_view'} (view-1 frame)."
+    f = self.forward_features(view1, view2)
+    return f['res1'], f['res2']
 
 # %% ../../nbs/models/12_dust3r.ipynb #890d3888
 def make_model(name_or_cfg: str | DUSt3RConfig | dict = 'demo_teacher', **overrides) -> DUSt3R:

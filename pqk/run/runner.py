@@ -786,9 +786,6 @@ def artifact_hashes(run_dir: Path, artifacts: dict, ledger: Path | None = None) 
     return out, notes
 
 # %% ../../nbs/run/71_runner.ipynb #788cdcb6
-class _NotRun(Exception):
-    "The template is not executed: the chain was refused or the template was not found (the log says why)."
-
 def _arg(p) -> str:
     "A path as a command-line argument that works from the current folder (relative when below it, else absolute)."
     import shlex
@@ -821,113 +818,104 @@ def _stop_reason(stop: StopState, interrupted: bool, kernel_exc: str | None) -> 
     elif kernel_exc: why += f' ({kernel_exc})'
     return why
 
-# %% ../../nbs/run/71_runner.ipynb #e1dda0b9
-def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
-                stream_output: bool = True, resume_dir: Path | None = None) -> dict:
-    """Run `spec` through its template into a new run folder (or continue `resume_dir`) and return {'status',
-    'reason', 'run_id', 'run_dir', 'log', …}. A ContractError raised here means nothing ran (a refused resume)."""
-    from pqk.eval.efficiency import DeviceHours
-    t0 = time.monotonic(); started = utc_now()
-    meter = DeviceHours().start()     # this attempt's wall-hours; × the template's processes when it ends
-    lo, previous = spec.loaded, 0.0   # what devcheck loaded (a resume loads its copies here)
-    wl, ev = lo.get('workload') or load_workload(spec.workload), lo.get('eval') or load_eval(spec.eval)
-    mc = lo.get('cfg') or (load_contract(spec.cfg) if spec.cfg else None)
-    card_obj = lo.get('card') or (check_card(spec.card)[1] if spec.card is not None else None)
-    thresholds = thresholds_for(spec.kind, ev, card_obj, spec.budget)
-    with ExitStack() as stack:
-        resumed = pin = None
-        if resume_dir is None:
-            digest = config_hash(spec.sources(), spec.hashed_params())
-            run_id, run_dir = create_run_dir(runs_dir, make_run_id(spec.card_id, digest))
-            stack.enter_context(run_lock(run_dir, run_id))
-            stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
-            copies = _copy_inputs(spec, run_dir)
-        else:                                # same folder, its verified copies, the previous attempt archived
-            run_dir, run_id = Path(resume_dir).resolve(), Path(resume_dir).name
-            where = f'--resume {run_id}'
-            stack.enter_context(run_lock(run_dir, where))
-            copies, inputs = verify_resume(run_dir, spec, where)
-            pin = inputs.get('upstream') if isinstance(inputs.get('upstream'), dict) else None
-            stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
-            resumed = prepare_resume(run_dir, spec.card_id)
-            previous = sum(_finite_hours(p.get('device_hours')) for p in resumed['previous'][-1:])
-        out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
-        error = chain = None
-        if spec.upstream:                                 # a chain: the upstream run's artifact becomes `ckpt`
-            try:
-                up_path, chain = resolve_upstream(spec.upstream, runs_dir, _rel(spec.card) if spec.card else 'upstream',
-                                                  pin=pin)
-                spec.ckpt = str(up_path)
-            except UpstreamRefused as e: error, chain = f'upstream: {e}', [e.entry]
-            except ContractError as e: error = f'upstream: {e}'
-        if resume_dir is None:
-            try:
-                tpl = resolve_template(spec.kind, spec.template, spec.card)
-                dst = run_dir / 'config' / tpl.name
-                copies['template'] = prepare_template(tpl, dst if not dst.exists() else
-                                                      run_dir / 'config' / f'template-{tpl.name}')
-            except (TemplateNotFound, ContractError) as e: error = error or f'{type(e).__name__}: {e}'
-            write_inputs(run_dir, spec, copies, digest, chain[0] if chain and not error else None)
-        params = template_params(spec, run_id, run_dir, copies, thresholds)
-        if resumed: params['resume'] = True
-        print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed
-                                                          else ''), file=sys.stderr)
-        stop = stack.enter_context(stop_forwarding())
-        interrupted, kernel_exc = False, None
+# %% ../../nbs/run/71_runner.ipynb #05583da1
+def _open_run(spec: RunSpec, runs_dir, resume_dir, stack: ExitStack) -> tuple:
+    """Take the run folder (lock and ledger held on `stack`): a new one with the inputs copied, or `resume_dir`
+    verified. (run_id, run_dir, {role: copy}, config hash (None: resume), pinned upstream, resume block, the
+    device-hours of the previous attempt)."""
+    if resume_dir is None:
+        digest = config_hash(spec.sources(), spec.hashed_params())
+        run_id, run_dir = create_run_dir(runs_dir, make_run_id(spec.card_id, digest))
+        stack.enter_context(run_lock(run_dir, run_id))
+        stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
+        return run_id, run_dir, _copy_inputs(spec, run_dir), digest, None, None, 0.0
+    run_dir, run_id = Path(resume_dir).resolve(), Path(resume_dir).name   # its verified copies, the attempt archived
+    where = f'--resume {run_id}'
+    stack.enter_context(run_lock(run_dir, where))
+    copies, inputs = verify_resume(run_dir, spec, where)
+    pin = inputs.get('upstream') if isinstance(inputs.get('upstream'), dict) else None
+    stack.enter_context(env_vars({LEDGER_ENV: str(run_dir / LEDGER_NAME)}))
+    resumed = prepare_resume(run_dir, spec.card_id)
+    previous = sum(_finite_hours(p.get('device_hours')) for p in resumed['previous'][-1:])
+    return run_id, run_dir, copies, None, pin, resumed, previous
+
+# %% ../../nbs/run/71_runner.ipynb #eaea4ab6
+def _chain(spec: RunSpec, runs_dir, pin: dict | None) -> tuple[str | None, list | None]:
+    "A chain's upstream artefact made `spec.ckpt`: (the error, or None; the log's `upstream` list, or None)."
+    if not spec.upstream: return None, None
+    try:
+        up_path, chain = resolve_upstream(spec.upstream, runs_dir, _rel(spec.card) if spec.card else 'upstream',
+                                          pin=pin)
+    except UpstreamRefused as e: return f'upstream: {e}', [e.entry]
+    except ContractError as e: return f'upstream: {e}', None
+    spec.ckpt = str(up_path)
+    return None, chain
+
+def _stage_template(spec: RunSpec, run_dir: Path, copies: dict, digest: str, chain, error) -> str | None:
+    "A new run's template copied into its `config/` (into `copies`) and `inputs.json` written; the run's error."
+    try:
+        tpl = resolve_template(spec.kind, spec.template, spec.card)
+        dst = run_dir / 'config' / tpl.name
+        copies['template'] = prepare_template(tpl, dst if not dst.exists() else
+                                              run_dir / 'config' / f'template-{tpl.name}')
+    except (TemplateNotFound, ContractError) as e: error = error or f'{type(e).__name__}: {e}'
+    write_inputs(run_dir, spec, copies, digest, chain[0] if chain and not error else None)
+    return error
+
+# %% ../../nbs/run/71_runner.ipynb #4872219a
+def _execute_template(template, out_nb: Path, params: dict, run_dir: Path, stop: StopState, progress: bool,
+                      stream_output: bool) -> tuple[str | None, bool, str | None]:
+    "Run `template` into `out_nb` under papermill; (error, interrupted by a second signal, how the kernel ended)."
+    error, interrupted, kernel_exc = None, False, None
+    try:
+        import papermill as pm
+        kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
+        with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
+            pm.execute_notebook(str(template), str(out_nb), parameters=params, kernel_name='python3',
+                                progress_bar=progress, cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
+    except KeyboardInterrupt as e:
+        interrupted = True; stop.signal = stop.signal or ('SIGTERM' if isinstance(e, Terminated) else 'SIGINT')
+    except Exception as e:
+        from papermill.exceptions import PapermillExecutionError
+        if isinstance(e, PapermillExecutionError):
+            msg = (f'{e.ename}: {e.evalue} (cell {e.cell_index} of {out_nb.name}, In [{e.exec_count}]: '
+                   f'{_first_line(e.source)})')
+        else: msg = f'{type(e).__name__}: {e}'
+        if stop.signal: kernel_exc = msg                # the kernel ended because it was told to stop
+        else: error = msg
+    return error, interrupted, kernel_exc
+
+# %% ../../nbs/run/71_runner.ipynb #d2e7db71
+def _run_artifacts(copies: dict, run_dir: Path, out_nb: Path, html: Path) -> dict:
+    "{name: path relative to the run folder} of what the runner wrote; the HTML copy is exported here."
+    artifacts = {f'config_{k}': Path(v).resolve().relative_to(run_dir).as_posix() for k, v in copies.items()}
+    artifacts['inputs'] = INPUTS_NAME
+    if out_nb.is_file():
+        artifacts['notebook'] = out_nb.name
         try:
-            if error: raise _NotRun(error)
-            import papermill as pm
-            kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
-            with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
-                pm.execute_notebook(str(copies['template']), str(out_nb), parameters=params, kernel_name='python3',
-                                    progress_bar=progress, cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
-        except _NotRun: pass
-        except KeyboardInterrupt as e:
-            interrupted = True; stop.signal = stop.signal or ('SIGTERM' if isinstance(e, Terminated) else 'SIGINT')
+            _, left = export_html(out_nb, html); artifacts['html'] = html.name
+            if left: print(f'pqk run: removed remote resources from {html.name}: {", ".join(left)}',
+                           file=sys.stderr)
         except Exception as e:
-            from papermill.exceptions import PapermillExecutionError
-            if isinstance(e, PapermillExecutionError):
-                msg = (f'{e.ename}: {e.evalue} (cell {e.cell_index} of {out_nb.name}, In [{e.exec_count}]: '
-                       f'{_first_line(e.source)})')
-            else: msg = f'{type(e).__name__}: {e}'
-            if stop.signal: kernel_exc = msg                # the kernel ended because it was told to stop
-            else: error = msg
-        stop.armed = False                                 # from here on a signal waits until the log is written
-        stopped = _stop_reason(stop, interrupted, kernel_exc) if stop.signal else None
-        scraps = {}
-        if out_nb.is_file():
-            try: scraps = read_scraps(out_nb)
-            except Exception as e: error = error or f'{type(e).__name__}: {e}'
-        duration = time.monotonic() - t0
-        dh = previous + meter.stop().device_hours * n_devices(scraps.get('resource'), spec.nproc)   # the run's, once
-        dk = meter.device_kind
-        artifacts = {f'config_{k}': Path(v).resolve().relative_to(run_dir).as_posix() for k, v in copies.items()}
-        artifacts['inputs'] = INPUTS_NAME
-        if out_nb.is_file():
-            artifacts['notebook'] = out_nb.name
-            try:
-                _, left = export_html(out_nb, html); artifacts['html'] = html.name
-                if left: print(f'pqk run: removed remote resources from {html.name}: {", ".join(left)}',
-                               file=sys.stderr)
-            except Exception as e:
-                print(f'pqk run: HTML copy failed ({type(e).__name__}: {e}); the notebook is kept', file=sys.stderr)
-        rec = build_log(scraps, run_id=run_id, spec=spec, wl=wl, ev=ev, mc=mc, started=started, finished=utc_now(),
-                        duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
-                        device_hours=dh, device_kind=dk,
-                        resume_hint=resume_hint(spec, run_id, runs_dir))
-        rec['artifact_hashes'], notes = artifact_hashes(run_dir, rec['artifacts'])
-        if notes: rec['reason'] = '; '.join([rec['reason'], *notes])
-        if spec.card_status is not None: rec['card_status'] = spec.card_status
-        if chain: rec['upstream'] = chain
-        if resumed: rec['resume'] = resumed
-        rec, bad = finite_record(rec)                      # e.g. a NaN read back from an earlier attempt's log
-        if bad: rec['reason'] += f"; non-finite numbers written as null: {', '.join(bad[:20])}"
-        rec, problems = repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
-        log = write_json_atomic(run_dir / 'log.json', rec)
-    if stop.pending:
-        print(f'pqk run: {run_id}: {stop.pending} received while the log was written; it is written, exiting',
-              file=sys.stderr)
-        raise SystemExit(130 if stop.pending == 'SIGINT' else 143)
+            print(f'pqk run: HTML copy failed ({type(e).__name__}: {e}); the notebook is kept', file=sys.stderr)
+    return artifacts
+
+# %% ../../nbs/run/71_runner.ipynb #626c591c
+def _seal_log(rec: dict, run_dir: Path, spec: RunSpec, chain, resumed, ev, dh: float, dk: str) -> tuple[dict, list]:
+    "(the log to write, the problems `repair_log` found) from the built log `rec`."
+    rec['artifact_hashes'], notes = artifact_hashes(run_dir, rec['artifacts'])
+    if notes: rec['reason'] = '; '.join([rec['reason'], *notes])
+    if spec.card_status is not None: rec['card_status'] = spec.card_status
+    if chain: rec['upstream'] = chain
+    if resumed: rec['resume'] = resumed
+    rec, bad = finite_record(rec)                      # e.g. a NaN read back from an earlier attempt's log
+    if bad: rec['reason'] += f"; non-finite numbers written as null: {', '.join(bad[:20])}"
+    return repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
+
+# %% ../../nbs/run/71_runner.ipynb #b304c0c5
+def _run_result(rec: dict, run_id: str, run_dir: Path, log: Path, out_nb: Path, html: Path, problems: list, runs_dir,
+                aggregate: bool, reports_dir) -> dict:
+    "What `execute_run` returns, after the reports were aggregated (when asked) and the outcome printed."
     res = {'status': rec['status'], 'reason': rec['reason'], 'run_id': run_id, 'run_dir': run_dir, 'log': log,
            'notebook': out_nb if out_nb.is_file() else None, 'html': html if html.is_file() else None,
            'error': rec.get('error'), 'problems': [str(p) for p in problems], 'record': rec}
@@ -940,6 +928,54 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
     print(f"pqk run: {run_id}: {rec['status'].upper()} — {rec['reason']}\n  log: {_rel(log)}"
           + (f"\n  notebook: {_rel(out_nb)}" if out_nb.is_file() else ''))
     return res
+
+# %% ../../nbs/run/71_runner.ipynb #f799848e
+def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
+                stream_output: bool = True, resume_dir: Path | None = None) -> dict:
+    """Run `spec` through its template into a new run folder (or continue `resume_dir`) and return {'status',
+    'reason', 'run_id', 'run_dir', 'log', …}. A ContractError raised here means nothing ran (a refused resume)."""
+    from pqk.eval.efficiency import DeviceHours
+    t0 = time.monotonic(); started = utc_now()
+    meter = DeviceHours().start()     # this attempt's wall-hours; × the template's processes when it ends
+    lo = spec.loaded                  # what devcheck loaded (a resume loads its copies here)
+    wl, ev = lo.get('workload') or load_workload(spec.workload), lo.get('eval') or load_eval(spec.eval)
+    mc = lo.get('cfg') or (load_contract(spec.cfg) if spec.cfg else None)
+    card_obj = lo.get('card') or (check_card(spec.card)[1] if spec.card is not None else None)
+    thresholds = thresholds_for(spec.kind, ev, card_obj, spec.budget)
+    with ExitStack() as stack:
+        run_id, run_dir, copies, digest, pin, resumed, previous = _open_run(spec, runs_dir, resume_dir, stack)
+        out_nb, html = run_dir / f'{spec.card_id}.ipynb', run_dir / f'{spec.card_id}.html'
+        error, chain = _chain(spec, runs_dir, pin)      # a chain: the upstream run's artifact becomes `ckpt`
+        if resume_dir is None: error = _stage_template(spec, run_dir, copies, digest, chain, error)
+        params = template_params(spec, run_id, run_dir, copies, thresholds)
+        if resumed: params['resume'] = True
+        print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed
+                                                          else ''), file=sys.stderr)
+        stop = stack.enter_context(stop_forwarding())
+        interrupted, kernel_exc = False, None
+        if not error:                                     # else: a refused chain or no template; the log says why
+            error, interrupted, kernel_exc = _execute_template(copies['template'], out_nb, params, run_dir, stop,
+                                                               progress, stream_output)
+        stop.armed = False                                 # from here on a signal waits until the log is written
+        stopped = _stop_reason(stop, interrupted, kernel_exc) if stop.signal else None
+        scraps = {}
+        if out_nb.is_file():
+            try: scraps = read_scraps(out_nb)
+            except Exception as e: error = error or f'{type(e).__name__}: {e}'
+        duration = time.monotonic() - t0
+        dh = previous + meter.stop().device_hours * n_devices(scraps.get('resource'), spec.nproc)   # the run's, once
+        dk = meter.device_kind
+        artifacts = _run_artifacts(copies, run_dir, out_nb, html)
+        rec = build_log(scraps, run_id=run_id, spec=spec, wl=wl, ev=ev, mc=mc, started=started, finished=utc_now(),
+                        duration_s=duration, thresholds=thresholds, artifacts=artifacts, error=error, stopped=stopped,
+                        device_hours=dh, device_kind=dk, resume_hint=resume_hint(spec, run_id, runs_dir))
+        rec, problems = _seal_log(rec, run_dir, spec, chain, resumed, ev, dh, dk)
+        log = write_json_atomic(run_dir / 'log.json', rec)
+    if stop.pending:
+        print(f'pqk run: {run_id}: {stop.pending} received while the log was written; it is written, exiting',
+              file=sys.stderr)
+        raise SystemExit(130 if stop.pending == 'SIGINT' else 143)
+    return _run_result(rec, run_id, run_dir, log, out_nb, html, problems, runs_dir, aggregate, reports_dir)
 
 # %% ../../nbs/run/71_runner.ipynb #58cc3479
 def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_dir=None, extra_params=None,
