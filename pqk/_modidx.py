@@ -1024,6 +1024,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'pqk.run.doctor._device': ('run/doctor.html#_device', 'pqk/run/doctor.py'),
                                 'pqk.run.doctor._emit': ('run/doctor.html#_emit', 'pqk/run/doctor.py'),
                                 'pqk.run.doctor._fmt_s': ('run/doctor.html#_fmt_s', 'pqk/run/doctor.py'),
+                                'pqk.run.doctor._gflops_full_probe': ('run/doctor.html#_gflops_full_probe', 'pqk/run/doctor.py'),
                                 'pqk.run.doctor._gpu_amp': ('run/doctor.html#_gpu_amp', 'pqk/run/doctor.py'),
                                 'pqk.run.doctor._gpu_checks': ('run/doctor.html#_gpu_checks', 'pqk/run/doctor.py'),
                                 'pqk.run.doctor._gpu_events': ('run/doctor.html#_gpu_events', 'pqk/run/doctor.py'),

@@ -148,6 +148,19 @@ def _onnx_model(spec):
     torch.manual_seed(0); p = _probe_model(spec['config'])
     return p, {'probe_mb': round(model_size_mb(p), 1), 'full_mb': spec['weights_mb'], 'probe_depth': PROBE_DEPTH}
 
+def _gflops_full_probe(cfg: dict, res: int) -> tuple[float, float]:
+    """(GFLOPs of the model of `cfg`, of its probe) for one pair at `res`, counted (`pqk.eval.efficiency.gflops`) on
+    fake tensors: no weights allocated, nothing computed, about 3 s for DUSt3R-L."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from pqk.eval.efficiency import gflops
+    from pqk.models.config import DUSt3RConfig
+    from pqk.models.dust3r import DUSt3R
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.zeros(1, 3, res, res)
+        v = ({'img': x}, {'img': x})
+        return gflops(DUSt3R(DUSt3RConfig.from_dict(cfg).canonical()).eval(), v), gflops(_probe_model(cfg), v)
+
 def stage_export(spec) -> dict:
     "The fp32 ONNX (legacy exporter, pqk.export.onnx.export_graph) of the model or its probe, left for ptq and ort."
     from pqk.export.onnx import export_graph, onnx_size_mb
@@ -157,6 +170,8 @@ def stage_export(spec) -> dict:
         import torch
         v1, v2 = _pair(spec['res'], torch.device('cpu'))
         with torch.inference_mode(): t0 = _now(); m(v1, v2); facts['probe_forward_s'] = round(_now() - t0, 3)
+        try: facts['full_gflops'], facts['probe_gflops'] = _gflops_full_probe(spec['config'], spec['res'])
+        except Exception as e: facts['gflops_error'] = f'{type(e).__name__}: {str(e)[:200]}'   # the time ratio then
     t0 = _now(); p = export_graph(m, Path(spec['work']) / 'model.onnx', [1, 3, spec['res'], spec['res']])
     return {**facts, 'export_s': round(_now() - t0, 2), 'onnx_mb': round(onnx_size_mb(p), 1)}
 
@@ -389,7 +404,8 @@ def run_stage(stage: str, spec: dict, timeout: float, runner=None) -> dict:
 def units(rows: dict) -> dict:
     """Unit costs at this scale from the stage rows: seconds per forward, step, pair, export, and peak GB per stage;
     stages run on the probe are scaled to the full model (memory above the interpreter floor by the weight ratio,
-    time by the forward-time ratio, the export's time by the weight ratio) and marked `extrapolated`."""
+    time by the FLOP ratio (else the forward-time ratio), the export's time by the weight ratio), marked
+    `extrapolated`."""
     r = lambda s: (rows.get(s) or {}).get('result') or {}
     fw, ex, dist, pt, o = r('forward'), r('export'), r('distill'), r('ptq'), r('ort')
     base = (rows.get('base') or {}).get('peak_gb') or 0.0
@@ -406,6 +422,7 @@ def units(rows: dict) -> dict:
     u['load_s'] = loads[(len(loads) - 1) // 2] if loads else None             # the lower median of the loads seen
     wf = ex['full_mb'] / ex['probe_mb'] if ex.get('probe_mb') else 1.0          # weight ratio full / probe
     tf = fw['forward_s'] / ex['probe_forward_s'] if ex.get('probe_forward_s') and fw.get('forward_s') else wf
+    if ex.get('probe_gflops'): tf = ex['full_gflops'] / ex['probe_gflops']     # counted: no load in it, unlike times
     u |= {'extrapolated': wf != 1.0, 'weight_factor': round(wf, 3), 'time_factor': round(tf, 3),
           'export_s': ex['export_s'] * wf if ex.get('export_s') else None,
           'calib_pair_s': pt['calibration_s'] / pt['calib_pairs'] * tf if pt.get('calibration_s') else None,
