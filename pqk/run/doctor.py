@@ -631,7 +631,7 @@ def format_report(rep: dict) -> str:
     if u.get('extrapolated'):
         lines.append(f"* measured on a {PROBE_DEPTH}+{PROBE_DEPTH}-block probe of the same widths and scaled to the "
                      f"full model: memory above the {u['base_gb']:.2f} GB floor × {u['weight_factor']:.2f} (weights), "
-                     f"time × {u['time_factor']:.2f} (forward time; the export × {u['weight_factor']:.2f})")
+                     f"time × {u['time_factor']:.2f} (FLOPs; the export × {u['weight_factor']:.2f})")
     per = [('forward, 1 pair', u.get('forward_s')), (f"distillation step ({u.get('batch_pairs')} pairs at "
            f"{u.get('train_res')}²)", u.get('step_s')), ('calibration, per pair', u.get('calib_pair_s')),
            ('ORT fp32, per pair', u.get('ort_fp32_pair_s')), ('ORT int8, per pair', u.get('ort_int8_pair_s'))]
