@@ -120,7 +120,9 @@ def _device_commands(sub):
                                                 'weights in the release shape)')
     p.add_argument('--device', choices=('cpu', 'cuda'), default='cpu')
     p.add_argument('--scale', choices=('demo', 'real'), default='demo', help='demo teacher, or ViT-L/512 DPT')
-    p.add_argument('--workload', default=None); p.add_argument('--json', default=None, help='also write the report')
+    p.add_argument('--workload', default=None)
+    p.add_argument('--eval', default=None, help='the eval contract the operations are priced at')
+    p.add_argument('--json', default=None, help='also write the report')
     p.add_argument('--timeout', type=float, default=None, help='seconds per stage (default 240 demo, 420 real)')
     return sub
 

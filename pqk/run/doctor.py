@@ -12,9 +12,10 @@ from ..core.contracts import (ContractError, load_card, load_contract, load_eval
 from ..core.io import load_avg, write_json_atomic
 
 # %% auto #0
-__all__ = ['SCALES', 'DEVICES', 'STAGES', 'BOUNDS_W', 'REAL_PRESET', 'PROBE_DEPTH', 'TIMEOUT_S', 'MARK', 'GB', 'STAGE_FNS',
-           'STAGE_TITLES', 'stage_forward', 'stage_distill', 'stage_export', 'stage_ptq', 'stage_ort', 'stage_prune',
-           'Unavailable', 'run_checks', 'stage_gpu', 'stage_base', 'child_main', 'run_stage', 'units', 'card_estimate',
+__all__ = ['SCALES', 'DEVICES', 'STAGES', 'BOUNDS_W', 'REAL_PRESET', 'PROBE_DEPTH', 'TIMEOUT_S', 'MARK', 'GB', 'STAGE_FNS', 'OPS',
+           'OP_STEPS', 'OP_TITLES', 'STAGE_TITLES', 'stage_forward', 'stage_distill', 'stage_export', 'stage_ptq',
+           'stage_ort', 'stage_prune', 'Unavailable', 'run_checks', 'stage_gpu', 'stage_base', 'child_main',
+           'run_stage', 'units', 'op_terms', 'estimate', 'op_estimate', 'contract_ops', 'card_estimate',
            'card_estimates', 'verdicts', 'format_report', 'doctor', 'main']
 
 # %% ../../nbs/run/76_doctor.ipynb #091353a3
@@ -147,6 +148,19 @@ def _onnx_model(spec):
     torch.manual_seed(0); p = _probe_model(spec['config'])
     return p, {'probe_mb': round(model_size_mb(p), 1), 'full_mb': spec['weights_mb'], 'probe_depth': PROBE_DEPTH}
 
+def _gflops_full_probe(cfg: dict, res: int) -> tuple[float, float]:
+    """(GFLOPs of the model of `cfg`, of its probe) for one pair at `res`, counted (`pqk.eval.efficiency.gflops`) on
+    fake tensors: no weights allocated, nothing computed, about 3 s for DUSt3R-L."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from pqk.eval.efficiency import gflops
+    from pqk.models.config import DUSt3RConfig
+    from pqk.models.dust3r import DUSt3R
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        x = torch.zeros(1, 3, res, res)
+        v = ({'img': x}, {'img': x})
+        return gflops(DUSt3R(DUSt3RConfig.from_dict(cfg).canonical()).eval(), v), gflops(_probe_model(cfg), v)
+
 def stage_export(spec) -> dict:
     "The fp32 ONNX (legacy exporter, pqk.export.onnx.export_graph) of the model or its probe, left for ptq and ort."
     from pqk.export.onnx import export_graph, onnx_size_mb
@@ -156,6 +170,8 @@ def stage_export(spec) -> dict:
         import torch
         v1, v2 = _pair(spec['res'], torch.device('cpu'))
         with torch.inference_mode(): t0 = _now(); m(v1, v2); facts['probe_forward_s'] = round(_now() - t0, 3)
+        try: facts['full_gflops'], facts['probe_gflops'] = _gflops_full_probe(spec['config'], spec['res'])
+        except Exception as e: facts['gflops_error'] = f'{type(e).__name__}: {str(e)[:200]}'   # the time ratio then
     t0 = _now(); p = export_graph(m, Path(spec['work']) / 'model.onnx', [1, 3, spec['res'], spec['res']])
     return {**facts, 'export_s': round(_now() - t0, 2), 'onnx_mb': round(onnx_size_mb(p), 1)}
 
@@ -388,7 +404,8 @@ def run_stage(stage: str, spec: dict, timeout: float, runner=None) -> dict:
 def units(rows: dict) -> dict:
     """Unit costs at this scale from the stage rows: seconds per forward, step, pair, export, and peak GB per stage;
     stages run on the probe are scaled to the full model (memory above the interpreter floor by the weight ratio,
-    time by the forward-time ratio, the export's time by the weight ratio) and marked `extrapolated`."""
+    time by the FLOP ratio (else the forward-time ratio), the export's time by the weight ratio), marked
+    `extrapolated`."""
     r = lambda s: (rows.get(s) or {}).get('result') or {}
     fw, ex, dist, pt, o = r('forward'), r('export'), r('distill'), r('ptq'), r('ort')
     base = (rows.get('base') or {}).get('peak_gb') or 0.0
@@ -398,15 +415,22 @@ def units(rows: dict) -> dict:
          'teacher_forward_train_s': dist.get('teacher_forward_s'), 'train_res': dist.get('train_res'),
          'step_s': dist.get('step_s'), 'batch_pairs': dist.get('batch_pairs'),
          'student_ratio': dist['student_params'] / dist['teacher_params'] if dist.get('teacher_params') else None,
-         'prune_round_s': r('prune').get('round_s'), 'prune_ratio': r('prune').get('params_ratio')}
+         'prune_round_s': r('prune').get('round_s'), 'prune_ratio': r('prune').get('params_ratio'),
+         'start_s': (rows.get('base') or {}).get('wall_s'), 'student_s': dist.get('student_s'),
+         'train_save_s': dist.get('save_s')}
+    loads = sorted(x['load_s'] for x in (fw, dist, r('prune')) if x.get('load_s') is not None)
+    u['load_s'] = loads[(len(loads) - 1) // 2] if loads else None             # the lower median of the loads seen
     wf = ex['full_mb'] / ex['probe_mb'] if ex.get('probe_mb') else 1.0          # weight ratio full / probe
     tf = fw['forward_s'] / ex['probe_forward_s'] if ex.get('probe_forward_s') and fw.get('forward_s') else wf
+    if ex.get('probe_gflops'): tf = ex['full_gflops'] / ex['probe_gflops']     # counted: no load in it, unlike times
     u |= {'extrapolated': wf != 1.0, 'weight_factor': round(wf, 3), 'time_factor': round(tf, 3),
           'export_s': ex['export_s'] * wf if ex.get('export_s') else None,
           'calib_pair_s': pt['calibration_s'] / pt['calib_pairs'] * tf if pt.get('calibration_s') else None,
           'quantize_s': (pt['seconds'] - pt['calibration_s']) * wf if pt.get('seconds') else None,
           'ort_fp32_pair_s': o['fp32_pair_s'] * tf if o.get('fp32_pair_s') else None,
-          'ort_int8_pair_s': o['int8_pair_s'] * tf if o.get('int8_pair_s') else None}
+          'ort_int8_pair_s': o['int8_pair_s'] * tf if o.get('int8_pair_s') else None,
+          'ort_fp32_init_s': o['fp32_init_s'] * wf if o.get('fp32_init_s') is not None else None,
+          'ort_int8_init_s': o['int8_init_s'] * wf if o.get('int8_init_s') is not None else None}
     peaks = {}
     for s, row in rows.items():
         if not row or row.get('peak_gb') is None or s == 'base': continue
@@ -414,6 +438,11 @@ def units(rows: dict) -> dict:
         peaks[s] = base + (row['peak_gb'] - base) * wf if scaled else row['peak_gb']
     u['peak_gb'] = peaks
     return u
+
+def _n_eval(workload) -> int:
+    "Evaluation pairs of the workload contract (a synthetic set's n_pairs, else the 96 of the shipped data)."
+    ev = workload.data['data']['eval']
+    return int(((ev.get('synthetic') or {}).get('n_pairs') if ev.get('source') == 'synthetic' else None) or 96)
 
 def _lat_calls(evalc) -> int:
     "Forwards of one efficiency block: warm-up + repeats for the latency, again for the stage profile, one FLOP count."
@@ -425,58 +454,121 @@ def _sbs_calls(evalc, rounds: int) -> int:
     lat = evalc.data['efficiency']['latency']
     return int(lat['warmup']) + 1 + int(lat['repeats']) * rounds
 
+# %% ../../nbs/run/76_doctor.ipynb #b8d1f2e3
+OPS = ('eval', 'distill', 'export_fp32', 'ptq_exports', 'prune_round', 'exports_check')
+OP_STEPS = 2                            # distillation steps of the contract operations (the real-scale tests' count)
+
+def op_terms(op: str, n: int = 0, calls: int = 0, batches: int = 1, saves: int = 1, files: int = 2) -> list:
+    """[(part, count, unit key)] of one operation in a process of its own: the interpreter and the model's load, then
+    `n` eval pairs and `calls` latency forwards ('eval'), `n` steps after a teacher cache of `batches` batches with
+    `saves` checkpoints ('distill'), the fp32 export and its ORT check ('export_fp32'), that and `n` calibration pairs
+    with `files` int8 files, each checked in ORT ('ptq_exports'), one prune round, torch on 2 pairs against 3 exports
+    in ORT ('exports_check'); 'start' is the fixed part alone."""
+    t = [('interpreter', 1, 'start_s'), ('model load', 1, 'load_s')]
+    check = [('torch reference', 1, 'forward_s'), ('ORT sessions', 1, 'ort_fp32_init_s'),
+             ('ORT pairs', 1, 'ort_fp32_pair_s')]
+    int8 = [('ORT sessions', files, 'ort_int8_init_s'), ('ORT pairs', files, 'ort_int8_pair_s')]
+    if op == 'start': return t
+    if op == 'eval': return t + [(f'{n} pairs', n, 'forward_s'), (f'latency, {calls} calls', calls, 'forward_s')]
+    if op == 'distill':
+        return t + [('student', 1, 'student_s'), ('teacher cache', batches, 'teacher_forward_train_s'),
+                    (f'{n} steps', n, 'step_s'), ('checkpoints', saves, 'train_save_s')]
+    if op == 'export_fp32': return t + [('export', 1, 'export_s'), *check]
+    if op == 'ptq_exports':
+        return t + [('export', 1, 'export_s'), *check, (f'calibration, {n} pairs', n, 'calib_pair_s'),
+                    (f'{files} int8 files', files, 'quantize_s'), *int8]
+    if op == 'prune_round': return t + [('prune round', 1, 'prune_round_s')]
+    if op == 'exports_check': return t + [('torch, 2 pairs', 2, 'forward_s'), *check[1:], *int8]
+    raise ValueError(f"op_terms: op {op!r}; expected 'start' or one of {', '.join(OPS)}")
+
+def estimate(terms, u: dict, scale: float = 1.0) -> tuple[dict, list]:
+    """({part: seconds}, [missing unit keys]) of `terms` at the unit costs `u`: count × unit, parts of one name summed;
+    `scale` multiplies every part but the interpreter's (a smaller model than the one measured)."""
+    parts, miss = {}, []
+    for name, k, key in terms:
+        if not k: continue
+        if u.get(key) is None:
+            if key not in miss: miss.append(key)
+            continue
+        parts[name] = parts.get(name, 0.0) + k * u[key] * (1.0 if key == 'start_s' else scale)
+    return parts, miss
+
+OP_TITLES = {'eval': 'evaluation, {n} pairs', 'distill': 'distillation, {n} steps',
+             'export_fp32': 'fp32 export + check', 'ptq_exports': 'PTQ ({n} calib. pairs) + 2 int8 files',
+             'prune_round': 'one prune round',
+             'exports_check': 'torch vs 3 ORT exports'}
+
+def op_estimate(op: str, u: dict, n: int = 0, calls: int = 0) -> dict:
+    "{'op', 'title', 'seconds' (None when a unit is missing), 'parts', 'missing'} of one operation (`op_terms`)."
+    parts, miss = estimate(op_terms(op, n, calls), u)
+    return {'op': op, 'title': OP_TITLES[op].format(n=n), 'seconds': None if miss else round(sum(parts.values()), 1),
+            'parts': {k: round(v, 1) for k, v in parts.items()}, 'missing': miss}
+
+def contract_ops(u: dict, workload, evalc, steps: int = OP_STEPS) -> list[dict]:
+    """Each operation at the contracts' settings: the workload's eval pairs with the eval contract's latency calls,
+    `steps` distillation steps, PTQ on the workload's calibration count, the export, a prune round, the ORT check."""
+    n_cal = int(workload.data['calibration']['count'])
+    return [op_estimate('eval', u, _n_eval(workload), _lat_calls(evalc)), op_estimate('distill', u, steps),
+            op_estimate('export_fp32', u), op_estimate('ptq_exports', u, n_cal), op_estimate('prune_round', u),
+            op_estimate('exports_check', u)]
+
 # %% ../../nbs/run/76_doctor.ipynb #74de821c
 def card_estimate(card, u: dict, workload, evalc, root=None) -> dict:
     """{'card', 'kind', 'hours', 'parts' {what: seconds}, 'missing'} for one task card at the measured unit costs
-    (first order: counts from the card's configs × unit times; chains scale by the upstream model's size)."""
+    (first order: the operations' terms (`op_terms`) with the counts of the card's configs, and the evaluation's
+    forwards; chains scale by the upstream model's size)."""
     kind, parts, miss = card.kind, {}, []
     method = kind[-1] if kind not in ('eval', 'edge') else kind         # KQ, KPQ: Q of the upstream model
-    n_eval = ((workload.data['data']['eval'].get('synthetic') or {}).get('n_pairs')
-              if workload.data['data']['eval'].get('source') == 'synthetic' else None) or 96
-    fwd, L = u.get('forward_s'), _lat_calls(evalc)
+    n_eval, fwd, L = _n_eval(workload), u.get('forward_s'), _lat_calls(evalc)
+    lat = evalc.data['efficiency']['latency']
     up = (card.front.get('upstream') or {}).get('card', '') if isinstance(card.front.get('upstream'), dict) else ''
     r = 1.0                                                                 # size of the model the card starts from
     if up.startswith('A1') or up.startswith('K'): r = u.get('student_ratio') or 0.7
     if up.startswith('KP'): r = (u.get('student_ratio') or 0.7) * (u.get('prune_ratio') or 0.7)
+    def add(terms, scale=1.0, units=u):
+        p, m = estimate(terms, units, scale)
+        for k, v in p.items(): parts[k] = parts.get(k, 0.0) + v
+        miss.extend(x for x in m if x not in miss)
     def need(*ks):
         bad = [k for k in ks if u.get(k) is None]
         miss.extend(b for b in bad if b not in miss)
         return not bad
     cfg = card.config_path('method')
     mc = load_contract(cfg).data if cfg is not None and Path(cfg).is_file() else {}
-    if method == 'eval' and need('forward_s'):
-        parts['teacher predictions'] = n_eval * fwd; parts['latency protocol'] = L * fwd
-    elif method == 'edge' and need('forward_s'):
-        parts['edge protocol'] = (int(evalc.data['efficiency']['latency']['warmup'])
-                                  + max(int(evalc.data['efficiency']['latency']['repeats']), 10)) * fwd
-    elif method == 'K' and need('forward_s', 'step_s', 'teacher_forward_train_s'):
-        tr = mc.get('train', {}); td = tr.get('train_data', {})
+    if method == 'eval': add(op_terms('eval', n_eval, L))
+    elif method == 'edge':
+        add(op_terms('start') + [('edge protocol', int(lat['warmup']) + max(int(lat['repeats']), 10), 'forward_s')])
+    elif method == 'K':
+        tr = mc.get('train', {}); td = tr.get('train_data', {}); steps = int(tr.get('steps', 300))
         n_cache = int(td.get('n_scenes', 24)) * max(1, int(td.get('views_per_scene', 2)) - 1) * 2
-        sf = fwd * (u.get('student_ratio') or 0.7)
-        parts['teacher cache'] = n_cache * u['teacher_forward_train_s']
-        parts[f"{tr.get('steps', 300)} steps"] = int(tr.get('steps', 300)) * u['step_s']
-        parts['evaluation'] = n_eval * (fwd + sf) + L * (fwd + sf) + _sbs_calls(evalc, 3) * (fwd + sf)
-    elif method == 'P' and need('forward_s', 'step_s', 'teacher_forward_train_s', 'prune_round_s'):
+        bp = int(tr.get('batch_pairs') or u.get('batch_pairs') or 1)
+        saves = max(1, steps // int((mc.get('checkpoint') or {}).get('every_steps') or steps))
+        add(op_terms('distill', steps, batches=-(-n_cache // bp), saves=saves))
+        if need('forward_s'):                                           # teacher and student, each pair and call
+            add([('evaluation', n_eval + L + _sbs_calls(evalc, 3), 'x')],
+                units={'x': fwd * (1 + (u.get('student_ratio') or 0.7))})
+    elif method == 'P' and need('forward_s', 'step_s', 'teacher_forward_train_s'):
         ft = mc.get('finetune', {}); res = ft.get('res') or u.get('res') or workload.resolution
         at_res = u['step_s'] / (u['batch_pairs'] or 1) * int(ft.get('batch_pairs', 1))
         at_res *= fwd / u['teacher_forward_train_s'] if res != u.get('train_res') else 1.0
-        rounds, pf = int(mc.get('rounds', 1)), fwd * r * (u.get('prune_ratio') or 0.7)
-        parts['prune rounds'] = rounds * u['prune_round_s'] * r
-        n_ft = int(ft.get('steps', 40))
-        parts[f"fine-tune {rounds}×{n_ft} steps at {res}"] = rounds * n_ft * at_res * r
-        parts['evaluation'] = n_eval * (fwd + pf) + L * (fwd + pf) + _sbs_calls(evalc, 2) * (fwd * r + pf)
-    elif method == 'Q' and need('forward_s', 'export_s', 'calib_pair_s', 'quantize_s', 'ort_int8_pair_s'):
+        rounds, n_ft, pf = int(mc.get('rounds', 1)), int(ft.get('steps', 40)), fwd * r * (u.get('prune_ratio') or 0.7)
+        add(op_terms('start'), r)
+        add([('prune rounds', rounds, 'prune_round_s')], r)
+        v = {'ft': at_res * r, 'pair': fwd + pf, 'sbs': fwd * r + pf}
+        add([(f"fine-tune {rounds}×{n_ft} steps at {res}", rounds * n_ft, 'ft'), ('evaluation', n_eval + L, 'pair'),
+             ('evaluation', _sbs_calls(evalc, 2), 'sbs')], units=v)
+    elif method == 'Q' and need('forward_s', 'ort_int8_pair_s', 'calib_pair_s', 'quantize_s', 'export_s'):
         n_cal = int(workload.data['calibration']['count'])
         s = mc.get('sensitivity', {'enabled': True, 'pairs': 8, 'calib_pairs': 4})
         i8, f32 = u['ort_int8_pair_s'] * r, (u.get('ort_fp32_pair_s') or fwd) * r
-        parts['fp32 export + PTQ'] = (u['export_s'] + n_cal * u['calib_pair_s'] + u['quantize_s']) * r
-        parts['evaluation'] = n_eval * (fwd + i8)
-        if s.get('enabled', True):
-            parts['sensitivity'] = 4 * (u['quantize_s'] * r + int(s.get('calib_pairs', 4)) * u['calib_pair_s'] * r
-                                        + int(s.get('pairs', 8)) * i8) + int(s.get('pairs', 8)) * fwd * r
-        parts['TensorRT Q/DQ (ModelOpt)'] = n_cal * fwd * r + u['export_s'] * r
-        parts['latency side by side'] = _sbs_calls(evalc, 2) * (f32 + i8 + fwd) + L * (i8 + fwd)
-    elif not parts and not miss: miss.append(f'no estimate for kind {kind!r}')
+        add(op_terms('ptq_exports', n_cal, files=1), r)
+        v = {'eval': fwd + i8, 'sens': 4 * (u['quantize_s'] * r + int(s.get('calib_pairs', 4)) * u['calib_pair_s'] * r
+                                           + int(s.get('pairs', 8)) * i8) + int(s.get('pairs', 8)) * fwd * r,
+             'trt': n_cal * fwd * r + u['export_s'] * r,
+             'sbs': _sbs_calls(evalc, 2) * (f32 + i8 + fwd) + L * (i8 + fwd)}
+        add([('evaluation', n_eval, 'eval'), ('sensitivity', 1 if s.get('enabled', True) else 0, 'sens'),
+             ('TensorRT Q/DQ (ModelOpt)', 1, 'trt'), ('latency side by side', 1, 'sbs')], units=v)
+    elif not parts and not miss and method not in ('P', 'Q'): miss.append(f'no estimate for kind {kind!r}')
     total = sum(parts.values()) if parts and not miss else None
     return {'card': card.id, 'kind': kind, 'from': up or None, 'hours': None if total is None else total / 3600,
             'parts': {k: round(v, 1) for k, v in parts.items()}, 'missing': miss}
@@ -539,11 +631,17 @@ def format_report(rep: dict) -> str:
     if u.get('extrapolated'):
         lines.append(f"* measured on a {PROBE_DEPTH}+{PROBE_DEPTH}-block probe of the same widths and scaled to the "
                      f"full model: memory above the {u['base_gb']:.2f} GB floor × {u['weight_factor']:.2f} (weights), "
-                     f"time × {u['time_factor']:.2f} (forward time; the export × {u['weight_factor']:.2f})")
+                     f"time × {u['time_factor']:.2f} (FLOPs; the export × {u['weight_factor']:.2f})")
     per = [('forward, 1 pair', u.get('forward_s')), (f"distillation step ({u.get('batch_pairs')} pairs at "
            f"{u.get('train_res')}²)", u.get('step_s')), ('calibration, per pair', u.get('calib_pair_s')),
            ('ORT fp32, per pair', u.get('ort_fp32_pair_s')), ('ORT int8, per pair', u.get('ort_int8_pair_s'))]
     lines += ['', 'unit times: ' + '; '.join(f'{k} {v:.1f} s' for k, v in per if v is not None)]
+    if rep.get('ops'):
+        lines += ['', f"{'operation (own process), at these contracts':44} {'estimated':>9}  (largest parts)"]
+        for o in rep['ops']:
+            big = sorted(o['parts'].items(), key=lambda kv: -kv[1])[:3]
+            lines.append(f"{o['title']:44} {_fmt_s(o['seconds']):>9}  " + ('; '.join(f'{k} {_fmt_s(v)}' for k, v in big)
+                         if o['seconds'] is not None else f"needs {', '.join(o['missing'])}"))
     gpu = (rows.get('gpu') or {}).get('result', {}).get('checks')
     if rep['device'] == 'cuda' or gpu:
         lines += ['', 'CUDA checks:']
@@ -624,7 +722,8 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
     avail = _mem_available_gb()
     rep = {'model': 'random weights, release shape ' + REAL_PRESET if build else (spec['ckpt'] if ckpt else 'demo'),
            'scale': scale, 'device': device, 'device_note': note, 'res': res, 'stages': rows, 'units': u,
-           'verdicts': verdicts(rows, u, avail), 'cards': card_estimates(u, wl, ev), 'machine': _machine(),
+           'verdicts': verdicts(rows, u, avail), 'cards': card_estimates(u, wl, ev), 'ops': contract_ops(u, wl, ev),
+           'machine': _machine(),
            'seconds': round(_now() - t0, 1)}
     rep['table'] = format_report(rep)
     return rep
@@ -632,7 +731,7 @@ def doctor(ckpt=None, device: str = 'cpu', scale: str = 'demo', workload=None, e
 # %% ../../nbs/run/76_doctor.ipynb #8bdcbfa1
 def main(args) -> int:
     "`pqk doctor`: print the table (and write the JSON report with --json); exit 1 when a stage failed."
-    rep = doctor(args.ckpt, args.device, args.scale, args.workload, None, args.timeout)
+    rep = doctor(args.ckpt, args.device, args.scale, args.workload, getattr(args, 'eval', None), args.timeout)
     print(rep['table'])
     print(f"\n({rep['seconds']:.0f} s in all)")
     if args.json:
