@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..core.progress import tqdm
 
 from ..core.io import save_torch_atomic
-from ..models.checkpoints import PQK_FORMAT
+from ..models.checkpoints import PQK_FORMAT, _cpu_state
 from ..eval.efficiency import DeviceHours, resolve_device
 from .stoprules import StopRules, StopSignal, nonfinite_reason
 
@@ -103,16 +103,16 @@ def set_rng_state(s: dict):
 TRAIN_KEYS = ('model', 'extra', 'optimizer', 'scheduler', 'step', 'rng', 'train')
 
 def _state_cpu(sd):
-    if torch.is_tensor(sd): return sd.detach().cpu().clone()
+    "`sd` (nested dicts / lists) with its tensors on the CPU: the same tensors there, a copy of each from a GPU."
+    if torch.is_tensor(sd): return sd.detach().cpu()
     if isinstance(sd, dict): return {k: _state_cpu(v) for k, v in sd.items()}
     if isinstance(sd, (list, tuple)): return type(sd)(_state_cpu(v) for v in sd)
     return sd
 
 def save_train_checkpoint(path, model, extra, opt, sched, scaler, step: int, train: dict, kind: str = 'train') -> Path:
     "Write a resumable training checkpoint atomically (see above); `extra`: a dict / ModuleDict of modules."
-    obj = {'model': {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-           'meta': {'kind': kind, 'step': int(step)},
-           'extra': {k: _state_cpu(m.state_dict()) for k, m in (extra or {}).items()},
+    obj = {'model': _cpu_state(model), 'meta': {'kind': kind, 'step': int(step)},
+           'extra': {k: _cpu_state(m) for k, m in (extra or {}).items()},
            'optimizer': _state_cpu(opt.state_dict()), 'scheduler': sched.state_dict(),
            'scaler': scaler.state_dict() if scaler is not None else None, 'step': int(step), 'rng': rng_state(),
            'train': train}
@@ -193,13 +193,15 @@ def _amp(device, amp: bool):
     return use, dtype, (torch.amp.GradScaler('cuda') if use and dtype == torch.float16 else None)
 
 def _update(loss, opt, scaler, params, clip: float) -> float:
-    "Backward, clip, optimiser step (through the scaler with fp16); returns the gradient norm before clipping."
+    ("Backward, clip, optimiser step (through the scaler with fp16), gradients dropped; returns the gradient norm "
+     "before clipping.")
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward(); scaler.unscale_(opt)
         gn = torch.nn.utils.clip_grad_norm_(params, clip); scaler.step(opt); scaler.update()
     else:
         loss.backward(); gn = torch.nn.utils.clip_grad_norm_(params, clip); opt.step()
+    opt.zero_grad(set_to_none=True)
     return float(gn)
 
 # %% ../../nbs/train/42_loop.ipynb #031ee3d1
@@ -304,7 +306,7 @@ def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig
     extra = nn.ModuleDict(extra or {}).to(device)
     params = [p for p in list(model.parameters()) + list(extra.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=tuple(cfg.betas), weight_decay=float(cfg.weight_decay),
-                            foreach=True)
+                            foreach=device.type != 'cpu')
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.schedule or cfg.steps, cfg.floor))
     use_amp, amp_dtype, scaler = _amp(device, cfg.amp)
     rules = rules if rules is not None else StopRules()
