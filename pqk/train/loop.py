@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..core.progress import tqdm
 
 from ..core.io import save_torch_atomic
-from ..models.checkpoints import PQK_FORMAT
+from ..models.checkpoints import PQK_FORMAT, _cpu_state
 from ..eval.efficiency import DeviceHours, resolve_device
 from .stoprules import StopRules, StopSignal, nonfinite_reason
 
@@ -103,16 +103,16 @@ def set_rng_state(s: dict):
 TRAIN_KEYS = ('model', 'extra', 'optimizer', 'scheduler', 'step', 'rng', 'train')
 
 def _state_cpu(sd):
-    if torch.is_tensor(sd): return sd.detach().cpu().clone()
+    "`sd` (nested dicts / lists) with its tensors on the CPU: the same tensors there, a copy of each from a GPU."
+    if torch.is_tensor(sd): return sd.detach().cpu()
     if isinstance(sd, dict): return {k: _state_cpu(v) for k, v in sd.items()}
     if isinstance(sd, (list, tuple)): return type(sd)(_state_cpu(v) for v in sd)
     return sd
 
 def save_train_checkpoint(path, model, extra, opt, sched, scaler, step: int, train: dict, kind: str = 'train') -> Path:
     "Write a resumable training checkpoint atomically (see above); `extra`: a dict / ModuleDict of modules."
-    obj = {'model': {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-           'meta': {'kind': kind, 'step': int(step)},
-           'extra': {k: _state_cpu(m.state_dict()) for k, m in (extra or {}).items()},
+    obj = {'model': _cpu_state(model), 'meta': {'kind': kind, 'step': int(step)},
+           'extra': {k: _cpu_state(m) for k, m in (extra or {}).items()},
            'optimizer': _state_cpu(opt.state_dict()), 'scheduler': sched.state_dict(),
            'scaler': scaler.state_dict() if scaler is not None else None, 'step': int(step), 'rng': rng_state(),
            'train': train}
@@ -193,13 +193,15 @@ def _amp(device, amp: bool):
     return use, dtype, (torch.amp.GradScaler('cuda') if use and dtype == torch.float16 else None)
 
 def _update(loss, opt, scaler, params, clip: float) -> float:
-    "Backward, clip, optimiser step (through the scaler with fp16); returns the gradient norm before clipping."
+    ("Backward, clip, optimiser step (through the scaler with fp16), gradients dropped; returns the gradient norm "
+     "before clipping.")
     opt.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward(); scaler.unscale_(opt)
         gn = torch.nn.utils.clip_grad_norm_(params, clip); scaler.step(opt); scaler.update()
     else:
         loss.backward(); gn = torch.nn.utils.clip_grad_norm_(params, clip); opt.step()
+    opt.zero_grad(set_to_none=True)
     return float(gn)
 
 # %% ../../nbs/train/42_loop.ipynb #031ee3d1
@@ -290,6 +292,166 @@ def _stop_text(what: str, n: int, steps: int, last) -> str:
 def _received(signum: int, stop: StopSignal) -> str:
     return f"{signal.Signals(signum).name} received{'' if stop.signum == signum else ' by another rank'}"
 
+# %% ../../nbs/train/42_loop.ipynb #c9a977dc
+@dataclass
+class _Run:
+    "What the steps of one `fit` call share: the trained objects, the bookkeeping and where the run stands."
+    cfg: LoopConfig
+    model: nn.Module
+    extra: nn.ModuleDict
+    params: list
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: object
+    ctx: StepContext                        # the trained module (DDP), device, rank and world
+    ckpts: _Checkpoints
+    meter: DeviceHours
+    guard: object                           # the stop-loss (`StopRules.budget_guard`) or None
+    stopper: object                         # the early stopper
+    dist: object                            # torch.distributed inside a process group, else None
+    kind: str
+    clock: Callable
+    hist: list
+    evals: list
+    best: dict | None
+    start: int                              # the step the run starts from (resumed: the checkpoint's)
+    t_ckpt: float | None = None             # when the last checkpoint by time was written
+    n: int = 0                              # the step reached
+    last: Path | None = None                # the last checkpoint written
+    status: str = 'completed'
+    reason: str = 'completed all steps'
+    got: str | None = None                  # the name of the signal that stopped the run
+    phase: str | None = None                # forward | update | boundary: where a KeyboardInterrupt lands
+    rng0: dict | None = None                # the generators at the start of the step
+    def __post_init__(self): self.n = self.start
+
+# %% ../../nbs/train/42_loop.ipynb #3ba7c02e
+def _optimizer(params, cfg: LoopConfig, device: torch.device) -> tuple:
+    "AdamW (per tensor on the CPU, see above) and its warm-up + cosine schedule."
+    opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=tuple(cfg.betas), weight_decay=float(cfg.weight_decay),
+                            foreach=device.type != 'cpu')
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.schedule or cfg.steps, cfg.floor))
+
+def _start(model, cfg: LoopConfig, extra, forward: str, ckpt_dir, resume, rules, device, kind: str, clock) -> _Run:
+    "A run set up (see above), resumed from the checkpoint `resume` when given."
+    dist, rank, world = dist_info()
+    device = resolve_device(device)
+    model = model.to(device).train()
+    extra = nn.ModuleDict(extra or {}).to(device)
+    params = [p for p in list(model.parameters()) + list(extra.parameters()) if p.requires_grad]
+    opt, sched = _optimizer(params, cfg, device)
+    use_amp, amp_dtype, scaler = _amp(device, cfg.amp)
+    rules = rules if rules is not None else StopRules()
+    stopper = rules.early_stopper()
+    t = _restore(resume, model, extra, opt, sched, scaler) if resume is not None else {}
+    for g in opt.param_groups: g['foreach'] = device.type != 'cpu'     # this run's device decides, not the checkpoint's
+    for e in t.get('evals', []): stopper.update(e['value'], e['step'])
+    meter = DeviceHours(device, world, clock).add(float(t.get('device_hours', 0.0))).start()
+    guard = rules.budget_guard(meter)
+    net = _Trained(model, extra, forward)
+    if dist:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        net = DDP(net, device_ids=[device.index] if device.type == 'cuda' else None)
+    ctx = StepContext(net, device, amp_dtype, use_amp, rank, world)
+    return _Run(cfg, model, extra, params, opt, sched, scaler, ctx,
+                _Checkpoints(ckpt_dir, cfg.keep_last, rank, t.get('kept', [])), meter, guard, stopper, dist, kind,
+                clock, list(t.get('history', [])), list(t.get('evals', [])), t.get('best'), t.get('step', 0),
+                t_ckpt=clock() if cfg.ckpt_every_s else None)
+
+# %% ../../nbs/train/42_loop.ipynb #a503d92b
+def _write(r: _Run, p, kept: list):
+    "Write the training checkpoint of step `r.n` at `p`; `kept`: the checkpoint files with this one."
+    train = {'history': r.hist, 'evals': r.evals, 'best': r.best, 'kept': kept, 'world': r.ctx.world,
+             'device_hours': r.meter.device_hours}
+    save_train_checkpoint(p, r.model, r.extra, r.opt, r.sched, r.scaler, r.n, train, r.kind)
+
+def _save(r: _Run, k: int) -> Path | None:
+    return r.ckpts.save(k, lambda p, kept: _write(r, p, kept), r.best)
+
+def _save_once(r: _Run, k: int) -> Path | None:
+    "The checkpoint of step `k` unless it was just written."
+    return r.last if r.last is not None and r.last.name == _ckpt_name(k) else _save(r, k)
+
+# %% ../../nbs/train/42_loop.ipynb #d3e71121
+def _step(r: _Run, step: int, loss_fn, batch_fn, stop, nan_at=None, sigterm_at=None) -> bool:
+    "Train step `step` (see above); the debug hooks: a NaN loss at step `nan_at`, SIGTERM before step `sigterm_at`."
+    r.ctx.step, r.phase, r.rng0 = step, 'forward', rng_state()
+    if sigterm_at is not None and step + 1 == int(sigterm_at) and r.ctx.rank == r.ctx.world - 1: _self_sigterm(stop)
+    out = loss_fn(r.ctx, batch_fn(step, r.ctx.rank, r.ctx.world))
+    loss, terms = out if isinstance(out, tuple) else (out, {})
+    if nan_at is not None and step == int(nan_at): loss = loss * float('nan')
+    lv = loss.detach().float().reshape(1)
+    if r.dist: r.dist.all_reduce(lv); lv = lv / r.ctx.world
+    why = _stop_reason(float(lv), step, r.guard, r.dist, r.ctx.device)
+    if why:
+        r.status, r.reason = 'stopped', why; return False
+    r.phase = 'update'
+    gn = _update(loss, r.opt, r.scaler, r.params, float(r.cfg.grad_clip))
+    r.sched.step()
+    r.hist.append({'step': step + 1, 'loss': float(lv), **{k: round(v, 6) for k, v in terms.items()},
+                   'lr': r.opt.param_groups[0]['lr'], 'grad_norm': gn})
+    return True
+
+# %% ../../nbs/train/42_loop.ipynb #d5a680fd
+def _boundary(r: _Run, eval_fn, stop) -> tuple[int, bool]:
+    "Evaluation and checkpoints after step `r.n`; returns (the agreed stop signal's number or 0, early stop now)."
+    cfg, n, stop_now = r.cfg, r.n, False
+    if eval_fn is not None and cfg.eval_every and (n % cfg.eval_every == 0 or n == cfg.steps):
+        r.best, stop_now = _evaluate(eval_fn, r.model, n, r.stopper, r.evals, r.best, r.ctx.rank, r.dist, r.ctx.device)
+        if r.best is not None and r.best['step'] == n and not (cfg.ckpt_every and n % cfg.ckpt_every == 0):
+            r.last = _save(r, n)                                         # the best model always has a checkpoint
+    if cfg.ckpt_every and (n % cfg.ckpt_every == 0 or n == cfg.steps) or stop_now: r.last = _save_once(r, n)
+    due = r.t_ckpt is not None and r.clock() - r.t_ckpt >= cfg.ckpt_every_s
+    signum, due = _agree(stop, due, r.dist, r.ctx.device)
+    if due or signum: r.last = _save_once(r, n)
+    if r.t_ckpt is not None and r.last is not None and r.last.name == _ckpt_name(n): r.t_ckpt = r.clock()
+    return signum, stop_now
+
+def _ended(r: _Run, signum: int, stop_now: bool, stop, stop_after) -> bool:
+    "Whether the run ends at this boundary; if so its status and reason are set."
+    n, steps = r.n, r.cfg.steps
+    if signum:                                                 # a stop signal: the checkpoint is written
+        r.got = signal.Signals(signum).name
+        r.status, r.reason = 'stopped', _stop_text(_received(signum, stop), n, steps, r.last); return True
+    if stop_now:                                               # early stop is a normal end of training
+        r.status = 'completed' if r.stopper.reason.startswith('early stop') else 'stopped'
+        r.reason = r.stopper.reason; return True
+    if stop_after is not None and stop_after <= n < steps:
+        r.status, r.reason = 'interrupted', f'interrupted after step {n} (stop_after)'; return True
+    return False
+
+# %% ../../nbs/train/42_loop.ipynb #1d25820f
+def _keyboard(r: _Run, ckpt_dir):
+    "Status, reason and checkpoint after a KeyboardInterrupt (see above)."
+    n, steps = r.n, r.cfg.steps
+    r.got, r.status = 'SIGINT', 'stopped'
+    if r.phase == 'update':                   # the weights may be half-updated: no checkpoint of this state
+        r.last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+        r.reason = (f'KeyboardInterrupt during the update of step {n + 1}: stopped at step {n} of {steps}; '
+                    f"no checkpoint of this step; the last one is {r.last.name if r.last else 'none'}")
+    else:
+        if r.phase == 'forward': set_rng_state(r.rng0)         # nothing trained yet: back to the step boundary
+        r.last = _save_once(r, n)
+        r.reason = _stop_text('KeyboardInterrupt', n, steps, r.last)
+
+def _late_signal(r: _Run, stop):
+    "A signal during a stop by another rule or after the last step: it stops the run (with its checkpoint) or is noted."
+    signum, _ = _agree(stop, False, r.dist, r.ctx.device)
+    if signum and r.status == 'completed':
+        r.got, r.last = signal.Signals(signum).name, _save_once(r, r.n)
+        r.status, r.reason = 'stopped', _stop_text(_received(signum, stop), r.n, r.cfg.steps, r.last)
+    elif signum: r.reason += f' ({_received(signum, stop)} too)'   # stopped anyway: the reason stays
+
+def _result(r: _Run, ckpt_dir) -> dict:
+    "What `fit` returns (see the loop's description)."
+    h = r.hist
+    return {'status': r.status, 'reason': r.reason, 'step': h[-1]['step'] if h else r.start, 'steps': r.cfg.steps,
+            'history': h, 'evals': r.evals, 'best': r.best,
+            'last_checkpoint': str(r.last) if r.last is not None else None,
+            'checkpoint_dir': str(ckpt_dir) if ckpt_dir is not None else None, 'world': r.ctx.world,
+            'device_hours': r.meter.device_hours, 'device_kind': r.meter.device_kind,
+            'final_loss': h[-1]['loss'] if h else None, 'signal': r.got}
+
 # %% ../../nbs/train/42_loop.ipynb #059b00de
 def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig, *, extra: dict | None = None,
         forward: str = 'forward', ckpt_dir=None, resume=None, eval_fn: Callable | None = None,
@@ -298,101 +460,27 @@ def fit(model: nn.Module, loss_fn: Callable, batch_fn: Callable, cfg: LoopConfig
         desc: str = 'train', kind: str = 'train', clock: Callable[[], float] = time.monotonic,
         stop: StopSignal | None = None) -> dict:
     "Train `model` with `loss_fn(ctx, batch_fn(step, rank, world))` following `cfg` (see above)."
-    dist, rank, world = dist_info()
-    device = resolve_device(device)
-    model = model.to(device).train()
-    extra = nn.ModuleDict(extra or {}).to(device)
-    params = [p for p in list(model.parameters()) + list(extra.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=float(cfg.lr), betas=tuple(cfg.betas), weight_decay=float(cfg.weight_decay),
-                            foreach=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.schedule or cfg.steps, cfg.floor))
-    use_amp, amp_dtype, scaler = _amp(device, cfg.amp)
-    rules = rules if rules is not None else StopRules()
-    stopper = rules.early_stopper()
-    t = _restore(resume, model, extra, opt, sched, scaler) if resume is not None else {}
-    hist, evals, best, start = list(t.get('history', [])), list(t.get('evals', [])), t.get('best'), t.get('step', 0)
-    for e in evals: stopper.update(e['value'], e['step'])
-    meter = DeviceHours(device, world, clock).add(float(t.get('device_hours', 0.0))).start()
-    guard = rules.budget_guard(meter)
-    ckpts = _Checkpoints(ckpt_dir, cfg.keep_last, rank, t.get('kept', []))
-    net = _Trained(model, extra, forward)
-    if dist:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        net = DDP(net, device_ids=[device.index] if device.type == 'cuda' else None)
-    ctx = StepContext(net, device, amp_dtype, use_amp, rank, world)
-    def write(p, kept):
-        train = {'history': hist, 'evals': evals, 'best': best, 'kept': kept, 'world': world,
-                 'device_hours': meter.device_hours}
-        save_train_checkpoint(p, model, extra, opt, sched, scaler, n, train, kind)
-    def save_once(k):                                   # the checkpoint of step k unless it was just written
-        return last if last is not None and last.name == _ckpt_name(k) else ckpts.save(k, write, best)
-    status, reason, last, n, got = 'completed', 'completed all steps', None, start, None
-    stop = stop if stop is not None else StopSignal()
-    t_ckpt = clock() if cfg.ckpt_every_s else None
-    phase, rng0, keyboard = None, None, False
+    r = _start(model, cfg, extra, forward, ckpt_dir, resume, rules, device, kind, clock)
+    stop, keyboard = stop if stop is not None else StopSignal(), False
     with stop:
         hooked = stop.installed
-        bar = tqdm(range(start, cfg.steps), desc=desc, disable=not progress or rank != 0, mininterval=2,
-                   initial=start, total=cfg.steps)
+        bar = tqdm(range(r.start, cfg.steps), desc=desc, disable=not progress or r.ctx.rank != 0, mininterval=2,
+                   initial=r.start, total=cfg.steps)
         try:
             for step in bar:
-                ctx.step, phase, rng0 = step, 'forward', rng_state()
-                if debug_sigterm_at_step is not None and step + 1 == int(debug_sigterm_at_step) and rank == world - 1:
-                    _self_sigterm(stop)
-                out = loss_fn(ctx, batch_fn(step, rank, world))
-                loss, terms = out if isinstance(out, tuple) else (out, {})
-                if debug_nan_at_step is not None and step == int(debug_nan_at_step): loss = loss * float('nan')
-                lv = loss.detach().float().reshape(1)
-                if dist: dist.all_reduce(lv); lv = lv / world
-                why = _stop_reason(float(lv), step, guard, dist, device)
-                if why: status, reason = 'stopped', why; break
-                phase = 'update'
-                gn = _update(loss, opt, scaler, params, float(cfg.grad_clip))
-                sched.step()
-                hist.append({'step': step + 1, 'loss': float(lv), **{k: round(v, 6) for k, v in terms.items()},
-                             'lr': opt.param_groups[0]['lr'], 'grad_norm': gn})
-                phase, n, stop_now = 'boundary', step + 1, False
-                if eval_fn is not None and cfg.eval_every and (n % cfg.eval_every == 0 or n == cfg.steps):
-                    best, stop_now = _evaluate(eval_fn, model, n, stopper, evals, best, rank, dist, device)
-                    if best is not None and best['step'] == n and not (cfg.ckpt_every and n % cfg.ckpt_every == 0):
-                        last = ckpts.save(n, write, best)                     # the best model always has a checkpoint
-                if cfg.ckpt_every and (n % cfg.ckpt_every == 0 or n == cfg.steps) or stop_now: last = save_once(n)
-                signum, due = _agree(stop, t_ckpt is not None and clock() - t_ckpt >= cfg.ckpt_every_s, dist, device)
-                if due or signum: last = save_once(n)
-                if t_ckpt is not None and last is not None and last.name == _ckpt_name(n): t_ckpt = clock()
-                phase = None
-                bar.set_postfix(loss=f'{float(lv):.3f}', **({'metric': f"{evals[-1]['value']:.3f}"} if evals else {}))
-                if signum:                                                 # a stop signal: the checkpoint is written
-                    got = signal.Signals(signum).name
-                    status, reason = 'stopped', _stop_text(_received(signum, stop), n, cfg.steps, last); break
-                if stop_now:                                               # early stop is a normal end of training
-                    status = 'completed' if stopper.reason.startswith('early stop') else 'stopped'
-                    reason = stopper.reason; break
-                if stop_after is not None and stop_after <= n < cfg.steps:
-                    status, reason = 'interrupted', f'interrupted after step {n} (stop_after)'; break
-        except KeyboardInterrupt:                   # SIGINT's default action where no handler of ours is installed
-            keyboard, got, status = True, 'SIGINT', 'stopped'
-            if phase == 'update':                   # the weights may be half-updated: no checkpoint of this state
-                last = latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-                reason = (f'KeyboardInterrupt during the update of step {n + 1}: stopped at step {n} of {cfg.steps}; '
-                          f"no checkpoint of this step; the last one is {last.name if last else 'none'}")
-            else:
-                if phase == 'forward': set_rng_state(rng0)        # nothing trained yet: back to the step boundary
-                last = save_once(n)
-                reason = _stop_text('KeyboardInterrupt', n, cfg.steps, last)
-        if not keyboard and got is None:           # a signal during a stop by another rule, or after the last step
-            signum, _ = _agree(stop, False, dist, device)
-            if signum and status == 'completed':
-                got, last = signal.Signals(signum).name, save_once(n)
-                status, reason = 'stopped', _stop_text(_received(signum, stop), n, cfg.steps, last)
-            elif signum: reason += f' ({_received(signum, stop)} too)'   # stopped anyway: the reason stays
+                if not _step(r, step, loss_fn, batch_fn, stop, debug_nan_at_step, debug_sigterm_at_step): break
+                r.phase, r.n = 'boundary', step + 1
+                signum, stop_now = _boundary(r, eval_fn, stop)
+                r.phase = None
+                bar.set_postfix(loss=f"{r.hist[-1]['loss']:.3f}",
+                                **({'metric': f"{r.evals[-1]['value']:.3f}"} if r.evals else {}))
+                if _ended(r, signum, stop_now, stop, stop_after): break
+        except KeyboardInterrupt:                  # SIGINT's default action where no handler of ours is installed
+            keyboard = True; _keyboard(r, ckpt_dir)
+        if not keyboard and r.got is None: _late_signal(r, stop)
         seen = stop.count
         bar.close()
-    meter.stop()
-    if hooked and status == 'completed' and stop.count > seen:    # a signal too late to agree on: it acts as before
+    r.meter.stop()
+    if hooked and r.status == 'completed' and stop.count > seen:    # a signal too late to agree on: it acts as before
         signal.raise_signal(stop.signum)
-    return {'status': status, 'reason': reason, 'step': hist[-1]['step'] if hist else start, 'steps': cfg.steps,
-            'history': hist, 'evals': evals, 'best': best, 'last_checkpoint': str(last) if last is not None else None,
-            'checkpoint_dir': str(ckpt_dir) if ckpt_dir is not None else None, 'world': world,
-            'device_hours': meter.device_hours, 'device_kind': meter.device_kind,
-            'final_loss': hist[-1]['loss'] if hist else None, 'signal': got}
+    return _result(r, ckpt_dir)
