@@ -18,6 +18,29 @@ os.environ.setdefault('OMP_NUM_THREADS', '1')
 os.environ.setdefault('MKL_NUM_THREADS', '1')
 
 
+# ---------------------------------------------------------------------------------------------------- two workers
+# `python -m pytest` runs on two worker processes (pytest-xdist; `-n 2 --dist loadgroup` in pyproject's addopts; `-n 0`
+# runs in this process). Every test is its own unit of work except the files below, whose tests all run on one worker
+# in file order: the real-scale tests (up to ~14 GB each: one at a time; one release checkpoint and its module
+# fixtures per session) and the 10,000 logs of test_aggregate_scale (built once). xdist's own `xdist_group` marker
+# does not group under pytest >= 9.2 (it renames `item._nodeid`, which pytest no longer reads), so the groups are
+# named here by file. xdist hands out the largest group first (its `--loadscope-reorder` default): the real-scale
+# tests start at once instead of last.
+XDIST_GROUPS = {'tests/test_realscale.py': 'realscale', 'tests/test_aggregate_scale.py': 'aggregate_scale'}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    "With `--dist loadgroup`: xdist's LoadGroupScheduling whose groups also come from XDIST_GROUPS (by file)."
+    if config.getvalue('dist') != 'loadgroup': return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class FileGroups(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return XDIST_GROUPS.get(nodeid.split('::')[0]) or super()._split_scope(nodeid)
+    return FileGroups(config, log)
+
+
 # ---------------------------------------------------------------------------------------------------- child processes
 def pqk_env(project: Path | None = None, **extra) -> dict:
     """The environment of a `pqk` subprocess: this checkout's pqk, one thread, `project` as PQK_ROOT, `extra` on top

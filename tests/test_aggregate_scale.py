@@ -2,8 +2,8 @@
 second (cached) rebuild, and runs of two workload versions never in one table or front.
 
 The limits are on the child's CPU time (user + system), which is what the command costs on an idle 2-core machine; the
-wall time depends on what else runs and is printed (run `pytest -s tests/test_aggregate_scale.py` to see it). A cached
-rebuild must stay under 10 CPU s, or under 3/4 of the cold one on a machine too slow for that (machines differ here:
+wall time depends on what else runs and is printed (run `pytest -n 0 -s tests/test_aggregate_scale.py` to see it).
+A cached rebuild must stay under 10 CPU s, or under 3/4 of the cold one on a machine too slow for that (machines differ here:
 warm 5.05 s on one, 14.9 s on an AVX2-only EPYC).
 """
 import json, os, time
