@@ -22,7 +22,8 @@ from ..eval.protocol import (predict_pairs, pair_quality, quality_block, output_
                                evaluate, TorchPredictor, write_per_pair, PER_PAIR_FILE, stop_block, efficiency_block,
                                side_by_side)
 from ..eval.verdict import thresholds_for
-from ..export.onnx import export_graph, export_onnx, onnx_size_mb, check_onnx, ort_dynamic_int8, ERROR_BUDGET
+from ..export.onnx import (export_graph, export_onnx, onnx_size_mb, check_onnx, ort_dynamic_int8, ERROR_BUDGET,
+                             reference_outputs, ort_vs_reference)
 from ..export.ort import OrtPredictor, int8_kernel_check, op_time_shares, int8_bound, cpu_isa
 from ..train.loop import fit, LoopConfig, latest_checkpoint
 from ..train.stoprules import StopRules
@@ -34,9 +35,9 @@ __all__ = ['GROUPS', 'WORK_PREFIX', 'QDQ_ERROR_BUDGET', 'MODELOPT_EXPORT_MAX_GB'
            'calib_feeds', 'select_nodes', 'gemm_shape', 'model_kernel_check', 'cpu_activation_type', 'int8_ceiling',
            'reduce_range', 'work_dir', 'calibrate_ranges', 'ort_quantize', 'mtq_quantize', 'set_groups', 'qdq_report',
            'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'qat_training_block', 'export_qdq',
-           'ort_vs_fake_quant', 'fp32_weights_copy', 'reference_outputs', 'ort_vs_reference', 'export_int8',
-           'quant_start', 'quant_calibrate', 'quant_ptq', 'quant_sensitivity', 'quant_qat', 'ptq_vs_qat',
-           'quant_exports', 'ledger_table', 'quant_latency', 'quant_finish', 'quant_run']
+           'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8', 'quant_start', 'quant_calibrate', 'quant_ptq',
+           'quant_sensitivity', 'quant_qat', 'ptq_vs_qat', 'quant_exports', 'ledger_table', 'quant_latency',
+           'quant_finish', 'quant_run']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder': ('enc_blocks', 'enc_norm'),
@@ -481,21 +482,6 @@ def fp32_weights_copy(fq_model: nn.Module) -> nn.Module:
     m = copy.deepcopy(fq_model)
     for _, q in _quantizers(m): q.disable()
     return m
-
-# %% ../../nbs/compress/52_quant.ipynb #428f042d
-def reference_outputs(model: nn.Module, shape, seed: int = 1) -> tuple[tuple, tuple]:
-    """(pair, outputs): `model`'s outputs (on the CPU) on `probe_pair(shape, seed)`, recorded so that the exports
-    can be compared with them (`ort_vs_reference`) after the model is gone."""
-    x = probe_pair(list(shape), seed)
-    dev = next(model.parameters()).device
-    with torch.no_grad(): r1, r2 = model({'img': x[0].to(dev)}, {'img': x[1].to(dev)})
-    return x, ({k: r1[k].cpu() for k in ('pts3d', 'conf')}, {k: r2[k].cpu() for k in ('pts3d_in_other_view', 'conf')})
-
-def ort_vs_reference(onnx_path, x, ref, budget: float | None = None) -> dict:
-    "`output_errors` of ORT on `onnx_path` against recorded outputs `ref` on the pair `x`, with `budget` and `ok`."
-    e = output_errors(OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(*x), ref)
-    ok = None if budget is None else bool(math.isfinite(e['max']) and e['max'] <= budget)
-    return {**e, 'budget': budget, 'ok': ok}
 
 # %% ../../nbs/compress/52_quant.ipynb #4e34bf45
 MODELOPT_EXPORT_MAX_GB = 1.0    # fp32 weights above which the TensorRT flavour comes from ORT (see above)

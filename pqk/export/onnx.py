@@ -5,21 +5,22 @@ against torch within a stated error budget), summarised (polygraphy) and sized. 
 
 # %% ../../nbs/export/60_onnx.ipynb #780bedda
 from __future__ import annotations
-import copy, io, subprocess, sys, time, warnings
-from contextlib import redirect_stdout, redirect_stderr
+import copy, ctypes, gc, io, math, os, subprocess, sys, threading, time, warnings
+from contextlib import contextmanager, redirect_stdout, redirect_stderr
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
 from ..core.io import TMP_PREFIX, atomic_path, clean_stale_tmp
 from ..data.pairs import probe_pair
-from ..eval.protocol import compare_models
-from ..eval.efficiency import size_on_disk_mb
+from ..eval.protocol import compare_models, output_errors
+from ..eval.efficiency import size_on_disk_mb, MB
 from .ort import PAIR_INPUTS, PAIR_OUTPUTS, OrtPredictor
 
 # %% auto #0
-__all__ = ['ERROR_BUDGET', 'PRECISIONS', 'MODEL_PROTO_FIELDS', 'PairOutputs', 'onnx_size_mb', 'contract_shape', 'export_graph',
-           'looks_like_onnx', 'ExportTargetError', 'check_export_target', 'check_onnx', 'compare_with_torch',
+__all__ = ['ERROR_BUDGET', 'PRECISIONS', 'EXTERNAL_DATA_MB', 'INLINE_MAX_BYTES', 'MODEL_PROTO_FIELDS', 'PairOutputs',
+           'onnx_size_mb', 'contract_shape', 'export_graph', 'looks_like_onnx', 'ExportTargetError',
+           'check_export_target', 'check_onnx', 'reference_outputs', 'ort_vs_reference', 'compare_with_torch',
            'ort_dynamic_int8', 'polygraphy_summary', 'export_onnx', 'export_checkpoint']
 
 # %% ../../nbs/export/60_onnx.ipynb #f6169182
@@ -51,8 +52,60 @@ def contract_shape(workload=None, res: int | None = None) -> list[int]:
     return [int(d) for d in workload.shape]
 
 # %% ../../nbs/export/60_onnx.ipynb #f606f9f1
-def export_graph(model: nn.Module, path, shape, precision: str = 'fp32', opset: int = 18) -> Path:
-    "Export `model` (a DUSt3R, or any module with its forward) to `path` at input `shape` in `precision` (fp32|fp16)."
+EXTERNAL_DATA_MB = 512     # initializers of this many MB or more go to `<file>.data`, tensor by tensor
+INLINE_MAX_BYTES = 1024    # smaller tensors (shapes, scalars) stay in the graph file, as onnx.save keeps them
+_EXPORT_LOCK = threading.Lock()
+
+@contextmanager
+def _weights_held_back(min_bytes: float):
+    """While open, torch's legacy exporter serialises a graph whose initializers total `min_bytes` or more without
+    them (they stay graph inputs) and puts them, constant-folded, into the yielded `{name: tensor}`."""
+    G = torch._C.Graph
+    orig = getattr(G, '_export_onnx', None)
+    held = {}
+    if orig is None: yield held; return                  # a torch without the hook: the plain export
+    def export_onnx(self, params, *args, **kw):
+        if isinstance(params, dict) and sum(t.numel() * t.element_size() for t in params.values()) >= min_bytes:
+            held.update(params); params = {}
+        return orig(self, params, *args, **kw)
+    with _EXPORT_LOCK:
+        G._export_onnx = export_onnx
+        try: yield held
+        finally: G._export_onnx = orig
+
+def _add_external_weights(path, weights: dict, data_path, location: str) -> None:
+    """Turn the graph inputs of ONNX file `path` named in `weights` into initializers: each tensor of
+    `INLINE_MAX_BYTES` or more is appended to `data_path` (recorded as `location`, relative to `path`'s folder), one
+    at a time; smaller ones stay in the graph file."""
+    import onnx
+    from onnx import TensorProto, helper
+    m = onnx.load(str(path))
+    names = {i.name for i in m.graph.input}
+    lost = [k for k in weights if k not in names]
+    if lost: raise RuntimeError(f'{path}: the exporter wrote no graph input for {len(lost)} held-back weight(s), e.g. '
+                                f'{lost[0]!r}; expected every one (a torch whose legacy exporter changed?)')
+    with open(data_path, 'wb') as f:
+        for name, t in weights.items():
+            a = t.detach().cpu().contiguous().numpy()    # a folded transpose is a view: made contiguous one at a time
+            tp = TensorProto(name=name, dims=list(a.shape), data_type=helper.np_dtype_to_tensor_dtype(a.dtype))
+            if a.nbytes < INLINE_MAX_BYTES: tp.raw_data = a.tobytes()
+            else:
+                f.write(b'\0' * (-f.tell() % 4096))
+                o = f.tell(); f.write(memoryview(a).cast('B'))
+                for k, v in (('location', location), ('offset', str(o)), ('length', str(a.nbytes))):
+                    tp.external_data.add(key=k, value=v)
+                tp.data_location = TensorProto.EXTERNAL
+            m.graph.initializer.append(tp)
+            del a
+    keep = [i for i in m.graph.input if i.name not in weights]
+    del m.graph.input[:]; m.graph.input.extend(keep)
+    onnx.save(m, str(path))
+
+def export_graph(model: nn.Module, path, shape, precision: str = 'fp32', opset: int = 18,
+                 external_data: bool | None = None) -> Path:
+    """Export `model` (a DUSt3R, or any module with its forward) to `path` at input `shape` in `precision` (fp32|fp16).
+    `external_data`: weights in `<path>.data` (True), in the one file (False), or by size (None: from
+    `EXTERNAL_DATA_MB` on). A `<path>.data` left by a model this one replaces is removed."""
     if precision not in PRECISIONS:
         raise ValueError(f"export precision: got {precision!r}; expected one of {', '.join(PRECISIONS)} (int8 comes "
                          "from pqk.compress.quant)")
@@ -63,11 +116,17 @@ def export_graph(model: nn.Module, path, shape, precision: str = 'fp32', opset: 
     dev = next(m.parameters()).device
     x = probe_pair(shape, 0, dev, dt)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad(), \
-            redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+    data = Path(f'{path}.data')
+    min_bytes = {True: 0, False: math.inf, None: EXTERNAL_DATA_MB * MB}[external_data]
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter('ignore')
-        torch.onnx.export(m, x, str(tmp), dynamo=False, opset_version=int(opset),
-                          input_names=list(PAIR_INPUTS), output_names=list(PAIR_OUTPUTS), do_constant_folding=True)
+        with _weights_held_back(min_bytes) as held, redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            torch.onnx.export(m, x, str(tmp), dynamo=False, opset_version=int(opset), input_names=list(PAIR_INPUTS),
+                              output_names=list(PAIR_OUTPUTS), do_constant_folding=True)
+        if held:
+            with atomic_path(data) as tdata: _add_external_weights(tmp, held, tdata, data.name)
+            held.clear()
+        elif data.is_file(): data.unlink()
     return path
 
 # %% ../../nbs/export/60_onnx.ipynb #2d9e7a15
@@ -115,16 +174,32 @@ def check_export_target(out, force: bool = False, arg: str = 'out', force_arg: s
 
 # %% ../../nbs/export/60_onnx.ipynb #3eeedfd8
 def check_onnx(path) -> dict:
-    "onnx's checker (full check with shape inference); {'ok', 'error', 'opset', 'nodes', 'op_types'}."
+    """onnx's checker (full check with shape inference) on the file (its external data stays on disk); {'ok',
+    'error', 'opset', 'nodes', 'op_types'}."""
     import onnx
-    m = onnx.load(str(path))
-    try: onnx.checker.check_model(m, full_check=True); err = None
+    try: onnx.checker.check_model(str(path), full_check=True); err = None
     except Exception as e: err = f'{type(e).__name__}: {str(e).splitlines()[0][:300]}'
+    m = onnx.load(str(path), load_external_data=False)
     ops = {}
     for n in m.graph.node: ops[n.op_type] = ops.get(n.op_type, 0) + 1
     opset = next((o.version for o in m.opset_import if o.domain in ('', 'ai.onnx')), None)
     return {'ok': err is None, 'error': err, 'opset': opset, 'nodes': len(m.graph.node),
             'op_types': dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+
+def reference_outputs(model: nn.Module, shape, seed: int = 1) -> tuple[tuple, tuple]:
+    """(pair, outputs): `model`'s outputs (on the CPU) on `probe_pair(shape, seed)`, recorded so that the exports
+    can be compared with them (`ort_vs_reference`) after the model is gone."""
+    m = model.model if isinstance(model, PairOutputs) else model
+    x = probe_pair(list(shape), seed)
+    dev = next(m.parameters()).device
+    with torch.no_grad(): r1, r2 = m({'img': x[0].to(dev)}, {'img': x[1].to(dev)})
+    return x, ({k: r1[k].cpu() for k in ('pts3d', 'conf')}, {k: r2[k].cpu() for k in ('pts3d_in_other_view', 'conf')})
+
+def ort_vs_reference(onnx_path, x, ref, budget: float | None = None) -> dict:
+    "`output_errors` of ORT on `onnx_path` against recorded outputs `ref` on the pair `x`, with `budget` and `ok`."
+    e = output_errors(OrtPredictor(onnx_path, providers=['CPUExecutionProvider'])(*x), ref)
+    ok = None if budget is None else bool(math.isfinite(e['max']) and e['max'] <= budget)
+    return {**e, 'budget': budget, 'ok': ok}
 
 def compare_with_torch(model: nn.Module, onnx_path, shape, budget: float, seed: int = 1) -> dict:
     """ORT (CPU) on the ONNX file against `model` in torch on `probe_pair(shape, seed)`: `compare_models`'s
@@ -146,13 +221,18 @@ def ort_dynamic_int8(src, dst, op_types=('MatMul',), per_channel: bool = True, r
     return Path(dst)
 
 # %% ../../nbs/export/60_onnx.ipynb #6b7199ee
+def _has_external_data(path) -> bool:
+    import onnx
+    return any(i.data_location == onnx.TensorProto.EXTERNAL
+               for i in onnx.load(str(path), load_external_data=False).graph.initializer)
+
 def polygraphy_summary(path, timeout: float = 120) -> str | None:
     "The text of `polygraphy inspect model PATH` (None with a reason line when polygraphy is not usable here)."
     import shutil
     exe = Path(sys.executable).parent / 'polygraphy'
     exe = str(exe) if exe.is_file() else shutil.which('polygraphy')
     if exe is None: return 'polygraphy not usable: the polygraphy command is not installed (pip install polygraphy)'
-    cmd = [exe, 'inspect', 'model', str(path)]
+    cmd = [exe, 'inspect', 'model', str(path)] + (['--ignore-external-data'] if _has_external_data(path) else [])
     try: p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e: return f'polygraphy not usable: {type(e).__name__}: {e}'
     if p.returncode != 0:
@@ -161,30 +241,63 @@ def polygraphy_summary(path, timeout: float = 120) -> str | None:
     return '\n'.join(l for l in p.stdout.splitlines() if 'colored' not in l)
 
 # %% ../../nbs/export/60_onnx.ipynb #fd0acc82
+def _trim_heap() -> None:
+    "Hand freed heap memory back to the system (glibc's `malloc_trim`; nothing where there is none)."
+    try: ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError): pass
+
+def _release(model: nn.Module) -> None:
+    "Drop `model`'s weights (moved to the meta device) and give their memory back."
+    model.to('meta'); gc.collect(); _trim_heap()
+
+def _relocate_external_data(path, location: str) -> None:
+    "Point the external-data entries of ONNX file `path` at `location` (the graph file is rewritten, not the data)."
+    import onnx
+    m = onnx.load(str(path), load_external_data=False)
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == 'location': e.value = location
+    onnx.save(m, str(path))
+
 def export_onnx(model: nn.Module, path, res: int | None = None, precision: str = 'fp32', *, workload=None,
-                opset: int = 18, check: bool = True, budget: float | None = None, polygraphy: bool = True) -> dict:
+                opset: int = 18, check: bool = True, budget: float | None = None, polygraphy: bool = True,
+                external_data: bool | None = None, release: bool = False) -> dict:
     """Export `model` to `path` at `[1, 3, res, res]` (default: the workload contract's shape) in `precision`, then
     check it: onnx's checker, ORT against torch within `budget` (default `ERROR_BUDGET[precision]`), polygraphy's
     summary (written next to the file as `<name>.polygraphy.txt`) and the size. Returns the report dict. The export
-    and its checks happen in a temp file beside `path`, renamed onto it at the end (removed on an error or Ctrl-C);
-    temp files that killed exports left in that folder (their pid no longer runs) are removed first."""
+    and its checks happen in a temp file beside `path` (and its weights, see `export_graph`'s `external_data`, in
+    `<temp>.data`), renamed onto `path` and `<path>.data` at the end (removed on an error or Ctrl-C); temp files that
+    killed exports left in that folder (their pid no longer runs) are removed first. torch's outputs for the check are
+    recorded before the export; `release=True` (for a caller that owns `model`) then drops its weights (moved to the
+    meta device) before ONNX Runtime loads the file, so the two are never held together."""
     shape = contract_shape(workload, res)
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    data = Path(f'{path}.data')
     clean_stale_tmp(path.parent, dead_only=True)        # temps of killed exports (a SIGKILL cannot clean up)
-    t0 = time.perf_counter()
+    b = ERROR_BUDGET.get(precision) if budget is None else float(budget)
     with atomic_path(path) as tmp:                       # the target changes only after the checker accepted it
-        export_graph(model, tmp, shape, precision, opset)
-        out = {'path': str(path), 'precision': precision, 'shape': shape,
-               'export_s': round(time.perf_counter() - t0, 2), 'size_mb': round(onnx_size_mb(tmp), 4),
-               'exporter': f'torch.onnx legacy (dynamo=False), torch {torch.__version__}'}
-        if check:
-            out['checker'] = check_onnx(tmp)
-            if not out['checker']['ok']:
-                raise ValueError(f"{path}: onnx checker rejected the export: {out['checker']['error']}")
-            b = ERROR_BUDGET[precision] if budget is None else float(budget)
-            try: out['ort_vs_torch'] = compare_with_torch(model, tmp, shape, b)
-            except ValueError as e:                      # e.g. ORT CPU lacks an fp16 kernel: said, not hidden
-                out['ort_vs_torch'] = {'ok': None, 'budget': b, 'skipped': str(e)}
+        tdata = Path(f'{tmp}.data')
+        try:
+            x, ref = reference_outputs(model, shape) if check and precision in PRECISIONS else (None, None)
+            t0 = time.perf_counter()
+            export_graph(model, tmp, shape, precision, opset, external_data)
+            out = {'path': str(path), 'precision': precision, 'shape': shape,
+                   'export_s': round(time.perf_counter() - t0, 2), 'size_mb': round(onnx_size_mb(tmp), 4),
+                   'external_data': data.name if tdata.is_file() else None,
+                   'exporter': f'torch.onnx legacy (dynamo=False), torch {torch.__version__}'}
+            if release: _release(model)
+            if check:
+                out['checker'] = check_onnx(tmp)
+                if not out['checker']['ok']:
+                    raise ValueError(f"{path}: onnx checker rejected the export: {out['checker']['error']}")
+                try: out['ort_vs_torch'] = ort_vs_reference(tmp, x, ref, b)
+                except ValueError as e:                  # e.g. ORT CPU lacks an fp16 kernel: said, not hidden
+                    out['ort_vs_torch'] = {'ok': None, 'budget': b, 'skipped': str(e)}
+            if tdata.is_file():                          # the weights beside the graph, under their final name
+                _relocate_external_data(tmp, data.name)
+                with atomic_path(data) as t: os.replace(tdata, t)
+            elif data.is_file(): data.unlink()           # the weights of the model this one replaces
+        finally: tdata.unlink(missing_ok=True)
     if polygraphy:
         s = polygraphy_summary(path)
         sp = Path(f'{path}.polygraphy.txt')
@@ -197,7 +310,8 @@ def export_onnx(model: nn.Module, path, res: int | None = None, precision: str =
 def export_checkpoint(ckpt, out, precision: str = 'fp32', workload=None, force: bool = False) -> dict:
     """Export checkpoint `ckpt` ('demo', 'teacher' or None for the workload contract's teacher, or a path) to `out` at
     the workload contract's shape in `precision`, checked. `out` must pass `check_export_target` (an existing ONNX
-    model is replaced only with `force`), before the checkpoint is loaded."""
+    model is replaced only with `force`), before the checkpoint is loaded. The loaded model is released once
+    exported (`export_onnx`'s `release`)."""
     check_export_target(out, force)
     from pqk.models.teacher import load_teacher
     if ckpt in (None, '', 'teacher'):
@@ -205,4 +319,4 @@ def export_checkpoint(ckpt, out, precision: str = 'fp32', workload=None, force: 
             from pqk.core.contracts import load_workload
             workload = load_workload()
         ckpt = workload.teacher
-    return export_onnx(load_teacher(str(ckpt), 'cpu'), out, precision=precision, workload=workload)
+    return export_onnx(load_teacher(str(ckpt), 'cpu'), out, precision=precision, workload=workload, release=True)
