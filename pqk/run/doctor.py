@@ -163,8 +163,9 @@ def _gflops_full_probe(cfg: dict, res: int) -> tuple[float, float]:
 
 def stage_export(spec) -> dict:
     "The fp32 ONNX (legacy exporter, pqk.export.onnx.export_graph) of the model or its probe, left for ptq and ort."
-    from pqk.export.onnx import export_graph, onnx_size_mb
+    from pqk.export.onnx import export_graph, onnx_size_mb, EXTERNAL_DATA_MB
     m, facts = _onnx_model(spec)
+    big = (spec.get('weights_mb') or 0) >= EXTERNAL_DATA_MB if spec.get('probe') else None   # write as the full would
     m = m.cpu()
     if spec.get('probe'):                                      # the probe's forward sets the time factor
         import torch
@@ -172,7 +173,8 @@ def stage_export(spec) -> dict:
         with torch.inference_mode(): t0 = _now(); m(v1, v2); facts['probe_forward_s'] = round(_now() - t0, 3)
         try: facts['full_gflops'], facts['probe_gflops'] = _gflops_full_probe(spec['config'], spec['res'])
         except Exception as e: facts['gflops_error'] = f'{type(e).__name__}: {str(e)[:200]}'   # the time ratio then
-    t0 = _now(); p = export_graph(m, Path(spec['work']) / 'model.onnx', [1, 3, spec['res'], spec['res']])
+    t0 = _now(); p = export_graph(m, Path(spec['work']) / 'model.onnx', [1, 3, spec['res'], spec['res']],
+                                  external_data=big)
     return {**facts, 'export_s': round(_now() - t0, 2), 'onnx_mb': round(onnx_size_mb(p), 1)}
 
 def stage_ptq(spec) -> dict:
