@@ -41,6 +41,12 @@ def pytest_xdist_make_scheduler(config, log):
     return FileGroups(config, log)
 
 
+def pytest_collection_modifyitems(config, items):
+    """On xdist workers the `slow` tests come first (order kept otherwise): xdist hands single tests out in collection
+    order, and a 2-3 min notebook that starts last leaves the other core idle until it ends."""
+    if hasattr(config, 'workerinput'): items.sort(key=lambda it: it.get_closest_marker('slow') is None)
+
+
 # ---------------------------------------------------------------------------------------------------- child processes
 def pqk_env(project: Path | None = None, **extra) -> dict:
     """The environment of a `pqk` subprocess: this checkout's pqk, one thread, `project` as PQK_ROOT, `extra` on top
