@@ -101,7 +101,7 @@ def _add_external_weights(path, weights: dict, data_path, location: str) -> None
     del m.graph.input[:]; m.graph.input.extend(keep)
     onnx.save(m, str(path))
 
-# %% ../../nbs/export/60_onnx.ipynb #366a8c9a
+# %% ../../nbs/export/60_onnx.ipynb #c79ec2d3
 def export_graph(model: nn.Module, path, shape, precision: str = 'fp32', opset: int = 18,
                  external_data: bool | None = None) -> Path:
     """Export `model` (a DUSt3R, or any module with its forward) to `path` at input `shape` in `precision` (fp32|fp16).
@@ -260,7 +260,7 @@ def _relocate_external_data(path, location: str) -> None:
             if e.key == 'location': e.value = location
     onnx.save(m, str(path))
 
-# %% ../../nbs/export/60_onnx.ipynb #a0f4184b
+# %% ../../nbs/export/60_onnx.ipynb #2773d17e
 def export_onnx(model: nn.Module, path, res: int | None = None, precision: str = 'fp32', *, workload=None,
                 opset: int = 18, check: bool = True, budget: float | None = None, polygraphy: bool = True,
                 external_data: bool | None = None, release: bool = False) -> dict:

@@ -161,7 +161,7 @@ def _gflops_full_probe(cfg: dict, res: int) -> tuple[float, float]:
         v = ({'img': x}, {'img': x})
         return gflops(DUSt3R(DUSt3RConfig.from_dict(cfg).canonical()).eval(), v), gflops(_probe_model(cfg), v)
 
-# %% ../../nbs/run/76_doctor.ipynb #619fccd7
+# %% ../../nbs/run/76_doctor.ipynb #347bf540
 def stage_export(spec) -> dict:
     "The fp32 ONNX (legacy exporter, pqk.export.onnx.export_graph) of the model or its probe, left for ptq and ort."
     from pqk.export.onnx import export_graph, onnx_size_mb, EXTERNAL_DATA_MB
@@ -178,7 +178,7 @@ def stage_export(spec) -> dict:
                                   external_data=big)
     return {**facts, 'export_s': round(_now() - t0, 2), 'onnx_mb': round(onnx_size_mb(p), 1)}
 
-# %% ../../nbs/run/76_doctor.ipynb #a4ff23b2
+# %% ../../nbs/run/76_doctor.ipynb #b8217ede
 def stage_ptq(spec) -> dict:
     "int8 static PTQ (configs/quant.yaml) of that ONNX on 2 random calibration pairs: calibration and writing."
     import types
