@@ -151,8 +151,10 @@ def distributed(device=None):
         else: device = 'cpu'
         dist.init_process_group('nccl' if cuda else 'gloo')
     try: yield device
-    finally:
-        if own and dist.is_initialized(): dist.barrier(); dist.destroy_process_group()
+    finally:                  # left even when the barrier fails: a gloo group alive at exit aborts the process
+        if own and dist.is_initialized():
+            try: dist.barrier()
+            finally: dist.destroy_process_group()
 
 def torchrun(module: str, nproc: int, args=(), env: dict | None = None, timeout: float | None = None):
     "Run `python -m module *args` in `nproc` processes with torchrun (see above); raises on failure, not on a stop."
