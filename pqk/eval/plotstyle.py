@@ -17,7 +17,8 @@ LABEL_FONT = 7
 # %% auto #0
 __all__ = ['STATUS_COLORS', 'FRONT_COLORS', 'NOISY_LOAD', 'LABEL_FONT', 'OFFSETS', 'new_figure', 'save_png', 'cores_of',
            'load_limit', 'is_noisy', 'noisy_label', 'scatter_timed', 'bars_timed', 'marker_handle', 'noisy_handle',
-           'error_bars', 'threshold_line', 'legend_outside', 'place_labels', 'legend_texts', 'is_hollow']
+           'noisy_bar_handle', 'error_bars', 'threshold_line', 'legend_outside', 'place_labels', 'legend_texts',
+           'is_hollow']
 
 # %% ../../nbs/eval/37_plotstyle.ipynb #8be65fe3
 def new_figure(n: int = 1, width: float = 10.0, row_height: float = 4.2):
@@ -57,7 +58,7 @@ def noisy_label(limits=()) -> str:
     ls = sorted({float(x) for x in limits}) or [NOISY_LOAD]
     return f"noisy (load ≥ {'/'.join(f'{x:g}' for x in ls)} or logged noisy)"
 
-# %% ../../nbs/eval/37_plotstyle.ipynb #82b2ddeb
+# %% ../../nbs/eval/37_plotstyle.ipynb #f9859c44
 def scatter_timed(ax, xs, ys, noisy, color, label=None, s: float = 30, marker: str = 'o', zorder: float = 3) -> list:
     "Points (xs, ys): filled where timed quietly, hollow (edge only) where `noisy`; the PathCollections drawn."
     out, pts = [], list(zip(xs, ys, noisy))
@@ -84,6 +85,11 @@ def noisy_handle(limits=()):
     "The legend entry of the hollow marks (`noisy_label`)."
     return marker_handle(noisy_label(limits), 'dimgray', hollow=True)
 
+def noisy_bar_handle(limits=()):
+    "The legend entry of the hatched bars (`noisy_label`)."
+    from matplotlib.patches import Patch
+    return Patch(facecolor='none', edgecolor='dimgray', hatch='///', label=noisy_label(limits))
+
 # %% ../../nbs/eval/37_plotstyle.ipynb #ba27c47e
 def error_bars(ax, xs, ys, lo, hi, color, zorder: float = 2):
     "Vertical bars from `lo` to `hi` through (xs, ys) (the interval's ends); the ErrorbarContainer, None when empty."
@@ -107,14 +113,18 @@ def legend_outside(ax, handles=None, title=None):
     return ax.legend(handles=hs, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0., fontsize=8,
                      title=title, title_fontsize=8)
 
-# %% ../../nbs/eval/37_plotstyle.ipynb #0ce43b40
+# %% ../../nbs/eval/37_plotstyle.ipynb #ac905ff6
 OFFSETS = ((4, 3), (4, -11), (-4, 3), (-4, -11), (6, 13), (6, -21), (-6, 13), (-6, -21))
 
-def place_labels(ax, xy, texts, fontsize: float = LABEL_FONT, offsets=OFFSETS) -> list:
+def place_labels(ax, xy, texts, fontsize: float = LABEL_FONT, offsets=OFFSETS, avoid=(), pad: float = 5) -> list:
     "Annotate points `xy` with `texts` where no two labels overlap (see above); the annotations placed."
+    from matplotlib.transforms import Bbox
     r = ax.figure.canvas.get_renderer()
     ax.autoscale_view(); ax.get_xlim()
-    frame, placed, boxes = ax.get_window_extent(r), [], []
+    frame, placed = ax.get_window_extent(r), []
+    boxes = [t.get_window_extent(r) for t in ax.texts if t.get_visible() and t.get_text()]     # thresholds, notes
+    px = pad * ax.figure.dpi / 72
+    marks = [Bbox.from_extents(u - px, v - px, u + px, v + px) for u, v in ax.transData.transform(list(avoid))]         if len(avoid) else []
     for (x, y), t in zip(xy, texts):
         for dx, dy in offsets:
             a = ax.annotate(t, (x, y), xytext=(dx, dy), textcoords='offset points', fontsize=fontsize,
@@ -122,7 +132,7 @@ def place_labels(ax, xy, texts, fontsize: float = LABEL_FONT, offsets=OFFSETS) -
             a.set_in_layout(False)
             b = a.get_window_extent(r)
             inside = frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1
-            if inside and not any(b.overlaps(o) for o in boxes):
+            if inside and not any(b.overlaps(o) for o in boxes) and not any(b.overlaps(m) for m in marks):
                 placed.append(a); boxes.append(b); break
             a.remove()
     return placed
