@@ -108,11 +108,12 @@ def _sbs(kind: str, t_ms: float, speedup: float, load: float, noisy: bool) -> di
         f_ms = m_ms * 1.4
         return {'quantization': {'backend': 'onnxruntime', 'final': 'ptq', 'ptq': {'status': 'ok'},
                                  'qat': {'ran': False, 'reason': 'PTQ within the threshold (synthetic)'},
-                                 'latency_side_by_side': {'ort_fp32': one(f_ms, 1.0), 'ort_int8': one(m_ms, m_ms / f_ms),
+                                 'latency_side_by_side': {'ort_fp32': one(f_ms, 1.0),
+                                                          'ort_int8': one(m_ms, m_ms / f_ms),
                                                           'teacher_eager': one(t_ms, t_ms / f_ms), 'rounds': 3,
                                                           'load_avg': load},
-                                 'ratios': {'int8_vs_fp32_ort_p50': m_ms / f_ms, 'teacher_eager_vs_int8_p50': t_ms / m_ms,
-                                            'int8_vs_fp32_size': 0.27}}}
+                                 'ratios': {'int8_vs_fp32_ort_p50': m_ms / f_ms,
+                                            'teacher_eager_vs_int8_p50': t_ms / m_ms, 'int8_vs_fp32_size': 0.27}}}
     if kind == 'P':
         return {'pruning': {'side_by_side': {'latency_p50_ms': {'before': t_ms, 'after': m_ms, 'ratio': m_ms / t_ms},
                                              'latency': {'before': one(t_ms, 1.0), 'after': one(m_ms, m_ms / t_ms)},

@@ -113,7 +113,7 @@ def legend_outside(ax, handles=None, title=None):
     return ax.legend(handles=hs, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0., fontsize=8,
                      title=title, title_fontsize=8)
 
-# %% ../../nbs/eval/37_plotstyle.ipynb #ac905ff6
+# %% ../../nbs/eval/37_plotstyle.ipynb #0d464c09
 OFFSETS = ((4, 3), (4, -11), (-4, 3), (-4, -11), (6, 13), (6, -21), (-6, 13), (-6, -21))
 
 def place_labels(ax, xy, texts, fontsize: float = LABEL_FONT, offsets=OFFSETS, avoid=(), pad: float = 5) -> list:
@@ -124,7 +124,8 @@ def place_labels(ax, xy, texts, fontsize: float = LABEL_FONT, offsets=OFFSETS, a
     frame, placed = ax.get_window_extent(r), []
     boxes = [t.get_window_extent(r) for t in ax.texts if t.get_visible() and t.get_text()]     # thresholds, notes
     px = pad * ax.figure.dpi / 72
-    marks = [Bbox.from_extents(u - px, v - px, u + px, v + px) for u, v in ax.transData.transform(list(avoid))]         if len(avoid) else []
+    pts = ax.transData.transform(list(avoid)) if len(avoid) else []
+    marks = [Bbox.from_extents(u - px, v - px, u + px, v + px) for u, v in pts]
     for (x, y), t in zip(xy, texts):
         for dx, dy in offsets:
             a = ax.annotate(t, (x, y), xytext=(dx, dy), textcoords='offset points', fontsize=fontsize,

@@ -409,12 +409,13 @@ def group_summary(g: dict) -> dict:
             'recommended': None if rec is None else {
                 'run_id': rec['run_id'], 'card': rec.get('task_card'), 'speedup': rec.get('front.speedup'),
                 'speedup_source': rec.get('front.speedup_source'), 'drop_pct': rec.get('quality.quality_drop_pct'),
-                'drop_lo_pct': rec.get('quality.quality_drop_lo_pct'), 'drop_hi_pct': rec.get('quality.quality_drop_hi_pct'),
+                'drop_lo_pct': rec.get('quality.quality_drop_lo_pct'),
+                'drop_hi_pct': rec.get('quality.quality_drop_hi_pct'),
                 'threshold_pct': rec.get('thresholds.quality_drop_max_pct')},
             'first_started_utc': min(st) if st else None, 'last_started_utc': max(st) if st else None}
 
-FRONT_COLUMNS = ('front.status', 'front.recommended', 'front.passed_decisively', 'front.speedup', 'front.speedup_source',
-                 'front.load', 'front.noisy')
+FRONT_COLUMNS = ('front.status', 'front.recommended', 'front.passed_decisively', 'front.speedup',
+                 'front.speedup_source', 'front.load', 'front.noisy')
 
 def annotate_front(groups: list[dict]) -> dict[str, str | None]:
     """Add the `FRONT_COLUMNS` to every row of `groups` (in place): front status, recommended, passed decisively, and
@@ -461,7 +462,8 @@ def _primary(part: str):
 MAIN_COLUMNS: tuple = (
     ('run_id', 'run_id'), ('card', 'task_card'), ('kind', 'kind'), ('status', 'status'),
     ('passed decisively', 'front.passed_decisively'), ('front', 'front.status'), ('recommended', 'front.recommended'),
-    ('primary metric', 'quality.primary'), ('primary value', _primary('metrics')), ('teacher value', _primary('teacher')),
+    ('primary metric', 'quality.primary'), ('primary value', _primary('metrics')),
+    ('teacher value', _primary('teacher')),
     ('drop %', 'quality.quality_drop_pct'), ('drop lo %', 'quality.quality_drop_lo_pct'),
     ('drop hi %', 'quality.quality_drop_hi_pct'), ('max drop %', 'thresholds.quality_drop_max_pct'),
     ('threshold rule', 'thresholds.rule'), ('verdict rule', 'thresholds.verdict_rule'), ('pairs', 'quality.n_pairs'),
@@ -704,8 +706,8 @@ def _tradeoff_panel(ax, rows) -> tuple[list, list]:
         xs, ys = [x['timing']['speedup'] for x in sel], [x['drop'][0] for x in sel]
         pstyle.scatter_timed(ax, xs, ys, [x['timing']['noisy'] for x in sel], c, label=st)
         iv = [x for x in sel if x['drop'][1] != x['drop'][2]]
-        pstyle.error_bars(ax, [x['timing']['speedup'] for x in iv], [x['drop'][0] for x in iv], [x['drop'][1] for x in iv],
-                      [x['drop'][2] for x in iv], c)
+        pstyle.error_bars(ax, [x['timing']['speedup'] for x in iv], [x['drop'][0] for x in iv],
+                          [x['drop'][1] for x in iv], [x['drop'][2] for x in iv], c)
         handles.append(pstyle.marker_handle(st, c))
     noisy = [x for x in placed if x['timing']['noisy']]
     if noisy: handles.append(pstyle.noisy_handle({x['timing']['limit'] for x in noisy}))
@@ -718,14 +720,16 @@ def _tradeoff_panel(ax, rows) -> tuple[list, list]:
         ax.scatter([x['timing']['speedup'] for x in amb], [x['drop'][0] for x in amb], s=140, facecolors='none',
                    edgecolors=pstyle.FRONT_COLORS['ambiguous'], linestyles='--', zorder=4)
         handles.append(Line2D([], [], ls='none', marker='o', markersize=10, markerfacecolor='none',
-                              color=pstyle.FRONT_COLORS['ambiguous'], label="ambiguous (interval overlaps a better run's)"))
+                              color=pstyle.FRONT_COLORS['ambiguous'],
+                              label="ambiguous (interval overlaps a better run's)"))
     best = _pick(info)
     if best is not None:
         ax.scatter([best['timing']['speedup']], [best['drop'][0]], marker='*', s=260, color='gold', edgecolors='k',
                    zorder=6)
         handles.append(Line2D([], [], ls='none', marker='*', markersize=12, color='gold', markeredgecolor='k',
                               label='recommended (fastest passed decisively)'))
-    for t, lab in threshold_labels([x['row'] for x in placed]).items(): handles.append(pstyle.threshold_line(ax, t, lab))
+    for t, lab in threshold_labels([x['row'] for x in placed]).items():
+        handles.append(pstyle.threshold_line(ax, t, lab))
     ax.axvline(1.0, color='lightgray', lw=0.8, zorder=0)
     un = [x['row'] for x in info if x['front'] == 'unplaced']
     if un:
@@ -811,11 +815,13 @@ def latency_figure(rows):
                              lim(last[k].get('environment.device'))) for k in ks]
         pstyle.bars_timed(ax, [x - w for x in xs], [last[k]['efficiency.latency_p50_ms'] for k in ks], noisy, 'C0', w,
                       'p50')
-        pstyle.bars_timed(ax, xs, [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], noisy, 'C1', w, 'p95')
-        tn = [pstyle.is_noisy(last[k].get('efficiency.teacher.latency_noisy'), last[k].get('efficiency.teacher.load_avg'),
-                          lim(last[k].get('environment.device'))) for k in ks]
-        pstyle.bars_timed(ax, [x + w for x in xs], [_num(last[k].get('efficiency.teacher.latency_p50_ms')) or 0 for k in ks],
-                      tn, 'C7', w, 'teacher p50 (same run)')
+        pstyle.bars_timed(ax, xs, [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], noisy, 'C1', w,
+                          'p95')
+        tn = [pstyle.is_noisy(last[k].get('efficiency.teacher.latency_noisy'),
+                              last[k].get('efficiency.teacher.load_avg'), lim(last[k].get('environment.device')))
+              for k in ks]
+        tp = [_num(last[k].get('efficiency.teacher.latency_p50_ms')) or 0 for k in ks]
+        pstyle.bars_timed(ax, [x + w for x in xs], tp, tn, 'C7', w, 'teacher p50 (same run)')
         load = lambda r: (f"\nload {_num(r.get('efficiency.load_avg')):.1f}"
                           if _num(r.get('efficiency.load_avg')) is not None else '\nload not logged')
         ax.set_xticks(xs, [f'{plot_text(m)}\n{plot_text(dv)}{load(last[(m, dv)])}' for m, dv in ks], rotation=30,
