@@ -81,8 +81,8 @@ def _drop_ci(r: dict) -> str:
     return (f"{_f(r.get('quality.quality_drop_pct'), '.2f')}% [{_f(r.get('quality.quality_drop_lo_pct'), '.2f')}, "
             f"{_f(r.get('quality.quality_drop_hi_pct'), '.2f')}]")
 
-FRONT_NOTE = ("Speed-up against the teacher timed in the same run; `ambiguous`: its drop interval overlaps a better "
-              "run's; `unplaced`: no teacher timed in the run.")
+FRONT_NOTE = ("Speed-up against the teacher timed in the same run; *ambiguous*: its drop interval overlaps a better "
+              "run's; *unplaced*: no teacher timed in the run.")        # no code spans (the review has none)
 
 def front_markdown(records: list[dict]) -> list[str]:
     """The trade-off section: per version group, the recommended run (the fastest that passed decisively) and each
