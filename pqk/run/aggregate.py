@@ -423,6 +423,7 @@ def annotate_front(groups: list[dict]) -> dict[str, str | None]:
     run_id or None}."""
     out = {}
     for g in groups:
+        for r in g['rows']: r.pop('front.status', None)          # computed afresh, never read back
         info = _front_rows(g['rows']); best = _pick(info)
         for x in info:
             t = x['timing']
@@ -613,8 +614,17 @@ def classify_front(points: list[tuple[float, float, float, float]]) -> list[str]
         faster_hi, k = min(faster_hi, his[0][0]), j
     return out
 
+def _annotated(r: dict) -> dict:
+    "The `_front_rows` entry of a row that `annotate_front` has annotated (no second pass over the logs' fields)."
+    t = {'speedup': r['front.speedup'], 'source': r['front.speedup_source'], 'load': r['front.load'],
+         'noisy': r['front.noisy'], 'limit': pstyle.load_limit(r.get('environment.device'))}
+    return {'row': r, 'timing': t, 'drop': drop_interval(r), 'decisive': r['front.passed_decisively'],
+            'front': r['front.status']}
+
 def _front_rows(rows: list[dict]) -> list[dict]:
-    "Per run of ONE version group: {'row', 'timing' (speedup_vs_teacher), 'drop' (drop_interval), 'front', 'decisive'}."
+    """Per run of ONE version group: {'row', 'timing' (speedup_vs_teacher), 'drop' (drop_interval), 'front',
+    'decisive'}; read from the `front.*` columns when `annotate_front` has written them (the reports' plots)."""
+    if rows and all('front.status' in r for r in rows): return [_annotated(r) for r in rows]
     info = [{'row': r, 'timing': speedup_vs_teacher(r), 'drop': drop_interval(r), 'decisive': passed_decisively(r)}
             for r in rows]
     placed = [x for x in info if x['timing']['speedup'] is not None and x['drop'] is not None]
