@@ -6,6 +6,12 @@ edge block for edge runs), spread over cards, kinds, statuses, days and contract
 run also gets an archived notebook and an HTML copy; with `pointmaps=True` a small pointmap artefact as the templates
 write it. Nothing here is committed output: every test builds its own runs in a temporary folder.
 
+Each log also carries what the runner logs beside its numbers: the drop's 95% interval, the load and `noisy` flag of
+each timing, and the speed-up against the teacher timed side by side in the run (K: `training.side_by_side`, Q kinds:
+`quantization.latency_side_by_side` and `ratios`, P: `pruning.side_by_side`); they are drawn from a second generator
+seeded by the run id, so the main series is the same as before they existed. `day_of_cards(runs_dir)` writes a
+doctored day (E0, A1, A2, B1, C1, KQ_D1; some timed under load) whose front is known (see its docstring).
+
     python tests/synthetic_runs.py RUNS_DIR N [--versions 1.0:1.0,1.1:1.0]
 """
 from __future__ import annotations
@@ -79,10 +85,109 @@ def synthetic_run_log(i: int, rng: random.Random, workload_version: str = '1.0',
                            'evals': [{'step': s, 'value': rng.uniform(0.3, 0.6), 'metric': 'delta_1.25',
                                       'improved': s == 20} for s in (20, 40, 60)],
                            'student': {'reduce': 'width', 'reduction_target': 0.3, 'reduction_actual': 1 - shrink}}
+    _timing_fields(rec, random.Random(rid))
     if kind == 'edge':
         rec['edge_device'] = {'name': 'jetson-agx-orin-64gb', 'power_avg_W': rng.uniform(15, 40),
                               'power_peak_W': rng.uniform(40, 60), 'throttle': rng.random() < 0.1}
     return rec
+
+
+LOADS = (0.7, 1.0, 1.2, 1.4, 6.4, 6.9)      # 1-minute loads: a quiet 2-core machine, and one under a test suite
+
+
+def _sbs(kind: str, t_ms: float, speedup: float, load: float, noisy: bool) -> dict:
+    "The blocks a run of `kind` logs for its side-by-side timing (model `speedup`× faster than the teacher at `t_ms`)."
+    m_ms = t_ms / speedup
+    one = lambda ms, r: {'p50_ms': ms, 'p90_ms': ms * 1.05, 'p95_ms': ms * 1.1, 'cpu_p50_ms': ms, 'n_timed': 30,
+                         'noisy': noisy, 'ratio_p50': r}
+    if kind == 'K':
+        return {'training': {'side_by_side': {'teacher': one(t_ms, 1.0), 'student': one(m_ms, m_ms / t_ms), 'rounds': 3,
+                                              'load_avg': load},
+                             'speedup_p50_side_by_side': t_ms / m_ms}}
+    if kind in ('Q', 'KQ', 'KPQ'):
+        f_ms = m_ms * 1.4
+        return {'quantization': {'backend': 'onnxruntime', 'final': 'ptq', 'ptq': {'status': 'ok'},
+                                 'qat': {'ran': False, 'reason': 'PTQ within the threshold (synthetic)'},
+                                 'latency_side_by_side': {'ort_fp32': one(f_ms, 1.0),
+                                                          'ort_int8': one(m_ms, m_ms / f_ms),
+                                                          'teacher_eager': one(t_ms, t_ms / f_ms), 'rounds': 3,
+                                                          'load_avg': load},
+                                 'ratios': {'int8_vs_fp32_ort_p50': m_ms / f_ms,
+                                            'teacher_eager_vs_int8_p50': t_ms / m_ms, 'int8_vs_fp32_size': 0.27}}}
+    if kind == 'P':
+        return {'pruning': {'side_by_side': {'latency_p50_ms': {'before': t_ms, 'after': m_ms, 'ratio': m_ms / t_ms},
+                                             'latency': {'before': one(t_ms, 1.0), 'after': one(m_ms, m_ms / t_ms)},
+                                             'resolution': 384, 'load_avg': load}}}
+    return {}
+
+
+def _merge(rec: dict, blocks: dict):
+    for k, v in blocks.items(): rec[k] = {**(rec.get(k) or {}), **v}
+
+
+def _timing_fields(rec: dict, aux: random.Random):
+    "The drop's interval, each timing's load and noisy flag, the side-by-side speed-up (from `aux`, see above)."
+    q, eff, kind = rec['quality'], rec['efficiency'], rec['kind']
+    rec['thresholds']['verdict_rule'] = 'point'
+    if kind != 'eval':
+        h, d = aux.uniform(0.3, 2.0), q['quality_drop_pct']
+        q.update(quality_drop_lo_pct=round(d - h, 4), quality_drop_hi_pct=round(d + h, 4),
+                 interval={'method': 'paired_bootstrap', 'level': 0.95, 'n_boot': 2000, 'seed': 0, 'n_pairs': 12})
+    load = aux.choice(LOADS); noisy = load > 2 and aux.random() < 0.8
+    if eff['latency_p50_ms'] is None: return
+    eff.update(load_avg=load, latency_noisy=noisy)
+    if 'teacher' in eff: eff['teacher'].update(load_avg=load, latency_noisy=noisy)
+    if 'teacher' in eff and kind in ('K', 'Q', 'KQ', 'KPQ', 'P'):
+        sp = eff['teacher']['latency_p50_ms'] / eff['latency_p50_ms'] * aux.uniform(0.9, 1.1)
+        load2 = aux.choice(LOADS)
+        _merge(rec, _sbs(kind, eff['teacher']['latency_p50_ms'], sp, load2, load2 > 2 and aux.random() < 0.8))
+
+
+# the doctored day: card → (index in CARDS, status, drop, lo, hi, speed-up side by side, load, noisy, teacher ms)
+DAY = {'E0': (0, 'passed', 0.0, None, None, None, 6.7, True, 2430.0),
+       'A2': (2, 'passed', 0.20, -0.40, 0.80, 1.25, 1.0, False, 100.0),
+       'A1-fast': (1, 'passed', 0.40, -0.30, 1.10, 1.65, 1.0, False, 100.0),
+       'A1-early': (1, 'passed', 0.90, 0.20, 1.60, 1.07, 6.3, True, 2300.0),
+       'B1': (3, 'inconclusive', 0.60, 0.10, 1.10, 1.30, 1.1, False, 364.0),
+       'C1': (5, 'failed', 3.40, 2.60, 4.20, 1.20, 1.2, False, 110.0),
+       'KQ_D1': (7, 'inconclusive', 1.20, 0.30, 2.10, 3.10, 6.8, True, 2400.0),
+       'A1-unpaired': (1, 'passed', 0.50, -0.20, 1.20, None, 1.0, False, 100.0)}
+DAY_FRONT = {'E0': 'frontier', 'A2': 'frontier', 'A1-fast': 'frontier', 'KQ_D1': 'frontier', 'A1-early': 'ambiguous',
+             'B1': 'ambiguous', 'C1': 'dominated', 'A1-unpaired': 'unplaced'}
+
+
+def day_of_cards(runs_dir, intervals: bool = True) -> dict:
+    """Write the doctored day `DAY` into `runs_dir`; {name: run_id}. Mainline threshold 1.5%, Q 1.0%. Its front
+    (`DAY_FRONT`): E0 (the teacher, 1x, timed at load 6.7, 2,430 ms), A2 (1.25x, 0.2%), A1-fast (1.65x, 0.4%) and
+    KQ_D1 (3.1x, 1.2%, at load 6.8) are the front; A1-early and B1 are slower and worse than A1-fast but their
+    intervals overlap its interval (ambiguous); C1's interval lies above A1-fast's (dominated); A1-unpaired has no
+    teacher timed in its run (unplaced). Passed decisively: A2 and A1-fast, so A1-fast is recommended (KQ_D1 is faster
+    but inconclusive). `intervals=False` logs no interval (then A1-early and B1 are dominated)."""
+    ids = {}
+    for n, (name, (ci, st, d, lo, hi, sp, load, noisy, t_ms)) in enumerate(DAY.items()):
+        rec = synthetic_run_log(ci, random.Random(n))
+        start = T0 + timedelta(hours=n)
+        rec.update(run_id=f"{CARDS[ci][0]}-{start.strftime('%Y%m%dT%H%M%SZ')}-{name.replace('_', '')}", status=st,
+                   started_utc=_utc(start), finished_utc=_utc(start + timedelta(minutes=20)), duration_s=1200.0,
+                   reason=f'{st}: quality drop {d:.2f}% (doctored day)')
+        for k in ('training', 'quantization', 'pruning'):
+            for sub in ('side_by_side', 'speedup_p50_side_by_side', 'latency_side_by_side', 'ratios'):
+                (rec.get(k) or {}).pop(sub, None)
+        if rec['kind'] in ('Q', 'KQ', 'KPQ'): rec.pop('quantization', None)
+        q, eff = rec['quality'], rec['efficiency']
+        q.update(quality_drop_pct=d, quality_drop_lo_pct=lo if intervals else None,
+                 quality_drop_hi_pct=hi if intervals else None)
+        m_ms = t_ms / sp if sp else t_ms if rec['kind'] == 'eval' else t_ms * 0.6
+        eff.update(latency_p50_ms=m_ms, latency_p95_ms=m_ms * 1.1, pairs_per_s=1000 / m_ms, load_avg=load,
+                   latency_noisy=noisy)
+        if rec['kind'] == 'eval': eff.pop('teacher', None); rec['model']['name'] = 'teacher'
+        elif sp is None: eff.pop('teacher', None)
+        else:
+            eff['teacher'].update(latency_p50_ms=t_ms, latency_p95_ms=t_ms * 1.1, load_avg=load, latency_noisy=noisy)
+            _merge(rec, _sbs(rec['kind'], t_ms, sp, load, noisy))
+        write_run(runs_dir, rec)
+        ids[name] = rec['run_id']
+    return ids
 
 
 def _notebook(rec: dict) -> dict:

@@ -58,9 +58,15 @@ def test_two_workload_versions_never_share_a_table(scale):
     sj = json.loads((tmp / 'reports' / 'summary.json').read_text())
     assert [(g['key'], g['n_runs']) for g in sj['groups']] == [('w1.1 e1.0', N // 4), ('w1.0 e1.0', N - N // 4)]
     wb = openpyxl.load_workbook(tmp / 'reports' / 'result_table.xlsx', read_only=True)
-    assert wb.sheetnames[:2] == ['versions', 'w1.1 e1.0'] and 'w1.0 e1.0' in wb.sheetnames
+    assert wb.sheetnames[:3] == ['versions', 'w1.1 e1.0', 'w1.1 e1.0 all'] and 'w1.0 e1.0' in wb.sheetnames
     for name in wb.sheetnames[1:]:                               # every table: one workload version only
         ws = wb[name]
-        col = next(ws.iter_rows(max_row=1, values_only=True)).index('contracts.workload.version') + 1
+        hdr = next(ws.iter_rows(max_row=1, values_only=True))
+        main = name in ('w1.1 e1.0', 'w1.0 e1.0')                # the main sheet: one row per run, <= 40 columns
+        assert (len(hdr) <= 40) == main, (name, len(hdr))
+        col = hdr.index('workload version' if main else 'contracts.workload.version') + 1
         versions = {r[0] for r in ws.iter_rows(min_row=2, min_col=col, max_col=col, values_only=True)}
         assert versions == {name.split()[0][1:]}, (name, versions)
+    for g in sj['groups']:                                       # each group: its own front and recommendation
+        assert sum(g['front'].values()) == g['n_runs'] and g['front'].get('frontier'), g['front']
+        assert g['recommended'] is None or g['recommended']['run_id'], g['recommended']

@@ -54,8 +54,10 @@ def check_reports(reps: Path, n_runs: int, kinds: list[str]) -> dict:
     assert sj['n_runs'] == n_runs, sj['n_runs']
     [g] = [g['key'] for g in sj['groups']]                       # the project's contracts: one version group
     wb = openpyxl.load_workbook(reps / 'result_table.xlsx')
-    assert wb.sheetnames == ['versions', g, *[f'{g} {k}' for k in kinds]], wb.sheetnames
-    ws = wb[g]
+    assert wb.sheetnames == ['versions', g, f'{g} all', *[f'{g} {k}' for k in kinds]], wb.sheetnames
+    from pqk.run.aggregate import MAIN_HEADERS
+    assert [c.value for c in wb[g][1]] == MAIN_HEADERS and wb[g].max_row == n_runs + 1     # the main sheet
+    ws = wb[f'{g} all']
     hdr = [c.value for c in ws[1]]
     assert hdr == sj['columns'] and hdr[0] == 'run_id' and set(log_columns()) <= set(hdr), hdr[:5]
     assert ws.freeze_panes == 'B2' and ws['A1'].font.bold

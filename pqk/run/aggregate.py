@@ -11,15 +11,19 @@ from typing import Callable
 from ..core.contracts import KINDS, ContractError, Problem, load_eval, project_root, schemas_dir, _rel, clip_text
 from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_problems
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, clean_stale_tmp
+from ..eval import plotstyle as pstyle
 
 # %% auto #0
-__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT', 'CSV_FORMULA_LEAD', 'MAX_PANELS',
-           'MAX_LABELS', 'STATUS_COLORS', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple',
-           'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1',
-           'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'parse_entries', 'read_rows', 'version_groups',
-           'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'report_sheets',
-           'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front', 'card_family', 'tradeoff_points',
-           'drop_errors', 'plot_tradeoff', 'prune_share_label', 'plot_ablation', 'plot_latency', 'stage_bars',
+__all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT', 'FRONT_COLUMNS', 'MAIN_COLUMNS',
+           'MAIN_HEADERS', 'CSV_FORMULA_LEAD', 'MAX_PANELS', 'MAX_LABELS', 'FRONT_STATUSES', 'STATUS_COLORS',
+           'MAX_AVOID', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log',
+           'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2',
+           'log_row', 'cache_key', 'parse_entries', 'read_rows', 'version_groups', 'report_columns', 'flat_rows',
+           'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'annotate_front', 'report_sheets', 'main_rows',
+           'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front', 'card_family',
+           'speedup_vs_teacher', 'drop_interval', 'passed_decisively', 'classify_front', 'front_status', 'recommended',
+           'tradeoff_points', 'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff',
+           'prune_share_label', 'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars',
            'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
@@ -395,14 +399,43 @@ def _nonempty(cols, rows) -> list[str]:
     return [c for c in cols if c == 'run_id' or c in have]
 
 def group_summary(g: dict) -> dict:
-    "What a version group holds: versions, counts per status and kind, first and last start."
+    """What a version group holds: versions, counts per status, kind and front status (`front.status`, see
+    `annotate_front`), the recommended run, first and last start."""
     st = [str(r.get('started_utc')) for r in g['rows']]
+    rec = next((r for r in g['rows'] if r.get('front.recommended')), None)
     return {'key': g['key'], 'label': g['label'], 'workload_version': g['workload'], 'eval_version': g['eval'],
             'n_runs': len(g['rows']), 'status': _counts(g['rows'], 'status'), 'kind': _counts(g['rows'], 'kind'),
+            'front': _counts(g['rows'], 'front.status') if rec or any('front.status' in r for r in g['rows']) else {},
+            'recommended': None if rec is None else {
+                'run_id': rec['run_id'], 'card': rec.get('task_card'), 'speedup': rec.get('front.speedup'),
+                'speedup_source': rec.get('front.speedup_source'), 'drop_pct': rec.get('quality.quality_drop_pct'),
+                'drop_lo_pct': rec.get('quality.quality_drop_lo_pct'),
+                'drop_hi_pct': rec.get('quality.quality_drop_hi_pct'),
+                'threshold_pct': rec.get('thresholds.quality_drop_max_pct')},
             'first_started_utc': min(st) if st else None, 'last_started_utc': max(st) if st else None}
 
+FRONT_COLUMNS = ('front.status', 'front.recommended', 'front.passed_decisively', 'front.speedup',
+                 'front.speedup_source', 'front.load', 'front.noisy')
+
+def annotate_front(groups: list[dict]) -> dict[str, str | None]:
+    """Add the `FRONT_COLUMNS` to every row of `groups` (in place): front status, recommended, passed decisively, and
+    the speed-up against the teacher timed in the run with its source, load and noisy mark; {group key: recommended
+    run_id or None}."""
+    out = {}
+    for g in groups:
+        for r in g['rows']: r.pop('front.status', None)          # computed afresh, never read back
+        info = _front_rows(g['rows']); best = _pick(info)
+        for x in info:
+            t = x['timing']
+            x['row'].update({'front.status': x['front'], 'front.recommended': x is best,
+                             'front.passed_decisively': x['decisive'], 'front.speedup': t['speedup'],
+                             'front.speedup_source': t['source'], 'front.load': t['load'], 'front.noisy': t['noisy']})
+        out[g['key']] = best['row']['run_id'] if best else None
+    return out
+
 def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]:
-    "The workbook: the `versions` index, then per version group its runs sheet and one sheet per kind."
+    """The workbook: the `versions` index, then per version group its main sheet (`main_rows`: one row per run, the
+    `MAIN_COLUMNS` a researcher reads first), its `all` sheet (every column) and one detail sheet per kind."""
     index, body = [], []
     for g in groups:
         cols = report_columns(g['rows'])
@@ -410,16 +443,46 @@ def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]
         s = group_summary(g)
         index.append({'sheet': g['key'], 'workload version': g['workload'], 'eval version': g['eval'],
                       'runs': s['n_runs'],
-                      **{k: s['status'].get(k, 0) for k in ('passed', 'failed', 'stopped')},
+                      **{k: s['status'].get(k, 0) for k in ('passed', 'inconclusive', 'failed', 'stopped')},
+                      'recommended': (s['recommended'] or {}).get('run_id'),
                       'first run (UTC)': s['first_started_utc'], 'last run (UTC)': s['last_started_utc'],
-                      'kind sheets': ', '.join(f"{g['key']} {k}" for k in kinds)})
-        body.append((g['key'], cols, g['rows']))
+                      'detail sheets': ', '.join([f"{g['key']} all"] + [f"{g['key']} {k}" for k in kinds])})
+        body.append((g['key'], MAIN_HEADERS, main_rows(g['rows'])))
+        body.append((f"{g['key']} all", cols, g['rows']))
         for k in kinds:
             sub = [r for r in g['rows'] if r.get('kind') == k]
             body.append((f"{g['key']} {k}", _nonempty(cols, sub), sub))
-    icols = ['sheet', 'workload version', 'eval version', 'runs', 'passed', 'failed', 'stopped', 'first run (UTC)',
-             'last run (UTC)', 'kind sheets']
+    icols = ['sheet', 'workload version', 'eval version', 'runs', 'passed', 'inconclusive', 'failed', 'stopped',
+             'recommended', 'first run (UTC)', 'last run (UTC)', 'detail sheets']
     return [('versions', icols, index)] + body
+
+# %% ../../nbs/run/72_aggregate.ipynb #7948e3d6
+def _primary(part: str):
+    return lambda r: r.get(f"quality.{part}.{r.get('quality.primary')}")
+
+MAIN_COLUMNS: tuple = (
+    ('run_id', 'run_id'), ('card', 'task_card'), ('kind', 'kind'), ('status', 'status'),
+    ('passed decisively', 'front.passed_decisively'), ('front', 'front.status'), ('recommended', 'front.recommended'),
+    ('primary metric', 'quality.primary'), ('primary value', _primary('metrics')),
+    ('teacher value', _primary('teacher')),
+    ('drop %', 'quality.quality_drop_pct'), ('drop lo %', 'quality.quality_drop_lo_pct'),
+    ('drop hi %', 'quality.quality_drop_hi_pct'), ('max drop %', 'thresholds.quality_drop_max_pct'),
+    ('threshold rule', 'thresholds.rule'), ('verdict rule', 'thresholds.verdict_rule'), ('pairs', 'quality.n_pairs'),
+    ('pairs to resolve', 'quality.pairs_to_resolve'), ('speed-up vs teacher (x)', 'front.speedup'),
+    ('speed-up timed', 'front.speedup_source'), ('timing load', 'front.load'), ('timing noisy', 'front.noisy'),
+    ('latency p50 ms', 'efficiency.latency_p50_ms'), ('teacher p50 ms (same run)', 'efficiency.teacher.latency_p50_ms'),
+    ('device', 'efficiency.device'), ('backend', 'efficiency.backend'), ('params', 'model.params'),
+    ('teacher params', 'model.teacher_params'), ('size MB', 'model.size_mb'), ('GFLOPs', 'efficiency.gflops'),
+    ('device-hours', 'resource.device_hours'), ('budget device-h', 'thresholds.gpu_hours_budget'),
+    ('peak mem MB', 'resource.peak_mem_mb'), ('started (UTC)', 'started_utc'), ('duration s', 'duration_s'),
+    ('workload version', 'contracts.workload.version'), ('eval version', 'contracts.eval.version'),
+    ('model', 'model.name'), ('reason', 'reason'))
+MAIN_HEADERS = [h for h, _ in MAIN_COLUMNS]
+
+def main_rows(rows: list[dict]) -> list[dict]:
+    "The main sheet's rows: {header: value} of `MAIN_COLUMNS` per report row (run `annotate_front` first)."
+    get = [(h, src if callable(src) else (lambda r, k=src: r.get(k))) for h, src in MAIN_COLUMNS]
+    return [{h: f(r) for h, f in get} for r in rows]
 
 # %% ../../nbs/run/72_aggregate.ipynb #a8abedb3
 CSV_FORMULA_LEAD = frozenset('=+-@\t\r')      # what makes a spreadsheet read a cell as a formula (OWASP)
@@ -475,6 +538,118 @@ def card_family(card_id: str) -> str:
     m = re.search(r'(?:^|[_.-])([A-Za-z])\d+(?=[_.-]|$)', card_id)
     return (m.group(1) if m else card_id[:1]).upper()
 
+# %% ../../nbs/run/72_aggregate.ipynb #a3ffa972
+def _bad_upstream(row) -> bool:
+    "True when the run started from another run's model (a chain: its input is not the teacher)."
+    return row.get('upstream') not in (None, '[]')
+
+def speedup_vs_teacher(row: dict) -> dict:
+    """{'speedup', 'source', 'load', 'noisy', 'limit'}: the run's speed-up against the teacher measured in the run.
+    Sources, first found: 'teacher' (an eval run of the teacher itself: 1×); 'interleaved' (teacher and model timed in
+    alternation: Q kinds `quantization.ratios.teacher_eager_vs_int8_p50`, K `training.speedup_p50_side_by_side`, P
+    of the teacher `pruning.side_by_side`); 'same run' (`efficiency.teacher.latency_p50_ms` /
+    `efficiency.latency_p50_ms`, both timed in the run on one device); None (speedup None) when the run timed no
+    teacher. `load`: the 1-minute load of that timing; `noisy`: a timing says so, or the load was ≥ `limit` (the
+    machine's cores, `pqk.eval.plotstyle.load_limit`)."""
+    kind, limit = row.get('kind'), pstyle.load_limit(row.get('environment.device'))
+    def out(sp, src, load, *flags):
+        return {'speedup': sp, 'source': src, 'load': load, 'limit': limit,
+                'noisy': any(f is True for f in flags) or pstyle.is_noisy(None, load, limit)}
+    eff_load = _num(row.get('efficiency.load_avg'))
+    if kind == 'eval' and row.get('model.name') == 'teacher':
+        return out(1.0, 'teacher', eff_load, row.get('efficiency.latency_noisy'))
+    q, t, p = 'quantization.latency_side_by_side', 'training.side_by_side', 'pruning.side_by_side'
+    sp = _num(row.get('quantization.ratios.teacher_eager_vs_int8_p50'))
+    if kind in ('Q', 'KQ', 'KPQ') and sp:
+        return out(sp, 'interleaved', _num(row.get(f'{q}.load_avg')), row.get(f'{q}.ort_int8.noisy'),
+                   row.get(f'{q}.teacher_eager.noisy'))
+    sp = _num(row.get('training.speedup_p50_side_by_side'))
+    if kind == 'K' and sp:
+        return out(sp, 'interleaved', _num(row.get(f'{t}.load_avg')), row.get(f'{t}.teacher.noisy'),
+                   row.get(f'{t}.student.noisy'))
+    r = _num(row.get(f'{p}.latency_p50_ms.ratio'))
+    if kind == 'P' and r and not _bad_upstream(row):
+        return out(1 / r, 'interleaved', _num(row.get(f'{p}.load_avg')), row.get(f'{p}.latency.before.noisy'),
+                   row.get(f'{p}.latency.after.noisy'))
+    tp, mp = _num(row.get('efficiency.teacher.latency_p50_ms')), _num(row.get('efficiency.latency_p50_ms'))
+    if tp and mp and row.get('efficiency.teacher.device', row.get('efficiency.device')) == row.get('efficiency.device'):
+        lds = [x for x in (eff_load, _num(row.get('efficiency.teacher.load_avg'))) if x is not None]
+        return out(tp / mp, 'same run', max(lds) if lds else None, row.get('efficiency.latency_noisy'),
+                   row.get('efficiency.teacher.latency_noisy'))
+    return out(None, None, eff_load, row.get('efficiency.latency_noisy'))
+
+def drop_interval(row: dict) -> tuple[float, float, float] | None:
+    "(drop, lo, hi) in % of a run; lo = hi = drop when it logged no interval; None without a drop."
+    d, lo, hi = (_num(row.get(f'quality.quality_drop{k}_pct')) for k in ('', '_lo', '_hi'))
+    if d is None: return None
+    return (d, lo, hi) if lo is not None and hi is not None else (d, d, d)
+
+def passed_decisively(row: dict) -> bool:
+    "Verdict `passed`, a drop threshold, and the drop's logged interval entirely at or below it."
+    lo, hi = (_num(row.get(f'quality.quality_drop{k}_pct')) for k in ('_lo', '_hi'))
+    t = _num(row.get('thresholds.quality_drop_max_pct'))
+    return (row.get('status') == 'passed' and lo is not None and hi is not None and t is not None
+            and hi <= t + 1e-9 * max(1.0, abs(t)))
+
+# %% ../../nbs/run/72_aggregate.ipynb #f8f89668
+FRONT_STATUSES = ('frontier', 'ambiguous', 'dominated', 'unplaced')
+
+def classify_front(points: list[tuple[float, float, float, float]]) -> list[str]:
+    """The front status of each point (speedup, lo, drop, hi) — higher speed-up and lower drop are better —
+    'frontier', 'dominated' or 'ambiguous' (see above)."""
+    n = len(points)
+    front = set(pareto_front([(-s, d) for s, _, d, _ in points]))
+    out = ['frontier' if i in front else '' for i in range(n)]
+    order = sorted(range(n), key=lambda i: -points[i][0])
+    faster_hi, k = math.inf, 0                   # smallest upper end among the strictly faster points
+    while k < n:
+        j = k
+        while j < n and points[order[j]][0] == points[order[k]][0]: j += 1
+        his = sorted((points[i][3], i) for i in order[k:j])
+        for i in order[k:j]:
+            if out[i]: continue
+            same = his[0][0] if his[0][1] != i else his[1][0] if len(his) > 1 else math.inf   # as fast, another run
+            lo = points[i][1]
+            out[i] = 'dominated' if faster_hi <= lo or same < lo else 'ambiguous'
+        faster_hi, k = min(faster_hi, his[0][0]), j
+    return out
+
+def _annotated(r: dict) -> dict:
+    "The `_front_rows` entry of a row that `annotate_front` has annotated (no second pass over the logs' fields)."
+    t = {'speedup': r['front.speedup'], 'source': r['front.speedup_source'], 'load': r['front.load'],
+         'noisy': r['front.noisy'], 'limit': pstyle.load_limit(r.get('environment.device'))}
+    return {'row': r, 'timing': t, 'drop': drop_interval(r), 'decisive': r['front.passed_decisively'],
+            'front': r['front.status']}
+
+def _front_rows(rows: list[dict]) -> list[dict]:
+    """Per run of ONE version group: {'row', 'timing' (speedup_vs_teacher), 'drop' (drop_interval), 'front',
+    'decisive'}; read from the `front.*` columns when `annotate_front` has written them (the reports' plots)."""
+    if rows and all('front.status' in r for r in rows): return [_annotated(r) for r in rows]
+    info = [{'row': r, 'timing': speedup_vs_teacher(r), 'drop': drop_interval(r), 'decisive': passed_decisively(r)}
+            for r in rows]
+    placed = [x for x in info if x['timing']['speedup'] is not None and x['drop'] is not None]
+    for x in info: x['front'] = 'unplaced'
+    st = classify_front([(x['timing']['speedup'], x['drop'][1], x['drop'][0], x['drop'][2]) for x in placed])
+    for x, s in zip(placed, st): x['front'] = s
+    return info
+
+def _pick(info: list[dict]) -> dict | None:
+    "The recommended entry of `_front_rows`: the fastest placed run that passed decisively (ties: lower hi, latest)."
+    ok = [x for x in info if x['decisive'] and x['front'] != 'unplaced']
+    return max(ok, key=lambda x: (x['timing']['speedup'], -x['drop'][2], str(x['row'].get('started_utc'))),
+               default=None)
+
+def front_status(rows: list[dict]) -> dict[str, str]:
+    """{run_id: 'frontier' | 'ambiguous' | 'dominated' | 'unplaced'} of report rows (`read_rows`, `flat_rows`), each
+    version group on its own front; 'unplaced': no speed-up against a teacher timed in the run, or no drop."""
+    return {x['row']['run_id']: x['front'] for g in version_groups(rows) for x in _front_rows(g['rows'])}
+
+def recommended(rows: list[dict]) -> dict[str, str | None]:
+    """{version group key ('w1.0 e1.0'): run_id of its recommended run, or None}: the fastest (speed-up against the
+    teacher timed in the run) among the runs that passed decisively (`passed_decisively`)."""
+    return {g['key']: (x['row']['run_id'] if (x := _pick(_front_rows(g['rows']))) else None)
+            for g in version_groups(rows)}
+
 # %% ../../nbs/run/72_aggregate.ipynb #7aa3780c
 def _latest(rows, key):
     "Latest row (by started_utc) per key(row)."
@@ -486,22 +661,16 @@ def _latest(rows, key):
 
 def _panels(rows, title: str, h: float = 4.2):
     "A figure with one panel per version group of `rows`: (fig, [(axes, group)])."
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     groups = version_groups(rows) or [{'key': '-', 'label': 'no runs', 'rows': []}]
     shown = groups[:MAX_PANELS]
-    fig = Figure(figsize=(8.0, h * len(shown) + 0.6), dpi=100); FigureCanvasAgg(fig)
-    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
+    fig, axes = pstyle.new_figure(len(shown), 10.0, h)
     more = len(groups) - len(shown)
     fig.suptitle(title + (f'  ({more} older version group(s) not drawn: see result_table.xlsx)' if more else ''),
                  fontsize=10)
     for ax, g in zip(axes, shown): ax.set_title(f"{plot_text(g['label'], 120)} — {len(g['rows'])} run(s)", fontsize=9)
     return fig, list(zip(axes, shown))
 
-def _save(fig, path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp: fig.savefig(tmp, format='png')
-    return Path(path)
+def _save(fig, path) -> Path: return pstyle.save_png(fig, path)
 
 def _nodata(ax, what):
     ax.text(0.5, 0.5, f'no runs with {what} yet', ha='center', va='center', transform=ax.transAxes)
@@ -509,12 +678,13 @@ def _nodata(ax, what):
 
 # %% ../../nbs/run/72_aggregate.ipynb #e9f41d6f
 def tradeoff_points(rows) -> tuple[list, list[int]]:
-    "[(row, latency p50, quality drop)] of the runs that have both, and the indices of their Pareto front."
-    pts = [(r, _num(r.get('efficiency.latency_p50_ms')), _num(r.get('quality.quality_drop_pct'))) for r in rows]
-    pts = [(r, x, y) for r, x, y in pts if x is not None and y is not None]
-    return pts, pareto_front([(x, y) for _, x, y in pts])
+    """[(row, speed-up against the teacher timed in the run, quality drop)] of the placed runs of `rows` (one version
+    group), and the indices of the frontier among them."""
+    info = [x for x in _front_rows(rows) if x['front'] != 'unplaced']
+    pts = [(x['row'], x['timing']['speedup'], x['drop'][0]) for x in info]
+    return pts, [i for i, x in enumerate(info) if x['front'] == 'frontier']
 
-STATUS_COLORS = {'passed': 'tab:green', 'inconclusive': 'tab:purple', 'failed': 'tab:red', 'stopped': 'tab:orange'}
+STATUS_COLORS = pstyle.STATUS_COLORS
 
 def drop_errors(row) -> tuple[float, float] | None:
     "(below, above) error-bar lengths of a row's quality drop from its logged interval; None when it has none."
@@ -522,31 +692,84 @@ def drop_errors(row) -> tuple[float, float] | None:
     if d is None or lo is None or hi is None: return None
     return max(0., d - lo), max(0., hi - d)
 
+def threshold_labels(rows) -> dict[float, str]:
+    "{drop threshold: 'max drop 1.5% (mainline)'} of `rows` (the rules that use each threshold named)."
+    by = {}
+    for r in rows:
+        t = _num(r.get('thresholds.quality_drop_max_pct'))
+        if t is not None: by.setdefault(t, set()).add(str(r.get('thresholds.rule') or 'threshold'))
+    return {t: f"max drop {t:g}% ({plot_text(', '.join(sorted(rs)), 40)})" for t, rs in sorted(by.items())}
+
+MAX_AVOID = 300        # labels keep clear of every marker up to this many points in a panel (else of the front's)
+
+def _tradeoff_panel(ax, rows) -> tuple[list, list]:
+    """Draw one version group's trade-off on `ax`; the (xy, label) of the points to label, most important first, and
+    the points whose markers the labels keep clear of."""
+    from matplotlib.lines import Line2D
+    info = _front_rows(rows)
+    placed = [x for x in info if x['front'] != 'unplaced']
+    if not placed: _nodata(ax, 'a speed-up against a teacher timed in the run and a quality drop'); return [], []
+    handles, limits = [], set()
+    for st, c in STATUS_COLORS.items():
+        sel = [x for x in placed if x['row'].get('status') == st]
+        if not sel: continue
+        xs, ys = [x['timing']['speedup'] for x in sel], [x['drop'][0] for x in sel]
+        pstyle.scatter_timed(ax, xs, ys, [x['timing']['noisy'] for x in sel], c, label=st)
+        iv = [x for x in sel if x['drop'][1] != x['drop'][2]]
+        pstyle.error_bars(ax, [x['timing']['speedup'] for x in iv], [x['drop'][0] for x in iv],
+                          [x['drop'][1] for x in iv], [x['drop'][2] for x in iv], c)
+        handles.append(pstyle.marker_handle(st, c))
+    noisy = [x for x in placed if x['timing']['noisy']]
+    if noisy: handles.append(pstyle.noisy_handle({x['timing']['limit'] for x in noisy}))
+    front = sorted((x for x in placed if x['front'] == 'frontier'), key=lambda x: x['timing']['speedup'])
+    fx, fy = [x['timing']['speedup'] for x in front], [x['drop'][0] for x in front]
+    handles.append(ax.step(fx, fy, where='pre', color='k', lw=1, zorder=2, label='Pareto front')[0])
+    ax.scatter(fx, fy, s=140, facecolors='none', edgecolors='k', zorder=4)
+    amb = [x for x in placed if x['front'] == 'ambiguous']
+    if amb:
+        ax.scatter([x['timing']['speedup'] for x in amb], [x['drop'][0] for x in amb], s=140, facecolors='none',
+                   edgecolors=pstyle.FRONT_COLORS['ambiguous'], linestyles='--', zorder=4)
+        handles.append(Line2D([], [], ls='none', marker='o', markersize=10, markerfacecolor='none',
+                              color=pstyle.FRONT_COLORS['ambiguous'],
+                              label="ambiguous (interval overlaps a better run's)"))
+    best = _pick(info)
+    if best is not None:
+        ax.scatter([best['timing']['speedup']], [best['drop'][0]], marker='*', s=260, color='gold', edgecolors='k',
+                   zorder=6)
+        handles.append(Line2D([], [], ls='none', marker='*', markersize=12, color='gold', markeredgecolor='k',
+                              label='recommended (fastest passed decisively)'))
+    for t, lab in threshold_labels([x['row'] for x in placed]).items():
+        handles.append(pstyle.threshold_line(ax, t, lab))
+    ax.axvline(1.0, color='lightgray', lw=0.8, zorder=0)
+    un = [x['row'] for x in info if x['front'] == 'unplaced']
+    if un:
+        names = ', '.join(sorted({plot_text(r.get('task_card'), 30) for r in un}))
+        ax.text(0.01, 0.99, plot_text(f'not placed (no teacher timed in the run or no drop): {len(un)} run(s): ', 80)
+                + plot_text(names, 100), transform=ax.transAxes, va='top', ha='left', fontsize=6,
+                color='dimgray', wrap=True)
+    pstyle.legend_outside(ax, handles)
+    ax.set_xlabel('speed-up against the teacher timed in the same run (×; right is faster)')
+    ax.set_ylabel('quality drop (%)')
+    lab = lambda x: (plot_text(x['row'].get('task_card'), 30) + f" {x['timing']['speedup']:.2f}×"
+                     + (f" · load {x['timing']['load']:.1f}" if x['timing']['load'] is not None else ''))
+    first = [best] if best is not None else []
+    labels = [((x['timing']['speedup'], x['drop'][0]), lab(x)) for x in first + [x for x in front if x is not best]]
+    avoid = placed if len(placed) <= MAX_AVOID else front
+    return labels, [(x['timing']['speedup'], x['drop'][0]) for x in avoid]
+
+def tradeoff_figure(rows):
+    "The trade-off figure of `rows`, one panel per version group (see above)."
+    fig, panels = _panels(rows, 'quality drop vs speed-up against the teacher timed in the same run '
+                                '(lower-right is better; bars: 95% interval of the drop)', h=4.6)
+    todo = [(ax, _tradeoff_panel(ax, g['rows'])) for ax, g in panels]
+    fig.tight_layout()
+    for ax, (labels, avoid) in todo:
+        pstyle.place_labels(ax, [xy for xy, _ in labels[:MAX_LABELS]], [t for _, t in labels[:MAX_LABELS]], avoid=avoid)
+    return fig
+
 def plot_tradeoff(rows, path) -> Path:
-    """Per version group: quality drop (%) vs latency p50 (ms), coloured by status, with the drop's 95% interval as
-    error bars; its Pareto front joined, circled and labelled."""
-    fig, panels = _panels(rows, 'quality drop vs latency (lower-left is better; bars: 95% interval of the drop)')
-    for ax, g in panels:
-        pts, front = tradeoff_points(g['rows'])
-        if not pts: _nodata(ax, 'latency p50 and quality drop'); continue
-        for st, c in STATUS_COLORS.items():
-            sel = [(x, y, drop_errors(r)) for r, x, y in pts if r.get('status') == st]
-            if not sel: continue
-            ax.scatter([x for x, _, _ in sel], [y for _, y, _ in sel], c=c, s=12, label=st, zorder=3,
-                       rasterized=len(sel) > 500)
-            eb = [(x, y, e) for x, y, e in sel if e is not None]
-            if eb: ax.errorbar([x for x, _, _ in eb], [y for _, y, _ in eb], yerr=[[e[0] for *_, e in eb],
-                               [e[1] for *_, e in eb]], fmt='none', ecolor=c, elinewidth=0.8, capsize=2, zorder=2)
-        for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r, _, _ in pts} - {None}):
-            ax.axhline(t, ls='--', lw=0.8, color='gray')
-        fx, fy = [pts[i][1] for i in front], [pts[i][2] for i in front]
-        ax.step(fx, fy, where='post', color='k', lw=1, zorder=2, label='Pareto front')
-        ax.scatter(fx, fy, s=120, facecolors='none', edgecolors='k', zorder=4)
-        for i in front[:MAX_LABELS]:
-            ax.annotate(plot_text(pts[i][0].get('task_card')), (pts[i][1], pts[i][2]), fontsize=7, xytext=(3, 3),
-                        textcoords='offset points')
-        ax.set_xlabel('latency p50 (ms)'); ax.set_ylabel('quality drop (%)'); ax.legend(fontsize=8, loc='upper right')
-    return _save(fig, path)
+    "Write `tradeoff_figure(rows)` to `path` (PNG)."
+    return _save(tradeoff_figure(rows), path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #c4543f24
 def prune_share_label(row: dict) -> str | None:
@@ -555,11 +778,12 @@ def prune_share_label(row: dict) -> str | None:
     sh = {k: v for k, v in sh.items() if v}
     return ' · '.join(f'{k} {v:.0%}' for k, v in sorted(sh.items(), key=lambda kv: -kv[1])) or None
 
-def plot_ablation(rows, path) -> Path:
-    """Per version group: quality drop of the latest run per card, bars coloured by card family; thresholds dashed;
-    a pruning run's bar names each target's share of the parameters it removed."""
+def ablation_figure(rows):
+    """Per version group: quality drop of the latest run per card, bars coloured by card family, the drop's 95%
+    interval as error bars, thresholds labelled (on the line and in the legend, which sits outside the axes); a
+    pruning run's bar names each target's share of the parameters it removed."""
     from matplotlib.patches import Patch
-    fig, panels = _panels(rows, 'ablation: quality drop per card (latest run)')
+    fig, panels = _panels(rows, 'ablation: quality drop per card (latest run; bars: 95% interval)')
     for ax, g in panels:
         last = _latest([r for r in g['rows'] if _num(r.get('quality.quality_drop_pct')) is not None],
                        lambda r: r.get('task_card'))
@@ -568,37 +792,60 @@ def plot_ablation(rows, path) -> Path:
         fams = sorted({card_family(c) for c in cards}); cmap = {f: f'C{i % 10}' for i, f in enumerate(fams)}
         ax.bar(range(len(cards)), [last[c]['quality.quality_drop_pct'] for c in cards],
                color=[cmap[card_family(c)] for c in cards])
+        di = [(x, drop_interval(last[c])) for x, c in enumerate(cards) if drop_errors(last[c]) is not None]
+        pstyle.error_bars(ax, [x for x, _ in di], [d[0] for _, d in di], [d[1] for _, d in di], [d[2] for _, d in di],
+                      'black')
         ax.set_xticks(range(len(cards)), [plot_text(c) for c in cards], rotation=45, ha='right', fontsize=7)
         for x, c in enumerate(cards):
             if (lab := prune_share_label(last[c])):
                 ax.annotate(plot_text(f'params removed: {lab}', 120), (x, max(last[c]['quality.quality_drop_pct'], 0)),
                             xytext=(0, 3), textcoords='offset points', rotation=90, ha='center', va='bottom',
                             fontsize=6)
-        for t in sorted({_num(r.get('thresholds.quality_drop_max_pct')) for r in last.values()} - {None}):
-            ax.axhline(t, ls='--', lw=1, color='gray')
-            ax.text(len(cards) - 0.5, t, f' max {t:g}%', va='bottom', ha='right', fontsize=7)
-        ax.legend(handles=[Patch(color=cmap[f], label=f'family {plot_text(f)}') for f in fams], fontsize=8,
-                  loc='upper right')
+        ths = [pstyle.threshold_line(ax, t, lab) for t, lab in threshold_labels(last.values()).items()]
+        pstyle.legend_outside(ax, [Patch(color=cmap[f], label=f'family {plot_text(f)}') for f in fams] + ths)
         ax.set_ylabel('quality drop (%)')
-    return _save(fig, path)
+    return fig
+
+def plot_ablation(rows, path) -> Path:
+    "Write `ablation_figure(rows)` to `path` (PNG)."
+    return _save(ablation_figure(rows), path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #70200bf6
-def plot_latency(rows, path) -> Path:
-    "Per version group: latency p50 and p95 (ms) of the latest run per model and device, side by side."
-    fig, panels = _panels(rows, 'latency per model and device (latest run)')
+def latency_figure(rows):
+    "Per version group: latency p50, p95 and the same run's teacher p50 (ms) of the latest run per model and device."
+    fig, panels = _panels(rows, 'latency per model and device (latest run; hatched: noisy or loaded timing)')
     key = lambda r: ((r.get('model.name'), r.get('efficiency.device'))
                      if _num(r.get('efficiency.latency_p50_ms')) is not None else None)
     for ax, g in panels:
         last = _latest(g['rows'], key)
         if not last: _nodata(ax, 'a latency'); continue
-        ks = sorted(last, key=str); xs = range(len(ks)); w = 0.4
-        ax.bar([x - w / 2 for x in xs], [last[k]['efficiency.latency_p50_ms'] for k in ks], w, label='p50')
-        ax.bar([x + w / 2 for x in xs], [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], w,
-               label='p95')
-        ax.set_xticks(list(xs), [f'{plot_text(m)}\n{plot_text(dv)}' for m, dv in ks], rotation=30, ha='right',
-                      fontsize=7)
-        ax.set_ylabel('latency (ms)'); ax.legend(fontsize=8, loc='upper right')
-    return _save(fig, path)
+        ks = sorted(last, key=str); xs = list(range(len(ks))); w = 0.27
+        lim = pstyle.load_limit
+        noisy = [pstyle.is_noisy(last[k].get('efficiency.latency_noisy'), last[k].get('efficiency.load_avg'),
+                             lim(last[k].get('environment.device'))) for k in ks]
+        pstyle.bars_timed(ax, [x - w for x in xs], [last[k]['efficiency.latency_p50_ms'] for k in ks], noisy, 'C0', w,
+                      'p50')
+        pstyle.bars_timed(ax, xs, [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], noisy, 'C1', w,
+                          'p95')
+        tn = [pstyle.is_noisy(last[k].get('efficiency.teacher.latency_noisy'),
+                              last[k].get('efficiency.teacher.load_avg'), lim(last[k].get('environment.device')))
+              for k in ks]
+        tp = [_num(last[k].get('efficiency.teacher.latency_p50_ms')) or 0 for k in ks]
+        pstyle.bars_timed(ax, [x + w for x in xs], tp, tn, 'C7', w, 'teacher p50 (same run)')
+        load = lambda r: (f"\nload {_num(r.get('efficiency.load_avg')):.1f}"
+                          if _num(r.get('efficiency.load_avg')) is not None else '\nload not logged')
+        ax.set_xticks(xs, [f'{plot_text(m)}\n{plot_text(dv)}{load(last[(m, dv)])}' for m, dv in ks], rotation=30,
+                      ha='right', fontsize=7)
+        hs = ax.get_legend_handles_labels()[0]
+        if any(noisy) or any(tn):
+            rs = [last[k] for k, n, t in zip(ks, noisy, tn) if n or t]
+            hs.append(pstyle.noisy_bar_handle({lim(r.get('environment.device')) for r in rs}))
+        ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax, hs)
+    return fig
+
+def plot_latency(rows, path) -> Path:
+    "Write `latency_figure(rows)` to `path` (PNG)."
+    return _save(latency_figure(rows), path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #ef5e16bc
 STAGE_NAMES = ('encoder', 'decoder', 'heads', 'postprocess')
@@ -625,7 +872,7 @@ def plot_stages(rows, path) -> Path:
             ax.bar(range(len(bars)), v, 0.6, bottom=bottom, label=st, color=f'C{k}')
             bottom = [a + b for a, b in zip(bottom, v)]
         ax.set_xticks(range(len(bars)), [plot_text(b[0], 120) for b in bars], rotation=30, ha='right', fontsize=7)
-        ax.set_ylabel('latency (ms)'); ax.legend(fontsize=8, loc='upper right')
+        ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax)
     return _save(fig, path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #cd2b3cf6
@@ -646,6 +893,7 @@ def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
             d.mkdir(parents=True, exist_ok=True); clean_stale_tmp(d)
         rows, skipped, stats = read_rows(runs_dir, paths['cache']); stats.pop('folders')
         groups = version_groups(rows)
+        annotate_front(groups)
         rows = [r for g in groups for r in g['rows']]
         cols = report_columns(rows)
         sheets = write_xlsx(paths['result_table'], report_sheets(groups))

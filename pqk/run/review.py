@@ -8,11 +8,12 @@ from datetime import date, datetime, time as dtime, timedelta, timezone
 from pathlib import Path
 
 from ..core.io import file_lock, write_text_atomic
-from .aggregate import read_logs, report_paths
+from .aggregate import read_logs, report_paths, log_row, version_groups, annotate_front
 from ..core.contracts import ContractError, Problem, _rel, clip_text
 
 # %% auto #0
-__all__ = ['STATUS_COLS', 'period', 'md_text', 'device_hours', 'milestone_rows', 'milestones_markdown', 'review']
+__all__ = ['STATUS_COLS', 'FRONT_NOTE', 'period', 'md_text', 'device_hours', 'milestone_rows', 'front_markdown',
+           'milestones_markdown', 'review']
 
 # %% ../../nbs/run/73_review.ipynb #d54bfc6f
 def _day(s, what: str) -> date:
@@ -72,6 +73,38 @@ def milestone_rows(records: list[dict]) -> list[dict]:
     for c in by.values(): c['used_pct'] = 100.0 * c['device_hours'] / c['budget'] if c['budget'] else None
     return sorted(by.values(), key=lambda c: c['card'])
 
+# %% ../../nbs/run/73_review.ipynb #cdbe3ba2
+def _f(v, fmt: str) -> str: return '–' if v is None else format(v, fmt)
+
+def _drop_ci(r: dict) -> str:
+    "'0.40% [-0.30, 1.10]' of a report row (– where unknown)."
+    return (f"{_f(r.get('quality.quality_drop_pct'), '.2f')}% [{_f(r.get('quality.quality_drop_lo_pct'), '.2f')}, "
+            f"{_f(r.get('quality.quality_drop_hi_pct'), '.2f')}]")
+
+FRONT_NOTE = ("Speed-up against the teacher timed in the same run; *ambiguous*: its drop interval overlaps a better "
+              "run's; *unplaced*: no teacher timed in the run.")        # no code spans (the review has none)
+
+def front_markdown(records: list[dict]) -> list[str]:
+    """The trade-off section: per version group, the recommended run (the fastest that passed decisively) and each
+    run's front status with its speed-up against the teacher timed in the run (`pqk.run.aggregate.front_status`)."""
+    groups = version_groups([log_row(r) for r in records])
+    if not groups: return []
+    best, out = annotate_front(groups), ['', '## Trade-off front', '', FRONT_NOTE]
+    for g in groups:
+        b = next((r for r in g['rows'] if r['run_id'] == best[g['key']]), None)
+        rec = ('none (no run passed decisively: verdict passed with the whole interval under the threshold)'
+               if b is None else f"{md_text(b['run_id'])} ({md_text(b.get('task_card'))}, "
+                                 f"{_f(b.get('front.speedup'), '.2f')}× faster, drop {_drop_ci(b)})")
+        out += ['', f"**{md_text(g['label'])}**: recommended {rec}", '',
+                '| run | status | front | speed-up | timed | load | drop [95% interval] |',
+                '|---|---|---|---:|---|---:|---|']
+        for r in g['rows']:
+            noisy = ' noisy' if r.get('front.noisy') else ''
+            out.append(f"| {md_text(r['run_id'])} | {md_text(r.get('status'))} | {r.get('front.status')} | "
+                       f"{_f(r.get('front.speedup'), '.2f')} | {r.get('front.speedup_source') or '–'} | "
+                       f"{_f(r.get('front.load'), '.1f')}{noisy} | {_drop_ci(r)} |")
+    return out
+
 # %% ../../nbs/run/73_review.ipynb #3171a8c1
 def milestones_markdown(records: list[dict], start: datetime, end: datetime, skipped: list | None = None) -> str:
     "The milestone review as Markdown."
@@ -96,6 +129,7 @@ def milestones_markdown(records: list[dict], start: datetime, end: datetime, ski
         kind = (r.get('resource') or {}).get('device_kind') or '–'
         out.append(f"| {md_text(r['run_id'])} | {md_text(r['status'])} | {_h(device_hours(r))} | {md_text(kind)} | "
                    f"{md_text(r['reason'], 90)} |")
+    out += front_markdown(records)
     if skipped:
         out += ['', '## Invalid logs (skipped)', '']
         out += [f"- {md_text(s['file'])}: {md_text('; '.join(s['problems']), 200)}" for s in skipped]
