@@ -220,10 +220,10 @@ def export_line(rep: dict, precision: str, out, flavour: str = 'ort') -> str:
     head = f'exported {what} {out} ({_size(size(out))} + {_size(size(Path(f"{out}.data")))} data)'
     if precision != 'int8': return f"{head}, {_check(rep.get('ort_vs_torch'), 'ORT vs torch')}"
     i8, f32 = rep.get('int8') or {}, rep.get('fp32') or {}
-    cal = rep.get('calibration') or {}
+    n, h = (rep.get('calibration') or {}).get('count'), rep.get('calibration_set_hash')
     return (f"{head}, {_check(i8.get('ort_vs_torch'), 'int8 vs torch fp32')} (judged by the quality drop: pqk "
-            f"run-quant); its fp32 graph {_check(f32.get('ort_vs_torch'), 'ORT vs torch')}; calibration "
-            f"{cal.get('count')} pairs, sha256 {str(rep.get('calibration_set_hash'))[:12]}…")
+            f"run-quant); its fp32 graph {_check(f32.get('ort_vs_torch'), 'ORT vs torch')}"
+            + (f'; calibration {n} pairs, sha256 {h[:12]}…' if isinstance(h, str) else ''))
 
 # %% ../../nbs/run/75_cli.ipynb #0f1d8238
 def _export(args) -> int:
