@@ -618,8 +618,9 @@ def stop_forwarding(grace: float | None = None):
             st.signal = name
             st.forwarded = forward_sigterm()
             if st.forwarded and grace > 0:
-                print(f'pqk run: {name}: asked the template to stop (SIGTERM to its kernel); waiting up to {grace:g} s '
-                      'for it to write a checkpoint and record what it has (send it again to stop at once)',
+                erase = '\r\x1b[K' if getattr(sys.stderr, 'isatty', lambda: False)() else ''   # a progress line
+                print(f'{erase}pqk run: {name}: asked the template to stop (SIGTERM to its kernel); waiting up to '
+                      f'{grace:g} s for it to write a checkpoint and record what it has (send it again to stop at once)',
                       file=sys.stderr)
                 st.timer = threading.Timer(grace, fire); st.timer.daemon = True; st.timer.start()
                 return
