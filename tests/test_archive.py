@@ -3,7 +3,7 @@
 import json, shutil
 
 import pytest
-from conftest import run_pqk, run_python
+from conftest import ROOT, run_pqk, run_python
 from test_runner import make_card, run_dirs
 
 pytestmark = pytest.mark.slow
@@ -25,6 +25,16 @@ def test_archived_notebook_is_clean_and_movable(tmp_path):
     lines = [l for l in out.splitlines() if l.startswith('pairs:')]
     assert len(lines) == 1 and '300/300' in lines[0] and '100%' in lines[0], out
     assert 'IProgress' not in json.dumps(nb) and '\r' not in out
+    # the console: the template's final bar line once (indented), no kernel warning, no papermill cell bar
+    console = r.stdout + r.stderr
+    assert [l for l in r.stdout.splitlines() if 'pairs:' in l] == ['  ' + lines[0]], r.stdout
+    assert 'without encryption' not in console and 'Executing' not in console, console
+    # the record names no absolute folder of this machine (metadata included), nor does its HTML copy
+    for f in (rd / 'P1_progress.ipynb', rd / 'P1_progress.html'):
+        text = f.read_text()
+        assert not [d for d in (tmp_path, tmp_path.resolve(), ROOT) if str(d) in text], (f, text[:3000])
+    assert (nb['metadata']['papermill']['input_path'], nb['metadata']['papermill']['output_path']) == \
+        ('config/fake_run.ipynb', 'P1_progress.ipynb'), nb['metadata']['papermill']
     # injected parameters name files relative to the run folder
     params = nb['metadata']['papermill']['parameters']
     assert (params['workload'], params['eval'], params['card'], params['out_dir']) == \

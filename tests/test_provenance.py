@@ -253,11 +253,11 @@ def test_card_ids_are_names_and_unique_in_their_folder(tmp_path, pqk_cmd):
 
 # --- 3. resume verifies what it resumes; one writer per run folder; 10. advice that works; 11. stops ---------------
 
-def _stopped_run(tmp_path, c, runs, *extra) -> tuple:
-    "Start a fake_stop run, SIGTERM it once it sleeps; return (process result, run folder, log)."
+def _stopped_run(tmp_path, c, runs, *extra, env=None) -> tuple:
+    "Start a fake_stop run, SIGTERM it once it sleeps; return (exit status, run folder, log, its stdout and stderr)."
     with open(tmp_path / 'out.txt', 'w') as f:
         p = subprocess.Popen(pqk_argv('run', c, '--runs-dir', runs, '--no-aggregate', *extra), cwd=ROOT,
-                             env=pqk_env(), stdout=f, stderr=subprocess.STDOUT)
+                             env=pqk_env(**(env or {})), stdout=f, stderr=subprocess.STDOUT)
         wait_until(lambda: list(runs.glob('*/started.marker')), 'template start', p, 120)
         p.send_signal(signal.SIGTERM); p.wait(120)
     [(d, log)] = logs(runs, c.stem)
@@ -301,6 +301,27 @@ def test_sigterm_is_forwarded_and_the_template_records_what_it_has(tmp_path):
                                     '(SIGTERM): checkpoint written; continue it with `'), log['reason']
     assert log['training'] == {'steps_done': 8, 'final_loss': 0.1, 'status': 'stopped'}      # recorded after the stop
     assert log['efficiency']['latency_p50_ms'] == 5.0
+    assert not [w for w in ('Traceback', 'ZMQError', 'without encryption') if w in out], out[-3000:]
+
+
+NOISE = ('Traceback', 'ZMQError', 'without encryption', 'KeyboardInterrupt caught', 'Kernel died')
+
+@pytest.mark.slow
+def test_a_stop_mid_cell_prints_one_line_per_event_unless_debug(tmp_path):
+    """No grace (the kernel is shut down while its cell still runs): the kernel's ZMQError traceback, its TCP warning
+    and papermill's "Kernel died" are not printed; the run says it started, that it was stopped and where its record
+    is. With --debug the same stop shows the kernel's traceback (the control: the stop does make one)."""
+    c = card(tmp_path, 'S4_stop', 'K', 'fake_stop.ipynb')
+    quick = {'PQK_STOP_GRACE_S': '0'}
+    rc, d, log, out = _stopped_run(tmp_path, c, tmp_path / 'runs', '--param', 'handle_term=true', env=quick)
+    assert rc == 4 and log['status'] == 'stopped', out[-3000:]
+    assert not [w for w in NOISE if w in out], out[-3000:]
+    lines = out.splitlines()
+    assert lines[0].startswith(f'pqk run: {d.name}: started {c} (kind K, template fake_stop) in '), lines
+    assert lines[-2].startswith(f'pqk run: {d.name}: STOPPED — stopped by SIGTERM'), lines
+    assert lines[-1] == f'  record: {d}/ (log.json, S4_stop.ipynb, S4_stop.html)', lines
+    rc, _, _, out = _stopped_run(tmp_path, c, tmp_path / 'debug', '--param', 'handle_term=true', '--debug', env=quick)
+    assert rc == 4 and 'Traceback' in out and 'ZMQError' in out and 'without encryption' not in out, out[-3000:]
 
 
 @pytest.mark.slow

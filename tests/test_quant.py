@@ -5,7 +5,7 @@ failed log naming the field, and `pqk export`.
 
 Tiny setting: a 355k-parameter random DUSt3R as model and teacher, 2 eval pairs, 2 calibration pairs, 2 QAT steps at
 64 px, 1 pair per sensitivity group, one latency round."""
-import json, os, shutil
+import json, os, re, shutil
 from pathlib import Path
 
 import numpy as np
@@ -301,12 +301,18 @@ def test_bad_input_fails_with_a_log(tiny, tmp_path, case):
 
 @pytest.mark.slow
 def test_export_cli(tiny, tmp_path):
-    "`pqk export` writes a checked ONNX at the contract shape; a bad precision is a usage error."
+    """`pqk export` writes a checked ONNX at the contract shape and says so in one line (`--json`: the whole report);
+    a bad precision is a usage error."""
     p = run_pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'fp32', '--out', tmp_path / 'm.onnx',
-                '--workload', tiny / 'workload.yaml', timeout=600)
+                '--workload', tiny / 'workload.yaml', '--json', timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     rep = json.loads(p.stdout)
     assert rep['shape'] == [1, 3, 384, 384] and rep['checker']['ok'] and rep['ort_vs_torch']['ok']
     assert (tmp_path / 'm.onnx').is_file() and (tmp_path / 'm.onnx.polygraphy.txt').is_file()
+    p = run_pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'fp32', '--out', tmp_path / 'm2.onnx',
+                '--workload', tiny / 'workload.yaml', timeout=600)
+    assert p.returncode == 0 and p.stdout.count('\n') == 1 and re.fullmatch(
+        rf'exported fp32 ONNX {re.escape(str(tmp_path / "m2.onnx"))} \([0-9.]+ [kMG]?B \+ 0 B data\), ORT vs torch '
+        r'rel err \S+ ≤ 0\.0001: ok\n', p.stdout), p.stdout + p.stderr[-2000:]
     p = run_pqk('export', '--ckpt', tiny / 'tiny.pt', '--precision', 'int4', '--out', tmp_path / 'x.onnx')
     assert p.returncode == 2 and 'int4' in p.stderr

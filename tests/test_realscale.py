@@ -121,7 +121,7 @@ def test_fp32_export_within_3w(fp32_export):
 def fp32_export(rs):
     out = rs.dir / 'fp32'; out.mkdir(exist_ok=True)
     r = _run(rs, ['-m', 'pqk.run.cli', 'export', '--ckpt', rs.ckpt, '--precision', 'fp32', '--workload', rs.workload,
-                  '--out', out / 'model.onnx'])
+                  '--out', out / 'model.onnx', '--json'])
     return json.loads(r['stdout'][r['stdout'].index('{'):]), r, out
 
 

@@ -36,8 +36,8 @@ __all__ = ['GROUPS', 'WORK_PREFIX', 'QDQ_ERROR_BUDGET', 'MODELOPT_EXPORT_MAX_GB'
            'reduce_range', 'work_dir', 'calibrate_ranges', 'ort_quantize', 'mtq_quantize', 'set_groups', 'qdq_report',
            'sensitivity_table', 'plot_sensitivity', 'qat_decision', 'train_qat', 'qat_training_block', 'export_qdq',
            'ort_vs_fake_quant', 'fp32_weights_copy', 'export_int8', 'quant_start', 'quant_calibrate', 'quant_ptq',
-           'quant_sensitivity', 'quant_qat', 'ptq_vs_qat', 'quant_exports', 'ledger_table', 'quant_latency',
-           'quant_finish', 'quant_run']
+           'quant_sensitivity', 'quant_qat', 'ptq_vs_qat', 'quant_exports', 'ledger_table', 'speed_words',
+           'latency_line', 'ceiling_line', 'quant_latency', 'quant_finish', 'quant_run']
 
 # %% ../../nbs/compress/52_quant.ipynb #25ab9b08
 GROUPS = {'embeddings': ('patch_embed', 'decoder_embed', 'mask_token'), 'encoder': ('enc_blocks', 'enc_norm'),
@@ -729,6 +729,39 @@ def ledger_table(q: dict):
     return pd.DataFrame({k: {c: v[c] for c in ('n_layers', 'int8_mac_share', 'n_float_islands', 'n_macs_unknown')}
                          for k, v in q['ledger'].items()}).T
 
+# %% ../../nbs/compress/52_quant.ipynb #5a1d0c02
+def speed_words(ratio, ref: str = 'fp32') -> str:
+    """A time ratio (this one's time / `ref`'s) in words: '1.32× slower than fp32', '1.05× faster than fp32' (from the
+    inverse), 'as fast as fp32' within 0.5%; 'not measured' for a missing, non-finite or non-positive ratio."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio <= 0:
+        return 'not measured'
+    if abs(ratio - 1) < 0.005: return f'as fast as {ref}'
+    return f'{ratio:.2f}× slower than {ref}' if ratio > 1 else f'{1 / ratio:.2f}× faster than {ref}'
+
+_KERNEL_NAMES = {'u8s8': 'uint8×int8', 's8s8': 'int8×int8'}
+
+def latency_line(sbs: dict, size_ratio: float, load) -> str:
+    "The side-by-side p50s of ORT int8, ORT fp32 and the eager teacher, each comparison in words."
+    i8, f32, t = (sbs[k]['p50_ms'] for k in ('ort_int8', 'ort_fp32', 'teacher_eager'))
+    return (f"p50: ORT int8 {i8:.1f} ms is {speed_words(i8 / f32, 'ORT fp32')} ({f32:.1f} ms) and "
+            f"{speed_words(i8 / t, 'the teacher in eager torch')} ({t:.1f} ms); the int8 file is {size_ratio:.2f}× "
+            f"the fp32 file's size; load {load}")
+
+def ceiling_line(kc: dict, ceiling: dict, measured: float | None = None) -> str:
+    """The int8 GEMM kernel check and the lowest int8/fp32 latency it allows on this CPU (Amdahl over the fp32 model's
+    GEMM/conv time share), in words; `measured`: the int8/fp32 ORT p50 ratio of the run, said beside the bound when it
+    beats it (the bound comes from one GEMM shape)."""
+    r = kc['ratio']; best = min(r, key=r.get)
+    others = ''.join(f"; {_KERNEL_NAMES.get(k, k)} ({k}) {speed_words(v)}" for k, v in r.items() if k != best)
+    b = ceiling['bound']
+    line = (f"int8 GEMM is {speed_words(r[best])} here ({_KERNEL_NAMES.get(best, best)}, {best}{others}; m×k×n "
+            f"{kc['shape']} with Q/DQ, {', '.join(kc.get('isa') or []) or 'ISA unknown'}); GEMMs/convs are "
+            f"{ceiling['gemm_share']:.0%} of the fp32 model's time, so int8 cannot beat {b:.2f}× of fp32's latency "
+            f"on this CPU (at best {speed_words(b)})")
+    if measured is not None and math.isfinite(measured) and measured < b:
+        line += f"; measured {measured:.2f}×, below this estimate from one GEMM shape"
+    return line
+
 # %% ../../nbs/compress/52_quant.ipynb #f52c66d3
 def quant_latency(q: dict, rounds: int = 2) -> dict:
     """Unless the run stopped: ORT fp32, ORT int8 of the final model and the teacher in eager torch timed side by side
@@ -749,16 +782,10 @@ def quant_latency(q: dict, rounds: int = 2) -> dict:
     q['ratios'] = ratios = {'int8_vs_fp32_ort_p50': sbs['ort_int8']['p50_ms'] / sbs['ort_fp32']['p50_ms'],
                             'teacher_eager_vs_int8_p50': sbs['teacher_eager']['p50_ms'] / sbs['ort_int8']['p50_ms'],
                             'int8_vs_fp32_size': sizes['ort_int8_onnx_mb'] / sizes['fp32_onnx_mb']}
-    print(f"p50 ms: ORT fp32 {sbs['ort_fp32']['p50_ms']:.1f}, ORT int8 {sbs['ort_int8']['p50_ms']:.1f} "
-          f"({ratios['int8_vs_fp32_ort_p50']:.2f}x), teacher eager {sbs['teacher_eager']['p50_ms']:.1f} "
-          f"({ratios['teacher_eager_vs_int8_p50']:.2f}x the int8); size int8/fp32 {ratios['int8_vs_fp32_size']:.2f}; "
-          f"load {load_avg()}")
+    print(latency_line(sbs, ratios['int8_vs_fp32_size'], load_avg()))
     q['ceiling'] = int8_ceiling(out / 'model_fp32.onnx', q['ort_ptq'].get('kernel_check'))
     q['kc'] = kc = q['ceiling'].pop('kernel')
-    print(f"int8 GEMM kernel on this CPU ({', '.join(kc['isa']) or 'ISA unknown'}), m×k×n {kc['shape']}: uint8×int8 "
-          f"{kc['ratio']['u8s8']:.2f}x, int8×int8 {kc['ratio']['s8s8']:.2f}x the fp32 GEMM (with Q/DQ); the fp32 model "
-          f"spends {q['ceiling']['gemm_share']:.0%} of its time in GEMMs/convs, so int8 cannot go below "
-          f"{q['ceiling']['bound']:.2f}x the fp32 ORT p50 on this CPU")
+    print(ceiling_line(kc, q['ceiling'], ratios['int8_vs_fp32_ort_p50']))
     return q
 
 def quant_finish(q: dict) -> dict:

@@ -59,9 +59,14 @@ class FinalLineTqdm(_text_tqdm):
         return True
 
     def close(self):
+        "The final line on stdout; the live line emptied first (the terminal shows the final line once, not twice)."
         if self._pqk_done or getattr(self, 'disable', True): return super().close()
         self._pqk_done, line = True, str(self)
         super().close()
+        live = os.environ.get(LIVE_ENV)
+        if live:
+            try: open(live, 'w', encoding='utf-8').close()
+            except OSError: pass
         self._pqk_out.write(line.rstrip() + '\n'); self._pqk_out.flush()
 
 # %% ../../nbs/core/04_progress.ipynb #532bf936

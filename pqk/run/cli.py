@@ -11,7 +11,7 @@ from ..core.contracts import EDGE_BACKENDS, ContractError, load_workload, parse_
 
 # %% auto #0
 __all__ = ['EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError',
-           'error_line', 'run_exit', 'main']
+           'error_line', 'run_exit', 'export_line', 'main']
 
 # %% ../../nbs/run/75_cli.ipynb #b107bebd
 def _method_args(p: argparse.ArgumentParser, method: str | None):
@@ -86,6 +86,7 @@ def _method_commands(sub):
     p.add_argument('--workload', default='configs/workload.yaml', help='workload contract (input shape, calibration)')
     p.add_argument('--cfg', default='configs/quant.yaml', help='quant config (int8 only)')
     p.add_argument('--flavour', choices=('ort', 'tensorrt'), default='ort', help='int8 only: ORT-CPU or TensorRT Q/DQ')
+    p.add_argument('--json', action='store_true', help='print the whole export report as JSON (default: one line)')
     _resume_arg(_method_args(sub.add_parser('run-prune', help='prune a model and fine-tune it with the prune template'),
                              'prune'))
     return sub
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--debug', action='store_true', help='show the Python traceback of an error')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     _device_commands(_method_commands(_workbook_commands(sub)))
+    for p in sub.choices.values():          # also after the command (`pqk run CARD --debug`); never resets it
+        p.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                       help='show the Python traceback of an error (a run: and its kernel\'s own messages on a stop)')
     return ap
 
 # %% ../../nbs/run/75_cli.ipynb #a5367302
@@ -189,9 +193,42 @@ def run_exit(res: dict) -> int:
     "The exit status of a finished run (its log's status; `EXIT_CODES`)."
     return STATUS_EXIT.get(res.get('status'), 1)
 
+# %% ../../nbs/run/75_cli.ipynb #c24b0002
+def _size(n: int) -> str:
+    "A file size as the reports write it (MB = 2²⁰ bytes): '0 B', '812 B', '3.4 kB', '15.6 MB', '2.13 GB'."
+    for unit, f in (('GB', 2 ** 30), ('MB', 2 ** 20), ('kB', 2 ** 10)):
+        if n >= f: return f'{n / f:.3g} {unit}' if unit == 'GB' else f'{n / f:.1f} {unit}'
+    return f'{n} B'
+
+def _check(c, what: str) -> str:
+    "A fidelity check ({'max', 'budget', 'ok'} or {'skipped'}) in words."
+    if not isinstance(c, dict) or c.get('skipped') or not isinstance(c.get('max'), (int, float)):
+        why = c.get('skipped') if isinstance(c, dict) else None
+        return f'{what}: not checked' + (f' ({why})' if why else '')
+    if c.get('budget') is None: return f"{what} rel err {c['max']:.2g}"
+    return (f"{what} rel err {c['max']:.2g} {'≤' if c.get('ok') else '>'} {c['budget']:g}: "
+            + ('ok' if c.get('ok') else 'FAILED'))
+
+def export_line(rep: dict, precision: str, out, flavour: str = 'ort') -> str:
+    """`pqk export`'s one line: what was written, its size on disk (the graph + its external data) and the result of
+    the fidelity check (fp32/fp16: ORT against torch within the budget; int8: against the fp32 model, judged by the
+    quality drop of `pqk run-quant`, and the check of the fp32 graph it was quantized from)."""
+    out = Path(out)
+    size = lambda p: p.stat().st_size if p.is_file() else 0
+    kind = {'ort': 'ORT-CPU', 'tensorrt': 'TensorRT Q/DQ'}.get(flavour, flavour)
+    what = f'{precision} ONNX' if precision != 'int8' else f'int8 ({kind}) ONNX'
+    head = f'exported {what} {out} ({_size(size(out))} + {_size(size(Path(f"{out}.data")))} data)'
+    if precision != 'int8': return f"{head}, {_check(rep.get('ort_vs_torch'), 'ORT vs torch')}"
+    i8, f32 = rep.get('int8') or {}, rep.get('fp32') or {}
+    n, h = (rep.get('calibration') or {}).get('count'), rep.get('calibration_set_hash')
+    return (f"{head}, {_check(i8.get('ort_vs_torch'), 'int8 vs torch fp32')} (judged by the quality drop: pqk "
+            f"run-quant); its fp32 graph {_check(f32.get('ort_vs_torch'), 'ORT vs torch')}"
+            + (f'; calibration {n} pairs, sha256 {h[:12]}…' if isinstance(h, str) else ''))
+
 # %% ../../nbs/run/75_cli.ipynb #0f1d8238
 def _export(args) -> int:
-    "`pqk export`: the target is checked before anything is loaded; SIGTERM removes the temp file."
+    """`pqk export`: the target is checked before anything is loaded; SIGTERM removes the temp file. One line says what
+    was written (`export_line`); `--json`: the whole report instead."""
     import json
     from pqk.export.onnx import ExportTargetError, check_export_target
     from pqk.run.runner import stop_forwarding
@@ -205,7 +242,9 @@ def _export(args) -> int:
         else:
             from pqk.export.onnx import export_checkpoint
             rep = export_checkpoint(ckpt, args.out, args.precision, wl, force=args.force)
-    print(json.dumps(rep, indent=1, default=str)); return 0
+    print(json.dumps(rep, indent=1, default=str) if args.json else export_line(rep, args.precision, args.out,
+                                                                                args.flavour))
+    return 0
 
 def _edge_eval(args) -> int:
     "`pqk edge-eval`: the run_edge template through the runner, with the options that were given."
@@ -218,7 +257,7 @@ def _edge_eval(args) -> int:
     res = run_method('edge', workload=args.workload, eval=args.eval, ckpt=ckpt, log=args.log, seed=args.seed,
                      runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                      gpu_hours_budget=args.gpu_hours_budget, template=args.template,
-                     extra_params={k: v for k, v in extra.items() if v is not None})
+                     extra_params={k: v for k, v in extra.items() if v is not None}, debug=args.debug)
     return run_exit(res)
 
 # %% ../../nbs/run/75_cli.ipynb #a53b162a
@@ -246,7 +285,7 @@ def _main(args) -> int:
             from pqk.run.runner import run_card
             res = run_card(args.card, runs_dir=args.runs_dir, seed=args.seed, aggregate=not args.no_aggregate,
                            reports_dir=args.reports_dir, extra_params=_extra_params(args.param), force=args.force,
-                           resume=args.resume)
+                           resume=args.resume, debug=args.debug)
             return run_exit(res)
         if args.cmd == 'aggregate':
             from pqk.run.aggregate import aggregate
@@ -261,7 +300,7 @@ def _main(args) -> int:
                              cfg=getattr(args, 'cfg', None), ckpt=_ckpt_arg(args), log=args.log, seed=args.seed,
                              runs_dir=args.runs_dir, reports_dir=args.reports_dir, aggregate=not args.no_aggregate,
                              gpu_hours_budget=args.gpu_hours_budget, template=args.template,
-                             extra_params=_extra_params(args.param), resume=args.resume)
+                             extra_params=_extra_params(args.param), resume=args.resume, debug=args.debug)
             return run_exit(res)
         if args.cmd == 'doctor':
             from pqk.run.doctor import main as doctor_main

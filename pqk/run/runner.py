@@ -4,7 +4,7 @@
 
 # %% ../../nbs/run/71_runner.ipynb #070ff216
 from __future__ import annotations
-import hashlib, json, math, os, re, shutil, signal, sys, threading, time
+import hashlib, json, logging, math, os, re, shutil, signal, sys, threading, time
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,14 +25,16 @@ from ..train.stoprules import stop_verdict_reason
 
 # %% auto #0
 __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
-           'LEDGER_NAME', 'INPUTS_NAME', 'LOCK_NAME', 'STOP_GRACE_ENV', 'STOP_GRACE_S', 'UPSTREAM_ARTIFACT',
-           'UPSTREAM_ACCEPT', 'RESUME_FOLDER', 'MAX_HASHED_FILES', 'METHOD_COMMAND', 'templates_dir',
-           'TemplateNotFound', 'resolve_template', 'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir',
-           'RunSpec', 'null_blocks', 'real_hash', 'n_devices', 'said', 'stop_scrap', 'build_log', 'repair_log',
-           'remote_resources', 'export_html', 'write_inputs', 'read_inputs', 'template_params', 'env_vars',
-           'kernel_env', 'live_progress', 'Terminated', 'stop_grace', 'forward_sigterm', 'StopState', 'stop_forwarding',
-           'UpstreamRefused', 'resolve_upstream', 'run_lock', 'verify_resume', 'prepare_resume', 'artifact_hashes',
-           'resume_hint', 'execute_run', 'run_card', 'resume_folder', 'run_method']
+           'LEDGER_NAME', 'INPUTS_NAME', 'LOCK_NAME', 'DEBUG_ENV', 'KERNEL_TCP_WARNING', 'KERNEL_SHUTDOWN_NOISE',
+           'STOP_GRACE_ENV', 'STOP_GRACE_S', 'UPSTREAM_ARTIFACT', 'UPSTREAM_ACCEPT', 'RESUME_FOLDER',
+           'MAX_HASHED_FILES', 'METHOD_COMMAND', 'templates_dir', 'TemplateNotFound', 'resolve_template',
+           'prepare_template', 'config_hash', 'make_run_id', 'create_run_dir', 'RunSpec', 'null_blocks', 'real_hash',
+           'n_devices', 'said', 'stop_scrap', 'build_log', 'repair_log', 'remote_resources', 'export_html',
+           'write_inputs', 'read_inputs', 'template_params', 'env_vars', 'kernel_env', 'TemplateConsole',
+           'live_progress', 'KernelLogFilter', 'log_filter', 'kernel_config', 'Terminated', 'stop_grace',
+           'forward_sigterm', 'StopState', 'stop_forwarding', 'UpstreamRefused', 'resolve_upstream', 'run_lock',
+           'verify_resume', 'prepare_resume', 'artifact_hashes', 'resume_hint', 'path_marks', 'portable_notebook',
+           'start_line', 'verdict_line', 'record_line', 'execute_run', 'run_card', 'resume_folder', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #6c207d48
 TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
@@ -449,34 +451,113 @@ def env_vars(add: dict):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
-def kernel_env(live: str | None = None):
-    "Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path."
+DEBUG_ENV = 'PQK_DEBUG'     # set (to 1) in the kernel's environment by `pqk ... --debug`: its own messages are shown
+
+def kernel_env(live: str | None = None, debug: bool = False):
+    """Environment of the template's kernel: final-line progress bars, the project root, this `pqk` first on the path;
+    `debug`: `$PQK_DEBUG` (see `KernelLogFilter`)."""
     import pqk
     return env_vars({'PQK_PROGRESS': os.environ.get('PQK_PROGRESS') or 'final', 'PQK_ROOT': str(project_root()),
                      'PYTHONPATH': os.pathsep.join([str(Path(pqk.__file__).resolve().parent.parent)]
                                                    + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
                                                       if p]),
-                     **({LIVE_ENV: live} if live else {})})
+                     **({LIVE_ENV: live} if live else {}), **({DEBUG_ENV: '1'} if debug else {})})
+
+# %% ../../nbs/run/71_runner.ipynb #c24a0002
+class TemplateConsole:
+    """The terminal while a template runs: `out` and `err` take its printed lines (papermill's `stdout_file` and
+    `stderr_file`; each line indented two spaces), `path` is the file its progress bars write their current line to
+    (`pqk.core.progress.LIVE_ENV`), echoed on `err` by `echo` every `every` s (a log: when it changed, at most every
+    `log_every` s)."""
+    def __init__(self, out=None, err=None, every: float = 1.0, log_every: float = 30.0):
+        import tempfile
+        self.out_stream, self.err_stream = out or sys.stdout, err or sys.stderr
+        self.tty = bool(getattr(self.err_stream, 'isatty', lambda: False)())
+        self.every, self.log_every, self.lock = every, log_every, threading.Lock()
+        fd, self.path = tempfile.mkstemp(prefix='pqk-progress-'); os.close(fd)
+        self.drawn, self.last, self.shown = False, '', -math.inf
+        self.out, self.err = _Indented(self, self.out_stream), _Indented(self, self.err_stream)
+
+    def clear(self):
+        "Erase the progress line drawn on a terminal (before another line is written there); call under `lock`."
+        if self.drawn: self.err_stream.write('\r\x1b[K'); self.err_stream.flush(); self.drawn, self.last = False, ''
+
+    def echo(self, now: float | None = None):
+        "Show the progress file's line if it changed (a terminal: in place; a log: a line, at most every `log_every`)."
+        try: line = Path(self.path).read_text(encoding='utf-8').strip()
+        except OSError: return
+        now = time.monotonic() if now is None else now
+        if not line or line == self.last or (not self.tty and now - self.shown < self.log_every): return
+        with self.lock:
+            self.err_stream.write(f'\r  {line}\x1b[K' if self.tty else f'  {line}\n'); self.err_stream.flush()
+            self.drawn, self.last, self.shown = self.tty, line, now
+
+class _Indented:
+    "A text stream of `TemplateConsole` that indents each line by two spaces (the progress line cleared first)."
+    def __init__(self, console: TemplateConsole, stream): self.console, self.stream, self.bol = console, stream, True
+    def write(self, s: str) -> int:
+        if not s: return 0
+        with self.console.lock:
+            self.console.clear()
+            parts = []
+            for piece in s.splitlines(keepends=True):
+                parts.append(('  ' if self.bol else '') + piece); self.bol = piece.endswith(('\n', '\r'))
+            self.stream.write(''.join(parts))
+        return len(s)
+    def flush(self): self.stream.flush()
 
 @contextmanager
-def live_progress(stream=None, every: float = 1.0):
-    "Echo on the terminal the line the template's progress bars write to a temporary file (its path is yielded)."
-    import tempfile, threading
-    stream = stream or sys.stderr
-    fd, path = tempfile.mkstemp(prefix='pqk-progress-'); os.close(fd)
-    tty, stop = getattr(stream, 'isatty', lambda: False)(), threading.Event()
-    def echo():
-        last, shown = '', 0.0
-        while not stop.wait(every):
-            try: line = Path(path).read_text(encoding='utf-8').strip()
-            except OSError: continue
-            if not line or line == last or (not tty and time.monotonic() - shown < 30): continue   # a log: every 30 s
-            stream.write(f'\r  {line}\x1b[K' if tty else f'  {line}\n'); stream.flush()
-            last, shown = line, time.monotonic()
-    t = threading.Thread(target=echo, daemon=True); t.start()
-    try: yield path
+def live_progress(out=None, err=None, every: float = 1.0, echo: bool = True):
+    """A `TemplateConsole` for the block (`echo`: its progress line shown), its progress file removed at the end and a
+    progress line still drawn on a terminal cleared."""
+    con = TemplateConsole(out, err, every)
+    stop = threading.Event()
+    def loop():
+        while not stop.wait(every): con.echo()
+    t = threading.Thread(target=loop, daemon=True)
+    if echo: t.start()
+    try: yield con
     finally:
-        stop.set(); t.join(5); Path(path).unlink(missing_ok=True)
+        stop.set()
+        if echo: t.join(5)
+        with con.lock: con.clear()
+        Path(con.path).unlink(missing_ok=True)
+
+# %% ../../nbs/run/71_runner.ipynb #c24a0005
+KERNEL_TCP_WARNING = 'Kernel is running over TCP without encryption.'
+KERNEL_SHUTDOWN_NOISE = ('KeyboardInterrupt caught in kernel.', 'Exception in message handler:',
+                         'Kernel died while waiting for execute reply.')
+
+class KernelLogFilter(logging.Filter):
+    """A filter of the kernel's log: drops its warning about TCP without encryption, and (unless `$PQK_DEBUG`) the
+    records a shutdown mid-cell makes: a ZMQError raised in a message handler, 'KeyboardInterrupt caught in kernel.'
+    (and, on papermill's logger in the runner, 'Kernel died while waiting for execute reply.': the log says so)."""
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith(KERNEL_TCP_WARNING): return False
+        if os.environ.get(DEBUG_ENV) or msg not in KERNEL_SHUTDOWN_NOISE: return True
+        if msg != KERNEL_SHUTDOWN_NOISE[1]: return False
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == 'ZMQError' and type(exc).__module__.startswith('zmq'))
+
+@contextmanager
+def log_filter(name: str, flt: logging.Filter):
+    "Logger `name` filtered by `flt` for the block."
+    lg = logging.getLogger(name); lg.addFilter(flt)
+    try: yield lg
+    finally: lg.removeFilter(flt)
+
+@contextmanager
+def kernel_config():
+    """The kernel's command-line arguments for the block: its log goes through `KernelLogFilter` (imported by the
+    kernel from this `pqk`, first on its path: `kernel_env`), set in a config file in a temporary folder removed at the
+    end."""
+    import tempfile
+    cfg = {'IPKernelApp': {'logging_config': {'filters': {'pqk': {'()': 'pqk.run.runner.KernelLogFilter'}},
+                                              'handlers': {'console': {'filters': ['pqk']}}}}}
+    with tempfile.TemporaryDirectory(prefix='pqk-kernel-') as d:
+        p = Path(d) / 'kernel_config.json'; p.write_text(json.dumps(cfg), encoding='utf-8')
+        yield [f'--config={p}']
 
 # %% ../../nbs/run/71_runner.ipynb #8ca155b9
 class Terminated(KeyboardInterrupt):
@@ -537,8 +618,9 @@ def stop_forwarding(grace: float | None = None):
             st.signal = name
             st.forwarded = forward_sigterm()
             if st.forwarded and grace > 0:
-                print(f'pqk run: {name}: asked the template to stop (SIGTERM to its kernel); waiting up to {grace:g} s '
-                      'for it to write a checkpoint and record what it has (send it again to stop at once)',
+                erase = '\r\x1b[K' if getattr(sys.stderr, 'isatty', lambda: False)() else ''   # a progress line
+                print(f'{erase}pqk run: {name}: asked the template to stop (SIGTERM to its kernel); waiting up to '
+                      f'{grace:g} s for it to write a checkpoint and record what it has (send it again to stop at once)',
                       file=sys.stderr)
                 st.timer = threading.Timer(grace, fire); st.timer.daemon = True; st.timer.start()
                 return
@@ -864,15 +946,20 @@ def _stage_template(spec: RunSpec, run_dir: Path, copies: dict, digest: str, cha
 
 # %% ../../nbs/run/71_runner.ipynb #4872219a
 def _execute_template(template, out_nb: Path, params: dict, run_dir: Path, stop: StopState, progress: bool,
-                      stream_output: bool) -> tuple[str | None, bool, str | None]:
-    "Run `template` into `out_nb` under papermill; (error, interrupted by a second signal, how the kernel ended)."
+                      stream_output: bool, debug: bool = False) -> tuple[str | None, bool, str | None]:
+    """Run `template` into `out_nb` under papermill; (error, interrupted by a second signal, how the kernel ended).
+    `stream_output`: its printed lines on the terminal (`TemplateConsole`), with its progress line if `progress`;
+    `debug`: the kernel's own messages on a stop too (`KernelLogFilter`)."""
     error, interrupted, kernel_exc = None, False, None
     try:
         import papermill as pm
-        kw = {'stdout_file': sys.stdout, 'stderr_file': sys.stderr} if stream_output else {}
-        with live_progress() if stream_output else nullcontext() as live, kernel_env(live):
+        with (live_progress(echo=progress) if stream_output else nullcontext()) as con, \
+                kernel_env(con.path if con else None, debug), kernel_config() as kargs, \
+                log_filter('papermill', KernelLogFilter()):
+            kw = {'stdout_file': con.out, 'stderr_file': con.err} if con else {}
             pm.execute_notebook(str(template), str(out_nb), parameters=params, kernel_name='python3',
-                                progress_bar=progress, cwd=str(run_dir), request_save_on_cell_execute=True, **kw)
+                                progress_bar=False, cwd=str(run_dir), request_save_on_cell_execute=True,
+                                extra_arguments=kargs, **kw)
     except KeyboardInterrupt as e:
         interrupted = True; stop.signal = stop.signal or ('SIGTERM' if isinstance(e, Terminated) else 'SIGINT')
     except Exception as e:
@@ -885,13 +972,67 @@ def _execute_template(template, out_nb: Path, params: dict, run_dir: Path, stop:
         else: error = msg
     return error, interrupted, kernel_exc
 
+# %% ../../nbs/run/71_runner.ipynb #c24a0008
+def path_marks(run_dir: Path) -> list[tuple[re.Pattern, str]]:
+    """(pattern, mark) for each absolute folder a record must not name, the longest (most specific) first: the run
+    folder, the project root, the folder pqk is imported from, Python's prefix, the home folder. A pattern matches
+    whole path components (not `/runs/a` inside `/runs/a-2`)."""
+    import pqk
+    folders = {'<run>': Path(run_dir), '<project>': project_root(), '<pqk>': Path(pqk.__file__).parent.parent,
+               '<python>': Path(sys.prefix), '~': Path.home()}           # on a tie (pqk in the project) the first
+    out = []
+    for mark, f in folders.items():
+        for s in {str(f), str(f.resolve())}:
+            if len(Path(s).parts) > 1: out.append((s, mark))             # never '/' alone
+    out.sort(key=lambda x: -len(x[0]))
+    return [(re.compile(re.escape(s) + r'(?![\w.-])'), mark) for s, mark in out]
+
+def _unmark(v, marks):
+    "`v` with every marked folder replaced (strings, inside lists and dicts)."
+    if isinstance(v, str):
+        for rx, mark in marks: v = rx.sub(mark, v)
+        return v
+    if isinstance(v, list): return [_unmark(x, marks) for x in v]
+    if isinstance(v, dict): return {k: _unmark(x, marks) for k, x in v.items()}
+    return v
+
+def portable_notebook(nb_path: Path, run_dir: Path) -> Path:
+    """Rewrite the executed notebook `nb_path` of run folder `run_dir` (atomically) so that it names no absolute
+    folder of this machine (see above); the text of outputs (streams, errors, `text/*` results) is rewritten, scraps
+    and images are not."""
+    import nbformat
+    nb_path, run_dir = Path(nb_path), Path(run_dir)
+    nb, marks = nbformat.read(str(nb_path), as_version=4), path_marks(run_dir)
+    pm = nb.metadata.get('papermill')
+    if isinstance(pm, dict):
+        for k in ('input_path', 'output_path'):
+            if isinstance(pm.get(k), str) and Path(pm[k]).is_absolute():
+                p = Path(pm[k]).resolve()
+                pm[k] = p.relative_to(run_dir.resolve()).as_posix() if p.is_relative_to(run_dir.resolve()) else p.name
+    nb.metadata = nbformat.from_dict(_unmark(dict(nb.metadata), marks))
+    for c in nb.cells:
+        c.source = _unmark(c.source, marks)
+        for o in c.get('outputs', []):
+            if 'text' in o: o['text'] = _unmark(o['text'], marks)
+            for k in ('evalue', 'traceback'):
+                if k in o: o[k] = _unmark(o[k], marks)
+            for mime in [m for m in o.get('data', {}) if m.startswith('text/')]: o['data'][mime] = _unmark(
+                o['data'][mime], marks)
+    with atomic_path(nb_path) as tmp: nbformat.write(nb, str(tmp))
+    return nb_path
+
 # %% ../../nbs/run/71_runner.ipynb #d2e7db71
 def _run_artifacts(copies: dict, run_dir: Path, out_nb: Path, html: Path) -> dict:
-    "{name: path relative to the run folder} of what the runner wrote; the HTML copy is exported here."
+    """{name: path relative to the run folder} of what the runner wrote; the notebook made portable
+    (`portable_notebook`) and its HTML copy exported here."""
     artifacts = {f'config_{k}': Path(v).resolve().relative_to(run_dir).as_posix() for k, v in copies.items()}
     artifacts['inputs'] = INPUTS_NAME
     if out_nb.is_file():
         artifacts['notebook'] = out_nb.name
+        try: portable_notebook(out_nb, run_dir)
+        except Exception as e:
+            print(f'pqk run: {out_nb.name}: its absolute paths could not be rewritten ({type(e).__name__}: {e})',
+                  file=sys.stderr)
         try:
             _, left = export_html(out_nb, html); artifacts['html'] = html.name
             if left: print(f'pqk run: removed remote resources from {html.name}: {", ".join(left)}',
@@ -913,27 +1054,45 @@ def _seal_log(rec: dict, run_dir: Path, spec: RunSpec, chain, resumed, ev, dh: f
     return repair_log(rec, ev, dh, f'{_rel(run_dir)}/log.json', dk)
 
 # %% ../../nbs/run/71_runner.ipynb #b304c0c5
+def start_line(spec: RunSpec, run_id: str, run_dir: Path, copies: dict, resumed: dict | None) -> str:
+    "The run's first line: its id, what it runs (card or command, kind, template) and where its folder is."
+    what = _rel(spec.card) if spec.card is not None else (spec.command or spec.card_id)
+    tpl = Path(copies['template']).stem if 'template' in copies else 'none'
+    again = f", resumed: attempt {resumed['count'] + 1}" if resumed else ''
+    return f'pqk run: {run_id}: started {what} (kind {spec.kind}, template {tpl}{again}) in {_rel(run_dir.parent)}/'
+
+def verdict_line(rec: dict, run_id: str) -> str:
+    "The run's verdict: its status and the reason, which names the drop and its interval when the run was judged."
+    return f"pqk run: {run_id}: {rec['status'].upper()} — {rec['reason']}"
+
+def record_line(run_dir: Path, log: Path, out_nb: Path, html: Path) -> str:
+    "Where the run's record is: its folder and the files in it to open first."
+    files = [p.name for p in (log, out_nb, html) if p.is_file()]
+    return f"  record: {_rel(run_dir)}/ ({', '.join(files) or 'no log'})"
+
 def _run_result(rec: dict, run_id: str, run_dir: Path, log: Path, out_nb: Path, html: Path, problems: list, runs_dir,
                 aggregate: bool, reports_dir) -> dict:
-    "What `execute_run` returns, after the reports were aggregated (when asked) and the outcome printed."
+    """What `execute_run` returns, after the outcome was printed (`verdict_line`, `record_line`) and the reports were
+    aggregated (when asked)."""
     res = {'status': rec['status'], 'reason': rec['reason'], 'run_id': run_id, 'run_dir': run_dir, 'log': log,
            'notebook': out_nb if out_nb.is_file() else None, 'html': html if html.is_file() else None,
            'error': rec.get('error'), 'problems': [str(p) for p in problems], 'record': rec}
+    print(verdict_line(rec, run_id)); print(record_line(run_dir, log, out_nb, html), flush=True)
     if aggregate:
         try:
             from pqk.run.aggregate import aggregate as _agg
             res['reports'] = _agg(Path(runs_dir), reports_dir)
         except Exception as e:
             print(f'pqk run: aggregate failed ({type(e).__name__}: {e}); the log is kept', file=sys.stderr)
-    print(f"pqk run: {run_id}: {rec['status'].upper()} — {rec['reason']}\n  log: {_rel(log)}"
-          + (f"\n  notebook: {_rel(out_nb)}" if out_nb.is_file() else ''))
     return res
 
 # %% ../../nbs/run/71_runner.ipynb #f799848e
 def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_dir=None, progress: bool = True,
-                stream_output: bool = True, resume_dir: Path | None = None) -> dict:
+                stream_output: bool = True, resume_dir: Path | None = None, debug: bool = False) -> dict:
     """Run `spec` through its template into a new run folder (or continue `resume_dir`) and return {'status',
-    'reason', 'run_id', 'run_dir', 'log', …}. A ContractError raised here means nothing ran (a refused resume)."""
+    'reason', 'run_id', 'run_dir', 'log', …}. A ContractError raised here means nothing ran (a refused resume).
+    `stream_output`: the template's lines on the terminal (with its progress line if `progress`); `debug`: the
+    kernel's own messages on a stop too."""
     from pqk.eval.efficiency import DeviceHours
     t0 = time.monotonic(); started = utc_now()
     meter = DeviceHours().start()     # this attempt's wall-hours; × the template's processes when it ends
@@ -949,13 +1108,12 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
         if resume_dir is None: error = _stage_template(spec, run_dir, copies, digest, chain, error)
         params = template_params(spec, run_id, run_dir, copies, thresholds)
         if resumed: params['resume'] = True
-        print(f'pqk run: {run_id} -> {_rel(run_dir)}' + (f" (resumed, attempt {resumed['count'] + 1})" if resumed
-                                                          else ''), file=sys.stderr)
+        print(start_line(spec, run_id, run_dir, copies, resumed), file=sys.stderr, flush=True)
         stop = stack.enter_context(stop_forwarding())
         interrupted, kernel_exc = False, None
         if not error:                                     # else: a refused chain or no template; the log says why
             error, interrupted, kernel_exc = _execute_template(copies['template'], out_nb, params, run_dir, stop,
-                                                               progress, stream_output)
+                                                               progress, stream_output, debug)
         stop.armed = False                                 # from here on a signal waits until the log is written
         stopped = _stop_reason(stop, interrupted, kernel_exc) if stop.signal else None
         scraps = {}
@@ -979,11 +1137,13 @@ def execute_run(spec: RunSpec, runs_dir='runs', aggregate: bool = True, reports_
 
 # %% ../../nbs/run/71_runner.ipynb #58cc3479
 def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_dir=None, extra_params=None,
-             progress: bool = True, stream_output: bool = True, force: bool = False, resume: str | None = None) -> dict:
+             progress: bool = True, stream_output: bool = True, force: bool = False, resume: str | None = None,
+             debug: bool = False) -> dict:
     """Validate a task card and its configs, run it through its template, write the log and rebuild the reports.
     A card whose `status` is not `ready` runs only with `force`; `resume` (a run id) continues that run in its
-    folder. Refused before anything runs (ContractError): a card with problems (paths outside the project included),
-    a card whose id another card in its folder uses, a resume that cannot be verified."""
+    folder; `debug`: the kernel's own messages on a stop too. Refused before anything runs (ContractError): a card
+    with problems (paths outside the project included), a card whose id another card in its folder uses, a resume that
+    cannot be verified."""
     ps, c = check_card(card)
     if ps:
         print(f'pqk run: {_rel(card)}: {len(ps)} problem(s) in the card; not running', file=sys.stderr)
@@ -1011,7 +1171,8 @@ def run_card(card, runs_dir='runs', seed=None, aggregate: bool = True, reports_d
                    command=f'pqk run {_arg(c.path)}' + ('' if status == 'ready' else ' --force')
                    + ('' if seed is None else f' --seed {int(seed)}'), loaded=loaded)
     resume_dir = resume_folder(runs_dir, resume, spec.card_id) if resume else None
-    return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir)
+    return execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=resume_dir,
+                       debug=debug)
 
 # %% ../../nbs/run/71_runner.ipynb #132b98fc
 def resume_folder(runs_dir, run_id: str, card_id: str) -> Path:
@@ -1030,7 +1191,7 @@ def resume_folder(runs_dir, run_id: str, card_id: str) -> Path:
 def run_method(method: str, workload='configs/workload.yaml', eval='configs/eval.yaml', cfg=None, ckpt=None, log=None,
                seed=0, runs_dir='runs', gpu_hours_budget: float | None = None, template: str | None = None,
                aggregate: bool = True, reports_dir=None, extra_params=None, progress: bool = True,
-               stream_output: bool = True, resume: str | None = None) -> dict:
+               stream_output: bool = True, resume: str | None = None, debug: bool = False) -> dict:
     """Run a method's template from explicit config paths (no card: task_card 'adhoc-<method>'); copy the log to `log`.
     `resume` (a run id): continue that stopped run of this method in its folder, with the inputs it started with (its
     config and template copies, checkpoint, seed, budget and `--param` overrides; the other arguments are not used)."""
@@ -1060,7 +1221,7 @@ def run_method(method: str, workload='configs/workload.yaml', eval='configs/eval
                        template=template, seed=seed, ckpt=ckpt, budget=budget, extra=_check_extra(extra_params),
                        command=METHOD_COMMAND.get(method), loaded=loaded)
         d = None
-    res = execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=d)
+    res = execute_run(spec, runs_dir, aggregate, reports_dir, progress, stream_output, resume_dir=d, debug=debug)
     if log:
         res['log_copy'] = write_json_atomic(Path(log), res['record'])
         print(f'  log copied to {log}')
