@@ -417,6 +417,7 @@ def group_summary(g: dict) -> dict:
 FRONT_COLUMNS = ('front.status', 'front.recommended', 'front.passed_decisively', 'front.speedup',
                  'front.speedup_source', 'front.load', 'front.noisy')
 
+# %% ../../nbs/run/72_aggregate.ipynb #3c28a9f7
 def annotate_front(groups: list[dict]) -> dict[str, str | None]:
     """Add the `FRONT_COLUMNS` to every row of `groups` (in place): front status, recommended, passed decisively, and
     the speed-up against the teacher timed in the run with its source, load and noisy mark; {group key: recommended
@@ -692,6 +693,7 @@ def drop_errors(row) -> tuple[float, float] | None:
     if d is None or lo is None or hi is None: return None
     return max(0., d - lo), max(0., hi - d)
 
+# %% ../../nbs/run/72_aggregate.ipynb #57f75b66
 def threshold_labels(rows) -> dict[float, str]:
     "{drop threshold: 'max drop 1.5% (mainline)'} of `rows` (the rules that use each threshold named)."
     by = {}
@@ -702,6 +704,7 @@ def threshold_labels(rows) -> dict[float, str]:
 
 MAX_AVOID = 300        # labels keep clear of every marker up to this many points in a panel (else of the front's)
 
+# %% ../../nbs/run/72_aggregate.ipynb #31779662
 def _tradeoff_panel(ax, rows) -> tuple[list, list]:
     """Draw one version group's trade-off on `ax`; the (xy, label) of the points to label, most important first, and
     the points whose markers the labels keep clear of."""
@@ -757,6 +760,7 @@ def _tradeoff_panel(ax, rows) -> tuple[list, list]:
     avoid = placed if len(placed) <= MAX_AVOID else front
     return labels, [(x['timing']['speedup'], x['drop'][0]) for x in avoid]
 
+# %% ../../nbs/run/72_aggregate.ipynb #916ae278
 def tradeoff_figure(rows):
     "The trade-off figure of `rows`, one panel per version group (see above)."
     fig, panels = _panels(rows, 'quality drop vs speed-up against the teacher timed in the same run '
