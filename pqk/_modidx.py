@@ -1115,6 +1115,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'pqk.run.explore._fig': ('run/explore.html#_fig', 'pqk/run/explore.py'),
                                  'pqk.run.explore._flat': ('run/explore.html#_flat', 'pqk/run/explore.py'),
                                  'pqk.run.explore._msg': ('run/explore.html#_msg', 'pqk/run/explore.py'),
+                                 'pqk.run.explore._own_size': ('run/explore.html#_own_size', 'pqk/run/explore.py'),
                                  'pqk.run.explore._pair': ('run/explore.html#_pair', 'pqk/run/explore.py'),
                                  'pqk.run.explore._stop': ('run/explore.html#_stop', 'pqk/run/explore.py'),
                                  'pqk.run.explore.ci_names': ('run/explore.html#ci_names', 'pqk/run/explore.py'),

@@ -179,12 +179,15 @@ def test_explorer_in_jupyterlab(lab):
         widths = [js('return arguments[0].getBoundingClientRect().width', e) for e in figs]
         assert len(widths) == 2 and min(widths) >= 320, widths
         visit('Pareto', lambda: plot() and css('.pqk-recommended'), 'no Pareto plot or recommended run')
+        pw = js('return [arguments[0].naturalWidth, arguments[0].getBoundingClientRect().width]', plot()[0])
+        assert pw[0] >= 700 and abs(pw[1] - pw[0]) <= 1, pw                  # shown at its own size, not stretched
         links = css('a.pqk-notebook')
         assert links and '/runs/' in links[0].get_attribute('href') and links[0].get_attribute('href').endswith('.ipynb')
         visit('Pointmaps', lambda: len(plot()) >= 2, 'no pointmap images')
         cloud = plot()[-1]
         assert js('return arguments[0].naturalWidth', cloud) == 1120
         assert js('return arguments[0].getBoundingClientRect().width', cloud) >= 700   # near its own size
+        assert js('return arguments[0].getBoundingClientRect().width', cloud) <= 1121  # never stretched
         show(cloud); d.save_screenshot(str(shots / 'explorer-pointmaps-3d.png'))
         # a filter changes the run table (back on the Runs tab)
         next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Runs').click()

@@ -323,7 +323,7 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
     passed), the front joined and labelled, the recommended run starred, the limits as labelled lines; with front
     classes (`ParetoResult.classes`), a ring around each frontier and ambiguous run."""
     from matplotlib.lines import Line2D
-    fig = _fig(7, 4.2); ax = fig.add_subplot()
+    fig = _fig(7, 4.2, 110); ax = fig.add_subplot()
     allr = pd.concat([res.inside, res.outside]); counted = set(res.inside.index)
     for st, n in status_counts(res).items():
         col, mk = STATUS_STYLE.get(st, ('tab:green', 'v'))
@@ -425,6 +425,10 @@ def _esc(s) -> str: return html.escape(str(s))
 def _msg(text: str, kind: str = 'warn') -> str:
     col = {'warn': '#8a6d3b', 'error': '#a94442', 'ok': '#3c763d'}[kind]
     return f'<div class="pqk-msg pqk-{kind}" style="color:{col}">{text}</div>'
+
+def _own_size(W):
+    "An image's layout: its own size (a column would stretch it, blurred), never wider than the page."
+    return W.Layout(align_self='flex-start', max_width='100%')
 
 class _View:
     "Base of the explorer's views: `widget` (what is shown), `message` (an HTML line), `_guarded` callbacks."
@@ -584,7 +588,7 @@ class ParetoView(_View):
                        for a in AXES}
         self.use = {a: W.Checkbox(value=a == 'quality drop (%)', description='', indent=False,
                                   layout=W.Layout(width='30px')) for a in AXES}
-        self.plot, self.recommendation, self.statuses = W.Image(format='png'), W.HTML(), W.HTML()
+        self.plot, self.recommendation, self.statuses = W.Image(format='png', layout=_own_size(W)), W.HTML(), W.HTML()
         self._observe(self._ranges, self.group)
         self._observe(self.refresh, self.x, self.y, self.passed_only, *self.limits.values(), *self.use.values())
         sliders = W.VBox([W.HBox([self.use[a], self.limits[a]]) for a in AXES])
@@ -643,8 +647,7 @@ class PointmapView(_View):
         self.azim = W.IntSlider(value=-60, min=-180, max=180, step=5, description='azimuth', continuous_update=False)
         self.elev = W.IntSlider(value=20, min=-90, max=90, step=5, description='elevation', continuous_update=False)
         self.colour = W.ToggleButtons(options=['image', 'view'], description='colour')
-        self.images = W.Image(format='png')
-        self.cloud = W.Image(format='png', layout=W.Layout(max_width='100%'))      # its own size, at most the page
+        self.images, self.cloud = W.Image(format='png', layout=_own_size(W)), W.Image(format='png', layout=_own_size(W))
         self.note = W.HTML(_msg(f'{len(t) - len(has)} run(s) have no pointmaps (runs made before pqk saved them, or '
                                 'edge runs, which time a model and produce none)') if len(t) > len(has) else '')
         self._observe(self._load, self.run); self._observe(self.draw_images, self.pair, self.view)
