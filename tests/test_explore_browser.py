@@ -168,6 +168,11 @@ def test_explorer_in_jupyterlab(lab):
                                      f'it shows: {tabs().text[:2000]}') from None
             texts[name] = tabs().text
             show(tabs()); d.save_screenshot(str(shots / f'explorer-{name.lower()}.png'))
+            wide = js('''return [...arguments[0].querySelectorAll('.widget-box')].filter(b => b.offsetParent
+                         && b.scrollWidth > b.clientWidth + 1).map(b => [b.className, b.scrollWidth, b.clientWidth,
+                         [...b.querySelectorAll('*')].filter(x => x.getBoundingClientRect().right >
+                         b.getBoundingClientRect().right + 0.5).map(x => x.tagName + '.' + x.className)[0]]);''', tabs())
+            assert not wide, f'tab {name} scrolls sideways: {wide}'
             for t in NOT_SHOWN.get(name, []) + EVERYWHERE_NOT: assert t not in texts[name], (name, t)
         visit('Runs', lambda: css('table.pqk-runs'), 'no run table')
         count = lambda: next(e.text for e in css('.widget-html-content') if 'run(s) in' in e.text and 'of' in e.text)

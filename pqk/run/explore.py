@@ -427,8 +427,8 @@ def _msg(text: str, kind: str = 'warn') -> str:
     return f'<div class="pqk-msg pqk-{kind}" style="color:{col}">{text}</div>'
 
 def _own_size(W):
-    "An image's layout: its own size (a column would stretch it, blurred), never wider than the page."
-    return W.Layout(align_self='flex-start', max_width='100%')
+    "An image's layout: its own size (a column would stretch it, blurred), never wider than the page (no side margins)."
+    return W.Layout(align_self='flex-start', max_width='100%', margin='2px 0px')
 
 class _View:
     "Base of the explorer's views: `widget` (what is shown), `message` (an HTML line), `_guarded` callbacks."
@@ -447,7 +447,8 @@ class _View:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../../nbs/run/74_explore.ipynb #0cac78d3
-TABLE_CSS = ('<style>table.pqk-runs td, table.pqk-runs th {white-space: nowrap; padding: 1px 8px; text-align: left}'
+TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%}'   # the table scrolls, not the page
+             'table.pqk-runs td, table.pqk-runs th {white-space: nowrap; padding: 1px 8px; text-align: left}'
              'table.pqk-diff {width: 100%} table.pqk-diff td, table.pqk-diff th {white-space: normal; '
              'overflow-wrap: anywhere; padding: 1px 8px; text-align: left; vertical-align: top}</style>')
 
@@ -471,7 +472,7 @@ class RunBrowser(_View):
         self.order = W.ToggleButtons(options=list(zip(order_labels('started'), (False, True))), value=False,
                                      description='order')
         self.max_rows = W.IntSlider(value=max_rows, min=10, max=1000, step=10, description='show')
-        self.table, self.count = W.HTML(), W.HTML()
+        self.table, self.count = W.HTML(), W.HTML(); self.table.add_class('pqk-fit')
         self.problems = W.HTML(self._problems())
         self._observe(self.refresh, self.card, self.kind, self.status, self.versions, self.since, self.until,
                       self.order, self.max_rows)
@@ -533,7 +534,7 @@ class CompareView(_View):
         self.group = W.Dropdown(options=groups, value=groups[0] if groups else None, description='versions')
         self.text = W.Text(description='filter', placeholder='part of a run id or card')
         self.pick = W.SelectMultiple(options=[], rows=8, description='runs', layout=W.Layout(width='620px'))
-        self.listed, self.diff, self.figures = W.HTML(), W.HTML(), W.VBox([])
+        self.listed, self.diff, self.figures = W.HTML(), W.HTML(), W.VBox([]); self.diff.add_class('pqk-fit')
         self._observe(self._options, self.group, self.text); self._observe(self.refresh, self.pick)
         self.widget = W.VBox([W.HBox([W.VBox([self.group, self.text, self.listed]), self.pick]), self.message,
                               self.diff, self.figures])
@@ -565,7 +566,7 @@ class CompareView(_View):
         cell = W.Layout(flex=f'1 1 {THUMB_MIN_PX}px', min_width=f'{THUMB_MIN_PX}px', max_width='100%')
         for n in names:
             cells = [W.VBox([W.HTML(f'<b>{_esc(r)}</b>: {_esc(n)}'),
-                             W.Image(value=figs[r][0][n], format='png', layout=W.Layout(width='100%'))
+                             W.Image(value=figs[r][0][n], format='png', layout=W.Layout(width='100%', margin='2px 0px'))
                              if n in figs[r][0] else W.HTML(_msg(_esc(figs[r][1] or f'no figure {n}')))],
                             layout=cell) for r in ids]
             rows.append(W.HBox(cells, layout=W.Layout(flex_flow='row wrap', width='100%')))
