@@ -1,15 +1,18 @@
 """The explorer in a real browser: JupyterLab on 127.0.0.1 with a token, headless Chromium driven by Selenium.
 
 A temporary workbook (the schemas, configs and the explorer notebook of this checkout, plus synthetic runs of two
-workload versions with notebooks and pointmaps) is served by JupyterLab; the test opens nbs/run/74_explore.ipynb,
-runs every cell, and checks in the page that the run table renders, that a filter widget changes it, that the Pareto
-tab shows its plot and the recommended run's notebook link, and that the pointmap tab shows its images. A screenshot
-of each step is saved in the test's temporary folder.
+workload versions with notebooks and pointmaps) is served by JupyterLab; the test opens nbs/run/74_explore.ipynb and
+checks that no dialog asks for a kernel (the notebook names its kernelspec), runs every cell, then visits each tab,
+saves a screenshot of it and checks its visible text (the DOM's, not pixels) against a short list of what it must
+and must not show (`TAB_TEXTS`, `NOT_SHOWN`); on the way: the comparison fits the page without sideways scrolling,
+its figures are at least 320 px wide, the Pareto tab links the recommended run's notebook, the 3D view is shown near
+its own 1120 px, and a filter widget changes the run table. The screenshots (explorer-<tab>.png) and the visible texts
+(explorer-texts.txt) are left in the test's temporary folder.
 
 Needs Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver) and the dev dependency
 `selenium`; without them the test is skipped with the reason, except under CI (`CI` or `PQK_CI` set), where it fails.
 """
-import os, shutil, signal, subprocess, sys, time, urllib.request
+import json, os, shutil, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,6 +48,8 @@ def _workbook(tmp: Path) -> Path:
     for d in ('schemas', 'configs'): shutil.copytree(ROOT / d, root / d)
     (root / 'nbs' / 'run').mkdir(parents=True)
     shutil.copy(ROOT / 'nbs' / 'run' / '74_explore.ipynb', root / 'nbs' / 'run')
+    nb = json.loads((root / 'nbs' / 'run' / '74_explore.ipynb').read_text())
+    (root / 'nbs' / 'run' / 'bare.ipynb').write_text(json.dumps({**nb, 'metadata': {}}))   # no kernelspec
     make_runs(root / 'runs', 12, versions=[('1.0', '1.0'), ('1.1', '1.0')], notebooks=True, pointmaps=True)
     return root
 
@@ -96,6 +101,21 @@ def settled(api: str, timeout: float):
     raise AssertionError(f'the notebook was still running after {timeout:.0f} s')
 
 
+# What each tab must show (visible DOM text of the explorer's tab widget, not pixels) and must not show. The synthetic
+# workbook: 12 runs in two version groups; the first group (w1.1) has 2 passed, 3 failed and 1 stopped runs.
+TAB_TEXTS = {
+    'Runs': ['12 of 12 run(s) in runs, by started, newest first', 'newest first', 'oldest first', 'sort by',
+             'quality drop (%)', 'card', 'status'],
+    'Compare': ['runs listed newest first', 'the latest passed run of each card', 'key numbers', 'run_id',
+                'quality.quality_drop_pct', ' · passed'],
+    'Pareto': ['Recommended:', 'open its archived notebook', 'runs of w1.1 e1.0 on the plot: 2 passed, 3 failed, '
+               '1 stopped', 'hollow: over a limit, or not passed', 'passed runs only'],
+    'Pointmaps': ['run(s) with pointmaps, newest first', 'pair', 'points', 'azimuth', 'elevation', 'colour'],
+}
+NOT_SHOWN = {'Runs': ['ascending'], 'Pareto': ['outside thresholds', 'within thresholds']}
+EVERYWHERE_NOT = ['Select Kernel', 'Traceback']
+
+
 def test_explorer_in_jupyterlab(lab):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -108,47 +128,84 @@ def test_explorer_in_jupyterlab(lab):
     shots = lab['tmp']
     wait = lambda secs, fn, what: WebDriverWait(d, secs, 0.5).until(lambda _: fn(), message=what)
     css = lambda sel: [e for e in d.find_elements(By.CSS_SELECTOR, sel) if e.is_displayed()]
+    dialogs = lambda: [e.text for e in css('.jp-Dialog')]
+    js = lambda code, *a: d.execute_script(code, *a)
     try:
+        # negative control: the same notebook without a kernelspec makes Lab ask (in a workspace of its own)
+        d.get(lab['url'].replace('/lab/tree/nbs/run/74_explore.ipynb', '/lab/workspaces/bare/tree/nbs/run/bare.ipynb'))
+        wait(180, lambda: any('Select Kernel' in t for t in dialogs()), 'no kernel dialog for a notebook without one')
+        d.save_screenshot(str(shots / 'bare-select-kernel.png'))
         d.get(lab['url'])
         wait(120, lambda: css('.jp-Notebook .jp-Cell'), 'the notebook did not open')
-        t0 = time.monotonic()                                          # Lab may ask which kernel: take the preselected one
-        while time.monotonic() - t0 < 30 and not css('.jp-Dialog .jp-mod-accept'): time.sleep(0.5)
-        for b in css('.jp-Dialog .jp-mod-accept'): b.click()
+        # the notebook names its kernel: Lab starts it without asking (no "Select Kernel" dialog while it starts)
+        seen, t0 = [], time.monotonic()
+        while time.monotonic() - t0 < 20: seen += dialogs(); time.sleep(0.5)
+        settled(lab['api'], 180)                                        # the kernel has started
+        seen += dialogs()
+        assert not any('Select Kernel' in t or 'kernel' in t.lower() for t in seen), seen
+        d.save_screenshot(str(shots / 'explorer-opened.png'))
         for b in css('.jp-toast-button'):                               # the 'Jupyter news?' toast
             if b.text == 'No': b.click()
-        wait(60, lambda: not css('.jp-Dialog'), 'a dialog stays open')
-        settled(lab['api'], 180)                                        # the kernel has started
         # Run > Run All Cells
         next(e for e in css('.lm-MenuBar-itemLabel') if e.text == 'Run').click()
         wait(20, lambda: [e for e in css('.lm-Menu-itemLabel') if e.text == 'Run All Cells'], 'no Run All Cells item')
         next(e for e in css('.lm-Menu-itemLabel') if e.text == 'Run All Cells').click()
-        # the run table
         wait(300, lambda: css('table.pqk-runs'), 'the run table never rendered')
         # the kernel handles widget events only between cells: wait until every cell has run (idle for 5 s)
         settled(lab['api'], 600)
-        show = lambda el: d.execute_script('arguments[0].scrollIntoView({block: "center"})', el)
-        show(css('table.pqk-runs')[0]); d.save_screenshot(str(shots / 'explorer-runs.png'))
+        assert not dialogs(), dialogs()
+        show = lambda el: js('arguments[0].scrollIntoView({block: "start"})', el)
+        tabs = lambda: css('.widget-tab')[0]
+        plot = lambda: [e for e in css('img.widget-image') if js('return arguments[0].naturalWidth', e) > 200]
+        texts = {}
+        def visit(name, ready, what):
+            next(e for e in css('.lm-TabBar-tabLabel') if e.text == name).click()
+            wait(60, ready, what)
+            try: wait(30, lambda: all(t in tabs().text for t in TAB_TEXTS[name]), f'tab {name}')
+            except Exception:
+                d.save_screenshot(str(shots / f'explorer-{name.lower()}.png'))
+                raise AssertionError(f'tab {name}: missing {[t for t in TAB_TEXTS[name] if t not in tabs().text]}; '
+                                     f'it shows: {tabs().text[:2000]}') from None
+            texts[name] = tabs().text
+            show(tabs()); d.save_screenshot(str(shots / f'explorer-{name.lower()}.png'))
+            wide = js('''return [...arguments[0].querySelectorAll('.widget-box')].filter(b => b.offsetParent
+                         && b.scrollWidth > b.clientWidth + 1).map(b => [b.className, b.scrollWidth, b.clientWidth,
+                         [...b.querySelectorAll('*')].filter(x => x.getBoundingClientRect().right >
+                         b.getBoundingClientRect().right + 0.5).map(x => x.tagName + '.' + x.className)[0]]);''', tabs())
+            assert not wide, f'tab {name} scrolls sideways: {wide}'
+            for t in NOT_SHOWN.get(name, []) + EVERYWHERE_NOT: assert t not in texts[name], (name, t)
+        visit('Runs', lambda: css('table.pqk-runs'), 'no run table')
         count = lambda: next(e.text for e in css('.widget-html-content') if 'run(s) in' in e.text and 'of' in e.text)
+        visit('Compare', lambda: css('table.pqk-diff'), 'no comparison table')
+        diff = css('table.pqk-diff')[0].find_element(By.XPATH, '..')        # its scrolling box: no sideways scroll
+        assert js('return arguments[0].scrollWidth <= arguments[0].clientWidth + 1', diff), \
+            js('return [arguments[0].scrollWidth, arguments[0].clientWidth]', diff)
+        figs = css('img.widget-image')                           # on the Compare tab: the two runs' figures
+        widths = [js('return arguments[0].getBoundingClientRect().width', e) for e in figs]
+        assert len(widths) == 2 and min(widths) >= 320, widths
+        visit('Pareto', lambda: plot() and css('.pqk-recommended'), 'no Pareto plot or recommended run')
+        pw = js('return [arguments[0].naturalWidth, arguments[0].getBoundingClientRect().width]', plot()[0])
+        assert pw[0] >= 700 and abs(pw[1] - pw[0]) <= 1, pw                  # shown at its own size, not stretched
+        links = css('a.pqk-notebook')
+        assert links and '/runs/' in links[0].get_attribute('href') and links[0].get_attribute('href').endswith('.ipynb')
+        visit('Pointmaps', lambda: len(plot()) >= 2, 'no pointmap images')
+        cloud = plot()[-1]
+        assert js('return arguments[0].naturalWidth', cloud) == 1120
+        assert js('return arguments[0].getBoundingClientRect().width', cloud) >= 700   # near its own size
+        assert js('return arguments[0].getBoundingClientRect().width', cloud) <= 1121  # never stretched
+        show(cloud); d.save_screenshot(str(shots / 'explorer-pointmaps-3d.png'))
+        # a filter changes the run table (back on the Runs tab)
+        next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Runs').click()
         assert count().startswith('12 of 12'), count()
         kind = next(e for e in css('.widget-select-multiple') if e.find_elements(By.XPATH, ".//label[text()='kind']"))
         Select(kind.find_element(By.TAG_NAME, 'select')).select_by_visible_text('K')
         wait(60, lambda: count().startswith(('1 of', '2 of', '3 of')), 'the kind filter did not change the table')
-        # the Pareto tab: its plot and the recommended run's notebook link
-        next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Pareto').click()
-        plot = lambda: [e for e in css('img.widget-image') if d.execute_script('return arguments[0].naturalWidth', e) > 200]
-        wait(60, plot, 'no Pareto plot image')
-        wait(30, lambda: css('.pqk-recommended'), 'no recommended run shown')
-        links = css('a.pqk-notebook')
-        assert links and '/runs/' in links[0].get_attribute('href') and links[0].get_attribute('href').endswith('.ipynb')
-        show(plot()[0]); d.save_screenshot(str(shots / 'explorer-pareto.png'))
-        next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Pointmaps').click()
-        wait(60, lambda: len(plot()) >= 2, 'no pointmap images')
-        show(plot()[-1]); d.save_screenshot(str(shots / 'explorer-pointmaps.png'))
         assert not css('.pqk-error'), [e.text for e in css('.pqk-error')]
         errs = [e.text for e in css('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
                 if 'Traceback' in e.text or 'Error' in e.text]
         assert not errs, errs[:2]
-        print(f'\nscreenshots: {shots}/explorer-*.png')
+        (shots / 'explorer-texts.txt').write_text('\n\n'.join(f'== {k}\n{v}' for k, v in texts.items()))
+        print(f'\nscreenshots: {shots}/explorer-*.png; visible texts: {shots}/explorer-texts.txt')
     except Exception:
         d.save_screenshot(str(shots / 'explorer-failure.png'))
         raise

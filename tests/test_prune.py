@@ -94,6 +94,11 @@ def test_run_prune_template_end_to_end(tmp_path, tiny):
     from pqk.models.checkpoints import load_checkpoint
     m = load_checkpoint(run_dir / 'pruned_best.pt')
     assert sum(t.numel() for t in m.parameters()) == pr['params_after']
+    # a few pointmaps of the pruned model beside the teacher's, for the explorer: its own predictions, not a copy
+    import numpy as np
+    from pqk.eval.pointmaps import load_pointmaps
+    p0 = load_pointmaps(run_dir / rec['artifacts']['pointmaps'])['pairs'][0]
+    assert p0['model'] is not None and not np.allclose(p0['model']['pts1'], p0['teacher']['pts1'])
 
 @pytest.mark.slow
 def test_run_prune_bad_ratio_fails_with_a_clear_error(tmp_path, tiny):

@@ -110,6 +110,12 @@ def test_b1_tight_threshold_runs_qat_and_logs_both(tiny, tmp_path):
     assert ex['fp32']['checker']['ok'] and ex['fp32']['ort_vs_torch']['ok']
     assert {'ort_fp32', 'ort_int8', 'teacher_eager'} <= set(q['latency_side_by_side'])
     assert all(q['latency_side_by_side'][k]['n_timed'] >= 1 for k in ('ort_fp32', 'ort_int8', 'teacher_eager'))
+    # a few pointmaps of the final (int8) model beside the teacher's, for the explorer: its own predictions, not a copy
+    from pqk.eval.pointmaps import load_pointmaps
+    pm = load_pointmaps(rd / rec['artifacts']['pointmaps'])
+    p0 = pm['pairs'][0]
+    assert pm['meta']['model'] == rec['model']['name'] and p0['model'] is not None and p0['teacher'] is not None
+    assert not np.allclose(p0['model']['pts1'], p0['teacher']['pts1'])
     rows = (rd / 'sensitivity.csv').read_text().splitlines()
     assert rows[0].startswith('group,')
     assert [r.split(',')[0] for r in rows[1:]] == ['embeddings', 'encoder', 'decoder', 'heads']

@@ -11,7 +11,7 @@ from ..core.contracts import _rel
 from ..core.io import save_npz_atomic
 
 # %% auto #0
-__all__ = ['POINTMAP_FORMAT', 'save_pointmaps', 'PointmapError', 'load_pointmaps']
+__all__ = ['POINTMAP_FORMAT', 'save_pointmaps', 'PointmapError', 'load_pointmaps', 'with_pointmaps']
 
 # %% ../../nbs/eval/36_pointmaps.ipynb #8389234c
 POINTMAP_FORMAT = 1
@@ -66,3 +66,15 @@ def load_pointmaps(path) -> dict:
         raise PointmapError(f'{_rel(path)}: not a readable pointmap file ({type(e).__name__}: {e})') from None
     return {'meta': meta, 'pairs': pairs}
 
+
+# %% ../../nbs/eval/36_pointmaps.ipynb #c0a1e102
+def with_pointmaps(result: dict, evaluation: dict | None, out_dir, file: str = 'pointmaps.npz') -> dict:
+    """`result` (a method's result: its log blocks) with a few pointmaps of `evaluation` (what
+    `pqk.eval.protocol.evaluate` returned for the run's final model: `teacher_preds`, `preds`, `scenes`, `pairs`)
+    saved as `file` in `out_dir` and named in its `artifacts`, the model named by its `model` block. Unchanged when
+    there is no evaluation or the run stopped (a stopped run ends without its final model's pointmaps)."""
+    if evaluation is None or result.get('stop'): return result
+    e = evaluation
+    pm = save_pointmaps(Path(out_dir) / file, e['teacher_preds'], e['preds'], e['scenes'], e['pairs'],
+                        model_name=(result.get('model') or {}).get('name') or 'model')
+    return {**result, 'artifacts': {**(result.get('artifacts') or {}), 'pointmaps': pm}}

@@ -16,12 +16,14 @@ from .aggregate import read_rows, report_paths, version_groups, pareto_front, _n
 from .scraps import read_displays, ScrapError
 
 # %% auto #0
-__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'TABLE_CSS', 'MAX_OPTIONS',
-           'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs',
-           'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'run_figures', 'ParetoResult',
-           'pareto', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure',
-           'table_html', 'RunBrowser', 'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port',
-           'lab_command', 'stop_group', 'lab']
+__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS', 'MAX_DEFAULT_PICKS',
+           'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI', 'CLOUD_POINT_SIZE', 'TABLE_CSS',
+           'MAX_OPTIONS', 'THUMB_MIN_PX', 'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs',
+           'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs',
+           'compare_runs', 'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'pareto', 'status_counts',
+           'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud',
+           'cloud_figure', 'table_html', 'RunBrowser', 'diff_html', 'CompareView', 'ParetoView', 'PointmapView',
+           'Explorer', 'free_port', 'lab_command', 'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'latency p50 (ms)': 'efficiency.latency_p50_ms',
@@ -91,6 +93,12 @@ def sort_runs(table: pd.DataFrame, by: str = 'started', ascending: bool = False)
     "`table` sorted by column `by` (or 'run_id'); runs without a value last."
     if by == 'run_id': return table.sort_index(ascending=ascending)
     return table.sort_values(by, ascending=ascending, na_position='last', kind='stable')
+
+def order_labels(by: str) -> tuple[str, str]:
+    "How a reader names the (descending, ascending) order of column `by`: newest/oldest first for the start time."
+    if by == 'started': return 'newest first', 'oldest first'
+    if by in AXES: return 'highest first', 'lowest first'
+    return 'Z to A', 'A to Z'
 
 # %% ../../nbs/run/74_explore.ipynb #1875e8a8
 CI_BOUNDS = (('lo', 'hi'), ('low', 'high'), ('lower', 'upper'), ('0', '1'))
@@ -173,11 +181,15 @@ def run_configs(run_dir: Path, row: dict) -> tuple[dict, list[str]]:
     return out, missing
 
 # %% ../../nbs/run/74_explore.ipynb #5121d8ad
+KEY_NUMBERS = (*AXES.values(), 'training.speedup_p50', 'model.params')   # shown first, in this order
+MAX_DEFAULT_PICKS = 6
+
 def _differs(vals) -> bool:
     return len({json.dumps(v, sort_keys=True, default=str) for v in vals}) > 1
 
 def compare_runs(runs: Runs, run_ids) -> tuple[pd.DataFrame, dict]:
-    "Only the lines that differ between `run_ids` (one version group), by section; and what each run is missing."
+    """Only the lines that differ between `run_ids` (one version group), by section — run facts, the key numbers
+    (`KEY_NUMBERS`), config, the other metrics —; and what each run is missing."""
     run_ids = list(dict.fromkeys(run_ids))
     unknown = [r for r in run_ids if r not in runs.rows]
     if unknown: raise KeyError(f"no readable run {', '.join(map(repr, unknown))} in {_rel(runs.runs_dir)}")
@@ -195,14 +207,24 @@ def compare_runs(runs: Runs, run_ids) -> tuple[pd.DataFrame, dict]:
     lines = []
     def add(section, key, vals):
         if _differs(vals): lines.append((section, key, *vals))
+    def num(section, k):
+        vals = [row.get(k) for row in rows]
+        if _differs(vals): lines.append((section, k, *[fmt(v, interval(row, k)) for v, row in zip(vals, rows)]))
     for k in RUN_FACTS: add('run', k, [row.get(k) for row in rows])
+    for k in KEY_NUMBERS: num('key numbers', k)
     for k in sorted(set().union(*cfgs.values())): add('config', k, [cfgs[r].get(k) for r in run_ids])
     keys = sorted({k for row in rows for k in row if k.startswith(METRIC_BLOCKS) and not is_ci_column(k)})
     for k in keys:
-        vals = [row.get(k) for row in rows]
-        if _differs(vals): lines.append(('metrics', k, *[fmt(v, interval(row, k)) for v, row in zip(vals, rows)]))
+        if k not in KEY_NUMBERS: num('metrics', k)
     df = pd.DataFrame(lines, columns=['section', 'key', *run_ids]).set_index(['section', 'key'])
     return df.map(lambda v: v if isinstance(v, str) else fmt(v)), notes
+
+def default_picks(table: pd.DataFrame, limit: int = MAX_DEFAULT_PICKS) -> list:
+    """The runs Compare starts with: the latest passed run of each card in `table` (newest first, at most `limit`
+    cards) — not the newest runs, which may have stopped —; topped up to two with the newest others."""
+    t = sort_runs(table, 'started')
+    out = list(t[t['status'] == 'passed'].drop_duplicates('card').index[:limit])
+    return out + [r for r in t.index if r not in out][:max(0, 2 - len(out))]
 
 # %% ../../nbs/run/74_explore.ipynb #0c79d0d0
 def run_figures(runs: Runs, run_id: str) -> tuple[dict, str | None]:
@@ -225,10 +247,20 @@ class ParetoResult:
     front: list                  # run ids on the front of `inside`, by x
     recommended: str | None      # the fastest run within the thresholds
     why: str                     # one line on the recommendation
+    classes: dict | None = None  # {run_id: 'frontier' | 'dominated' | 'ambiguous'} (`front_classes`), None: none yet
+
+# ── LEAD: the one place to plug in the uncertainty-aware front of pqk.run.aggregate ────────────────────────────────
+def front_classes(rows: dict, run_ids, x: str, y: str) -> dict | None:
+    """{run_id: 'frontier' | 'dominated' | 'ambiguous'} for `run_ids` on axes `x`, `y` (keys of `AXES`), from their
+    report rows `rows` ({run_id: row}, intervals included): the uncertainty-aware Pareto classification of
+    `pqk.run.aggregate`, once it is merged — call it here. None until then: the Pareto tab shows the plain front of the
+    counted runs, and every view reads the classes only through `ParetoResult.classes`."""
+    return None
 
 def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str = 'quality drop (%)', limits=None,
-           passed_only: bool = True) -> ParetoResult:
-    "The front and the recommendation of version group `group` under `limits` ({axis: max})."
+           passed_only: bool = True, rows: dict | None = None, classify=front_classes) -> ParetoResult:
+    """The front and the recommendation of version group `group` under `limits` ({axis: max}); with the runs' report
+    `rows`, the classes `classify(rows, run ids, x, y)` gives (`front_classes`)."""
     for a in (x, y, *(limits or {})):
         if a not in AXES: raise KeyError(f"axis {a!r}; expected one of {', '.join(AXES)}")
     g = table[table['versions'] == group]
@@ -243,7 +275,25 @@ def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str 
     rec = lat.idxmin() if len(lat) else None
     why = (f"{rec}: the fastest of {len(inside)} run(s) within the thresholds ({lat.min():.4g} ms p50)" if rec else
            f'no run of {group} is within the thresholds' + (' (passed runs only)' if passed_only else ''))
-    return ParetoResult(inside, outside, front, rec, why)
+    classes = classify(rows, list(g.index), x, y) if rows is not None and classify is not None else None
+    return ParetoResult(inside, outside, front, rec, why, classes)
+
+STATUSES = ('passed', 'inconclusive', 'failed', 'stopped')
+
+def status_counts(res: ParetoResult) -> dict:
+    "{status: number of runs} of the runs with both axes, in the order of `STATUSES` (other statuses after them)."
+    s = pd.concat([res.inside['status'], res.outside['status']]).fillna('unknown').value_counts()
+    return {k: int(s[k]) for k in [*STATUSES, *sorted(set(s.index) - set(STATUSES))] if k in s.index}
+
+def status_line(res: ParetoResult, group: str) -> str:
+    "One line naming the plotted runs by their status (and by their front class, when there are classes)."
+    c = status_counts(res)
+    if not c: return f'no run of {group} has both axes'
+    out = f"runs of {group} on the plot: {', '.join(f'{n} {k}' for k, n in c.items())}"
+    if res.classes:
+        k = pd.Series(res.classes).value_counts()
+        out += '; front: ' + ', '.join(f'{int(k[n])} {n}' for n in ('frontier', 'ambiguous', 'dominated') if n in k)
+    return out + ' (filled: counted for the front; hollow: over a limit, or not passed)'
 
 def notebook_link(runs: Runs, run_id: str, from_dir=None) -> tuple[str | None, str]:
     "(href of the run's archived notebook relative to `from_dir` — the explorer's folder —, or None; a label)."
@@ -255,20 +305,38 @@ def notebook_link(runs: Runs, run_id: str, from_dir=None) -> tuple[str | None, s
     return href.replace(os.sep, '/'), _rel(p)
 
 # %% ../../nbs/run/74_explore.ipynb #d62d77ae
-def _fig(w, h):
+def _fig(w, h, dpi: int = 90):
     from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    fig = Figure(figsize=(w, h), dpi=90); FigureCanvasAgg(fig); return fig
+    fig = Figure(figsize=(w, h), dpi=dpi); FigureCanvasAgg(fig); return fig
 
 def png(fig) -> bytes:
     "A matplotlib figure as PNG bytes."
     b = io.BytesIO(); fig.savefig(b, format='png'); return b.getvalue()
 
+STATUS_STYLE = {'passed': ('tab:blue', 'o'), 'inconclusive': ('tab:orange', 'D'), 'failed': ('tab:red', 'X'),
+                'stopped': ('0.45', 's')}
+CLASS_RING = {'frontier': 'k', 'ambiguous': 'tab:purple'}     # dominated runs get no ring
+
 def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
-    "Runs within the thresholds (blue), the others (grey), the front joined and labelled, the recommended run starred."
-    fig = _fig(7, 4.2); ax = fig.add_subplot()
-    if len(res.outside): ax.scatter(res.outside[x], res.outside[y], s=14, c='lightgray', label='outside thresholds')
-    if len(res.inside): ax.scatter(res.inside[x], res.inside[y], s=16, c='tab:blue', label='within thresholds')
+    """The runs by status (colour and marker; filled when counted for the front, hollow when over a limit or not
+    passed), the front joined and labelled, the recommended run starred, the limits as labelled lines; with front
+    classes (`ParetoResult.classes`), a ring around each frontier and ambiguous run."""
+    from matplotlib.lines import Line2D
+    fig = _fig(7, 4.2, 110); ax = fig.add_subplot()
+    allr = pd.concat([res.inside, res.outside]); counted = set(res.inside.index)
+    for st, n in status_counts(res).items():
+        col, mk = STATUS_STYLE.get(st, ('tab:green', 'v'))
+        s = allr[allr['status'].fillna('unknown') == st]
+        fill, hollow = s[s.index.isin(counted)], s[~s.index.isin(counted)]
+        if len(fill): ax.scatter(fill[x], fill[y], s=24, c=col, marker=mk, label=f'{st} ({n})')
+        if len(hollow):
+            ax.scatter(hollow[x], hollow[y], s=24, facecolors='none', edgecolors=col, marker=mk,
+                       label=None if len(fill) else f'{st} ({n})')
+    if res.classes:
+        for cl, col in CLASS_RING.items():
+            r = allr.loc[[i for i in allr.index if res.classes.get(i) == cl]]
+            if len(r): ax.scatter(r[x], r[y], s=110, facecolors='none', edgecolors=col, linewidths=1.2, label=cl)
     if res.front:
         f = res.inside.loc[res.front]
         ax.step(f[x], f[y], where='post', c='k', lw=1, label='Pareto front')
@@ -278,12 +346,14 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
         r = res.inside.loc[res.recommended]
         ax.scatter([r[x]], [r[y]], s=220, marker='*', c='gold', edgecolors='k', zorder=5, label='recommended')
     for a, mx in (limits or {}).items():
-        if mx is not None and a == x: ax.axvline(mx, ls='--', c='gray', lw=1)
-        if mx is not None and a == y: ax.axhline(mx, ls='--', c='gray', lw=1)
-    if not len(res.inside) and not len(res.outside):
+        if mx is not None and a == x: ax.axvline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
+        if mx is not None and a == y: ax.axhline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
+    if not len(allr):
         ax.text(0.5, 0.5, f'no run of {group} has both {x} and {y}', ha='center', va='center', transform=ax.transAxes)
     ax.set_xlabel(x); ax.set_ylabel(y); ax.set_title(f'{group}: {y} vs {x} (lower is better)', fontsize=9)
-    if len(res.inside) or len(res.outside): ax.legend(fontsize=7, loc='upper right')
+    if len(res.outside):                                        # what a hollow marker means
+        ax.add_line(Line2D([], [], ls='', marker='o', mfc='none', mec='0.3', label='hollow: not counted'))
+    if len(allr): ax.legend(fontsize=7, loc='upper right')
     fig.tight_layout(); return fig
 
 # %% ../../nbs/run/74_explore.ipynb #c73589a0
@@ -328,21 +398,26 @@ def cloud(pm: dict, k: int, who: str, max_points: int = 4000, colour: str = 'ima
         xyz, rgb = xyz[idx], rgb[idx]
     return xyz, rgb
 
-def cloud_figure(pm: dict, k: int = 0, max_points: int = 4000, azim: float = -60, elev: float = 20,
+CLOUD_PANEL_IN, CLOUD_DPI, CLOUD_POINT_SIZE = 5.6, 100, 5.0   # one panel 560 px square; points 5 pt² (legible)
+
+def cloud_figure(pm: dict, k: int = 0, max_points: int = 6000, azim: float = -60, elev: float = 20,
                  colour: str = 'image'):
-    "The 3D point clouds of teacher and model side by side, same axes, seen from (`azim`, `elev`)."
+    """The 3D point clouds of teacher and model side by side, same axes, seen from (`azim`, `elev`): panels of
+    `CLOUD_PANEL_IN` inches at `CLOUD_DPI`, points of `CLOUD_POINT_SIZE` without edges, labelled axes."""
     p = pm['pairs'][k]; whos = [w for w in ('teacher', 'model') if p[w] is not None]
     pts = {w: cloud(pm, k, w, max_points, colour) for w in whos}
     allp = np.concatenate([x for x, _ in pts.values()]); lo, hi = allp.min(0), allp.max(0)
-    fig = _fig(4.2 * len(whos), 4.2)
+    fig = _fig(CLOUD_PANEL_IN * len(whos), CLOUD_PANEL_IN, CLOUD_DPI)
     for n, w in enumerate(whos, 1):
         ax = fig.add_subplot(1, len(whos), n, projection='3d'); x, c = pts[w]
-        ax.scatter(x[:, 0], x[:, 2], -x[:, 1], c=c, s=1.5, depthshade=False)
+        ax.scatter(x[:, 0], x[:, 2], -x[:, 1], c=c, s=CLOUD_POINT_SIZE, linewidths=0, depthshade=False)
         ax.set_xlim(lo[0], hi[0]); ax.set_ylim(lo[2], hi[2]); ax.set_zlim(-hi[1], -lo[1])
-        ax.set_box_aspect(tuple(np.maximum(hi - lo, 1e-6)[[0, 2, 1]]))             # true proportions
-        ax.set_xlabel('x'); ax.set_ylabel('z (depth)'); ax.set_zlabel('-y'); ax.view_init(elev=elev, azim=azim)
-        ax.set_title(f"{w}: {len(x)} points", fontsize=9)
-    fig.tight_layout(); return fig
+        ax.set_box_aspect(tuple(np.maximum(hi - lo, 1e-6)[[0, 2, 1]]), zoom=0.9)    # true proportions
+        for set_label, t in ((ax.set_xlabel, 'x (right)'), (ax.set_ylabel, 'z (depth)'), (ax.set_zlabel, 'y (up)')):
+            set_label(t, fontsize=10, labelpad=6)
+        ax.tick_params(labelsize=8); ax.view_init(elev=elev, azim=azim)
+        ax.set_title(f"{w}: {len(x)} points", fontsize=11)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=0.94, wspace=0.08); return fig
 
 # %% ../../nbs/run/74_explore.ipynb #2a4cb853
 def _esc(s) -> str: return html.escape(str(s))
@@ -350,6 +425,10 @@ def _esc(s) -> str: return html.escape(str(s))
 def _msg(text: str, kind: str = 'warn') -> str:
     col = {'warn': '#8a6d3b', 'error': '#a94442', 'ok': '#3c763d'}[kind]
     return f'<div class="pqk-msg pqk-{kind}" style="color:{col}">{text}</div>'
+
+def _own_size(W):
+    "An image's layout: its own size (a column would stretch it, blurred), never wider than the page (no side margins)."
+    return W.Layout(align_self='flex-start', max_width='100%', margin='2px 0px')
 
 class _View:
     "Base of the explorer's views: `widget` (what is shown), `message` (an HTML line), `_guarded` callbacks."
@@ -368,8 +447,10 @@ class _View:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../../nbs/run/74_explore.ipynb #0cac78d3
-TABLE_CSS = ('<style>table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th '
-             '{white-space: nowrap; padding: 1px 8px; text-align: left}</style>')
+TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%}'   # the table scrolls, not the page
+             'table.pqk-runs td, table.pqk-runs th {white-space: nowrap; padding: 1px 8px; text-align: left}'
+             'table.pqk-diff {width: 100%} table.pqk-diff td, table.pqk-diff th {white-space: normal; '
+             'overflow-wrap: anywhere; padding: 1px 8px; text-align: left; vertical-align: top}</style>')
 
 def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
     "The browser table as escaped HTML, one line per run (scrolling), numbers to 4 digits, at most `max_rows` lines."
@@ -382,33 +463,44 @@ def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
 class RunBrowser(_View):
     "Filter and sort the runs table; the logs that could not be read are listed under it."
     def __init__(self, runs: Runs, max_rows: int = 50):
-        super().__init__(); W, t = self.W, runs.table; self.runs = runs
+        super().__init__(); W, t = self.W, runs.table; self.runs, self._quiet = runs, False
         opts = lambda c: sorted(t[c].dropna().unique().tolist())
         sel = lambda c, d: W.SelectMultiple(options=opts(c), description=d, rows=min(6, max(2, len(opts(c)))))
         self.card, self.kind, self.status, self.versions = (sel(c, c) for c in ('card', 'kind', 'status', 'versions'))
         self.since, self.until = W.DatePicker(description='since'), W.DatePicker(description='until')
         self.sort = W.Dropdown(options=['run_id', *TABLE_COLUMNS], value='started', description='sort by')
-        self.ascending = W.ToggleButton(value=False, description='ascending')
+        self.order = W.ToggleButtons(options=list(zip(order_labels('started'), (False, True))), value=False,
+                                     description='order')
         self.max_rows = W.IntSlider(value=max_rows, min=10, max=1000, step=10, description='show')
-        self.table, self.count = W.HTML(), W.HTML()
+        self.table, self.count = W.HTML(), W.HTML(); self.table.add_class('pqk-fit')
         self.problems = W.HTML(self._problems())
-        self._observe(self.refresh, self.card, self.kind, self.status, self.versions, self.since, self.until, self.sort,
-                      self.ascending, self.max_rows)
+        self._observe(self.refresh, self.card, self.kind, self.status, self.versions, self.since, self.until,
+                      self.order, self.max_rows)
+        self._observe(self._sorted, self.sort)
         filters = W.HBox([self.card, self.kind, self.status, self.versions])
         self.widget = W.VBox([filters, W.HBox([self.since, self.until]),
-                              W.HBox([self.sort, self.ascending, self.max_rows]),
+                              W.HBox([self.sort, self.order, self.max_rows]),
                               self.message, self.count, self.table, self.problems])
         self._guarded(self.refresh)()
+
+    def _sorted(self):
+        "A new sort column: the order buttons say its words (newest first, highest first, A to Z), same direction."
+        v = self.order.value; self._quiet = True
+        try: self.order.options = list(zip(order_labels(self.sort.value), (False, True))); self.order.value = v
+        finally: self._quiet = False
+        self.refresh()
 
     def selected(self) -> pd.DataFrame:
         t = filter_runs(self.runs.table, self.card.value, self.kind.value, self.status.value, self.versions.value,
                         self.since.value, self.until.value)
-        return sort_runs(t, self.sort.value, self.ascending.value)
+        return sort_runs(t, self.sort.value, self.order.value)
 
     def refresh(self):
+        if self._quiet: return
         t = self.selected()
         self.count.value = f'<b>{len(t)}</b> of {len(self.runs.table)} run(s) in {_esc(_rel(self.runs.runs_dir))}' + \
-            (f' (first {self.max_rows.value} shown)' if len(t) > self.max_rows.value else '')
+            (f' (first {self.max_rows.value} shown)' if len(t) > self.max_rows.value else '') + \
+            f', by {_esc(self.sort.value)}, {_esc(self.order.label)}'
         self.table.value = table_html(t, self.max_rows.value) if len(t) else _msg('no run matches these filters')
 
     def _problems(self) -> str:
@@ -419,16 +511,30 @@ class RunBrowser(_View):
 
 # %% ../../nbs/run/74_explore.ipynb #5f9dc8d5
 MAX_OPTIONS = 500       # runs listed in a picker (newest first); a text filter reaches the others
+THUMB_MIN_PX = 360      # a recorded figure in Compare is never narrower (they wrap to the next line instead)
+
+def diff_html(runs: Runs, df: pd.DataFrame) -> str:
+    """The lines of `compare_runs` as one table that fits the page: a column per run headed by its card, start and
+    status (the run id is the first line), long values wrapped instead of scrolled sideways."""
+    t = runs.table
+    head = {r: f"{t.at[r, 'card']} · {t.at[r, 'started']:%m-%d %H:%M} · {t.at[r, 'status']}"
+            if pd.notna(t.at[r, 'started']) else f"{t.at[r, 'card']} · {t.at[r, 'status']}" for r in df.columns}
+    ids = pd.DataFrame([list(df.columns)], columns=df.columns,
+                       index=pd.MultiIndex.from_tuples([('run', 'run_id')], names=df.index.names))
+    show = pd.concat([ids, df]).rename(columns=head)
+    return TABLE_CSS + '<div style="overflow:auto; max-height:560px">' + show.to_html(classes='pqk-diff', border=0) + \
+        '</div>'
 
 class CompareView(_View):
-    "Pick a version group and two or more of its runs: the lines that differ, then their figures side by side."
+    """Pick a version group and two or more of its runs (at first: the latest passed run of each card,
+    `default_picks`): the lines that differ, then their figures side by side."""
     def __init__(self, runs: Runs):
         super().__init__(); W = self.W; self.runs = runs
         groups = list(dict.fromkeys(runs.table['versions']))
         self.group = W.Dropdown(options=groups, value=groups[0] if groups else None, description='versions')
         self.text = W.Text(description='filter', placeholder='part of a run id or card')
-        self.pick = W.SelectMultiple(options=[], rows=8, description='runs', layout=W.Layout(width='520px'))
-        self.listed, self.diff, self.figures = W.HTML(), W.HTML(), W.VBox([])
+        self.pick = W.SelectMultiple(options=[], rows=8, description='runs', layout=W.Layout(width='620px'))
+        self.listed, self.diff, self.figures = W.HTML(), W.HTML(), W.VBox([]); self.diff.add_class('pqk-fit')
         self._observe(self._options, self.group, self.text); self._observe(self.refresh, self.pick)
         self.widget = W.VBox([W.HBox([W.VBox([self.group, self.text, self.listed]), self.pick]), self.message,
                               self.diff, self.figures])
@@ -439,10 +545,12 @@ class CompareView(_View):
         if self.text.value.strip():
             q = self.text.value.strip().lower()
             t = t[[q in f'{rid} {c}'.lower() for rid, c in zip(t.index, t['card'])]]
-        self.listed.value = f'{min(len(t), MAX_OPTIONS)} of {len(t)} run(s) listed' if len(t) > MAX_OPTIONS else ''
+        self.listed.value = ('runs listed newest first' + (f' ({MAX_OPTIONS} of {len(t)})' if len(t) > MAX_OPTIONS
+                                                           else '') + '; chosen at first: the latest passed run of '
+                             'each card')
         t = t.head(MAX_OPTIONS)
         self.pick.options = [(f"{rid}  ({r['card']}, {r['status']})", rid) for rid, r in t.iterrows()]
-        self.pick.value = tuple(t.index[:2]); self.refresh()
+        self.pick.value = tuple(default_picks(t)); self.refresh()
 
     def refresh(self):
         self.diff.value, self.figures.children = '', ()
@@ -450,17 +558,18 @@ class CompareView(_View):
         if len(ids) < 2: self.message.value = _msg('choose two or more runs (ctrl/shift-click)'); return
         df, notes = compare_runs(self.runs, ids)
         miss = ''.join(f'<li>{_esc(r)}: missing {_esc(", ".join(m))}</li>' for r, m in notes.items())
-        table = (TABLE_CSS + '<div style="overflow:auto; max-height:520px">' + df.to_html(classes='pqk-diff', border=0)
-                 + '</div>') if len(df) else _msg('these runs do not differ', 'ok')
+        table = diff_html(self.runs, df) if len(df) else _msg('these runs do not differ', 'ok')
         self.diff.value = (_msg(f'<ul>{miss}</ul>') if miss else '') + table
         figs = {r: run_figures(self.runs, r) for r in ids}
         names = sorted(set().union(*[f for f, _ in figs.values()]))
         W, rows = self.W, []
+        cell = W.Layout(flex=f'1 1 {THUMB_MIN_PX}px', min_width=f'{THUMB_MIN_PX}px', max_width='100%')
         for n in names:
             cells = [W.VBox([W.HTML(f'<b>{_esc(r)}</b>: {_esc(n)}'),
-                             W.Image(value=figs[r][0][n], format='png', layout=W.Layout(max_width=f'{96 // len(ids)}%'))
-                             if n in figs[r][0] else W.HTML(_msg(_esc(figs[r][1] or f'no figure {n}')))]) for r in ids]
-            rows.append(W.HBox(cells))
+                             W.Image(value=figs[r][0][n], format='png', layout=W.Layout(width='100%', margin='2px 0px'))
+                             if n in figs[r][0] else W.HTML(_msg(_esc(figs[r][1] or f'no figure {n}')))],
+                            layout=cell) for r in ids]
+            rows.append(W.HBox(cells, layout=W.Layout(flex_flow='row wrap', width='100%')))
         nofig = [f'{_esc(r)}: {_esc(w)}' for r, (f, w) in figs.items() if not f]
         if nofig: rows.append(W.HTML(_msg('no figures: ' + '; '.join(nofig))))
         self.figures.children = rows
@@ -480,12 +589,12 @@ class ParetoView(_View):
                        for a in AXES}
         self.use = {a: W.Checkbox(value=a == 'quality drop (%)', description='', indent=False,
                                   layout=W.Layout(width='30px')) for a in AXES}
-        self.plot, self.recommendation = W.Image(format='png'), W.HTML()
+        self.plot, self.recommendation, self.statuses = W.Image(format='png', layout=_own_size(W)), W.HTML(), W.HTML()
         self._observe(self._ranges, self.group)
         self._observe(self.refresh, self.x, self.y, self.passed_only, *self.limits.values(), *self.use.values())
         sliders = W.VBox([W.HBox([self.use[a], self.limits[a]]) for a in AXES])
         self.widget = W.VBox([W.HBox([self.group, self.x, self.y, self.passed_only]), sliders, self.message,
-                              self.recommendation, self.plot])
+                              self.recommendation, self.statuses, self.plot])
         self._guarded(self._ranges)()
 
     def _ranges(self):
@@ -504,13 +613,15 @@ class ParetoView(_View):
 
     def current(self) -> ParetoResult:
         lim = {a: s.value for a, s in self.limits.items() if self.use[a].value}
-        return pareto(self.runs.table, self.group.value, self.x.value, self.y.value, lim, self.passed_only.value)
+        return pareto(self.runs.table, self.group.value, self.x.value, self.y.value, lim, self.passed_only.value,
+                      self.runs.rows)
 
     def refresh(self):
         if self.group.value is None: self.message.value = _msg('no runs yet'); return
         lim = {a: s.value for a, s in self.limits.items() if self.use[a].value}
         res = self.current()
         self.plot.value = png(pareto_figure(res, self.x.value, self.y.value, self.group.value, lim))
+        self.statuses.value = f'<div class="pqk-statuses">{_esc(status_line(res, self.group.value))}</div>'
         if res.recommended is None: self.recommendation.value = _msg(_esc(res.why)); return
         href, label = notebook_link(self.runs, res.recommended, self.nb_dir)
         r = self.runs.table.loc[res.recommended]
@@ -528,20 +639,22 @@ class PointmapView(_View):
         t = sort_runs(runs.table, 'started')
         has = [rid for rid in t.index if runs.rows[rid].get('artifacts.pointmaps')][:MAX_OPTIONS]
         self.run = W.Dropdown(options=[(f"{rid}  ({t.at[rid, 'card']})", rid) for rid in has],
-                              value=has[0] if has else None, description='run', layout=W.Layout(width='520px'))
+                              value=has[0] if has else None, description='run', layout=W.Layout(width='620px'))
+        self.listed = W.HTML(f'{len(has)} run(s) with pointmaps, newest first')
         self.pair = W.IntSlider(description='pair', min=0, max=0)
         self.view = W.ToggleButtons(options=[1, 2], description='view')
-        self.points = W.IntSlider(value=4000, min=500, max=30000, step=500, description='points',
+        self.points = W.IntSlider(value=6000, min=500, max=30000, step=500, description='points',
                                   continuous_update=False)
         self.azim = W.IntSlider(value=-60, min=-180, max=180, step=5, description='azimuth', continuous_update=False)
         self.elev = W.IntSlider(value=20, min=-90, max=90, step=5, description='elevation', continuous_update=False)
         self.colour = W.ToggleButtons(options=['image', 'view'], description='colour')
-        self.images, self.cloud = W.Image(format='png'), W.Image(format='png')
+        self.images, self.cloud = W.Image(format='png', layout=_own_size(W)), W.Image(format='png', layout=_own_size(W))
         self.note = W.HTML(_msg(f'{len(t) - len(has)} run(s) have no pointmaps (runs made before pqk saved them, or '
-                                'templates that do not)') if len(t) > len(has) else '')
+                                'edge runs, which time a model and produce none)') if len(t) > len(has) else '')
         self._observe(self._load, self.run); self._observe(self.draw_images, self.pair, self.view)
         self._observe(self.draw_cloud, self.pair, self.points, self.azim, self.elev, self.colour)
-        self.widget = W.VBox([self.run, self.note, self.message, W.HBox([self.pair, self.view]), self.images,
+        self.widget = W.VBox([W.HBox([self.run, self.listed]), self.note, self.message, W.HBox([self.pair, self.view]),
+                              self.images,
                               W.HBox([self.points, self.colour]), W.HBox([self.azim, self.elev]), self.cloud])
         if has: self._guarded(self._load)()
         else: self.message.value = _msg('no run has pointmaps yet: run a task card '
