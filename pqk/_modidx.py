@@ -1166,6 +1166,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'pqk.run.explore.cloud': ('run/explore.html#cloud', 'pqk/run/explore.py'),
                                  'pqk.run.explore.cloud_figure': ('run/explore.html#cloud_figure', 'pqk/run/explore.py'),
                                  'pqk.run.explore.compare_runs': ('run/explore.html#compare_runs', 'pqk/run/explore.py'),
+                                 'pqk.run.explore.decisive_pick': ('run/explore.html#decisive_pick', 'pqk/run/explore.py'),
                                  'pqk.run.explore.default_picks': ('run/explore.html#default_picks', 'pqk/run/explore.py'),
                                  'pqk.run.explore.depth_figure': ('run/explore.html#depth_figure', 'pqk/run/explore.py'),
                                  'pqk.run.explore.diff_html': ('run/explore.html#diff_html', 'pqk/run/explore.py'),

@@ -12,22 +12,25 @@ import numpy as np, pandas as pd
 
 from ..core.contracts import project_root, split_front_matter, _rel, clip_text
 from ..eval.pointmaps import load_pointmaps, PointmapError
-from .aggregate import read_rows, report_paths, version_groups, pareto_front, _num
+from .aggregate import read_rows, report_paths, version_groups, pareto_front, annotate_front, _num
 from .scraps import read_displays, ScrapError
 
 # %% auto #0
-__all__ = ['AXES', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS', 'MAX_DEFAULT_PICKS',
-           'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI', 'CLOUD_POINT_SIZE', 'TABLE_CSS',
-           'MAX_OPTIONS', 'THUMB_MIN_PX', 'LOOPBACK', 'EXPLORER_NB', 'Runs', 'energy_mj', 'missing_files', 'load_runs',
-           'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs',
-           'compare_runs', 'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'pareto', 'status_counts',
-           'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud',
-           'cloud_figure', 'table_html', 'RunBrowser', 'diff_html', 'CompareView', 'ParetoView', 'PointmapView',
-           'Explorer', 'free_port', 'lab_command', 'stop_group', 'lab']
+__all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS',
+           'MAX_DEFAULT_PICKS', 'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI',
+           'CLOUD_POINT_SIZE', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX', 'LOOPBACK', 'EXPLORER_NB', 'Runs',
+           'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs', 'order_labels', 'ci_names',
+           'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'default_picks', 'run_figures',
+           'ParetoResult', 'front_classes', 'decisive_pick', 'pareto', 'status_counts', 'status_line', 'notebook_link',
+           'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser',
+           'diff_html', 'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command',
+           'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
-AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'latency p50 (ms)': 'efficiency.latency_p50_ms',
-        'size (MB)': 'efficiency.size_mb', 'GFLOPs': 'efficiency.gflops', 'energy (mJ/pair)': 'energy_mJ'}
+AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
+        'latency p50 (ms)': 'efficiency.latency_p50_ms', 'size (MB)': 'efficiency.size_mb', 'GFLOPs': 'efficiency.gflops',
+        'energy (mJ/pair)': 'energy_mJ'}
+HIGHER_BETTER = {'speed-up vs teacher (x)'}     # against the teacher timed in the same run (`speedup_vs_teacher`)
 TABLE_COLUMNS = ['card', 'kind', 'status', 'started', 'versions', *AXES, 'missing', 'reason']
 
 @dataclass
@@ -64,6 +67,7 @@ def load_runs(runs_dir=None, cache='reports') -> Runs:
     runs_dir = Path(runs_dir) if runs_dir is not None else project_root() / 'runs'
     rows, skipped, st = read_rows(runs_dir, _default_cache() if cache == 'reports' else cache, update_cache=False)
     groups = version_groups(rows)
+    annotate_front(groups)                          # front status, speed-up timed in the run, passed decisively
     by, lines = {}, []
     for g in groups:
         for r in g['rows']:
@@ -249,18 +253,27 @@ class ParetoResult:
     why: str                     # one line on the recommendation
     classes: dict | None = None  # {run_id: 'frontier' | 'dominated' | 'ambiguous'} (`front_classes`), None: none yet
 
-# ── LEAD: the one place to plug in the uncertainty-aware front of pqk.run.aggregate ────────────────────────────────
 def front_classes(rows: dict, run_ids, x: str, y: str) -> dict | None:
-    """{run_id: 'frontier' | 'dominated' | 'ambiguous'} for `run_ids` on axes `x`, `y` (keys of `AXES`), from their
-    report rows `rows` ({run_id: row}, intervals included): the uncertainty-aware Pareto classification of
-    `pqk.run.aggregate`, once it is merged — call it here. None until then: the Pareto tab shows the plain front of the
-    counted runs, and every view reads the classes only through `ParetoResult.classes`."""
-    return None
+    """{run_id: 'frontier' | 'dominated' | 'ambiguous' | 'unplaced'} of `run_ids`: the uncertainty-aware front of
+    `pqk.run.aggregate` (speed-up against the teacher timed in the run vs the drop with its interval, each version
+    group on its own), as `load_runs` annotated the rows; the same whatever axes `x`, `y` the view plots."""
+    return {r: rows[r].get('front.status') or 'unplaced' for r in run_ids}
+
+def decisive_pick(inside: pd.DataFrame, rows: dict) -> tuple[str | None, str]:
+    "(run id, why): the fastest of `inside` against the teacher timed in its run among the runs that passed decisively."
+    ok = [(rows[r]['front.speedup'], str(rows[r].get('started_utc')), r) for r in inside.index
+          if rows[r].get('front.passed_decisively') and rows[r].get('front.speedup') is not None]
+    if not ok: return None, (f'none of the {len(inside)} run(s) within the thresholds passed decisively (drop '
+                             'interval entirely under the threshold)')
+    sp, _, r = max(ok)
+    return r, (f'{r}: the fastest against the teacher timed in its run ({sp:.3g}x) of {len(ok)} run(s) that passed '
+               f'decisively within the thresholds')
 
 def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str = 'quality drop (%)', limits=None,
            passed_only: bool = True, rows: dict | None = None, classify=front_classes) -> ParetoResult:
-    """The front and the recommendation of version group `group` under `limits` ({axis: max}); with the runs' report
-    `rows`, the classes `classify(rows, run ids, x, y)` gives (`front_classes`)."""
+    """The front and the recommendation of version group `group` under `limits` ({axis: max}). With the runs' report
+    `rows` (as `load_runs` gives them): the classes `classify(rows, run ids, x, y)` gives (`front_classes`), and the
+    recommended run only among those that passed decisively (`decisive_pick`); without: the fastest by latency."""
     for a in (x, y, *(limits or {})):
         if a not in AXES: raise KeyError(f"axis {a!r}; expected one of {', '.join(AXES)}")
     g = table[table['versions'] == group]
@@ -270,11 +283,13 @@ def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str 
         if mx is not None: ok &= g[a].notna() & (g[a] <= mx)
     if passed_only: ok &= g['status'] == 'passed'
     inside, outside = g[ok], g[~ok]
-    front = [inside.index[i] for i in pareto_front(list(zip(inside[x], inside[y])))]
+    sign = lambda a: -1 if a in HIGHER_BETTER else 1
+    front = [inside.index[i] for i in pareto_front(list(zip(sign(x) * inside[x], sign(y) * inside[y])))]
     lat = inside['latency p50 (ms)'].dropna()
     rec = lat.idxmin() if len(lat) else None
     why = (f"{rec}: the fastest of {len(inside)} run(s) within the thresholds ({lat.min():.4g} ms p50)" if rec else
            f'no run of {group} is within the thresholds' + (' (passed runs only)' if passed_only else ''))
+    if rows is not None and len(inside): rec, why = decisive_pick(inside, rows)
     classes = classify(rows, list(g.index), x, y) if rows is not None and classify is not None else None
     return ParetoResult(inside, outside, front, rec, why, classes)
 
@@ -350,7 +365,8 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
         if mx is not None and a == y: ax.axhline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
     if not len(allr):
         ax.text(0.5, 0.5, f'no run of {group} has both {x} and {y}', ha='center', va='center', transform=ax.transAxes)
-    ax.set_xlabel(x); ax.set_ylabel(y); ax.set_title(f'{group}: {y} vs {x} (lower is better)', fontsize=9)
+    ax.set_xlabel(x); ax.set_ylabel(y); better = ', '.join(f"{a}: {'higher' if a in HIGHER_BETTER else 'lower'} is better" for a in (x, y))
+    ax.set_title(f'{group}: {y} vs {x} ({better})', fontsize=9)
     if len(res.outside):                                        # what a hollow marker means
         ax.add_line(Line2D([], [], ls='', marker='o', mfc='none', mec='0.3', label='hollow: not counted'))
     if len(allr): ax.legend(fontsize=7, loc='upper right')
@@ -581,18 +597,18 @@ class ParetoView(_View):
         super().__init__(); W = self.W; self.runs, self.nb_dir = runs, nb_dir
         groups = list(dict.fromkeys(runs.table['versions']))
         self.group = W.Dropdown(options=groups, value=groups[0] if groups else None, description='versions')
-        self.x = W.Dropdown(options=list(AXES), value='latency p50 (ms)', description='x')
+        self.x = W.Dropdown(options=list(AXES), value='speed-up vs teacher (x)', description='x')
         self.y = W.Dropdown(options=list(AXES), value='quality drop (%)', description='y')
         self.passed_only = W.Checkbox(value=True, description='passed runs only')
         self.limits = {a: W.FloatSlider(description=f'max {a}', min=0, max=1, step=0.01, continuous_update=False,
                                          style={'description_width': '150px'}, layout=W.Layout(width='520px'))
-                       for a in AXES}
+                       for a in AXES if a not in HIGHER_BETTER}       # a speed-up has no "max"
         self.use = {a: W.Checkbox(value=a == 'quality drop (%)', description='', indent=False,
-                                  layout=W.Layout(width='30px')) for a in AXES}
+                                  layout=W.Layout(width='30px')) for a in self.limits}
         self.plot, self.recommendation, self.statuses = W.Image(format='png', layout=_own_size(W)), W.HTML(), W.HTML()
         self._observe(self._ranges, self.group)
         self._observe(self.refresh, self.x, self.y, self.passed_only, *self.limits.values(), *self.use.values())
-        sliders = W.VBox([W.HBox([self.use[a], self.limits[a]]) for a in AXES])
+        sliders = W.VBox([W.HBox([self.use[a], self.limits[a]]) for a in self.limits])
         self.widget = W.VBox([W.HBox([self.group, self.x, self.y, self.passed_only]), sliders, self.message,
                               self.recommendation, self.statuses, self.plot])
         self._guarded(self._ranges)()
