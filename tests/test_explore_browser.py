@@ -51,6 +51,11 @@ def _workbook(tmp: Path) -> Path:
     nb = json.loads((root / 'nbs' / 'run' / '74_explore.ipynb').read_text())
     (root / 'nbs' / 'run' / 'bare.ipynb').write_text(json.dumps({**nb, 'metadata': {}}))   # no kernelspec
     make_runs(root / 'runs', 12, versions=[('1.0', '1.0'), ('1.1', '1.0')], notebooks=True, pointmaps=True)
+    for f in sorted((root / 'runs').glob('*/log.json')):     # one run of the newest group passes decisively
+        r = json.loads(f.read_text()); q, t = r['quality'], r['thresholds'].get('quality_drop_max_pct')
+        if (r['status'], r['contracts']['workload']['version']) == ('passed', '1.1') and t and q['quality_drop_pct'] < t - .2:
+            q.update(quality_drop_lo_pct=q['quality_drop_pct'] - .1, quality_drop_hi_pct=q['quality_drop_pct'] + .1)
+            f.write_text(json.dumps(r)); break
     return root
 
 
@@ -108,7 +113,7 @@ TAB_TEXTS = {
              'quality drop (%)', 'card', 'status'],
     'Compare': ['runs listed newest first', 'the latest passed run of each card', 'key numbers', 'run_id',
                 'quality.quality_drop_pct', ' · passed'],
-    'Pareto': ['Recommended:', 'open its archived notebook', 'runs of w1.1 e1.0 on the plot: 2 passed, 3 failed, '
+    'Pareto': ['Recommended:', 'of 1 run(s) that passed decisively', 'open its archived notebook', 'runs of w1.1 e1.0 on the plot: 2 passed, 3 failed, '
                '1 stopped', 'hollow: over a limit, or not passed', 'passed runs only'],
     'Pointmaps': ['run(s) with pointmaps, newest first', 'pair', 'points', 'azimuth', 'elevation', 'colour'],
 }

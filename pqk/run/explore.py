@@ -28,8 +28,8 @@ __all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', '
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
-        'latency p50 (ms)': 'efficiency.latency_p50_ms', 'size (MB)': 'efficiency.size_mb', 'GFLOPs': 'efficiency.gflops',
-        'energy (mJ/pair)': 'energy_mJ'}
+        'latency p50 (ms)': 'efficiency.latency_p50_ms', 'size (MB)': 'efficiency.size_mb',
+        'GFLOPs': 'efficiency.gflops', 'energy (mJ/pair)': 'energy_mJ'}
 HIGHER_BETTER = {'speed-up vs teacher (x)'}     # against the teacher timed in the same run (`speedup_vs_teacher`)
 TABLE_COLUMNS = ['card', 'kind', 'status', 'started', 'versions', *AXES, 'missing', 'reason']
 
@@ -365,7 +365,8 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
         if mx is not None and a == y: ax.axhline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
     if not len(allr):
         ax.text(0.5, 0.5, f'no run of {group} has both {x} and {y}', ha='center', va='center', transform=ax.transAxes)
-    ax.set_xlabel(x); ax.set_ylabel(y); better = ', '.join(f"{a}: {'higher' if a in HIGHER_BETTER else 'lower'} is better" for a in (x, y))
+    ax.set_xlabel(x); ax.set_ylabel(y)
+    better = ', '.join(f"{a}: {'higher' if a in HIGHER_BETTER else 'lower'} is better" for a in (x, y))
     ax.set_title(f'{group}: {y} vs {x} ({better})', fontsize=9)
     if len(res.outside):                                        # what a hollow marker means
         ax.add_line(Line2D([], [], ls='', marker='o', mfc='none', mec='0.3', label='hollow: not counted'))
@@ -609,7 +610,8 @@ class ParetoView(_View):
         self._observe(self._ranges, self.group)
         self._observe(self.refresh, self.x, self.y, self.passed_only, *self.limits.values(), *self.use.values())
         sliders = W.VBox([W.HBox([self.use[a], self.limits[a]]) for a in self.limits])
-        self.widget = W.VBox([W.HBox([self.group, self.x, self.y, self.passed_only]), sliders, self.message,
+        self.widget = W.VBox([W.HBox([self.group, self.x, self.y, self.passed_only],
+                                     layout=W.Layout(flex_flow='row wrap')), sliders, self.message,
                               self.recommendation, self.statuses, self.plot])
         self._guarded(self._ranges)()
 
