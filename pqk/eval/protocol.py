@@ -389,10 +389,10 @@ def stop_block(result: dict | None, reason: str | None = None) -> dict | None:
 
 # %% ../../nbs/eval/33_protocol.ipynb #e4d5358f
 def quality_line(quality: dict) -> str:
-    "`primary <metric>: drop <d>% [<lo>, <hi>] vs <reference>`."
-    q = quality
-    return (f"primary {q['primary']}: drop {q['quality_drop_pct']}% [{q['quality_drop_lo_pct']}, "
-            f"{q['quality_drop_hi_pct']}] vs {q['reference']}")
+    "`primary <metric>: drop <d>% [<lo>, <hi>] vs <reference>`, to 3 significant digits (a console line)."
+    q = quality; g = lambda v: f'{v:.3g}' if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+    return (f"primary {q['primary']}: drop {g(q['quality_drop_pct'])}% [{g(q['quality_drop_lo_pct'])}, "
+            f"{g(q['quality_drop_hi_pct'])}] vs {q['reference']}")
 
 def quality_table(quality: dict, evalc, name: str = 'model', baseline: dict | None = None):
     """A DataFrame, one row per metric of the eval contract: model, teacher, diff (model − teacher) with its 95 %
