@@ -269,6 +269,7 @@ def decisive_pick(inside: pd.DataFrame, rows: dict) -> tuple[str | None, str]:
     return r, (f'{r}: the fastest against the teacher timed in its run ({sp:.3g}x) of {len(ok)} run(s) that passed '
                f'decisively within the thresholds')
 
+# %% ../../nbs/run/74_explore.ipynb #df1498a5
 def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str = 'quality drop (%)', limits=None,
            passed_only: bool = True, rows: dict | None = None, classify=front_classes) -> ParetoResult:
     """The front and the recommendation of version group `group` under `limits` ({axis: max}). With the runs' report
@@ -295,6 +296,7 @@ def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str 
 
 STATUSES = ('passed', 'inconclusive', 'failed', 'stopped')
 
+# %% ../../nbs/run/74_explore.ipynb #66e5efbb
 def status_counts(res: ParetoResult) -> dict:
     "{status: number of runs} of the runs with both axes, in the order of `STATUSES` (other statuses after them)."
     s = pd.concat([res.inside['status'], res.outside['status']]).fillna('unknown').value_counts()
@@ -477,6 +479,7 @@ def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
     t = show.to_html(classes='pqk-runs', na_rep='–', float_format=lambda v: f'{v:.4g}', escape=True, border=0)
     return f'{TABLE_CSS}<div style="overflow:auto; max-height:520px">{t}</div>'
 
+# %% ../../nbs/run/74_explore.ipynb #9ad1fe10
 class RunBrowser(_View):
     "Filter and sort the runs table; the logs that could not be read are listed under it."
     def __init__(self, runs: Runs, max_rows: int = 50):
@@ -542,6 +545,7 @@ def diff_html(runs: Runs, df: pd.DataFrame) -> str:
     return TABLE_CSS + '<div style="overflow:auto; max-height:560px">' + show.to_html(classes='pqk-diff', border=0) + \
         '</div>'
 
+# %% ../../nbs/run/74_explore.ipynb #bab3239e
 class CompareView(_View):
     """Pick a version group and two or more of its runs (at first: the latest passed run of each card,
     `default_picks`): the lines that differ, then their figures side by side."""
