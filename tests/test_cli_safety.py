@@ -162,7 +162,7 @@ def test_edge_eval_ckpt_demo(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rec = json.loads((tmp_path / 'e.json').read_text())
     assert rec['status'] == 'passed' and rec['edge_device']['timed_pairs'] >= 2, rec['reason']
-    assert rec['model']['checkpoint'].endswith('demo_teacher.pt') and rec['model']['name'] == 'demo_teacher'
+    assert rec['model']['checkpoint'].endswith('demo_teacher') and rec['model']['name'] == 'demo_teacher'
 
 
 # ---------------------------------------------------------------------------------------------------- pqk export --out

@@ -10,14 +10,15 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['PQK_FORMAT', 'RELEASE_MODEL_STRINGS', 'CheckpointError', 'parse_model_string', 'config_from_reference_args',
-           'model_string', 'nonfinite_tensors', 'load_state_into', 'read_checkpoint', 'load_checkpoint',
-           'save_checkpoint', 'save_release_checkpoint', 'save_hf_checkpoint', 'save_random_release_checkpoint']
+__all__ = ['PQK_FORMAT', 'HF_INDEX', 'RELEASE_MODEL_STRINGS', 'CheckpointError', 'parse_model_string',
+           'config_from_reference_args', 'model_string', 'nonfinite_tensors', 'load_state_into', 'read_checkpoint',
+           'load_checkpoint', 'save_checkpoint', 'save_release_checkpoint', 'save_hf_checkpoint',
+           'save_random_release_checkpoint']
 
 # %% ../../nbs/models/13_checkpoints.ipynb #5a37c89e
 from .config import DUSt3RConfig, SHAPE_FIELDS, _INF, _is_int, _decode_float
 from .dust3r import DUSt3R, make_model
-from ..core.io import atomic_path
+from ..core.io import atomic_path, sha256_file
 
 # %% ../../nbs/models/13_checkpoints.ipynb #3a33b98e
 class CheckpointError(ValueError):
@@ -192,21 +193,56 @@ def _torch_load(path: Path):
         raise CheckpointError(f"{path}: not a readable torch checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
+HF_INDEX = 'model.safetensors.index.json'    # a sharded Hugging Face folder: tensor name -> shard file
+
+def _read_shards(d: Path, index: Path) -> tuple[dict, dict]:
+    """(state dict, pqk meta) of a sharded folder: every shard its index names, each checked against the sha256 the
+    index records (pqk's writer records one per shard; a folder from elsewhere may record none)."""
+    from safetensors.torch import load_file
+    try: ix = json.loads(index.read_text())
+    except ValueError as e: raise CheckpointError(f"{index}: not valid JSON ({e})") from None
+    wm = ix.get('weight_map') if isinstance(ix, dict) else None
+    if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+        raise CheckpointError(f"{index}: weight_map: expected an object of tensor name -> shard file name")
+    meta = ix.get('metadata') if isinstance(ix.get('metadata'), dict) else {}
+    hashes = meta.get('sha256') if isinstance(meta.get('sha256'), dict) else {}
+    sd = {}
+    for name in sorted(set(wm.values())):
+        p = d / name
+        if Path(name).name != name or not p.is_file():
+            raise CheckpointError(f"{index}: weight_map names the shard {name!r}; expected a file in {d}")
+        if name in hashes and sha256_file(p) != hashes[name]:
+            raise CheckpointError(f"{p}: its sha256 is {sha256_file(p)}, the index recorded {hashes[name]}: the "
+                                  "shard changed after it was written (restore it or write the checkpoint again)")
+        try: part = load_file(str(p), device='cpu')
+        except Exception as e: raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from None
+        want = {k for k, v in wm.items() if v == name}
+        if set(part) != want:
+            raise CheckpointError(f"{p}: holds {_names(sorted(set(part) ^ want))} that the index does not place "
+                                  "there (or misses them); expected exactly the tensors its weight_map lists")
+        sd.update(part)
+    return sd, meta.get('pqk_meta') if isinstance(meta.get('pqk_meta'), dict) else {}
+
 def _read_hf(path: Path):
     d = path if path.is_dir() else path.parent
+    index = d / HF_INDEX if path.is_dir() else None
     st = d / 'model.safetensors' if path.is_dir() else path
     cfg_path = d / 'config.json'
-    for f in (st, cfg_path):
+    for f in (index if index and index.is_file() else st, cfg_path):
         if not f.is_file():
             raise CheckpointError(f"{path}: Hugging Face layout needs {f.name} next to it; {f} not found")
     try: kw = json.loads(cfg_path.read_text())
     except ValueError as e: raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
     if not isinstance(kw, dict): raise CheckpointError(f"{cfg_path}: expected a JSON object of model arguments")
     cfg = config_from_reference_args(kw, str(cfg_path))
+    if index and index.is_file():
+        sd, meta = _read_shards(d, index)
+        return cfg, sd, {'format': 'hf', 'meta': meta}
     from safetensors.torch import load_file
     try: sd = load_file(str(st), device='cpu')
     except Exception as e: raise CheckpointError(f"{st}: not a readable safetensors file ({e})") from None
     return cfg, sd, {'format': 'hf'}
+
 
 # %% ../../nbs/models/13_checkpoints.ipynb #0ecb2704
 def read_checkpoint(path) -> tuple[DUSt3RConfig, dict, dict]:
@@ -288,10 +324,22 @@ def save_release_checkpoint(model: DUSt3R, path) -> Path:
     obj = {'model': _cpu_state(model), 'args': argparse.Namespace(model=ms)}
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
-def save_hf_checkpoint(model: DUSt3R, directory) -> Path:
-    "Write the Hugging Face layout: `config.json` (with Infinity) + `model.safetensors` without the aliased DPT keys."
+def _shards(tensors: dict, shard_mb: float) -> list[dict]:
+    "Tensors in state-dict order, cut into groups of at most `shard_mb` MB (a bigger tensor gets a shard of its own)."
+    out, size, limit = [{}], 0, shard_mb * 1e6
+    for k, v in tensors.items():
+        n = v.numel() * v.element_size()
+        if out[-1] and size + n > limit: out.append({}); size = 0
+        out[-1][k] = v; size += n
+    return out
+
+def save_hf_checkpoint(model: DUSt3R, directory, shard_mb: float | None = None, meta: dict | None = None) -> Path:
+    """Write the Hugging Face layout: `config.json` (with Infinity) + `model.safetensors` without the aliased DPT keys.
+    With `shard_mb` or `meta`: shards of at most `shard_mb` MB and `model.safetensors.index.json` (written last),
+    which records each shard's sha256 (checked when read) and `meta` (read back as the checkpoint's meta)."""
     from safetensors.torch import save_file
     c = _uniform(model.cfg, 'save_hf_checkpoint')                      # before anything is written
+    _check_meta(meta or {})
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
     kw = {'conf_mode': list(c.conf_mode), 'dec_depth': c.dec_depth, 'dec_embed_dim': c.dec_embed_dim,
           'dec_num_heads': c.dec_num_heads, 'depth_mode': list(c.depth_mode), 'enc_depth': c.enc_depth,
@@ -306,9 +354,21 @@ def save_hf_checkpoint(model: DUSt3R, directory) -> Path:
     sd = model.state_dict()
     aliases = {k: v for k, v in _alias_pairs(sd).items() if '.layer_rn.' in k}
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in sd.items() if k not in aliases}
-    _atomic_write(d / 'model.safetensors', lambda tmp: save_file(tensors, tmp, metadata={'format': 'pt', **aliases}))
     _atomic_write(d / 'config.json', lambda tmp: Path(tmp).write_text(json.dumps(kw, indent=2)))
+    if shard_mb is None and meta is None:
+        meta_st = {'format': 'pt', **aliases}
+        _atomic_write(d / 'model.safetensors', lambda tmp: save_file(tensors, tmp, metadata=meta_st))
+        return d
+    parts = _shards(tensors, shard_mb if shard_mb is not None else float('inf'))
+    names = [f'model-{i + 1:05d}-of-{len(parts):05d}.safetensors' for i in range(len(parts))]
+    for name, part in zip(names, parts):
+        _atomic_write(d / name, lambda tmp: save_file(part, tmp, metadata={'format': 'pt', **aliases}))
+    ix = {'metadata': {'total_size': sum(v.numel() * v.element_size() for v in tensors.values()),
+                       'sha256': {n: sha256_file(d / n) for n in names}, 'pqk_meta': dict(meta or {})},
+          'weight_map': {k: n for n, part in zip(names, parts) for k in part}}
+    _atomic_write(d / HF_INDEX, lambda tmp: Path(tmp).write_text(json.dumps(ix, indent=1)))
     return d
+
 
 # %% ../../nbs/models/13_checkpoints.ipynb #c4a1e5b3
 RELEASE_MODEL_STRINGS = {   # the constructor strings the three DUSt3R release checkpoints carry in args.model

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import pqk
-from .checkpoints import load_checkpoint
+from .checkpoints import load_checkpoint, HF_INDEX
 
 # %% auto #0
 __all__ = ['demo_teacher_path', 'load_teacher']
@@ -17,14 +17,14 @@ __all__ = ['demo_teacher_path', 'load_teacher']
 # %% ../../nbs/models/14_teacher.ipynb #d63fbd8f
 def demo_teacher_path() -> Path:
     "Where the shipped demo-teacher weights live (inside the package, so an installed pqk finds them)."
-    return Path(pqk.__file__).resolve().parent / 'assets' / 'demo_teacher.pt'
+    return Path(pqk.__file__).resolve().parent / 'assets' / 'demo_teacher'
 
 # %% ../../nbs/models/14_teacher.ipynb #498cbabb
 def load_teacher(spec: str = 'demo', device=None):
     "The teacher named by the workload contract: `'demo'` (the shipped weights) or a checkpoint path."
     if spec in (None, '', 'demo'):
         p = demo_teacher_path()
-        if not p.is_file():
+        if not (p / HF_INDEX).is_file():
             raise FileNotFoundError(f"{p}: the shipped demo teacher is missing (a broken install?); reinstall pqk or "
                                     "retrain it with pqk.train.teacher.train_demo_teacher()")
     else:

@@ -125,6 +125,11 @@ def _device_commands(sub):
     p.add_argument('--eval', default=None, help='the eval contract the operations are priced at')
     p.add_argument('--json', default=None, help='also write the report')
     p.add_argument('--timeout', type=float, default=None, help='seconds per stage (default 240 demo, 420 real)')
+    p = sub.add_parser('train-teacher', help='train the demo teacher from scratch with its recipe (DEMO_RECIPE; about '
+                                             'an hour on 2 idle CPU cores, minutes on a GPU)')
+    p.add_argument('--out', required=True, help='a new folder for the fp16 weights (sharded); copy it over '
+                                                'pqk/assets/demo_teacher to ship it')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default=None, help='default: cuda when available')
     return sub
 
 # %% ../../nbs/run/75_cli.ipynb #8e1a6dcc
@@ -260,6 +265,19 @@ def _edge_eval(args) -> int:
                      extra_params={k: v for k, v in extra.items() if v is not None}, debug=args.debug)
     return run_exit(res)
 
+def _train_teacher(args) -> int:
+    "`pqk train-teacher`: DEMO_RECIPE from scratch into a new folder (never over an existing one)."
+    out = Path(args.out).expanduser()
+    if out.exists():
+        print(f'pqk train-teacher: --out {args.out}: it exists; expected a new folder (the weights are never written '
+              'over anything)', file=sys.stderr)
+        return 2
+    from pqk.train.teacher import train_demo_teacher
+    train_demo_teacher(out, device=args.device)
+    print(f'pqk train-teacher: saved {out} (load it with --ckpt {out}; copy it over pqk/assets/demo_teacher to '
+          'ship it)')
+    return 0
+
 # %% ../../nbs/run/75_cli.ipynb #a53b162a
 def main(argv=None) -> int:
     args = _resolve_dirs(build_parser().parse_args(argv))
@@ -313,6 +331,7 @@ def _main(args) -> int:
                   args.compile_timeout, args.out)
             return 0
         if args.cmd == 'edge-eval': return _edge_eval(args)
+        if args.cmd == 'train-teacher': return _train_teacher(args)
     except ContractError as e:
         print(error_line(args.cmd, e), file=sys.stderr)
         return 2 if args.cmd in RUN_COMMANDS else 1

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..models.dust3r import make_model
-from ..models.checkpoints import save_checkpoint
+from ..models.checkpoints import save_hf_checkpoint
 from ..models.teacher import demo_teacher_path
 from ..data.scenes import synthetic_dataset
 from ..data.pairs import PairBatcher
@@ -20,18 +20,21 @@ from .losses import conf_regr_loss
 from .loop import fit, LoopConfig
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'stage_config', 'dust3r_loss', 'train_teacher', 'save_half', 'train_demo_teacher']
+__all__ = ['DEMO_RECIPE', 'SHARD_MB', 'stage_config', 'dust3r_loss', 'train_teacher', 'save_half', 'train_demo_teacher']
 
 # %% ../../nbs/train/43_teacher.ipynb #7ed9c510
-# The recipe of the shipped weights. Each stage: resolution, steps run, length of its cosine schedule (a stage may stop
-# before its schedule ends), peak lr, batch (pairs), training scenes (seeds 0..n_scenes-1, 3 views each), warm-up steps
-# and the lr floor (fraction of the peak). Each stage starts a fresh AdamW. Stage 0 learns geometry cheaply at 128 px;
-# stage 1 adapts to the workload's 384 px (RoPE positions and DPT receptive fields differ with the token grid).
+# The recipe of the shipped weights (teacher v2). Each stage: resolution, steps run, length of its cosine schedule (a
+# stage may stop before its schedule ends), peak lr, batch (pairs), training scenes (seeds 0..n_scenes-1, 3 views
+# each), warm-up steps and the lr floor (fraction of the peak). Each stage starts a fresh AdamW. Stage 0 learns
+# geometry cheaply at 128 px; stage 1 adapts to the workload's 384 px (RoPE positions and DPT receptive fields differ
+# with the token grid). v1 (3.9 M params) had 200 + 120 steps on 120 + 40 scenes.
 DEMO_RECIPE = dict(preset='demo_teacher', seed=0, views_per_scene=3, flip=True, weight_decay=0.05, alpha=0.2,
                    grad_clip=1.0,
-                   stages=[dict(res=128, steps=200, schedule=400, lr=1.5e-3, batch=4, n_scenes=120, warmup=30,
+                   stages=[dict(res=128, steps=3200, schedule=3200, lr=6e-4, batch=4, n_scenes=800, warmup=100,
                                 floor=0.05),
-                           dict(res=384, steps=120, schedule=120, lr=4e-4, batch=2, n_scenes=40, warmup=5, floor=0.1)])
+                           dict(res=384, steps=560, schedule=560, lr=2e-4, batch=2, n_scenes=160, warmup=20,
+                                floor=0.1)])
+SHARD_MB = 9.5          # no file in the repository over 10 MB
 
 # %% ../../nbs/train/43_teacher.ipynb #e46da916
 def stage_config(recipe: dict, stage: dict) -> LoopConfig:
@@ -65,10 +68,11 @@ def train_teacher(model, recipe: dict = DEMO_RECIPE, device=None, progress=True,
         if r['status'] != 'completed': raise FloatingPointError(f"teacher stage {si}: {r['reason']}")
     return model.eval(), hist
 
-def save_half(model, path, meta=None):
-    "Save `model` in pqk's checkpoint format with fp16 weights (half the size; `load_teacher` casts back to fp32)."
+def save_half(model, directory, meta=None, shard_mb: float = SHARD_MB):
+    """Save `model` with fp16 weights (half the size; `load_teacher` casts back to fp32) as a sharded Hugging Face
+    folder whose index records each shard's sha256 and `meta`."""
     import copy
-    return save_checkpoint(copy.deepcopy(model).half(), path, meta=meta)
+    return save_hf_checkpoint(copy.deepcopy(model).half(), directory, shard_mb=shard_mb, meta=meta)
 
 def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progress=True):
     "Train the demo teacher from scratch and save it (fp16) to `out` (default: the shipped asset path)."
