@@ -2,14 +2,15 @@
 
 - `pqk lab`: the token is on no command line (the server's, pqk's, or any child's `/proc/<pid>/cmdline`, which every
   local user can read), yet the server takes it (from its private environment); SIGTERM, SIGINT or SIGHUP to pqk stop
-  the server and its kernel: the port refuses connections and their pids are gone.
+  the server and its kernel: the port refuses connections and their pids are gone. In a project without the explorer
+  notebook, `pqk lab` writes it (whole, with its kernel named) and prints its URL.
 - `--ckpt demo` / `--ckpt teacher` reach every command's library call as something it can load.
 - `pqk export --out` refuses a folder, another suffix, a file that is not an ONNX model and (without --force) an ONNX
   model, with the exact message, before anything is written; --force replaces an ONNX model; a SIGTERM mid-export
   leaves the old target and no temp file; a temp file of a dead pid is removed by the next export.
 
 Deadlines below only bound the waits: nothing asserts how long anything took."""
-import os, re, signal, socket, subprocess, sys, urllib.error, urllib.request
+import json, os, re, signal, socket, subprocess, sys, urllib.error, urllib.request
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def _get(url, token=None):
 @pytest.mark.parametrize('sig', ['SIGTERM', pytest.param('SIGINT', marks=pytest.mark.slow),
                                  pytest.param('SIGHUP', marks=pytest.mark.slow)])
 def test_lab_token_private_and_stop(tmp_path, sig):
-    from pqk.run.explore import free_port
+    from pqk.run.explore import free_port, EXPLORER_NB, explorer_notebook
     if not Path('/proc/self/cmdline').exists(): pytest.skip('needs /proc')
     root = tmp_path / 'workbook'; (root / 'nbs').mkdir(parents=True); (tmp_path / 'home').mkdir()
     env = {**os.environ, 'HOME': str(tmp_path / 'home'), 'PQK_ROOT': str(root),
@@ -79,6 +80,10 @@ def test_lab_token_private_and_stop(tmp_path, sig):
         head = wait_until(lambda: re.search(r'server pid (\d+).*\n  explorer: (\S+)', log.read_text()),
                           'pqk lab printed no server pid and URL', p, 180, log, poll=0.2)
         server, url = int(head[1]), head[2]
+        assert f'/lab/tree/{EXPLORER_NB}?token=' in url, url             # it opens the researcher's explorer ...
+        nb = json.loads((root / EXPLORER_NB).read_text())             # ... which it wrote: the workbook had none
+        assert [''.join(c['source']) for c in nb['cells']] == [c['source'] for c in explorer_notebook()['cells']], nb
+        assert nb['metadata']['kernelspec']['name'] == 'python3', nb['metadata']
         token = re.search(r'[?&]token=([0-9a-f]+)', url)[1]
         assert len(token) >= 32, url
         base = f'http://127.0.0.1:{port}'

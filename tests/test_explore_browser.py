@@ -1,8 +1,11 @@
 """The explorer in a real browser: JupyterLab on 127.0.0.1 with a token, headless Chromium driven by Selenium.
 
-A temporary workbook (the schemas, configs and the explorer notebook of this checkout, plus synthetic runs of two
-workload versions with notebooks and pointmaps) is served by JupyterLab; the test opens nbs/run/74_explore.ipynb and
-checks that no dialog asks for a kernel (the notebook names its kernelspec), runs every cell, then visits each tab,
+A temporary workbook (the schemas and configs of this checkout, synthetic runs of two workload versions with notebooks
+and pointmaps, and the explorer notebook that `pqk lab` writes into a project without one) is served by JupyterLab; the
+test opens what `pqk lab` opens (`lab_command`'s URL: explore.ipynb at the project root, `EXPLORER_NB`) as a researcher
+does, checks that it shows no library code (no exported or test cell: `LIBRARY_ONLY`, which the library notebook
+nbs/run/74_explore.ipynb does show) and that no dialog asks for a kernel (the notebook names its kernelspec), runs
+every cell, then visits each tab,
 saves a screenshot of it and checks its visible text (the DOM's, not pixels) against a short list of what it must
 and must not show (`TAB_TEXTS`, `NOT_SHOWN`); on the way: the comparison fits the page without sideways scrolling,
 its figures are at least 320 px wide, the Pareto tab links the recommended run's notebook, the 3D view is shown near
@@ -43,13 +46,16 @@ def _browser():
 
 
 def _workbook(tmp: Path) -> Path:
-    "A small workbook: this checkout's schemas, configs and explorer notebook, and 12 synthetic runs."
+    """A small workbook: this checkout's schemas, configs and library notebook (the negative control of
+    `LIBRARY_ONLY`), the explorer notebook `pqk lab` writes, a copy of it without a kernelspec, 12 synthetic runs."""
+    from pqk.run.explore import write_explorer, EXPLORER_NB
     root = tmp / 'workbook'
     for d in ('schemas', 'configs'): shutil.copytree(ROOT / d, root / d)
     (root / 'nbs' / 'run').mkdir(parents=True)
     shutil.copy(ROOT / 'nbs' / 'run' / '74_explore.ipynb', root / 'nbs' / 'run')
-    nb = json.loads((root / 'nbs' / 'run' / '74_explore.ipynb').read_text())
-    (root / 'nbs' / 'run' / 'bare.ipynb').write_text(json.dumps({**nb, 'metadata': {}}))   # no kernelspec
+    assert write_explorer(root) == root / EXPLORER_NB                  # as `pqk lab` does in a project without one
+    nb = json.loads((root / EXPLORER_NB).read_text())
+    (root / 'bare.ipynb').write_text(json.dumps({**nb, 'metadata': {}}))   # no kernelspec
     make_runs(root / 'runs', 12, versions=[('1.0', '1.0'), ('1.1', '1.0')], notebooks=True, pointmaps=True)
     for f in sorted((root / 'runs').glob('*/log.json')):     # one run of the newest group passes decisively
         r = json.loads(f.read_text()); q, t = r['quality'], r['thresholds'].get('quality_drop_max_pct')
@@ -119,6 +125,8 @@ TAB_TEXTS = {
 }
 NOT_SHOWN = {'Runs': ['ascending'], 'Pareto': ['outside thresholds', 'within thresholds']}
 EVERYWHERE_NOT = ['Select Kernel', 'Traceback']
+# Only the library notebook's code cells show these (an nbdev directive, a test call): the explorer shows none of them.
+LIBRARY_ONLY = ('#| export', '#| default_exp', 'test_eq(')
 
 
 def test_explorer_in_jupyterlab(lab):
@@ -135,13 +143,25 @@ def test_explorer_in_jupyterlab(lab):
     css = lambda sel: [e for e in d.find_elements(By.CSS_SELECTOR, sel) if e.is_displayed()]
     dialogs = lambda: [e.text for e in css('.jp-Dialog')]
     js = lambda code, *a: d.execute_script(code, *a)
+    page = lambda: ' '.join(e.text for e in css('.jp-Notebook'))
+    library_code = lambda: [t for t in LIBRARY_ONLY if t in page()]
     try:
+        from pqk.run.explore import EXPLORER_NB, explorer_notebook
+        assert f'/lab/tree/{EXPLORER_NB}?' in lab['url'], lab['url']       # what `pqk lab` prints and opens
         # negative control: the same notebook without a kernelspec makes Lab ask (in a workspace of its own)
-        d.get(lab['url'].replace('/lab/tree/nbs/run/74_explore.ipynb', '/lab/workspaces/bare/tree/nbs/run/bare.ipynb'))
+        d.get(lab['url'].replace(f'/lab/tree/{EXPLORER_NB}', '/lab/workspaces/bare/tree/bare.ipynb'))
         wait(180, lambda: any('Select Kernel' in t for t in dialogs()), 'no kernel dialog for a notebook without one')
         d.save_screenshot(str(shots / 'bare-select-kernel.png'))
+        # negative control: the library notebook shows its exported and test cells (what the explorer must not)
+        d.get(lab['url'].replace(f'/lab/tree/{EXPLORER_NB}', '/lab/workspaces/library/tree/nbs/run/74_explore.ipynb'))
+        wait(120, lambda: css('.jp-Notebook .jp-Cell'), 'the library notebook did not open')
+        wait(60, library_code, 'the library notebook shows none of LIBRARY_ONLY')
         d.get(lab['url'])
         wait(120, lambda: css('.jp-Notebook .jp-Cell'), 'the notebook did not open')
+        # the explorer a researcher opens is an explorer: its own few cells, no library code
+        wait(60, lambda: 'Explorer(' in page(), 'the explorer notebook shows no Explorer cell')
+        assert not library_code(), (library_code(), page()[:2000])
+        assert len(css('.jp-Notebook .jp-Cell')) == len(explorer_notebook()['cells']), page()[:2000]
         # the notebook names its kernel: Lab starts it without asking (no "Select Kernel" dialog while it starts)
         seen, t0 = [], time.monotonic()
         while time.monotonic() - t0 < 20: seen += dialogs(); time.sleep(0.5)

@@ -18,13 +18,13 @@ from .scraps import read_displays, ScrapError
 # %% auto #0
 __all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS',
            'MAX_DEFAULT_PICKS', 'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI',
-           'CLOUD_POINT_SIZE', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX', 'LOOPBACK', 'EXPLORER_NB', 'Runs',
-           'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs', 'order_labels', 'ci_names',
+           'CLOUD_POINT_SIZE', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX', 'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK',
+           'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs', 'order_labels', 'ci_names',
            'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'default_picks', 'run_figures',
            'ParetoResult', 'front_classes', 'decisive_pick', 'pareto', 'status_counts', 'status_line', 'notebook_link',
            'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser',
-           'diff_html', 'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'free_port', 'lab_command',
-           'stop_group', 'lab']
+           'diff_html', 'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'explorer_notebook', 'write_explorer',
+           'free_port', 'lab_command', 'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
@@ -712,9 +712,42 @@ class Explorer(_View):
                                          '(pqk run taskcards/E0_eval_teacher.md)')
         self.widget = W.VBox([W.HTML(head), self.tabs], layout=W.Layout(width='100%'))
 
+# %% ../../nbs/run/74_explore.ipynb #e22a0001
+EXPLORER_NB = 'explore.ipynb'     # the researcher's explorer, relative to the project root (what `pqk lab` serves)
+EXPLORER_CELLS = (('markdown', 'title', "# Explore runs\nRun all cells (Run > Run All Cells): the tabs browse and "
+                   "compare this project's runs (`runs/`), show the Pareto front and the recommended run, and view "
+                   "pointmaps."),
+                  ('code', 'import', 'from pqk.run.explore import Explorer'),
+                  ('code', 'load', "explorer = Explorer()    # the runs of the project's runs/"),
+                  ('code', 'show', 'explorer'))
+
+def explorer_notebook() -> dict:
+    "The researcher's explorer notebook (nbformat 4.5): `EXPLORER_CELLS`, no outputs, the python3 kernel named."
+    cell = lambda kind, cid, text: ({'cell_type': kind, 'id': f'explore-{cid}', 'metadata': {}, 'source': text} |
+                                    ({'execution_count': None, 'outputs': []} if kind == 'code' else {}))
+    return {'cells': [cell(*c) for c in EXPLORER_CELLS], 'nbformat': 4, 'nbformat_minor': 5,
+            'metadata': {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}}
+
+def write_explorer(root=None) -> Path | None:
+    """Write `explorer_notebook()` to `EXPLORER_NB` in project `root` (default: the project) when it has none; the
+    path written, or None when one was there already (it is kept as it is)."""
+    import nbformat, tempfile
+    from pqk.core.io import TMP_PREFIX
+    path = Path(root or project_root()) / EXPLORER_NB
+    if path.exists(): return None
+    text = nbformat.writes(nbformat.from_dict(explorer_notebook())) + '\n'
+    fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{os.getpid()}-', suffix=f'-{path.name}', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        try: os.link(tmp, path)                       # whole or not at all, and never over an existing file
+        except FileExistsError: return None
+    finally: os.unlink(tmp)
+    return path
+
+
 # %% ../../nbs/run/74_explore.ipynb #9acb9362
 LOOPBACK = ('127.0.0.1', 'localhost', '::1')
-EXPLORER_NB = 'nbs/run/74_explore.ipynb'
 
 def free_port(start: int = 8888, host: str = '127.0.0.1') -> int:
     "The first port from `start` that `host` can bind."
@@ -757,9 +790,13 @@ def _stop(signum, frame): raise KeyboardInterrupt(signal.Signals(signum).name)
 
 def lab(port: int | None = None, token: str | None = None, ip: str = '127.0.0.1', open_browser: bool = False,
         grace: float = 10.0) -> int:
-    """Run JupyterLab on the workbook until it exits or pqk is stopped (Ctrl-C, SIGTERM, SIGHUP), then stop its
-    process group (`stop_group`, killed after `grace` seconds); the server's exit code, 0 when pqk was stopped."""
+    """Run JupyterLab on the workbook (writing the explorer notebook if the project has none) until it exits or pqk
+    is stopped (Ctrl-C, SIGTERM, SIGHUP), then stop its process group (`stop_group`, killed after `grace` seconds);
+    the server's exit code, 0 when pqk was stopped."""
     cmd, env, url = lab_command(None, port, token, ip, open_browser)
+    try: write_explorer(env['PQK_ROOT'])                 # a project made elsewhere may not have it yet
+    except OSError as e: print(f'pqk lab: could not write the explorer {EXPLORER_NB} in {env["PQK_ROOT"]}: {e}',
+                               file=sys.stderr)
     sigs = [getattr(signal, n) for n in ('SIGINT', 'SIGTERM', 'SIGHUP') if hasattr(signal, n)]
     old = {s: signal.signal(s, _stop) for s in sigs}      # before the server starts: no stop can orphan it
     proc = None
