@@ -95,7 +95,14 @@ def test_lab_token_private_and_stop(tmp_path, sig):
         req = urllib.request.Request(f'{base}/api/kernels', data=b'{}', method='POST',
                                      headers={'Authorization': f'token {token}', 'Content-Type': 'application/json'})
         with urllib.request.urlopen(req, timeout=60) as r: assert r.status == 201
-        kernel = wait_until(lambda: _children(server), 'no kernel process under the server', p, 120, log, 0.2)[0]
+        def kernels():                         # the kernel itself, not a short-lived helper the server started first
+            out = []
+            for k in _children(server):
+                try: cmd = Path(f'/proc/{k}/cmdline').read_bytes()
+                except OSError: continue
+                if b'ipykernel' in cmd: out.append(k)
+            return out
+        kernel = wait_until(kernels, 'no kernel process under the server', p, 120, log, 0.2)[0]
         # the right processes, and the token reached the server through its environment (readable by its user only)
         assert b'jupyterlab' in Path(f'/proc/{server}/cmdline').read_bytes()
         assert f'JUPYTER_TOKEN={token}'.encode() in Path(f'/proc/{server}/environ').read_bytes()
