@@ -59,10 +59,11 @@ def read_ledger(ledger) -> dict:
 
 # %% ../../nbs/core/02_io.ipynb #104bf9c9
 @contextmanager
-def atomic_path(path, ledger=None):
+def atomic_path(path, ledger=None, replace: bool = True):
     """Yield a temporary path beside `path`; on success fsync it and rename it over `path`, else delete it. With a
     ledger (`ledger`, else `$PQK_ARTIFACT_LEDGER`) whose folder holds `path`, the file's sha256 is computed before the
-    rename and appended to the ledger."""
+    rename and appended to the ledger. `replace=False`: never over an existing `path` (FileExistsError, even when
+    another process creates it meanwhile: the file is hard-linked into place)."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{os.getpid()}-', suffix=f'-{path.name}', dir=path.parent)
     os.close(fd)
@@ -74,7 +75,8 @@ def atomic_path(path, ledger=None):
         digest = sha256_file(tmp) if rel is not None else None
         umask = os.umask(0o022); os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)              # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
+        if replace: os.replace(tmp, path)
+        else: os.link(tmp, path); os.unlink(tmp)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise

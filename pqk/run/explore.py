@@ -731,18 +731,15 @@ def explorer_notebook() -> dict:
 def write_explorer(root=None) -> Path | None:
     """Write `explorer_notebook()` to `EXPLORER_NB` in project `root` (default: the project) when it has none; the
     path written, or None when one was there already (it is kept as it is)."""
-    import nbformat, tempfile
-    from pqk.core.io import TMP_PREFIX
+    import nbformat
+    from pqk.core.io import atomic_path
     path = Path(root or project_root()) / EXPLORER_NB
     if path.exists(): return None
+    if not path.parent.is_dir(): raise FileNotFoundError(f'{path.parent}: no such project folder')
     text = nbformat.writes(nbformat.from_dict(explorer_notebook())) + '\n'
-    fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{os.getpid()}-', suffix=f'-{path.name}', dir=path.parent)
     try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        try: os.link(tmp, path)                       # whole or not at all, and never over an existing file
-        except FileExistsError: return None
-    finally: os.unlink(tmp)
+        with atomic_path(path, replace=False) as tmp: tmp.write_text(text, encoding='utf-8')   # never over a file
+    except FileExistsError: return None
     return path
 
 
