@@ -619,6 +619,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'pqk.eval.metrics._procrustes': ('eval/metrics.html#_procrustes', 'pqk/eval/metrics.py'),
                                   'pqk.eval.metrics._rays': ('eval/metrics.html#_rays', 'pqk/eval/metrics.py'),
                                   'pqk.eval.metrics._rot': ('eval/metrics.html#_rot', 'pqk/eval/metrics.py'),
+                                  'pqk.eval.metrics._rotation': ('eval/metrics.html#_rotation', 'pqk/eval/metrics.py'),
                                   'pqk.eval.metrics._same_hw': ('eval/metrics.html#_same_hw', 'pqk/eval/metrics.py'),
                                   'pqk.eval.metrics._solve_pnp': ('eval/metrics.html#_solve_pnp', 'pqk/eval/metrics.py'),
                                   'pqk.eval.metrics._split': ('eval/metrics.html#_split', 'pqk/eval/metrics.py'),

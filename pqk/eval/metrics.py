@@ -196,16 +196,21 @@ def _rot(axis, deg: float) -> torch.Tensor:
     return torch.eye(3, dtype=torch.float64) + math.sin(a) * Kx + (1 - math.cos(a)) * Kx @ Kx
 
 # %% ../../nbs/eval/30_metrics.ipynb #78596be0
+def _rotation(C: np.ndarray):
+    """The rotations nearest the cross-covariances C (B,3,3), reflections excluded (Kabsch), with their singular
+    values and signs: R, D, S. NumPy, as these are tiny matrices that iterative solvers visit thousands of times."""
+    U, D, Vh = np.linalg.svd(C)
+    S = np.ones_like(D); S[:, 2] = np.sign(np.linalg.det(U) * np.linalg.det(Vh))
+    S[:, 2] = np.where(S[:, 2] == 0, 1., S[:, 2])
+    return (U * S[:, None, :]) @ Vh, D, S
+
 def _procrustes(X, Y, w, scale: bool = False):
     "Weighted Umeyama: s, R (B,3,3), t (B,3) minimising Σ w‖Y − (sRX + t)‖² for X, Y (B,N,3), w (B,N)."
     sw = w.sum(1, keepdim=True).clamp_min(1e-300)
     mx = (w[..., None] * X).sum(1) / sw; my = (w[..., None] * Y).sum(1) / sw
     Xc, Yc = X - mx[:, None], Y - my[:, None]
     C = (Yc * w[..., None]).transpose(-1, -2) @ Xc / sw[..., None]
-    U, D, Vh = torch.linalg.svd(C)
-    S = torch.ones_like(D); S[:, 2] = torch.sign(torch.linalg.det(U) * torch.linalg.det(Vh))
-    S[:, 2] = torch.where(S[:, 2] == 0, 1., S[:, 2])
-    R = U @ torch.diag_embed(S) @ Vh
+    R, D, S = (torch.from_numpy(a).to(C.device) for a in _rotation(C.detach().cpu().numpy()))
     s = ((D * S).sum(1) / ((w * (Xc ** 2).sum(-1)).sum(1) / sw[:, 0]).clamp_min(1e-300) if scale
          else torch.ones_like(D[:, 0]))
     t = my - s[:, None] * (R @ mx[..., None])[..., 0]
@@ -240,21 +245,34 @@ def _rays(K: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _lhm(X, n, w, R, Ainv, iters: int, tol: float = 1e-13):
     """Lu–Hager–Mjolsness orthogonal iteration from rotation R for points X (B,N,3) on unit rays n (B,N,3),
-    weights w; Ainv = (Σ w (I − n nᵀ))⁻¹. Returns R, t, residuals (B,N), in-front mask (B,N)."""
-    perp = lambda Y: Y - n * (n * Y).sum(-1, keepdim=True)              # (I − V) Y
-    def t_of(R):
-        RX = X @ R.transpose(-1, -2)
-        return -(Ainv @ (w[..., None] * perp(RX)).sum(1)[..., None])[..., 0], RX
+    weights w; Ainv = (Σ w (I − n nᵀ))⁻¹. Returns R, t, residuals (B,N), in-front mask (B,N). A step needs only
+    weighted moments of the points, summed over N once (V = n nᵀ): t(R) = −Ainv (R ΣwX − ΣwVRX), and the
+    projections VY = V(RX + t) enter the rotation fit through ΣwVY and ΣwVYXᵀ, linear in R and t. Steps run in NumPy."""
+    B, N = w.shape
+    wV = (w[..., None, None] * (n[..., :, None] * n[..., None, :])).reshape(B, N, 9).transpose(1, 2)  # (B,9,N)
+    G = (wV @ X).reshape(B, 3, 3, 3)                                             # [a,b,c] = Σ w V_ab X_c
+    H = (wV @ (X[..., :, None] * X[..., None, :]).reshape(B, N, 9)).reshape(B, 3, 3, 3, 3)   # Σ w V_ab X_c X_d
+    sw = w.sum(1).clamp_min(1e-300)[:, None]
+    cpu = lambda a: a.detach().cpu().numpy()
+    g, gt = cpu(G.reshape(B, 3, 9)), cpu(G.transpose(2, 3).reshape(B, 9, 3))                 # (ΣwVX)·R, (ΣwVX)·t
+    h = cpu(H.permute(0, 1, 4, 2, 3).reshape(B, 9, 9))                                      # (ΣwVXX)·R
+    SX, SV, A, s = cpu((w[..., None] * X).sum(1))[..., None], cpu(wV.sum(-1).reshape(B, 3, 3)), cpu(Ainv), cpu(sw)
+    mx, R = SX[..., 0] / s, cpu(R)
+    def t_of(R, GR):                                                             # GR = Σ w V R X
+        return -(A @ (R @ SX - GR))
     for _ in range(iters):
-        t, RX = t_of(R)
-        Y = RX + t[:, None]
-        R_new = _procrustes(X, Y - perp(Y), w)[1]                        # fit R to the projections onto the rays
-        done = (R_new - R).abs().amax() < tol
+        GR = g @ R.reshape(B, 9, 1)
+        t = t_of(R, GR)                                                          # (B,3,1)
+        my = (GR + SV @ t)[..., 0] / s                                           # weighted mean of the projections
+        SYX = (h @ R.reshape(B, 9, 1) + gt @ t).reshape(B, 3, 3)                 # Σ w VY Xᵀ
+        R_new = _rotation(SYX / s[..., None] - my[..., :, None] * mx[..., None, :])[0]   # fit R to the projections
+        done = np.abs(R_new - R).max() < tol
         R = R_new
         if done: break
-    t, RX = t_of(R)
-    Y = RX + t[:, None]
-    return R, t, perp(Y).norm(dim=-1), Y[..., 2] > 0
+    t = t_of(R, g @ R.reshape(B, 9, 1))[..., 0]
+    R, t = torch.from_numpy(R).to(X.device), torch.from_numpy(t).to(X.device)
+    Y = X @ R.transpose(-1, -2) + t[:, None]
+    return R, t, (Y - n * (n * Y).sum(-1, keepdim=True)).norm(dim=-1), Y[..., 2] > 0
 
 def _dlt(X, r, w):
     "Calibrated linear PnP: rotation (B,3,3) from the null vector of [r]× P X̃ = 0 (weighted), projected onto SO(3)."
