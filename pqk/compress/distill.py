@@ -19,7 +19,6 @@ from ..models.checkpoints import save_checkpoint, load_checkpoint
 from ..models.teacher import load_teacher
 from ..data.manifests import load_dataset
 from ..data.pairs import dataset_pairs, PairBatcher
-from ..data.scenes import default_cache_dir
 from ..eval.efficiency import count_params, resolve_device, stage_latency, STAGES, PeakMemory
 from ..eval.metrics import aggregate
 from ..eval.pointmaps import save_pointmaps
@@ -29,11 +28,11 @@ from ..train.loop import fit, LoopConfig, dist_info, distributed, torchrun, late
 from ..train.stoprules import StopRules
 
 # %% auto #0
-__all__ = ['REDUCE_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART', 'TEACHER_CACHE_FORMAT',
-           'student_config', 'auto_parts', 'make_student', 'feature_dims', 'make_projections', 'layer_features',
-           'distill_loss', 'export_student', 'eval_metric', 'kd_loss_fn', 'model_checksum', 'default_teacher_cache_dir',
-           'teacher_cache_key', 'TeacherCache', 'CachedBatcher', 'train_distill', 'distill_run', 'train_student',
-           'training_summary', 'distill_train', 'distill_evaluate', 'plot_training', 'speed_summary', 'main']
+__all__ = ['REDUCE_MODES', 'FEAT_LAYERS', 'SHRINK_PARTS', 'DEFAULT_SHRINK', 'DPT_PARTS', 'STAGE_PART', 'student_config',
+           'auto_parts', 'make_student', 'feature_dims', 'make_projections', 'layer_features', 'distill_loss',
+           'export_student', 'eval_metric', 'kd_loss_fn', 'TeacherCache', 'CachedBatcher', 'train_distill',
+           'distill_run', 'train_student', 'training_summary', 'distill_train', 'distill_evaluate', 'plot_training',
+           'speed_summary', 'main']
 
 # %% ../../nbs/compress/51_distill.ipynb #3c46cd4c
 REDUCE_MODES = ('depth', 'width', 'both')
@@ -260,42 +259,9 @@ def kd_loss_fn(teacher: DUSt3R, proj: nn.ModuleDict, loss_cfg: dict):
     return loss
 
 # %% ../../nbs/compress/51_distill.ipynb #0abb6a08
-import hashlib
-from ..core.io import save_torch_atomic
 from ..data.pairs import pair_batch, sample_pairs
-
-TEACHER_CACHE_FORMAT = 1
-
-def model_checksum(model: nn.Module) -> str:
-    "SHA-256 over a module's state dict (names, dtypes, shapes and bytes, in order): its identity in cache keys."
-    h = hashlib.sha256(b'pqk-state-dict-v1\n')
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-def default_teacher_cache_dir() -> Path:
-    "`$PQK_CACHE/teacher` if PQK_CACHE is set, else `~/.cache/pqk/teacher`."
-    return default_cache_dir().parent / 'teacher'
-
-def _images_hash(scenes, pairs) -> str:
-    h = hashlib.sha256()
-    for s, i, j in pairs:
-        for v in (i, j):
-            a = np.ascontiguousarray(scenes[s]['views'][v]['img'])
-            h.update(f'{s}.{v}:{a.dtype.str}:{a.shape};'.encode()); h.update(a.tobytes())
-    return h.hexdigest()
-
-def teacher_cache_key(teacher, scenes, pairs, layers, data_spec: dict | None = None, amp: bool = False,
-                      device='cpu') -> tuple[str, dict]:
-    "The cache key (24 hex digits) of a teacher's outputs on `pairs` of `scenes`, and the facts it hashes."
-    res = tuple(int(x) for x in np.shape(scenes[pairs[0][0]]['views'][pairs[0][1]]['img'])[:2]) if pairs else None
-    facts = {'format': TEACHER_CACHE_FORMAT, 'teacher': model_checksum(teacher), 'data': data_spec,
-             'images': _images_hash(scenes, pairs), 'n_pairs': len(pairs), 'resolution': res,
-             'layers': sorted(layers), 'amp': bool(amp), 'device': resolve_device(device).type,
-             'torch': str(torch.__version__)}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24], facts
+from ..eval.cache import (model_checksum, default_teacher_cache_dir, teacher_cache_key, save_cache_file,
+                            load_cache_file)
 
 # %% ../../nbs/compress/51_distill.ipynb #aa1dc57a
 class TeacherCache:
@@ -306,17 +272,12 @@ class TeacherCache:
         self.layers, self.device = list(layers), resolve_device(device)
         self.key, facts = teacher_cache_key(teacher, scenes, pairs, self.layers, data_spec, amp, self.device)
         self.path = Path(cache_dir if cache_dir is not None else default_teacher_cache_dir()) / f'teacher_{self.key}.pt'
-        t0, self.data, hit = time.perf_counter(), None, False
-        if self.path.exists():
-            try:
-                d = torch.load(self.path, map_location='cpu', weights_only=True)
-                if d.get('key') == self.key and d['out']['res1.conf'].shape[0] == len(pairs):
-                    self.data, hit = d['out'], True
-                else: warnings.warn(f'teacher cache {self.path}: key or size mismatch; computing again')
-            except Exception as e: warnings.warn(f'teacher cache {self.path}: unreadable ({e}); computing again')
-        if self.data is None:
+        t0 = time.perf_counter()
+        self.data = load_cache_file(self.path, self.key, 'teacher cache')      # None (a warning if bad): compute
+        hit = self.data is not None
+        if not hit:
             self.data = self._compute(teacher, scenes, pairs, amp)
-            save_torch_atomic({'key': self.key, 'facts': facts, 'out': self.data}, self.path)
+            save_cache_file(self.path, self.key, facts, self.data)
         self.info = {'key': self.key, 'hit': hit, 'file': self.path.name, 'n_pairs': len(pairs),
                      'seconds': round(time.perf_counter() - t0, 3)}
 

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/eval/33_protocol.ipynb #38a6fff9
 from __future__ import annotations
-import math
+import math, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,13 +20,14 @@ from .intervals import paired_bootstrap, drop_stat, mean_diff
 from .efficiency import stage_latency, has_stages, STAGES, interleaved_latency
 from ..core.contracts import project_root, ContractError, Problem, _rel
 from .pointmaps import save_pointmaps
+from .cache import teacher_cache_key, save_cache_file, load_cache_file, payload_nbytes, cache_dir_of
 
 # %% auto #0
-__all__ = ['PER_PAIR_FILE', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor', 'TorchPredictor', 'as_predictor', 'predict_pairs',
-           'rel_l2', 'output_errors', 'compare_models', 'pair_quality', 'quality_block', 'per_pair_rows',
-           'write_per_pair', 'efficiency_block', 'side_by_side', 'plane_baseline', 'check_predictions',
-           'check_ground_truth', 'evaluate', 'plot_predictions', 'log_blocks', 'stop_block', 'quality_line',
-           'quality_table', 'eval_run']
+__all__ = ['PER_PAIR_FILE', 'EVAL_CACHE_MAX_BYTES', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor', 'TorchPredictor',
+           'as_predictor', 'predict_pairs', 'rel_l2', 'output_errors', 'compare_models', 'pair_quality',
+           'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'side_by_side', 'plane_baseline',
+           'check_predictions', 'check_ground_truth', 'evaluate', 'teacher_predictions', 'plot_predictions',
+           'log_blocks', 'stop_block', 'quality_line', 'quality_table', 'eval_run']
 
 # %% ../../nbs/eval/33_protocol.ipynb #3625a98d
 def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
@@ -318,17 +319,19 @@ def check_ground_truth(scenes, pairs):
                          'expected valid depth (check the depth files, depth_scale and masks)')
 
 def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progress: bool = True, name: str = 'model',
-             data=None, efficiency: bool = True, baseline: bool = False) -> dict:
+             data=None, efficiency: bool = True, baseline: bool = False, teacher_cache=True) -> dict:
     """Evaluate `model` (module or Predictor) against `teacher` on the workload's eval data (or `data` = (scenes,
-    pairs)). Returns {'quality', 'efficiency' (with 'teacher' beside it), 'per_pair', 'artifacts', 'peak_mem_mb',
-    'baseline', 'scenes', 'pairs', 'preds', 'teacher_preds'}."""
+    pairs)). `teacher_cache`: where the teacher's predictions are cached (`teacher_predictions`; True: the default
+    folder, False: no cache, or a folder); the model's are never cached. Returns {'quality', 'efficiency' (with
+    'teacher' beside it), 'per_pair', 'artifacts', 'peak_mem_mb', 'baseline', 'scenes', 'pairs', 'preds',
+    'teacher_preds', 'teacher_cache' (what the cache did; None when off)}."""
     scenes, pairs = data if data is not None else load_eval_data(workload)
     if not pairs: raise ValueError('evaluate: the eval data has no pairs; expected at least one (see the pair graph)')
     check_ground_truth(scenes, pairs)
     same = model is teacher
     with PeakMemory(device) as mem:
-        T = predict_pairs(teacher, scenes, pairs, device, progress, desc='teacher')
-        check_predictions(T, pairs, 'teacher')
+        T, tcache = teacher_predictions(teacher, scenes, pairs, device, progress, teacher_cache,
+                                        workload.data['data']['eval'] if data is None else None)
         P = T if same else predict_pairs(model, scenes, pairs, device, progress, desc=name)
         if not same: check_predictions(P, pairs, name)
     t_rows = pair_quality(T, scenes, pairs)
@@ -346,7 +349,51 @@ def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progres
         base = {'name': 'fronto-parallel plane',
                 'metrics': _clean(aggregate(pair_quality(plane_baseline(scenes, pairs), scenes, pairs))['mean'])}
     return {'quality': quality, 'efficiency': eff, 'per_pair': rows, 'artifacts': artifacts, 'peak_mem_mb': mem.peak_mb,
-            'baseline': base, 'scenes': scenes, 'pairs': pairs, 'preds': P, 'teacher_preds': T}
+            'baseline': base, 'scenes': scenes, 'pairs': pairs, 'preds': P, 'teacher_preds': T, 'teacher_cache': tcache}
+
+# %% ../../nbs/eval/33_protocol.ipynb #0a30111b
+EVAL_CACHE_MAX_BYTES = 2 * 2**30
+
+def _as_preds(payload, n: int) -> list | None:
+    "A cached payload if it is what `predict_pairs` gives for `n` pairs (a list of (dict, dict) of tensors), else None."
+    ok = isinstance(payload, list) and len(payload) == n and all(
+        isinstance(p, tuple) and len(p) == 2 and all(isinstance(r, dict) and all(torch.is_tensor(v) for v in r.values())
+                                                   for r in p) for p in payload)
+    return payload if ok else None
+
+def teacher_predictions(teacher, scenes, pairs, device=None, progress: bool = True, cache=True,
+                        data_spec: dict | None = None, max_bytes: int = EVAL_CACHE_MAX_BYTES) -> tuple:
+    """`predict_pairs(teacher, …)` (checked finite), read from the cache file of `teacher` and the pairs, or computed
+    and written there; and what the cache did: {'key', 'hit', 'file', 'seconds', 'n_pairs'} (+ 'skipped': why nothing
+    was written), None when `cache` is False. `cache`: True (the default folder), False or a folder."""
+    t0, folder = time.perf_counter(), cache_dir_of(cache)
+    module = teacher.module if type(teacher) is TorchPredictor else teacher if isinstance(teacher, torch.nn.Module) \
+        else None
+    if folder is None or module is None:
+        T = predict_pairs(teacher, scenes, pairs, device, progress, desc='teacher')
+        check_predictions(T, pairs, 'teacher')
+        return T, None if folder is None else {
+            'key': None, 'hit': False, 'file': None, 'seconds': round(time.perf_counter() - t0, 3),
+            'n_pairs': len(pairs), 'skipped': f'the teacher is a {type(teacher).__name__}, no torch module: no key'}
+    dev = teacher.device if isinstance(teacher, Predictor) else resolve_device(device)
+    key, facts = teacher_cache_key(module, scenes, pairs, (), data_spec, False, dev, outputs='predictions')
+    path = folder / f'eval_{key}.pt'
+    payload = load_cache_file(path, key, 'eval teacher cache')
+    T = _as_preds(payload, len(pairs))
+    if payload is not None and T is None:
+        warnings.warn(f'eval teacher cache {path}: not the predictions of {len(pairs)} pairs; computing again')
+    hit, skipped = T is not None, None
+    if not hit:
+        T = predict_pairs(teacher, scenes, pairs, device, progress, desc='teacher')
+        check_predictions(T, pairs, 'teacher')
+        size = payload_nbytes(T)
+        if size > max_bytes: skipped = f'{size / 2**20:,.1f} MB of predictions, over the limit ({max_bytes:,} bytes)'
+        else:
+            try: save_cache_file(path, key, facts, T)
+            except OSError as e: skipped = f'{type(e).__name__}: {e}'
+        if skipped: warnings.warn(f'eval teacher cache {path}: not written ({skipped})')
+    return T, {'key': key, 'hit': hit, 'file': path.name, 'seconds': round(time.perf_counter() - t0, 3),
+               'n_pairs': len(pairs), **({'skipped': skipped} if skipped else {})}
 
 # %% ../../nbs/eval/33_protocol.ipynb #36d53345
 def plot_predictions(result: dict, n: int = 3):
