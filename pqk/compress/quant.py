@@ -20,7 +20,7 @@ from ..data.pairs import calibration_set, calibration_set_hash, PairBatcher, pro
 from ..eval.efficiency import model_size_mb, MB, resolve_device, count_params, PeakMemory
 from ..eval.protocol import (predict_pairs, pair_quality, quality_block, output_errors, rel_l2, load_eval_data,
                                evaluate, TorchPredictor, write_per_pair, PER_PAIR_FILE, stop_block, efficiency_block,
-                               side_by_side)
+                               side_by_side, quality_line)
 from ..eval.verdict import thresholds_for
 from ..export.onnx import (export_graph, export_onnx, onnx_size_mb, check_onnx, ort_dynamic_int8, ERROR_BUDGET,
                              reference_outputs, ort_vs_reference)
@@ -607,8 +607,7 @@ def quant_ptq(q: dict, progress: bool = True) -> dict:
                   'checkpoint': str(q['ckpt'] or q['wl'].teacher),
                   'teacher': str(q['wl'].teacher), 'teacher_params': count_params(q['teacher'])}
     q['resource'] = {'peak_mem_mb': mem.peak_mb, 'device_kind': q['device'].type, 'n_devices': 1}
-    print(f"PTQ ({p['backend']}): drop {pq['quality_drop_pct']}% [{pq['quality_drop_lo_pct']}, "
-          f"{pq['quality_drop_hi_pct']}] vs {pq['reference']}; ORT int8 {o['size_mb']:.2f} MB "
+    print(f"PTQ ({p['backend']}): {quality_line(pq)}; ORT int8 {o['size_mb']:.2f} MB "
           f"({o['quantized_nodes']} nodes int8, {o['float_nodes']} kept float)")
     return q
 
