@@ -656,6 +656,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'pqk.eval.metrics.umeyama': ('eval/metrics.html#umeyama', 'pqk/eval/metrics.py'),
                                   'pqk.eval.metrics.vector_angle_deg': ('eval/metrics.html#vector_angle_deg', 'pqk/eval/metrics.py')},
             'pqk.eval.plotstyle': { 'pqk.eval.plotstyle._finite': ('eval/plotstyle.html#_finite', 'pqk/eval/plotstyle.py'),
+                                    'pqk.eval.plotstyle.bar_handle': ('eval/plotstyle.html#bar_handle', 'pqk/eval/plotstyle.py'),
                                     'pqk.eval.plotstyle.bars_timed': ('eval/plotstyle.html#bars_timed', 'pqk/eval/plotstyle.py'),
                                     'pqk.eval.plotstyle.cores_of': ('eval/plotstyle.html#cores_of', 'pqk/eval/plotstyle.py'),
                                     'pqk.eval.plotstyle.error_bars': ('eval/plotstyle.html#error_bars', 'pqk/eval/plotstyle.py'),
