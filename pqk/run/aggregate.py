@@ -23,8 +23,8 @@ __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX
            'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front', 'card_family',
            'speedup_vs_teacher', 'drop_interval', 'passed_decisively', 'classify_front', 'front_status', 'recommended',
            'tradeoff_points', 'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff',
-           'prune_share_label', 'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars',
-           'plot_stages', 'aggregate']
+           'prune_share_label', 'ablation_figure', 'plot_ablation', 'timing_mark', 'load_text', 'latency_figure',
+           'plot_latency', 'stage_bars', 'stages_figure', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -815,6 +815,16 @@ def plot_ablation(rows, path) -> Path:
     return _save(ablation_figure(rows), path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #70200bf6
+def timing_mark(row: dict, pre: str = 'efficiency') -> dict:
+    """{'load', 'noisy', 'limit'} of the timing logged under `pre` ('efficiency': the model's, 'efficiency.teacher':
+    its teacher's in the same run): its load, whether it was noisy (`pqk.eval.plotstyle.is_noisy`) and the limit."""
+    lim, load = pstyle.load_limit(row.get('environment.device')), _num(row.get(f'{pre}.load_avg'))
+    return {'load': load, 'noisy': pstyle.is_noisy(row.get(f'{pre}.latency_noisy'), load, lim), 'limit': lim}
+
+def load_text(load) -> str:
+    "'load 4.1', or 'load not logged' (a bar's tick label, a point's note)."
+    return f'load {load:.1f}' if _num(load) is not None else 'load not logged'
+
 def latency_figure(rows):
     "Per version group: latency p50, p95 and the same run's teacher p50 (ms) of the latest run per model and device."
     fig, panels = _panels(rows, 'latency per model and device (latest run; hatched: noisy or loaded timing)')
@@ -824,26 +834,19 @@ def latency_figure(rows):
         last = _latest(g['rows'], key)
         if not last: _nodata(ax, 'a latency'); continue
         ks = sorted(last, key=str); xs = list(range(len(ks))); w = 0.27
-        lim = pstyle.load_limit
-        noisy = [pstyle.is_noisy(last[k].get('efficiency.latency_noisy'), last[k].get('efficiency.load_avg'),
-                             lim(last[k].get('environment.device'))) for k in ks]
+        mt, tt = [timing_mark(last[k]) for k in ks], [timing_mark(last[k], 'efficiency.teacher') for k in ks]
+        noisy, tn = [m['noisy'] for m in mt], [t['noisy'] for t in tt]
         pstyle.bars_timed(ax, [x - w for x in xs], [last[k]['efficiency.latency_p50_ms'] for k in ks], noisy, 'C0', w,
-                      'p50')
+                          'p50')
         pstyle.bars_timed(ax, xs, [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], noisy, 'C1', w,
                           'p95')
-        tn = [pstyle.is_noisy(last[k].get('efficiency.teacher.latency_noisy'),
-                              last[k].get('efficiency.teacher.load_avg'), lim(last[k].get('environment.device')))
-              for k in ks]
         tp = [_num(last[k].get('efficiency.teacher.latency_p50_ms')) or 0 for k in ks]
         pstyle.bars_timed(ax, [x + w for x in xs], tp, tn, 'C7', w, 'teacher p50 (same run)')
-        load = lambda r: (f"\nload {_num(r.get('efficiency.load_avg')):.1f}"
-                          if _num(r.get('efficiency.load_avg')) is not None else '\nload not logged')
-        ax.set_xticks(xs, [f'{plot_text(m)}\n{plot_text(dv)}{load(last[(m, dv)])}' for m, dv in ks], rotation=30,
-                      ha='right', fontsize=7)
-        hs = ax.get_legend_handles_labels()[0]
+        ax.set_xticks(xs, [f"{plot_text(m)}\n{plot_text(dv)}\n{load_text(t['load'])}" for (m, dv), t in zip(ks, mt)],
+                      rotation=30, ha='right', fontsize=7)
+        hs = [pstyle.bar_handle(lab, c) for lab, c in (('p50', 'C0'), ('p95', 'C1'), ('teacher p50 (same run)', 'C7'))]
         if any(noisy) or any(tn):
-            rs = [last[k] for k, n, t in zip(ks, noisy, tn) if n or t]
-            hs.append(pstyle.noisy_bar_handle({lim(r.get('environment.device')) for r in rs}))
+            hs.append(pstyle.noisy_bar_handle({m['limit'] for m, t in zip(mt, tt) if m['noisy'] or t['noisy']}))
         ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax, hs)
     return fig
 
@@ -854,30 +857,41 @@ def plot_latency(rows, path) -> Path:
 # %% ../../nbs/run/72_aggregate.ipynb #ef5e16bc
 STAGE_NAMES = ('encoder', 'decoder', 'heads', 'postprocess')
 
-def stage_bars(rows) -> list[tuple[str, dict]]:
-    "[(label, {stage: ms})] of the latest run per model and device with a stage profile, and of its teacher."
+def stage_bars(rows) -> list[tuple[str, dict, dict]]:
+    """[(label, {stage: ms}, timing)] of the latest run per model and device with a stage profile, and of its teacher
+    timed in that run; `timing`: the load and noisy mark of that profile's timing (`timing_mark`)."""
     out = {}
     for r in sorted(rows, key=lambda r: str(r.get('started_utc'))):
-        for pre, name in (('efficiency.teacher.stages_ms', f"teacher {r.get('model.teacher') or ''}".strip()),
-                          ('efficiency.stages_ms', str(r.get('model.name')))):
-            st = {k: _num(r.get(f'{pre}.{k}')) for k in STAGE_NAMES}
-            if all(v is not None for v in st.values()): out[f"{name}\n{r.get('efficiency.device')}"] = st
-    return sorted(out.items())
+        for pre, name in (('efficiency.teacher', f"teacher {r.get('model.teacher') or ''}".strip()),
+                          ('efficiency', str(r.get('model.name')))):
+            st = {k: _num(r.get(f'{pre}.stages_ms.{k}')) for k in STAGE_NAMES}
+            if all(v is not None for v in st.values()):
+                out[f"{name}\n{r.get('efficiency.device')}"] = (st, timing_mark(r, pre))
+    return [(k, st, t) for k, (st, t) in sorted(out.items())]
 
-def plot_stages(rows, path) -> Path:
-    "Per version group: latency per stage (ms, median) of each model's latest run as stacked bars."
-    fig, panels = _panels(rows, 'latency per stage (latest run per model; teacher timed beside its student)')
+def stages_figure(rows):
+    """Per version group: latency per stage (ms, median) of each model's latest run and of its teacher timed in that
+    run, as stacked bars; a hatched outline where that timing was noisy, its load under the bar's name."""
+    fig, panels = _panels(rows, 'latency per stage (latest run per model; teacher timed beside its student; '
+                                'hatched: noisy or loaded timing)')
     for ax, g in panels:
         bars = stage_bars(g['rows'])
         if not bars: _nodata(ax, 'a stage profile'); continue
-        bottom = [0.] * len(bars)
+        xs, noisy = list(range(len(bars))), [t['noisy'] for _, _, t in bars]
+        bottom, hs = [0.] * len(bars), []
         for k, st in enumerate(STAGE_NAMES):
             v = [max(0., b[1][st]) for b in bars]
-            ax.bar(range(len(bars)), v, 0.6, bottom=bottom, label=st, color=f'C{k}')
-            bottom = [a + b for a, b in zip(bottom, v)]
-        ax.set_xticks(range(len(bars)), [plot_text(b[0], 120) for b in bars], rotation=30, ha='right', fontsize=7)
-        ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax)
-    return _save(fig, path)
+            pstyle.bars_timed(ax, xs, v, noisy, f'C{k}', 0.6, st, bottom=bottom)
+            hs.append(pstyle.bar_handle(st, f'C{k}')); bottom = [a + b for a, b in zip(bottom, v)]
+        if any(noisy): hs.append(pstyle.noisy_bar_handle({t['limit'] for _, _, t in bars if t['noisy']}))
+        ax.set_xticks(xs, [f"{plot_text(lab, 120)}\n{load_text(t['load'])}" for lab, _, t in bars], rotation=30,
+                      ha='right', fontsize=7)
+        ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax, hs)
+    return fig
+
+def plot_stages(rows, path) -> Path:
+    "Write `stages_figure(rows)` to `path` (PNG)."
+    return _save(stages_figure(rows), path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #cd2b3cf6
 def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
