@@ -15,10 +15,10 @@ NOISY_LOAD = 2.0        # load from which a timing is noisy when the log names n
 LABEL_FONT = 7
 
 # %% auto #0
-__all__ = ['STATUS_COLORS', 'FRONT_COLORS', 'NOISY_LOAD', 'LABEL_FONT', 'OFFSETS', 'new_figure', 'save_png', 'cores_of',
-           'load_limit', 'is_noisy', 'noisy_label', 'scatter_timed', 'bars_timed', 'marker_handle', 'bar_handle',
-           'noisy_handle', 'noisy_bar_handle', 'error_bars', 'threshold_line', 'legend_outside', 'place_labels',
-           'legend_texts', 'is_hollow']
+__all__ = ['STATUS_COLORS', 'FRONT_COLORS', 'NOISY_LOAD', 'LABEL_FONT', 'DEVICE_MARKERS', 'OTHER_MARKERS', 'OFFSETS',
+           'new_figure', 'save_png', 'cores_of', 'load_limit', 'is_noisy', 'noisy_label', 'scatter_timed', 'bars_timed',
+           'device_markers', 'marker_handle', 'bar_handle', 'noisy_handle', 'noisy_bar_handle', 'error_bars',
+           'threshold_line', 'legend_outside', 'place_labels', 'legend_texts', 'is_hollow']
 
 # %% ../../nbs/eval/37_plotstyle.ipynb #8be65fe3
 def new_figure(n: int = 1, width: float = 10.0, row_height: float = 4.2):
@@ -74,6 +74,15 @@ def bars_timed(ax, xs, heights, noisy, color, width: float = 0.8, label=None, bo
     for p, n in zip(bc.patches, noisy):
         if n: p.set_facecolor('none'); p.set_edgecolor(color); p.set_hatch('///')
     return bc
+
+DEVICE_MARKERS = {'cpu': 'o', 'cuda': 's'}
+OTHER_MARKERS = ('^', 'D', 'v', 'P', 'X', 'h')
+
+def device_markers(kinds) -> dict:
+    "{device kind: marker}: 'cpu' a circle, 'cuda' a square, the other kinds (sorted) the `OTHER_MARKERS` in turn."
+    others = sorted({k for k in kinds if k not in DEVICE_MARKERS}, key=str)
+    return {**{k: DEVICE_MARKERS[k] for k in sorted(set(kinds) & set(DEVICE_MARKERS))},
+            **{k: OTHER_MARKERS[i % len(OTHER_MARKERS)] for i, k in enumerate(others)}}
 
 def marker_handle(label: str, color, hollow: bool = False, marker: str = 'o'):
     "A legend entry: a marker (hollow or filled) without a line."
