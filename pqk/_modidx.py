@@ -1181,6 +1181,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'pqk.run.explore._own_size': ('run/explore.html#_own_size', 'pqk/run/explore.py'),
                                  'pqk.run.explore._pair': ('run/explore.html#_pair', 'pqk/run/explore.py'),
                                  'pqk.run.explore._stop': ('run/explore.html#_stop', 'pqk/run/explore.py'),
+                                 'pqk.run.explore._wrap_css': ('run/explore.html#_wrap_css', 'pqk/run/explore.py'),
                                  'pqk.run.explore.ci_names': ('run/explore.html#ci_names', 'pqk/run/explore.py'),
                                  'pqk.run.explore.cloud': ('run/explore.html#cloud', 'pqk/run/explore.py'),
                                  'pqk.run.explore.cloud_figure': ('run/explore.html#cloud_figure', 'pqk/run/explore.py'),
