@@ -18,13 +18,14 @@ from .scraps import read_displays, ScrapError
 # %% auto #0
 __all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS',
            'MAX_DEFAULT_PICKS', 'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI',
-           'CLOUD_POINT_SIZE', 'WRAP_ANYWHERE', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX', 'EXPLORER_NB',
-           'EXPLORER_CELLS', 'LOOPBACK', 'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs',
-           'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs',
-           'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'decisive_pick', 'pareto', 'status_counts',
-           'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud',
-           'cloud_figure', 'table_html', 'RunBrowser', 'diff_html', 'CompareView', 'ParetoView', 'PointmapView',
-           'Explorer', 'explorer_notebook', 'write_explorer', 'free_port', 'lab_command', 'stop_group', 'lab']
+           'CLOUD_POINT_SIZE', 'WRAP_ANYWHERE', 'ALWAYS_SHOWN', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX',
+           'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK', 'Runs', 'energy_mj', 'missing_files', 'load_runs',
+           'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs',
+           'compare_runs', 'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'decisive_pick', 'pareto',
+           'status_counts', 'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure',
+           'cloud', 'cloud_figure', 'table_html', 'RunBrowser', 'diff_html', 'CompareView', 'ParetoView',
+           'PointmapView', 'Explorer', 'explorer_notebook', 'write_explorer', 'free_port', 'lab_command', 'stop_group',
+           'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
@@ -491,26 +492,30 @@ class _View:
 
 # %% ../../nbs/run/74_explore.ipynb #0cac78d3
 WRAP_ANYWHERE = ('card', 'missing', 'reason')   # run table columns of long names and texts, broken anywhere
-
-def _wrap_css() -> str:
-    "Every table cell wraps (no sideways scrolling); run ids and `WRAP_ANYWHERE` columns even inside a word."
-    runs_cols = ', '.join(f'table.pqk-runs td:nth-child({TABLE_COLUMNS.index(c) + 2})' for c in WRAP_ANYWHERE)
-    return ('table.pqk-runs, table.pqk-diff {width: 100%} '
-            'table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th {white-space: normal; '
-            'overflow-wrap: break-word; padding: 1px 8px; text-align: left; vertical-align: top} '
-            f'table.pqk-diff td, table.pqk-diff th, table.pqk-runs tbody th, {runs_cols} {{overflow-wrap: anywhere}}')
+ALWAYS_SHOWN = ('card', 'kind', 'status', 'started', 'versions')   # the others only when a shown run has a value
 
 TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%} '   # the table fits, not the page
-             + _wrap_css() + '</style>')
+             'table.pqk-runs, table.pqk-diff {width: 100%} '
+             'table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th {white-space: normal; '
+             'overflow-wrap: break-word; padding: 1px 5px; text-align: left; vertical-align: top} '
+             'table.pqk-diff td, table.pqk-diff th, table.pqk-runs th {overflow-wrap: anywhere}</style>')
+
+def _anywhere_css(cols) -> str:
+    "A style that breaks the run table's `WRAP_ANYWHERE` columns (of `cols`, as shown) even inside a word."
+    sel = ', '.join(f'table.pqk-runs td:nth-child({i + 2})' for i, c in enumerate(cols) if c in WRAP_ANYWHERE)
+    return f'<style>{sel} {{overflow-wrap: anywhere}}</style>' if sel else ''
 
 def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
-    """The browser table as escaped HTML, one run per row (long values wrapped, never scrolled sideways), numbers to
-    4 digits, at most `max_rows` rows."""
+    """The browser table as escaped HTML, one run per row, at most `max_rows` rows, numbers to 4 digits; it fits the
+    notebook's width instead of scrolling sideways: cells wrap (see above) and a column no shown run has a value in
+    is left out (outside `ALWAYS_SHOWN`)."""
     show = df.head(max_rows).copy()
     show['started'] = show['started'].dt.strftime('%Y-%m-%d %H:%M')
     show['reason'] = [clip_text(r, 80) if isinstance(r, str) else r for r in show['reason']]
+    blank = lambda s: bool((s.isna() | s.astype(str).str.strip().eq('')).all())
+    show = show[[c for c in show.columns if c in ALWAYS_SHOWN or not blank(show[c])]]
     t = show.to_html(classes='pqk-runs', na_rep='–', float_format=lambda v: f'{v:.4g}', escape=True, border=0)
-    return f'{TABLE_CSS}<div style="overflow:auto; max-height:520px">{t}</div>'
+    return f'{TABLE_CSS}{_anywhere_css(show.columns)}<div style="overflow:auto; max-height:520px">{t}</div>'
 
 # %% ../../nbs/run/74_explore.ipynb #9ad1fe10
 class RunBrowser(_View):
