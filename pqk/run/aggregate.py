@@ -644,7 +644,7 @@ def _annotated(r: dict) -> dict:
     t = {'speedup': r['front.speedup'], 'source': r['front.speedup_source'], 'load': r['front.load'],
          'noisy': r['front.noisy'], 'limit': pstyle.load_limit(r.get('environment.device'))}
     return {'row': r, 'timing': t, 'drop': drop_interval(r), 'decisive': r['front.passed_decisively'],
-            'front': r['front.status'], 'device': r['front.device']}
+            'front': r['front.status'], 'device': r.get('front.device') or device_kind(r)}
 
 def _front_rows(rows: list[dict]) -> list[dict]:
     """Per run of ONE version group: {'row', 'timing' (speedup_vs_teacher), 'drop' (drop_interval), 'device'
