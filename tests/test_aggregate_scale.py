@@ -69,4 +69,4 @@ def test_two_workload_versions_never_share_a_table(scale):
         assert versions == {name.split()[0][1:]}, (name, versions)
     for g in sj['groups']:                                       # each group: its own front and recommendation
         assert sum(g['front'].values()) == g['n_runs'] and g['front'].get('frontier'), g['front']
-        assert g['recommended'] is None or g['recommended']['run_id'], g['recommended']
+        assert all(v['run_id'] and v['device'] == d for d, v in g['recommended'].items()), g['recommended']

@@ -9,8 +9,9 @@ every cell, then visits each tab,
 saves a screenshot of it and checks its visible text (the DOM's, not pixels) against a short list of what it must
 and must not show (`TAB_TEXTS`, `NOT_SHOWN`); on the way: the comparison fits the page without sideways scrolling,
 its figures are at least 320 px wide, the Pareto tab links the recommended run's notebook, the 3D view is shown near
-its own 1120 px, and a filter widget changes the run table. The screenshots (explorer-<tab>.png) and the visible texts
-(explorer-texts.txt) are left in the test's temporary folder.
+its own 1120 px, the run table fits its box (wrapped, never scrolled sideways), and a filter widget changes the run
+table. The screenshots (explorer-<tab>.png) and the visible texts (explorer-texts.txt) are left in the test's
+temporary folder.
 
 Needs Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver) and the dev dependency
 `selenium`; without them the test is skipped with the reason, except under CI (`CI` or `PQK_CI` set), where it fails.
@@ -200,6 +201,9 @@ def test_explorer_in_jupyterlab(lab):
             assert not wide, f'tab {name} scrolls sideways: {wide}'
             for t in NOT_SHOWN.get(name, []) + EVERYWHERE_NOT: assert t not in texts[name], (name, t)
         visit('Runs', lambda: css('table.pqk-runs'), 'no run table')
+        box = css('table.pqk-runs')[0].find_element(By.XPATH, '..')         # the run table's box: wraps, no sideways
+        assert js('return arguments[0].scrollWidth <= arguments[0].clientWidth + 1', box), \
+            js('return [arguments[0].scrollWidth, arguments[0].clientWidth]', box)
         count = lambda: next(e.text for e in css('.widget-html-content') if 'run(s) in' in e.text and 'of' in e.text)
         visit('Compare', lambda: css('table.pqk-diff'), 'no comparison table')
         diff = css('table.pqk-diff')[0].find_element(By.XPATH, '..')        # its scrolling box: no sideways scroll

@@ -21,7 +21,9 @@ def test_front_and_recommendation_in_the_reports(tmp_path):
     name = {v: k for k, v in ids.items()}
     assert {name[r['run_id']]: r['front.status'] for r in sj['runs']} == DAY_FRONT
     [g] = sj['groups']
-    assert g['recommended']['run_id'] == ids['A1-fast'] and g['recommended']['speedup'] == pytest.approx(1.65)
+    assert list(g['recommended']) == ['cpu'], g['recommended']          # every run of the day timed on the CPU
+    rec = g['recommended']['cpu']
+    assert rec['run_id'] == ids['A1-fast'] and rec['speedup'] == pytest.approx(1.65) and rec['device'] == 'cpu'
     assert g['front'] == {'frontier': 4, 'ambiguous': 2, 'dominated': 1, 'unplaced': 1}
     by = {name[r['run_id']]: r for r in sj['runs']}
     assert by['E0']['front.noisy'] is True and by['E0']['front.load'] == 6.7 and by['E0']['front.speedup'] == 1.0
@@ -34,7 +36,7 @@ def test_front_and_recommendation_in_the_reports(tmp_path):
     assert {k: v['front'] for k, v in main.items()} == DAY_FRONT
     assert [k for k, v in main.items() if v['recommended']] == ['A1-fast']
     idx = list(wb['versions'].iter_rows(values_only=True))
-    assert dict(zip(idx[0], idx[1]))['recommended'] == ids['A1-fast']
+    assert dict(zip(idx[0], idx[1]))['recommended'] == f"{ids['A1-fast']} (cpu)"
 
 
 def test_without_intervals_nothing_is_ambiguous_or_decisive(tmp_path):
@@ -42,4 +44,4 @@ def test_without_intervals_nothing_is_ambiguous_or_decisive(tmp_path):
     name = {v: k for k, v in ids.items()}
     got = {name[r['run_id']]: r['front.status'] for r in sj['runs']}
     assert got == {**DAY_FRONT, 'A1-early': 'dominated', 'B1': 'dominated'}, got
-    assert sj['groups'][0]['recommended'] is None
+    assert sj['groups'][0]['recommended'] == {}

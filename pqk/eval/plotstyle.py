@@ -15,10 +15,10 @@ NOISY_LOAD = 2.0        # load from which a timing is noisy when the log names n
 LABEL_FONT = 7
 
 # %% auto #0
-__all__ = ['STATUS_COLORS', 'FRONT_COLORS', 'NOISY_LOAD', 'LABEL_FONT', 'OFFSETS', 'new_figure', 'save_png', 'cores_of',
-           'load_limit', 'is_noisy', 'noisy_label', 'scatter_timed', 'bars_timed', 'marker_handle', 'noisy_handle',
-           'noisy_bar_handle', 'error_bars', 'threshold_line', 'legend_outside', 'place_labels', 'legend_texts',
-           'is_hollow']
+__all__ = ['STATUS_COLORS', 'FRONT_COLORS', 'NOISY_LOAD', 'LABEL_FONT', 'DEVICE_MARKERS', 'OTHER_MARKERS', 'OFFSETS',
+           'new_figure', 'save_png', 'cores_of', 'load_limit', 'is_noisy', 'noisy_label', 'scatter_timed', 'bars_timed',
+           'device_markers', 'marker_handle', 'bar_handle', 'noisy_handle', 'noisy_bar_handle', 'error_bars',
+           'threshold_line', 'legend_outside', 'place_labels', 'legend_texts', 'is_hollow']
 
 # %% ../../nbs/eval/37_plotstyle.ipynb #8be65fe3
 def new_figure(n: int = 1, width: float = 10.0, row_height: float = 4.2):
@@ -68,18 +68,32 @@ def scatter_timed(ax, xs, ys, noisy, color, label=None, s: float = 30, marker: s
                                 zorder=zorder, label=None if q else label))
     return out
 
-def bars_timed(ax, xs, heights, noisy, color, width: float = 0.8, label=None):
-    "Bars: filled where timed quietly, a hatched outline where `noisy`; the BarContainer."
-    bc = ax.bar(xs, heights, width, color=color, label=label)
+def bars_timed(ax, xs, heights, noisy, color, width: float = 0.8, label=None, bottom=None):
+    "Bars (on `bottom` when stacked): filled where timed quietly, a hatched outline where `noisy`; the BarContainer."
+    bc = ax.bar(xs, heights, width, bottom=bottom, color=color, label=label)
     for p, n in zip(bc.patches, noisy):
         if n: p.set_facecolor('none'); p.set_edgecolor(color); p.set_hatch('///')
     return bc
+
+DEVICE_MARKERS = {'cpu': 'o', 'cuda': 's'}
+OTHER_MARKERS = ('^', 'D', 'v', 'P', 'X', 'h')
+
+def device_markers(kinds) -> dict:
+    "{device kind: marker}: 'cpu' a circle, 'cuda' a square, the other kinds (sorted) the `OTHER_MARKERS` in turn."
+    others = sorted({k for k in kinds if k not in DEVICE_MARKERS}, key=str)
+    return {**{k: DEVICE_MARKERS[k] for k in sorted(set(kinds) & set(DEVICE_MARKERS))},
+            **{k: OTHER_MARKERS[i % len(OTHER_MARKERS)] for i, k in enumerate(others)}}
 
 def marker_handle(label: str, color, hollow: bool = False, marker: str = 'o'):
     "A legend entry: a marker (hollow or filled) without a line."
     from matplotlib.lines import Line2D
     return Line2D([], [], ls='none', marker=marker, markersize=6, color=color,
                   markerfacecolor='none' if hollow else color, label=label)
+
+def bar_handle(label: str, color):
+    "A legend entry: a filled bar (a container's own entry copies its first bar, which may be a noisy outline)."
+    from matplotlib.patches import Patch
+    return Patch(facecolor=color, edgecolor=color, label=label)
 
 def noisy_handle(limits=()):
     "The legend entry of the hollow marks (`noisy_label`)."

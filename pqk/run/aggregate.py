@@ -16,15 +16,15 @@ from ..eval import plotstyle as pstyle
 # %% auto #0
 __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX_TEXT', 'FRONT_COLUMNS', 'MAIN_COLUMNS',
            'MAIN_HEADERS', 'CSV_FORMULA_LEAD', 'MAX_PANELS', 'MAX_LABELS', 'FRONT_STATUSES', 'STATUS_COLORS',
-           'MAX_AVOID', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple', 'upgrade_log',
-           'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1', 'upgrade_1_1_to_1_2',
-           'log_row', 'cache_key', 'parse_entries', 'read_rows', 'version_groups', 'report_columns', 'flat_rows',
-           'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'annotate_front', 'report_sheets', 'main_rows',
-           'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'pareto_front', 'card_family',
-           'speedup_vs_teacher', 'drop_interval', 'passed_decisively', 'classify_front', 'front_status', 'recommended',
-           'tradeoff_points', 'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff',
-           'prune_share_label', 'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars',
-           'plot_stages', 'aggregate']
+           'MAX_AVOID', 'NOTES_CAPTION', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple',
+           'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1',
+           'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'parse_entries', 'read_rows', 'version_groups',
+           'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'annotate_front',
+           'report_sheets', 'main_rows', 'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'timing_mark',
+           'load_text', 'pareto_front', 'card_family', 'speedup_vs_teacher', 'drop_interval', 'passed_decisively',
+           'device_kind', 'classify_front', 'front_status', 'recommended', 'tradeoff_points', 'drop_errors',
+           'threshold_labels', 'tradeoff_figure', 'plot_tradeoff', 'prune_share_label', 'ablation_figure',
+           'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars', 'stages_figure', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -400,38 +400,39 @@ def _nonempty(cols, rows) -> list[str]:
 
 def group_summary(g: dict) -> dict:
     """What a version group holds: versions, counts per status, kind and front status (`front.status`, see
-    `annotate_front`), the recommended run, first and last start."""
+    `annotate_front`), the recommended run of each device kind ({device kind: run}), first and last start."""
     st = [str(r.get('started_utc')) for r in g['rows']]
-    rec = next((r for r in g['rows'] if r.get('front.recommended')), None)
+    recs = sorted((r for r in g['rows'] if r.get('front.recommended')), key=lambda r: str(r.get('front.device')))
     return {'key': g['key'], 'label': g['label'], 'workload_version': g['workload'], 'eval_version': g['eval'],
             'n_runs': len(g['rows']), 'status': _counts(g['rows'], 'status'), 'kind': _counts(g['rows'], 'kind'),
-            'front': _counts(g['rows'], 'front.status') if rec or any('front.status' in r for r in g['rows']) else {},
-            'recommended': None if rec is None else {
-                'run_id': rec['run_id'], 'card': rec.get('task_card'), 'speedup': rec.get('front.speedup'),
-                'speedup_source': rec.get('front.speedup_source'), 'drop_pct': rec.get('quality.quality_drop_pct'),
-                'drop_lo_pct': rec.get('quality.quality_drop_lo_pct'),
+            'front': _counts(g['rows'], 'front.status') if any('front.status' in r for r in g['rows']) else {},
+            'recommended': {str(rec.get('front.device')): {
+                'run_id': rec['run_id'], 'card': rec.get('task_card'), 'device': rec.get('front.device'),
+                'speedup': rec.get('front.speedup'), 'speedup_source': rec.get('front.speedup_source'),
+                'drop_pct': rec.get('quality.quality_drop_pct'), 'drop_lo_pct': rec.get('quality.quality_drop_lo_pct'),
                 'drop_hi_pct': rec.get('quality.quality_drop_hi_pct'),
-                'threshold_pct': rec.get('thresholds.quality_drop_max_pct')},
+                'threshold_pct': rec.get('thresholds.quality_drop_max_pct')} for rec in recs},
             'first_started_utc': min(st) if st else None, 'last_started_utc': max(st) if st else None}
 
-FRONT_COLUMNS = ('front.status', 'front.recommended', 'front.passed_decisively', 'front.speedup',
+FRONT_COLUMNS = ('front.status', 'front.recommended', 'front.passed_decisively', 'front.device', 'front.speedup',
                  'front.speedup_source', 'front.load', 'front.noisy')
 
 # %% ../../nbs/run/72_aggregate.ipynb #3c28a9f7
-def annotate_front(groups: list[dict]) -> dict[str, str | None]:
-    """Add the `FRONT_COLUMNS` to every row of `groups` (in place): front status, recommended, passed decisively, and
-    the speed-up against the teacher timed in the run with its source, load and noisy mark; {group key: recommended
-    run_id or None}."""
+def annotate_front(groups: list[dict]) -> dict[str, dict[str, str]]:
+    """Add the `FRONT_COLUMNS` to every row of `groups` (in place): front status (each device kind on its own front),
+    recommended (one per device kind), passed decisively, the device kind, and the speed-up against the teacher timed
+    in the run with its source, load and noisy mark; {group key: {device kind: recommended run_id}}."""
     out = {}
     for g in groups:
         for r in g['rows']: r.pop('front.status', None)          # computed afresh, never read back
-        info = _front_rows(g['rows']); best = _pick(info)
+        info = _front_rows(g['rows']); best = _picks(info)
         for x in info:
             t = x['timing']
-            x['row'].update({'front.status': x['front'], 'front.recommended': x is best,
-                             'front.passed_decisively': x['decisive'], 'front.speedup': t['speedup'],
-                             'front.speedup_source': t['source'], 'front.load': t['load'], 'front.noisy': t['noisy']})
-        out[g['key']] = best['row']['run_id'] if best else None
+            x['row'].update({'front.status': x['front'], 'front.recommended': best.get(x['device']) is x,
+                             'front.passed_decisively': x['decisive'], 'front.device': x['device'],
+                             'front.speedup': t['speedup'], 'front.speedup_source': t['source'],
+                             'front.load': t['load'], 'front.noisy': t['noisy']})
+        out[g['key']] = {d: x['row']['run_id'] for d, x in best.items()}
     return out
 
 def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]:
@@ -445,7 +446,7 @@ def report_sheets(groups: list[dict]) -> list[tuple[str, list[str], list[dict]]]
         index.append({'sheet': g['key'], 'workload version': g['workload'], 'eval version': g['eval'],
                       'runs': s['n_runs'],
                       **{k: s['status'].get(k, 0) for k in ('passed', 'inconclusive', 'failed', 'stopped')},
-                      'recommended': (s['recommended'] or {}).get('run_id'),
+                      'recommended': '; '.join(f"{v['run_id']} ({d})" for d, v in s['recommended'].items()) or None,
                       'first run (UTC)': s['first_started_utc'], 'last run (UTC)': s['last_started_utc'],
                       'detail sheets': ', '.join([f"{g['key']} all"] + [f"{g['key']} {k}" for k in kinds])})
         body.append((g['key'], MAIN_HEADERS, main_rows(g['rows'])))
@@ -471,6 +472,7 @@ MAIN_COLUMNS: tuple = (
     ('threshold rule', 'thresholds.rule'), ('verdict rule', 'thresholds.verdict_rule'), ('pairs', 'quality.n_pairs'),
     ('pairs to resolve', 'quality.pairs_to_resolve'), ('speed-up vs teacher (x)', 'front.speedup'),
     ('speed-up timed', 'front.speedup_source'), ('timing load', 'front.load'), ('timing noisy', 'front.noisy'),
+    ('front device kind', 'front.device'),
     ('latency p50 ms', 'efficiency.latency_p50_ms'), ('teacher p50 ms (same run)', 'efficiency.teacher.latency_p50_ms'),
     ('device', 'efficiency.device'), ('backend', 'efficiency.backend'), ('params', 'model.params'),
     ('teacher params', 'model.teacher_params'), ('size MB', 'model.size_mb'), ('GFLOPs', 'efficiency.gflops'),
@@ -521,6 +523,16 @@ def _num(v):
 def plot_text(v, n: int = 60) -> str:
     "Text from a log as plot text: at most `n` characters, `$` escaped (matplotlib reads `$…$` as mathtext)."
     return clip_text(str(v), n).replace('$', r'\$')
+
+def timing_mark(row: dict, pre: str = 'efficiency') -> dict:
+    """{'load', 'noisy', 'limit'} of the timing logged under `pre` ('efficiency': the model's, 'efficiency.teacher':
+    its teacher's in the same run): its load, whether it was noisy (`pqk.eval.plotstyle.is_noisy`) and the limit."""
+    lim, load = pstyle.load_limit(row.get('environment.device')), _num(row.get(f'{pre}.load_avg'))
+    return {'load': load, 'noisy': pstyle.is_noisy(row.get(f'{pre}.latency_noisy'), load, lim), 'limit': lim}
+
+def load_text(load) -> str:
+    "'load 4.1', or 'load not logged' (a bar's tick label, a point's note)."
+    return f'load {load:.1f}' if _num(load) is not None else 'load not logged'
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     "Indices of the points not dominated when both coordinates are better lower (ties kept), sorted by x."
@@ -592,6 +604,18 @@ def passed_decisively(row: dict) -> bool:
     return (row.get('status') == 'passed' and lo is not None and hi is not None and t is not None
             and hi <= t + 1e-9 * max(1.0, abs(t)))
 
+def device_kind(row: dict) -> str:
+    """The kind of device a run's timings were taken on, a torch device type ('cpu', 'cuda'): from
+    `efficiency.device` ('cuda:0' → 'cuda'; an edge board by its name), else the log's `resource.device_kind`, else
+    `environment.device` ('cpu x2' → 'cpu', a GPU's name → 'cuda'); 'unknown' when the log names none."""
+    first = lambda v: (re.match(r'[a-z0-9_.-]*', str(v or '').strip().lower()).group() or '')[:40]
+    d = first(row.get('efficiency.device'))
+    if d and d != 'unknown': return d
+    k = first(row.get('resource.device_kind'))
+    if k and k != 'unknown': return k
+    e = str(row.get('environment.device') or '').strip().lower()
+    return 'unknown' if not e or e == 'unknown' else 'cpu' if e.startswith('cpu') else 'cuda'
+
 # %% ../../nbs/run/72_aggregate.ipynb #f8f89668
 FRONT_STATUSES = ('frontier', 'ambiguous', 'dominated', 'unplaced')
 
@@ -620,35 +644,43 @@ def _annotated(r: dict) -> dict:
     t = {'speedup': r['front.speedup'], 'source': r['front.speedup_source'], 'load': r['front.load'],
          'noisy': r['front.noisy'], 'limit': pstyle.load_limit(r.get('environment.device'))}
     return {'row': r, 'timing': t, 'drop': drop_interval(r), 'decisive': r['front.passed_decisively'],
-            'front': r['front.status']}
+            'front': r['front.status'], 'device': r.get('front.device') or device_kind(r)}
 
 def _front_rows(rows: list[dict]) -> list[dict]:
-    """Per run of ONE version group: {'row', 'timing' (speedup_vs_teacher), 'drop' (drop_interval), 'front',
-    'decisive'}; read from the `front.*` columns when `annotate_front` has written them (the reports' plots)."""
+    """Per run of ONE version group: {'row', 'timing' (speedup_vs_teacher), 'drop' (drop_interval), 'device'
+    (device_kind), 'front', 'decisive'}, each device kind on its own front; read from the `front.*` columns when
+    `annotate_front` has written them (the reports' plots)."""
     if rows and all('front.status' in r for r in rows): return [_annotated(r) for r in rows]
-    info = [{'row': r, 'timing': speedup_vs_teacher(r), 'drop': drop_interval(r), 'decisive': passed_decisively(r)}
-            for r in rows]
-    placed = [x for x in info if x['timing']['speedup'] is not None and x['drop'] is not None]
-    for x in info: x['front'] = 'unplaced'
-    st = classify_front([(x['timing']['speedup'], x['drop'][1], x['drop'][0], x['drop'][2]) for x in placed])
-    for x, s in zip(placed, st): x['front'] = s
+    info = [{'row': r, 'timing': speedup_vs_teacher(r), 'drop': drop_interval(r), 'decisive': passed_decisively(r),
+             'device': device_kind(r), 'front': 'unplaced'} for r in rows]
+    by = {}
+    for x in info:
+        if x['timing']['speedup'] is not None and x['drop'] is not None: by.setdefault(x['device'], []).append(x)
+    for placed in by.values():
+        st = classify_front([(x['timing']['speedup'], x['drop'][1], x['drop'][0], x['drop'][2]) for x in placed])
+        for x, s in zip(placed, st): x['front'] = s
     return info
 
-def _pick(info: list[dict]) -> dict | None:
-    "The recommended entry of `_front_rows`: the fastest placed run that passed decisively (ties: lower hi, latest)."
-    ok = [x for x in info if x['decisive'] and x['front'] != 'unplaced']
-    return max(ok, key=lambda x: (x['timing']['speedup'], -x['drop'][2], str(x['row'].get('started_utc'))),
-               default=None)
+def _picks(info: list[dict]) -> dict[str, dict]:
+    """{device kind: the recommended entry of `_front_rows`}: per device kind, the fastest placed run that passed
+    decisively (ties: lower hi, latest); by device kind."""
+    out, key = {}, lambda x: (x['timing']['speedup'], -x['drop'][2], str(x['row'].get('started_utc')))
+    for x in info:
+        if x['decisive'] and x['front'] != 'unplaced' and (x['device'] not in out or key(x) > key(out[x['device']])):
+            out[x['device']] = x
+    return dict(sorted(out.items()))
 
 def front_status(rows: list[dict]) -> dict[str, str]:
     """{run_id: 'frontier' | 'ambiguous' | 'dominated' | 'unplaced'} of report rows (`read_rows`, `flat_rows`), each
-    version group on its own front; 'unplaced': no speed-up against a teacher timed in the run, or no drop."""
+    version group and device kind on its own front; 'unplaced': no speed-up against a teacher timed in the run, or no
+    drop."""
     return {x['row']['run_id']: x['front'] for g in version_groups(rows) for x in _front_rows(g['rows'])}
 
-def recommended(rows: list[dict]) -> dict[str, str | None]:
-    """{version group key ('w1.0 e1.0'): run_id of its recommended run, or None}: the fastest (speed-up against the
-    teacher timed in the run) among the runs that passed decisively (`passed_decisively`)."""
-    return {g['key']: (x['row']['run_id'] if (x := _pick(_front_rows(g['rows']))) else None)
+def recommended(rows: list[dict]) -> dict[str, dict[str, str]]:
+    """{version group key ('w1.0 e1.0'): {device kind: run_id of its recommended run}} ({} when none): per device
+    kind, the fastest (speed-up against the teacher timed in the run) among the runs that passed decisively
+    (`passed_decisively`)."""
+    return {g['key']: {d: x['row']['run_id'] for d, x in _picks(_front_rows(g['rows'])).items()}
             for g in version_groups(rows)}
 
 # %% ../../nbs/run/72_aggregate.ipynb #7aa3780c
@@ -705,42 +737,52 @@ def threshold_labels(rows) -> dict[float, str]:
 MAX_AVOID = 300        # labels keep clear of every marker up to this many points in a panel (else of the front's)
 
 # %% ../../nbs/run/72_aggregate.ipynb #31779662
-def _tradeoff_panel(ax, rows) -> tuple[list, list]:
-    """Draw one version group's trade-off on `ax`; the (xy, label) of the points to label, most important first, and
-    the points whose markers the labels keep clear of."""
+def _tradeoff_panel(ax, rows) -> tuple[list, list, list]:
+    """Draw one version group's trade-off on `ax`, each device kind with its marker and on its own front; the (xy,
+    label) of the points to label (recommended, then front; most important first), the (xy, 'load 6.3') notes of the
+    other noisy points, and the points whose markers the labels keep clear of."""
     from matplotlib.lines import Line2D
     info = _front_rows(rows)
     placed = [x for x in info if x['front'] != 'unplaced']
-    if not placed: _nodata(ax, 'a speed-up against a teacher timed in the run and a quality drop'); return [], []
-    handles, limits = [], set()
+    if not placed:
+        _nodata(ax, 'a speed-up against a teacher timed in the run and a quality drop'); return [], [], []
+    devs = sorted({x['device'] for x in placed}); mk = pstyle.device_markers(devs); several = len(devs) > 1
+    sx, sy = (lambda xs: [x['timing']['speedup'] for x in xs]), (lambda xs: [x['drop'][0] for x in xs])
+    handles = []
     for st, c in STATUS_COLORS.items():
         sel = [x for x in placed if x['row'].get('status') == st]
         if not sel: continue
-        xs, ys = [x['timing']['speedup'] for x in sel], [x['drop'][0] for x in sel]
-        pstyle.scatter_timed(ax, xs, ys, [x['timing']['noisy'] for x in sel], c, label=st)
+        for d in devs:
+            sd = [x for x in sel if x['device'] == d]
+            if sd: pstyle.scatter_timed(ax, sx(sd), sy(sd), [x['timing']['noisy'] for x in sd], c, st, marker=mk[d])
         iv = [x for x in sel if x['drop'][1] != x['drop'][2]]
-        pstyle.error_bars(ax, [x['timing']['speedup'] for x in iv], [x['drop'][0] for x in iv],
-                          [x['drop'][1] for x in iv], [x['drop'][2] for x in iv], c)
+        pstyle.error_bars(ax, sx(iv), sy(iv), [x['drop'][1] for x in iv], [x['drop'][2] for x in iv], c)
         handles.append(pstyle.marker_handle(st, c))
+    handles += [pstyle.marker_handle(f'timed on {plot_text(d, 30)}', 'dimgray', marker=mk[d]) for d in devs]
     noisy = [x for x in placed if x['timing']['noisy']]
     if noisy: handles.append(pstyle.noisy_handle({x['timing']['limit'] for x in noisy}))
-    front = sorted((x for x in placed if x['front'] == 'frontier'), key=lambda x: x['timing']['speedup'])
-    fx, fy = [x['timing']['speedup'] for x in front], [x['drop'][0] for x in front]
-    handles.append(ax.step(fx, fy, where='pre', color='k', lw=1, zorder=2, label='Pareto front')[0])
-    ax.scatter(fx, fy, s=140, facecolors='none', edgecolors='k', zorder=4)
+    front = []
+    for i, d in enumerate(devs):                                  # one front per device kind, never a mixed one
+        fd = sorted((x for x in placed if x['front'] == 'frontier' and x['device'] == d),
+                    key=lambda x: x['timing']['speedup'])
+        front += fd
+        handles.append(ax.step(sx(fd), sy(fd), where='pre', color='k', lw=1, ls=('-', '--', ':', '-.')[i % 4],
+                               zorder=2, label='Pareto front' + (f' ({plot_text(d, 30)})' if several else ''))[0])
+        ax.scatter(sx(fd), sy(fd), s=140, facecolors='none', edgecolors='k', marker=mk[d], zorder=4)
     amb = [x for x in placed if x['front'] == 'ambiguous']
+    for d in devs:
+        ad = [x for x in amb if x['device'] == d]
+        if ad: ax.scatter(sx(ad), sy(ad), s=140, facecolors='none', edgecolors=pstyle.FRONT_COLORS['ambiguous'],
+                          linestyles='--', marker=mk[d], zorder=4)
     if amb:
-        ax.scatter([x['timing']['speedup'] for x in amb], [x['drop'][0] for x in amb], s=140, facecolors='none',
-                   edgecolors=pstyle.FRONT_COLORS['ambiguous'], linestyles='--', zorder=4)
         handles.append(Line2D([], [], ls='none', marker='o', markersize=10, markerfacecolor='none',
                               color=pstyle.FRONT_COLORS['ambiguous'],
                               label="ambiguous (interval overlaps a better run's)"))
-    best = _pick(info)
-    if best is not None:
-        ax.scatter([best['timing']['speedup']], [best['drop'][0]], marker='*', s=260, color='gold', edgecolors='k',
-                   zorder=6)
+    best = sorted(_picks(info).values(), key=lambda x: -x['timing']['speedup'])
+    if best:
+        ax.scatter(sx(best), sy(best), marker='*', s=260, color='gold', edgecolors='k', zorder=6)
         handles.append(Line2D([], [], ls='none', marker='*', markersize=12, color='gold', markeredgecolor='k',
-                              label='recommended (fastest passed decisively)'))
+                              label='recommended (fastest passed decisively' + (', per device)' if several else ')')))
     for t, lab in threshold_labels([x['row'] for x in placed]).items():
         handles.append(pstyle.threshold_line(ax, t, lab))
     ax.axvline(1.0, color='lightgray', lw=0.8, zorder=0)
@@ -755,20 +797,30 @@ def _tradeoff_panel(ax, rows) -> tuple[list, list]:
     ax.set_ylabel('quality drop (%)')
     lab = lambda x: (plot_text(x['row'].get('task_card'), 30) + f" {x['timing']['speedup']:.2f}×"
                      + (f" · load {x['timing']['load']:.1f}" if x['timing']['load'] is not None else ''))
-    first = [best] if best is not None else []
-    labels = [((x['timing']['speedup'], x['drop'][0]), lab(x)) for x in first + [x for x in front if x is not best]]
+    named = best + [x for x in front if not any(x is b for b in best)]
+    labels, ids = [((x['timing']['speedup'], x['drop'][0]), lab(x)) for x in named], {id(x) for x in named}
+    notes = [((x['timing']['speedup'], x['drop'][0]), load_text(x['timing']['load'])) for x in noisy
+             if id(x) not in ids]
+    if notes: ax.title.set_text(ax.get_title() + '\n' + NOTES_CAPTION.format(''))     # the caption's line
     avoid = placed if len(placed) <= MAX_AVOID else front
-    return labels, [(x['timing']['speedup'], x['drop'][0]) for x in avoid]
+    return labels, notes, [(x['timing']['speedup'], x['drop'][0]) for x in avoid]
 
 # %% ../../nbs/run/72_aggregate.ipynb #916ae278
+NOTES_CAPTION = 'hollow: a noisy timing, its load written beside it{}'
+
 def tradeoff_figure(rows):
     "The trade-off figure of `rows`, one panel per version group (see above)."
     fig, panels = _panels(rows, 'quality drop vs speed-up against the teacher timed in the same run '
                                 '(lower-right is better; bars: 95% interval of the drop)', h=4.6)
     todo = [(ax, _tradeoff_panel(ax, g['rows'])) for ax, g in panels]
     fig.tight_layout()
-    for ax, (labels, avoid) in todo:
+    for ax, (labels, notes, avoid) in todo:
         pstyle.place_labels(ax, [xy for xy, _ in labels[:MAX_LABELS]], [t for _, t in labels[:MAX_LABELS]], avoid=avoid)
+        put = pstyle.place_labels(ax, [xy for xy, _ in notes[:MAX_LABELS]], [t for _, t in notes[:MAX_LABELS]],
+                                  avoid=avoid)
+        if len(put) < len(notes):                 # the caption's line exists already: the layout stays as checked
+            ax.title.set_text(ax.get_title().replace(NOTES_CAPTION.format(''), NOTES_CAPTION.format(
+                f' (of {len(notes) - len(put)} not written: no room; see front.load in result_table.xlsx)')))
     return fig
 
 def plot_tradeoff(rows, path) -> Path:
@@ -824,26 +876,19 @@ def latency_figure(rows):
         last = _latest(g['rows'], key)
         if not last: _nodata(ax, 'a latency'); continue
         ks = sorted(last, key=str); xs = list(range(len(ks))); w = 0.27
-        lim = pstyle.load_limit
-        noisy = [pstyle.is_noisy(last[k].get('efficiency.latency_noisy'), last[k].get('efficiency.load_avg'),
-                             lim(last[k].get('environment.device'))) for k in ks]
+        mt, tt = [timing_mark(last[k]) for k in ks], [timing_mark(last[k], 'efficiency.teacher') for k in ks]
+        noisy, tn = [m['noisy'] for m in mt], [t['noisy'] for t in tt]
         pstyle.bars_timed(ax, [x - w for x in xs], [last[k]['efficiency.latency_p50_ms'] for k in ks], noisy, 'C0', w,
-                      'p50')
+                          'p50')
         pstyle.bars_timed(ax, xs, [_num(last[k].get('efficiency.latency_p95_ms')) or 0 for k in ks], noisy, 'C1', w,
                           'p95')
-        tn = [pstyle.is_noisy(last[k].get('efficiency.teacher.latency_noisy'),
-                              last[k].get('efficiency.teacher.load_avg'), lim(last[k].get('environment.device')))
-              for k in ks]
         tp = [_num(last[k].get('efficiency.teacher.latency_p50_ms')) or 0 for k in ks]
         pstyle.bars_timed(ax, [x + w for x in xs], tp, tn, 'C7', w, 'teacher p50 (same run)')
-        load = lambda r: (f"\nload {_num(r.get('efficiency.load_avg')):.1f}"
-                          if _num(r.get('efficiency.load_avg')) is not None else '\nload not logged')
-        ax.set_xticks(xs, [f'{plot_text(m)}\n{plot_text(dv)}{load(last[(m, dv)])}' for m, dv in ks], rotation=30,
-                      ha='right', fontsize=7)
-        hs = ax.get_legend_handles_labels()[0]
+        ax.set_xticks(xs, [f"{plot_text(m)}\n{plot_text(dv)}\n{load_text(t['load'])}" for (m, dv), t in zip(ks, mt)],
+                      rotation=30, ha='right', fontsize=7)
+        hs = [pstyle.bar_handle(lab, c) for lab, c in (('p50', 'C0'), ('p95', 'C1'), ('teacher p50 (same run)', 'C7'))]
         if any(noisy) or any(tn):
-            rs = [last[k] for k, n, t in zip(ks, noisy, tn) if n or t]
-            hs.append(pstyle.noisy_bar_handle({lim(r.get('environment.device')) for r in rs}))
+            hs.append(pstyle.noisy_bar_handle({m['limit'] for m, t in zip(mt, tt) if m['noisy'] or t['noisy']}))
         ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax, hs)
     return fig
 
@@ -854,30 +899,41 @@ def plot_latency(rows, path) -> Path:
 # %% ../../nbs/run/72_aggregate.ipynb #ef5e16bc
 STAGE_NAMES = ('encoder', 'decoder', 'heads', 'postprocess')
 
-def stage_bars(rows) -> list[tuple[str, dict]]:
-    "[(label, {stage: ms})] of the latest run per model and device with a stage profile, and of its teacher."
+def stage_bars(rows) -> list[tuple[str, dict, dict]]:
+    """[(label, {stage: ms}, timing)] of the latest run per model and device with a stage profile, and of its teacher
+    timed in that run; `timing`: the load and noisy mark of that profile's timing (`timing_mark`)."""
     out = {}
     for r in sorted(rows, key=lambda r: str(r.get('started_utc'))):
-        for pre, name in (('efficiency.teacher.stages_ms', f"teacher {r.get('model.teacher') or ''}".strip()),
-                          ('efficiency.stages_ms', str(r.get('model.name')))):
-            st = {k: _num(r.get(f'{pre}.{k}')) for k in STAGE_NAMES}
-            if all(v is not None for v in st.values()): out[f"{name}\n{r.get('efficiency.device')}"] = st
-    return sorted(out.items())
+        for pre, name in (('efficiency.teacher', f"teacher {r.get('model.teacher') or ''}".strip()),
+                          ('efficiency', str(r.get('model.name')))):
+            st = {k: _num(r.get(f'{pre}.stages_ms.{k}')) for k in STAGE_NAMES}
+            if all(v is not None for v in st.values()):
+                out[f"{name}\n{r.get('efficiency.device')}"] = (st, timing_mark(r, pre))
+    return [(k, st, t) for k, (st, t) in sorted(out.items())]
 
-def plot_stages(rows, path) -> Path:
-    "Per version group: latency per stage (ms, median) of each model's latest run as stacked bars."
-    fig, panels = _panels(rows, 'latency per stage (latest run per model; teacher timed beside its student)')
+def stages_figure(rows):
+    """Per version group: latency per stage (ms, median) of each model's latest run and of its teacher timed in that
+    run, as stacked bars; a hatched outline where that timing was noisy, its load under the bar's name."""
+    fig, panels = _panels(rows, 'latency per stage (latest run per model; teacher timed beside its student; '
+                                'hatched: noisy or loaded timing)')
     for ax, g in panels:
         bars = stage_bars(g['rows'])
         if not bars: _nodata(ax, 'a stage profile'); continue
-        bottom = [0.] * len(bars)
+        xs, noisy = list(range(len(bars))), [t['noisy'] for _, _, t in bars]
+        bottom, hs = [0.] * len(bars), []
         for k, st in enumerate(STAGE_NAMES):
             v = [max(0., b[1][st]) for b in bars]
-            ax.bar(range(len(bars)), v, 0.6, bottom=bottom, label=st, color=f'C{k}')
-            bottom = [a + b for a, b in zip(bottom, v)]
-        ax.set_xticks(range(len(bars)), [plot_text(b[0], 120) for b in bars], rotation=30, ha='right', fontsize=7)
-        ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax)
-    return _save(fig, path)
+            pstyle.bars_timed(ax, xs, v, noisy, f'C{k}', 0.6, st, bottom=bottom)
+            hs.append(pstyle.bar_handle(st, f'C{k}')); bottom = [a + b for a, b in zip(bottom, v)]
+        if any(noisy): hs.append(pstyle.noisy_bar_handle({t['limit'] for _, _, t in bars if t['noisy']}))
+        ax.set_xticks(xs, [f"{plot_text(lab, 120)}\n{load_text(t['load'])}" for lab, _, t in bars], rotation=30,
+                      ha='right', fontsize=7)
+        ax.set_ylabel('latency (ms)'); pstyle.legend_outside(ax, hs)
+    return fig
+
+def plot_stages(rows, path) -> Path:
+    "Write `stages_figure(rows)` to `path` (PNG)."
+    return _save(stages_figure(rows), path)
 
 # %% ../../nbs/run/72_aggregate.ipynb #cd2b3cf6
 def aggregate(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:

@@ -18,20 +18,21 @@ from .scraps import read_displays, ScrapError
 # %% auto #0
 __all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS',
            'MAX_DEFAULT_PICKS', 'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI',
-           'CLOUD_POINT_SIZE', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX', 'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK',
-           'Runs', 'energy_mj', 'missing_files', 'load_runs', 'filter_runs', 'sort_runs', 'order_labels', 'ci_names',
-           'interval', 'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'default_picks', 'run_figures',
-           'ParetoResult', 'front_classes', 'decisive_pick', 'pareto', 'status_counts', 'status_line', 'notebook_link',
-           'png', 'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'RunBrowser',
-           'diff_html', 'CompareView', 'ParetoView', 'PointmapView', 'Explorer', 'explorer_notebook', 'write_explorer',
-           'free_port', 'lab_command', 'stop_group', 'lab']
+           'CLOUD_POINT_SIZE', 'WRAP_ANYWHERE', 'ALWAYS_SHOWN', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX',
+           'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK', 'Runs', 'energy_mj', 'missing_files', 'load_runs',
+           'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs',
+           'compare_runs', 'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'decisive_pick', 'pareto',
+           'status_counts', 'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure',
+           'cloud', 'cloud_figure', 'table_html', 'RunBrowser', 'diff_html', 'CompareView', 'ParetoView',
+           'PointmapView', 'Explorer', 'explorer_notebook', 'write_explorer', 'free_port', 'lab_command', 'stop_group',
+           'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
         'latency p50 (ms)': 'efficiency.latency_p50_ms', 'size (MB)': 'efficiency.size_mb',
         'GFLOPs': 'efficiency.gflops', 'energy (mJ/pair)': 'energy_mJ'}
 HIGHER_BETTER = {'speed-up vs teacher (x)'}     # against the teacher timed in the same run (`speedup_vs_teacher`)
-TABLE_COLUMNS = ['card', 'kind', 'status', 'started', 'versions', *AXES, 'missing', 'reason']
+TABLE_COLUMNS = ['card', 'kind', 'device', 'status', 'started', 'versions', *AXES, 'missing', 'reason']
 
 @dataclass
 class Runs:
@@ -75,7 +76,7 @@ def load_runs(runs_dir=None, cache='reports') -> Runs:
             r['_folder'] = st['folders'][r['run_id']]
             by[r['run_id']] = r
             lines.append({'run_id': r['run_id'], 'card': r.get('task_card'), 'kind': r.get('kind'),
-                          'status': r.get('status'), 'versions': g['key'],
+                          'device': r.get('front.device'), 'status': r.get('status'), 'versions': g['key'],
                           'started': pd.to_datetime(r.get('started_utc'), utc=True, errors='coerce'),
                           **{a: _num(r.get(c)) for a, c in AXES.items()},
                           'missing': ', '.join(missing_files(runs_dir / r['_folder'], r)), 'reason': r.get('reason')})
@@ -256,28 +257,42 @@ class ParetoResult:
 def front_classes(rows: dict, run_ids, x: str, y: str) -> dict | None:
     """{run_id: 'frontier' | 'dominated' | 'ambiguous' | 'unplaced'} of `run_ids`: the uncertainty-aware front of
     `pqk.run.aggregate` (speed-up against the teacher timed in the run vs the drop with its interval, each version
-    group on its own), as `load_runs` annotated the rows; the same whatever axes `x`, `y` the view plots."""
+    group and device kind on its own), as `load_runs` annotated the rows; the same whatever axes `x`, `y` the view
+    plots."""
     return {r: rows[r].get('front.status') or 'unplaced' for r in run_ids}
 
 def decisive_pick(inside: pd.DataFrame, rows: dict) -> tuple[str | None, str]:
-    "(run id, why): the fastest of `inside` against the teacher timed in its run among the runs that passed decisively."
+    """(run id, why): the fastest of `inside` against the teacher timed in its run among the runs that passed
+    decisively; none when they were timed on more than one kind of device (`why` names each kind's fastest)."""
     ok = [(rows[r]['front.speedup'], str(rows[r].get('started_utc')), r) for r in inside.index
           if rows[r].get('front.passed_decisively') and rows[r].get('front.speedup') is not None]
     if not ok: return None, (f'none of the {len(inside)} run(s) within the thresholds passed decisively (drop '
                              'interval entirely under the threshold)')
-    sp, _, r = max(ok)
+    dev = lambda r: str(rows[r].get('front.device') or 'unknown')
+    best = {}
+    for o in sorted(ok, reverse=True): best.setdefault(dev(o[2]), o)
+    if len(best) > 1:
+        return None, (f'the runs that passed decisively were timed on {len(best)} kinds of device, never compared: '
+                      'choose a device; the fastest on each: '
+                      + '; '.join(f'{d}: {r} ({sp:.3g}x)' for d, (sp, _, r) in sorted(best.items())))
+    (d, (sp, _, r)), = best.items()
     return r, (f'{r}: the fastest against the teacher timed in its run ({sp:.3g}x) of {len(ok)} run(s) that passed '
-               f'decisively within the thresholds')
+               f'decisively within the thresholds, timed on {d}')
 
 # %% ../../nbs/run/74_explore.ipynb #df1498a5
 def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str = 'quality drop (%)', limits=None,
-           passed_only: bool = True, rows: dict | None = None, classify=front_classes) -> ParetoResult:
+           passed_only: bool = True, rows: dict | None = None, classify=front_classes,
+           device: str | None = None) -> ParetoResult:
     """The front and the recommendation of version group `group` under `limits` ({axis: max}). With the runs' report
     `rows` (as `load_runs` gives them): the classes `classify(rows, run ids, x, y)` gives (`front_classes`), and the
-    recommended run only among those that passed decisively (`decisive_pick`); without: the fastest by latency."""
+    recommended run only among those that passed decisively (`decisive_pick`); without: the fastest by latency.
+    `device`: only the runs timed on that kind of device (the table's `device`, `pqk.run.aggregate.device_kind`);
+    without, a group timed on several kinds gets a front per kind and no recommended run (never a CPU run against a
+    GPU run)."""
     for a in (x, y, *(limits or {})):
         if a not in AXES: raise KeyError(f"axis {a!r}; expected one of {', '.join(AXES)}")
     g = table[table['versions'] == group]
+    if device is not None: g = g[g['device'] == device]         # one kind of device: never a CPU and a GPU run
     g = g[g[x].notna() & g[y].notna()]
     ok = pd.Series(True, index=g.index)
     for a, mx in (limits or {}).items():
@@ -285,12 +300,18 @@ def pareto(table: pd.DataFrame, group: str, x: str = 'latency p50 (ms)', y: str 
     if passed_only: ok &= g['status'] == 'passed'
     inside, outside = g[ok], g[~ok]
     sign = lambda a: -1 if a in HIGHER_BETTER else 1
-    front = [inside.index[i] for i in pareto_front(list(zip(sign(x) * inside[x], sign(y) * inside[y])))]
+    kinds = sorted(map(str, inside['device'].fillna('unknown').unique())) if 'device' in inside else []
+    front = []
+    for part in ([inside[inside['device'].fillna('unknown') == k] for k in kinds] if len(kinds) > 1 else [inside]):
+        front += [part.index[i] for i in pareto_front(list(zip(sign(x) * part[x], sign(y) * part[y])))]
     lat = inside['latency p50 (ms)'].dropna()
     rec = lat.idxmin() if len(lat) else None
     why = (f"{rec}: the fastest of {len(inside)} run(s) within the thresholds ({lat.min():.4g} ms p50)" if rec else
            f'no run of {group} is within the thresholds' + (' (passed runs only)' if passed_only else ''))
     if rows is not None and len(inside): rec, why = decisive_pick(inside, rows)
+    elif len(kinds) > 1:
+        rec, why = None, (f"runs of {group} timed on {', '.join(kinds)}: latencies of different kinds of device are "
+                          'never compared; choose a device')
     classes = classify(rows, list(g.index), x, y) if rows is not None and classify is not None else None
     return ParetoResult(inside, outside, front, rec, why, classes)
 
@@ -356,7 +377,11 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
             if len(r): ax.scatter(r[x], r[y], s=110, facecolors='none', edgecolors=col, linewidths=1.2, label=cl)
     if res.front:
         f = res.inside.loc[res.front]
-        ax.step(f[x], f[y], where='post', c='k', lw=1, label='Pareto front')
+        kinds = sorted(map(str, f['device'].fillna('unknown').unique())) if 'device' in f else []
+        for i, k in enumerate(kinds if len(kinds) > 1 else [None]):           # a front per kind of device
+            part = f if k is None else f[f['device'].fillna('unknown') == k]
+            ax.step(part[x], part[y], where='post', c='k', lw=1, ls=('-', '--', ':', '-.')[i % 4],
+                    label='Pareto front' + (f' ({k})' if k else ''))
         for rid, r in f.head(40).iterrows():
             ax.annotate(str(r['card']), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords='offset points')
     if res.recommended is not None:
@@ -466,18 +491,31 @@ class _View:
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
 # %% ../../nbs/run/74_explore.ipynb #0cac78d3
-TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%}'   # the table scrolls, not the page
-             'table.pqk-runs td, table.pqk-runs th {white-space: nowrap; padding: 1px 8px; text-align: left}'
-             'table.pqk-diff {width: 100%} table.pqk-diff td, table.pqk-diff th {white-space: normal; '
-             'overflow-wrap: anywhere; padding: 1px 8px; text-align: left; vertical-align: top}</style>')
+WRAP_ANYWHERE = ('card', 'missing', 'reason')   # run table columns of long names and texts, broken anywhere
+ALWAYS_SHOWN = ('card', 'kind', 'status', 'started', 'versions')   # the others only when a shown run has a value
+
+TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%} '   # the table fits, not the page
+             'table.pqk-runs, table.pqk-diff {width: 100%} '
+             'table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th {white-space: normal; '
+             'overflow-wrap: break-word; padding: 1px 5px; text-align: left; vertical-align: top} '
+             'table.pqk-diff td, table.pqk-diff th, table.pqk-runs th {overflow-wrap: anywhere}</style>')
+
+def _anywhere_css(cols) -> str:
+    "A style that breaks the run table's `WRAP_ANYWHERE` columns (of `cols`, as shown) even inside a word."
+    sel = ', '.join(f'table.pqk-runs td:nth-child({i + 2})' for i, c in enumerate(cols) if c in WRAP_ANYWHERE)
+    return f'<style>{sel} {{overflow-wrap: anywhere}}</style>' if sel else ''
 
 def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
-    "The browser table as escaped HTML, one line per run (scrolling), numbers to 4 digits, at most `max_rows` lines."
+    """The browser table as escaped HTML, one run per row, at most `max_rows` rows, numbers to 4 digits; it fits the
+    notebook's width instead of scrolling sideways: cells wrap (see above) and a column no shown run has a value in
+    is left out (outside `ALWAYS_SHOWN`)."""
     show = df.head(max_rows).copy()
     show['started'] = show['started'].dt.strftime('%Y-%m-%d %H:%M')
     show['reason'] = [clip_text(r, 80) if isinstance(r, str) else r for r in show['reason']]
+    blank = lambda s: bool((s.isna() | s.astype(str).str.strip().eq('')).all())
+    show = show[[c for c in show.columns if c in ALWAYS_SHOWN or not blank(show[c])]]
     t = show.to_html(classes='pqk-runs', na_rep='–', float_format=lambda v: f'{v:.4g}', escape=True, border=0)
-    return f'{TABLE_CSS}<div style="overflow:auto; max-height:520px">{t}</div>'
+    return f'{TABLE_CSS}{_anywhere_css(show.columns)}<div style="overflow:auto; max-height:520px">{t}</div>'
 
 # %% ../../nbs/run/74_explore.ipynb #9ad1fe10
 class RunBrowser(_View):
@@ -597,13 +635,15 @@ class CompareView(_View):
 
 # %% ../../nbs/run/74_explore.ipynb #770efacd
 class ParetoView(_View):
-    "Choose the axes and thresholds; the front, the recommended run and a link to its archived notebook."
+    """Choose the version group, the kind of device (a CPU run and a GPU run are never on one front), the axes and the
+    thresholds; the front, the recommended run and a link to its archived notebook."""
     def __init__(self, runs: Runs, nb_dir=None):
-        super().__init__(); W = self.W; self.runs, self.nb_dir = runs, nb_dir
+        super().__init__(); W = self.W; self.runs, self.nb_dir, self._quiet = runs, nb_dir, False
         groups = list(dict.fromkeys(runs.table['versions']))
         self.group = W.Dropdown(options=groups, value=groups[0] if groups else None, description='versions')
         self.x = W.Dropdown(options=list(AXES), value='speed-up vs teacher (x)', description='x')
         self.y = W.Dropdown(options=list(AXES), value='quality drop (%)', description='y')
+        self.device = W.Dropdown(options=[], description='device')
         self.passed_only = W.Checkbox(value=True, description='passed runs only')
         self.limits = {a: W.FloatSlider(description=f'max {a}', min=0, max=1, step=0.01, continuous_update=False,
                                          style={'description_width': '150px'}, layout=W.Layout(width='520px'))
@@ -612,15 +652,22 @@ class ParetoView(_View):
                                   layout=W.Layout(width='30px')) for a in self.limits}
         self.plot, self.recommendation, self.statuses = W.Image(format='png', layout=_own_size(W)), W.HTML(), W.HTML()
         self._observe(self._ranges, self.group)
-        self._observe(self.refresh, self.x, self.y, self.passed_only, *self.limits.values(), *self.use.values())
+        self._observe(self.refresh, self.x, self.y, self.passed_only, self.device, *self.limits.values(),
+                      *self.use.values())
         sliders = W.VBox([W.HBox([self.use[a], self.limits[a]]) for a in self.limits])
-        self.widget = W.VBox([W.HBox([self.group, self.x, self.y, self.passed_only],
+        self.widget = W.VBox([W.HBox([self.group, self.device, self.x, self.y, self.passed_only],
                                      layout=W.Layout(flex_flow='row wrap')), sliders, self.message,
                               self.recommendation, self.statuses, self.plot])
         self._guarded(self._ranges)()
 
     def _ranges(self):
         g = self.runs.table[self.runs.table['versions'] == self.group.value]
+        n = g['device'].fillna('unknown').value_counts()              # the kind with the most runs first
+        self._quiet = True
+        try:
+            self.device.options = sorted(n.index, key=lambda k: (-n[k], k))
+            self.device.value = self.device.options[0] if len(n) else None
+        finally: self._quiet = False
         for a, s in self.limits.items():
             v = g[a].dropna()
             hi = float(v.max()) * 1.05 if len(v) and v.max() > 0 else 1.0
@@ -636,13 +683,15 @@ class ParetoView(_View):
     def current(self) -> ParetoResult:
         lim = {a: s.value for a, s in self.limits.items() if self.use[a].value}
         return pareto(self.runs.table, self.group.value, self.x.value, self.y.value, lim, self.passed_only.value,
-                      self.runs.rows)
+                      self.runs.rows, device=self.device.value)
 
     def refresh(self):
+        if self._quiet: return
         if self.group.value is None: self.message.value = _msg('no runs yet'); return
         lim = {a: s.value for a, s in self.limits.items() if self.use[a].value}
         res = self.current()
-        self.plot.value = png(pareto_figure(res, self.x.value, self.y.value, self.group.value, lim))
+        where = f'{self.group.value} · {self.device.value}'
+        self.plot.value = png(pareto_figure(res, self.x.value, self.y.value, where, lim))
         self.statuses.value = f'<div class="pqk-statuses">{_esc(status_line(res, self.group.value))}</div>'
         if res.recommended is None: self.recommendation.value = _msg(_esc(res.why)); return
         href, label = notebook_link(self.runs, res.recommended, self.nb_dir)

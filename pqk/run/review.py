@@ -81,26 +81,30 @@ def _drop_ci(r: dict) -> str:
     return (f"{_f(r.get('quality.quality_drop_pct'), '.2f')}% [{_f(r.get('quality.quality_drop_lo_pct'), '.2f')}, "
             f"{_f(r.get('quality.quality_drop_hi_pct'), '.2f')}]")
 
-FRONT_NOTE = ("Speed-up against the teacher timed in the same run; *ambiguous*: its drop interval overlaps a better "
-              "run's; *unplaced*: no teacher timed in the run.")        # no code spans (the review has none)
+FRONT_NOTE = ("Speed-up against the teacher timed in the same run, each device kind on its own front with its own "
+              "recommended run; *ambiguous*: its drop interval overlaps a better run's; *unplaced*: no teacher timed "
+              "in the run.")        # no code spans (the review has none)
 
 def front_markdown(records: list[dict]) -> list[str]:
-    """The trade-off section: per version group, the recommended run (the fastest that passed decisively) and each
-    run's front status with its speed-up against the teacher timed in the run (`pqk.run.aggregate.front_status`)."""
+    """The trade-off section: per version group, the recommended run of each device kind (the fastest that passed
+    decisively) and each run's front status, device kind and speed-up against the teacher timed in the run
+    (`pqk.run.aggregate.annotate_front`)."""
     groups = version_groups([log_row(r) for r in records])
     if not groups: return []
     best, out = annotate_front(groups), ['', '## Trade-off front', '', FRONT_NOTE]
     for g in groups:
-        b = next((r for r in g['rows'] if r['run_id'] == best[g['key']]), None)
-        rec = ('none (no run passed decisively: verdict passed with the whole interval under the threshold)'
-               if b is None else f"{md_text(b['run_id'])} ({md_text(b.get('task_card'))}, "
-                                 f"{_f(b.get('front.speedup'), '.2f')}× faster, drop {_drop_ci(b)})")
+        by = {r['run_id']: r for r in g['rows']}
+        rec = '; '.join(f"{md_text(b['run_id'])} ({md_text(b.get('task_card'))}, {_f(b.get('front.speedup'), '.2f')}× "
+                        f"faster on {md_text(d)}, drop {_drop_ci(b)})"
+                        for d, b in ((d, by[rid]) for d, rid in best[g['key']].items()))
+        rec = rec or 'none (no run passed decisively: verdict passed with the whole interval under the threshold)'
         out += ['', f"**{md_text(g['label'])}**: recommended {rec}", '',
-                '| run | status | front | speed-up | timed | load | drop [95% interval] |',
-                '|---|---|---|---:|---|---:|---|']
+                '| run | status | front | device | speed-up | timed | load | drop [95% interval] |',
+                '|---|---|---|---|---:|---|---:|---|']
         for r in g['rows']:
             noisy = ' noisy' if r.get('front.noisy') else ''
             out.append(f"| {md_text(r['run_id'])} | {md_text(r.get('status'))} | {r.get('front.status')} | "
+                       f"{md_text(r.get('front.device'))} | "
                        f"{_f(r.get('front.speedup'), '.2f')} | {r.get('front.speedup_source') or '–'} | "
                        f"{_f(r.get('front.load'), '.1f')}{noisy} | {_drop_ci(r)} |")
     return out
