@@ -1089,6 +1089,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'pqk.run.cli._workbook_commands': ('run/cli.html#_workbook_commands', 'pqk/run/cli.py'),
                              'pqk.run.cli.build_parser': ('run/cli.html#build_parser', 'pqk/run/cli.py'),
                              'pqk.run.cli.error_line': ('run/cli.html#error_line', 'pqk/run/cli.py'),
+                             'pqk.run.cli.export_failed': ('run/cli.html#export_failed', 'pqk/run/cli.py'),
                              'pqk.run.cli.export_line': ('run/cli.html#export_line', 'pqk/run/cli.py'),
                              'pqk.run.cli.main': ('run/cli.html#main', 'pqk/run/cli.py'),
                              'pqk.run.cli.run_exit': ('run/cli.html#run_exit', 'pqk/run/cli.py')},

@@ -11,7 +11,7 @@ from ..core.contracts import EDGE_BACKENDS, ContractError, load_workload, parse_
 
 # %% auto #0
 __all__ = ['EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError',
-           'error_line', 'run_exit', 'export_line', 'main']
+           'error_line', 'run_exit', 'export_line', 'export_failed', 'main']
 
 # %% ../../nbs/run/75_cli.ipynb #b107bebd
 def _method_args(p: argparse.ArgumentParser, method: str | None):
@@ -230,6 +230,16 @@ def export_line(rep: dict, precision: str, out, flavour: str = 'ort') -> str:
             f"run-quant); its fp32 graph {_check(f32.get('ort_vs_torch'), 'ORT vs torch')}"
             + (f'; calibration {n} pairs, sha256 {h[:12]}…' if isinstance(h, str) else ''))
 
+def export_failed(rep: dict, precision: str) -> str | None:
+    """Why `pqk export` must exit non-zero although it wrote the file: a fidelity check that ran and failed (fp32/fp16:
+    ORT against torch over the budget; int8: the fp32 graph it was quantized from); None when none did. A check that
+    could not run (e.g. no fp16 kernel in ORT-CPU) is said in the line, not failed."""
+    c = rep.get('ort_vs_torch') if precision != 'int8' else (rep.get('fp32') or {}).get('ort_vs_torch')
+    if isinstance(c, dict) and c.get('ok') is False:
+        return (f"{'its fp32 graph: ' if precision == 'int8' else ''}ORT vs torch rel err {c.get('max'):.2g} over the "
+                f"budget {c.get('budget'):g}; the file is kept for inspection, do not deploy it")
+    return None
+
 # %% ../../nbs/run/75_cli.ipynb #0f1d8238
 def _export(args) -> int:
     """`pqk export`: the target is checked before anything is loaded; SIGTERM removes the temp file. One line says what
@@ -249,6 +259,7 @@ def _export(args) -> int:
             rep = export_checkpoint(ckpt, args.out, args.precision, wl, force=args.force)
     print(json.dumps(rep, indent=1, default=str) if args.json else export_line(rep, args.precision, args.out,
                                                                                 args.flavour))
+    if (why := export_failed(rep, args.precision)): print(f'pqk export: FAILED — {why}', file=sys.stderr); return 1
     return 0
 
 def _edge_eval(args) -> int:
