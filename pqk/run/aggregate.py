@@ -780,8 +780,9 @@ def _tradeoff_panel(ax, rows) -> tuple[list, list, list]:
                               label="ambiguous (interval overlaps a better run's)"))
     best = sorted(_picks(info).values(), key=lambda x: -x['timing']['speedup'])
     if best:
-        ax.scatter(sx(best), sy(best), marker='*', s=260, color='gold', edgecolors='k', zorder=6)
-        handles.append(Line2D([], [], ls='none', marker='*', markersize=12, color='gold', markeredgecolor='k',
+        # behind the run's own mark (zorder 3), so a hollow (noisy) recommended run still shows hollow
+        ax.scatter(sx(best), sy(best), marker='*', s=520, color='gold', edgecolors='k', linewidths=0.6, zorder=2.5)
+        handles.append(Line2D([], [], ls='none', marker='*', markersize=14, color='gold', markeredgecolor='k',
                               label='recommended (fastest passed decisively' + (', per device)' if several else ')')))
     for t, lab in threshold_labels([x['row'] for x in placed]).items():
         handles.append(pstyle.threshold_line(ax, t, lab))

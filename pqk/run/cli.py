@@ -236,8 +236,9 @@ def export_failed(rep: dict, precision: str) -> str | None:
     could not run (e.g. no fp16 kernel in ORT-CPU) is said in the line, not failed."""
     c = rep.get('ort_vs_torch') if precision != 'int8' else (rep.get('fp32') or {}).get('ort_vs_torch')
     if isinstance(c, dict) and c.get('ok') is False:
-        return (f"{'its fp32 graph: ' if precision == 'int8' else ''}ORT vs torch rel err {c.get('max'):.2g} over the "
-                f"budget {c.get('budget'):g}; the file is kept for inspection, do not deploy it")
+        g = lambda v: f'{v:.2g}' if isinstance(v, (int, float)) else 'not measured'   # a check may lack a number
+        return (f"{'its fp32 graph: ' if precision == 'int8' else ''}ORT vs torch rel err {g(c.get('max'))} over the "
+                f"budget {g(c.get('budget'))}; the file is kept for inspection, do not deploy it")
     return None
 
 # %% ../../nbs/run/75_cli.ipynb #0f1d8238

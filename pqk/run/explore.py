@@ -386,7 +386,8 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
             ax.annotate(str(r['card']), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords='offset points')
     if res.recommended is not None:
         r = res.inside.loc[res.recommended]
-        ax.scatter([r[x]], [r[y]], s=220, marker='*', c='gold', edgecolors='k', zorder=5, label='recommended')
+        ax.scatter([r[x]], [r[y]], s=420, marker='*', c='gold', edgecolors='k', linewidths=0.6, zorder=0.5,
+                   label='recommended')                  # behind the run's mark: hollow stays visible
     for a, mx in (limits or {}).items():
         if mx is not None and a == x: ax.axvline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
         if mx is not None and a == y: ax.axhline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
