@@ -23,11 +23,12 @@ from .pointmaps import save_pointmaps
 from .cache import teacher_cache_key, save_cache_file, load_cache_file, payload_nbytes, cache_dir_of
 
 # %% auto #0
-__all__ = ['PER_PAIR_FILE', 'EVAL_CACHE_MAX_BYTES', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor', 'TorchPredictor',
-           'as_predictor', 'predict_pairs', 'rel_l2', 'output_errors', 'compare_models', 'pair_quality',
-           'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block', 'side_by_side', 'plane_baseline',
-           'check_predictions', 'check_ground_truth', 'evaluate', 'teacher_predictions', 'plot_predictions',
-           'log_blocks', 'stop_block', 'quality_line', 'quality_table', 'eval_run']
+__all__ = ['PER_PAIR_FILE', 'KEEP_PREDS', 'EVAL_CACHE_MAX_BYTES', 'LOG_BLOCK_SCRAPS', 'load_eval_data', 'Predictor',
+           'TorchPredictor', 'as_predictor', 'iter_predictions', 'predict_pairs', 'rel_l2', 'output_errors',
+           'compare_models', 'pair_quality', 'quality_block', 'per_pair_rows', 'write_per_pair', 'efficiency_block',
+           'side_by_side', 'plane_baseline', 'finite_pair', 'check_predictions', 'check_ground_truth', 'score_pairs',
+           'evaluate', 'teacher_predictions', 'plot_predictions', 'log_blocks', 'stop_block', 'quality_line',
+           'quality_table', 'eval_run']
 
 # %% ../../nbs/eval/33_protocol.ipynb #3625a98d
 def load_eval_data(workload, block: str = 'eval', root=None, cache_dir=None):
@@ -88,15 +89,18 @@ def as_predictor(x, device=None, name: str | None = None) -> Predictor:
     return x if isinstance(x, Predictor) else TorchPredictor(x, device, name)
 
 # %% ../../nbs/eval/33_protocol.ipynb #9f2c3706
-def predict_pairs(model, scenes, pairs, device=None, progress=True, desc='predict') -> list:
-    "Outputs of a model or predictor for each (scene, i, j) pair: a list of (pred1, pred2) dicts of CPU float tensors."
+def iter_predictions(model, scenes, pairs, device=None, progress=True, desc='predict'):
+    "Yield the outputs of a model or predictor for each (scene, i, j) pair: (pred1, pred2) dicts of CPU float tensors."
     pred = as_predictor(model, device)
-    out = []
     for s, i, j in tqdm(pairs, desc=desc, disable=not progress, mininterval=1):
         v1, v2 = scenes[s].views[i], scenes[s].views[j]
         r1, r2 = pred(to_tensor(v1.img, pred.device), to_tensor(v2.img, pred.device))
-        out.append(({k: v.float().cpu() for k, v in r1.items()}, {k: v.float().cpu() for k, v in r2.items()}))
-    return out
+        yield {k: v.float().cpu() for k, v in r1.items()}, {k: v.float().cpu() for k, v in r2.items()}
+
+def predict_pairs(model, scenes, pairs, device=None, progress=True, desc='predict') -> list:
+    "Outputs of a model or predictor for each (scene, i, j) pair, as a list (`iter_predictions`)."
+    return list(iter_predictions(model, scenes, pairs, device, progress, desc))
+
 
 # %% ../../nbs/eval/33_protocol.ipynb #d30c3a19
 def rel_l2(a, b, eps: float = 1e-30) -> float:
@@ -297,16 +301,21 @@ def plane_baseline(scenes, pairs, depth: float = 1.0) -> list:
 # %% ../../nbs/eval/33_protocol.ipynb #85f73ae3
 def _res_of(scenes) -> int: return int(scenes[0].views[0].img.shape[0])
 
+def finite_pair(pred) -> bool:
+    "True when every tensor of one pair's outputs (pred1, pred2) is finite."
+    return all(bool(torch.isfinite(v).all()) for r in pred for v in r.values() if torch.is_tensor(v))
+
+def _nonfinite(who: str, bad: list[int], n: int, pairs) -> ValueError:
+    s, i, j = pairs[bad[0]]
+    return ValueError(f'{who}: non-finite predictions (NaN or inf) on {len(bad)} of {n} pairs (first: '
+                      f'scene {s}, views {i} and {j}); expected finite pointmaps and confidences — '
+                      'the model or its weights are broken')
+
 def check_predictions(preds, pairs, who: str = 'model'):
     ("Raise a ValueError naming the pairs when any prediction holds NaN or inf "
      "(a run must not score them as merely bad).")
-    bad = [k for k, (r1, r2) in enumerate(preds)
-           if not all(bool(torch.isfinite(v).all()) for r in (r1, r2) for v in r.values() if torch.is_tensor(v))]
-    if bad:
-        s, i, j = pairs[bad[0]]
-        raise ValueError(f'{who}: non-finite predictions (NaN or inf) on {len(bad)} of {len(preds)} pairs (first: '
-                         f'scene {s}, views {i} and {j}); expected finite pointmaps and confidences — '
-                         'the model or its weights are broken')
+    bad = [k for k, p in enumerate(preds) if not finite_pair(p)]
+    if bad: raise _nonfinite(who, bad, len(preds), pairs)
 
 def check_ground_truth(scenes, pairs):
     "Raise a ValueError when the pairs' views carry ground truth but not one valid pixel (nothing could be scored)."
@@ -318,13 +327,29 @@ def check_ground_truth(scenes, pairs):
                          f'but 0 of {n:,} pixels are valid; '
                          'expected valid depth (check the depth files, depth_scale and masks)')
 
+KEEP_PREDS = 4   # pairs whose outputs `evaluate` hands back (figures, pointmaps); every other pair is scored and dropped
+
+def score_pairs(model, scenes, pairs, teacher_preds, device=None, progress: bool = True, name: str = 'model',
+                keep: int = KEEP_PREDS) -> tuple[list[dict], list]:
+    """Each pair's metric row (`pair_quality` against ground truth and `teacher_preds`) with the model's outputs
+    scored as they come and let go: memory holds one pair of the model's, not the whole set. The outputs of the first
+    `keep` pairs are returned. Non-finite outputs are not scored: a ValueError names them after the last pair."""
+    rows, head, bad = [], [], []
+    for n, pred in enumerate(iter_predictions(model, scenes, pairs, device, progress, desc=name)):
+        if n < keep: head.append(pred)
+        if not finite_pair(pred): bad.append(n); rows.append({}); continue
+        rows += pair_quality([pred], scenes, [pairs[n]], teacher_preds=[teacher_preds[n]])
+    if bad: raise _nonfinite(name, bad, len(pairs), pairs)
+    return rows, head
+
 def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progress: bool = True, name: str = 'model',
              data=None, efficiency: bool = True, baseline: bool = False, teacher_cache=True) -> dict:
     """Evaluate `model` (module or Predictor) against `teacher` on the workload's eval data (or `data` = (scenes,
     pairs)). `teacher_cache`: where the teacher's predictions are cached (`teacher_predictions`; True: the default
-    folder, False: no cache, or a folder); the model's are never cached. Returns {'quality', 'efficiency' (with
-    'teacher' beside it), 'per_pair', 'artifacts', 'peak_mem_mb', 'baseline', 'scenes', 'pairs', 'preds',
-    'teacher_preds', 'teacher_cache' (what the cache did; None when off)}."""
+    folder, False: no cache, or a folder); the model's are never cached, nor kept: each pair is scored as it comes
+    (`score_pairs`). Returns {'quality', 'efficiency' (with 'teacher' beside it), 'per_pair', 'artifacts',
+    'peak_mem_mb', 'baseline', 'scenes', 'pairs', 'preds' and 'teacher_preds' (the first `KEEP_PREDS` pairs' outputs),
+    'teacher_cache' (what the cache did; None when off)}."""
     scenes, pairs = data if data is not None else load_eval_data(workload)
     if not pairs: raise ValueError('evaluate: the eval data has no pairs; expected at least one (see the pair graph)')
     check_ground_truth(scenes, pairs)
@@ -332,10 +357,12 @@ def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progres
     with PeakMemory(device) as mem:
         T, tcache = teacher_predictions(teacher, scenes, pairs, device, progress, teacher_cache,
                                         workload.data['data']['eval'] if data is None else None)
-        P = T if same else predict_pairs(model, scenes, pairs, device, progress, desc=name)
-        if not same: check_predictions(P, pairs, name)
-    t_rows = pair_quality(T, scenes, pairs)
-    m_rows = [dict(r) for r in t_rows] if same and all(t_rows) else pair_quality(P, scenes, pairs, teacher_preds=T)
+        t_rows = pair_quality(T, scenes, pairs)
+        if same and all(t_rows): m_rows, P = [dict(r) for r in t_rows], None
+        elif same: m_rows, P = pair_quality(T, scenes, pairs, teacher_preds=T), None
+        else: m_rows, P = score_pairs(model, scenes, pairs, T, device, progress, name)
+        T = T[:KEEP_PREDS]                                       # the rest of the teacher's outputs go too
+        if same: P = T                                           # one object: the teacher evaluated itself
     quality = quality_block(m_rows, t_rows, evalc, groups=[s for s, _, _ in pairs])
     rows, artifacts = per_pair_rows(scenes, pairs, m_rows, t_rows), {}
     if out_dir is not None:
@@ -350,6 +377,7 @@ def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progres
                 'metrics': _clean(aggregate(pair_quality(plane_baseline(scenes, pairs), scenes, pairs))['mean'])}
     return {'quality': quality, 'efficiency': eff, 'per_pair': rows, 'artifacts': artifacts, 'peak_mem_mb': mem.peak_mb,
             'baseline': base, 'scenes': scenes, 'pairs': pairs, 'preds': P, 'teacher_preds': T, 'teacher_cache': tcache}
+
 
 # %% ../../nbs/eval/33_protocol.ipynb #0a30111b
 EVAL_CACHE_MAX_BYTES = 2 * 2**30

@@ -12,7 +12,9 @@ import numpy as np, pandas as pd
 
 from ..core.contracts import project_root, split_front_matter, _rel, clip_text
 from ..eval.pointmaps import load_pointmaps, PointmapError
-from .aggregate import read_rows, report_paths, version_groups, pareto_front, annotate_front, _num
+from ..eval import plotstyle as pstyle
+from .aggregate import (read_rows, report_paths, version_groups, pareto_front, annotate_front, _num,
+                              drop_interval)
 from .scraps import read_displays, ScrapError
 
 # %% auto #0
@@ -356,10 +358,11 @@ STATUS_STYLE = {'passed': ('tab:blue', 'o'), 'inconclusive': ('tab:orange', 'D')
                 'stopped': ('0.45', 's')}
 CLASS_RING = {'frontier': 'k', 'ambiguous': 'tab:purple'}     # dominated runs get no ring
 
-def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
+def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None, rows: dict | None = None):
     """The runs by status (colour and marker; filled when counted for the front, hollow when over a limit or not
     passed), the front joined and labelled, the recommended run starred, the limits as labelled lines; with front
-    classes (`ParetoResult.classes`), a ring around each frontier and ambiguous run."""
+    classes (`ParetoResult.classes`), a ring around each frontier and ambiguous run; with the runs' report `rows`, the
+    95% interval of each run's quality drop as an error bar. The legend sits outside the axes (over no run)."""
     from matplotlib.lines import Line2D
     fig = _fig(7, 4.2, 110); ax = fig.add_subplot()
     allr = pd.concat([res.inside, res.outside]); counted = set(res.inside.index)
@@ -371,6 +374,15 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
         if len(hollow):
             ax.scatter(hollow[x], hollow[y], s=24, facecolors='none', edgecolors=col, marker=mk,
                        label=None if len(fill) else f'{st} ({n})')
+        for a, b in ((x, y), (y, x)) if rows else ():              # the drop's interval, on whichever axis it is
+            iv = [(r, drop_interval(rows[r])) for r in s.index if r in rows and a == 'quality drop (%)']
+            iv = [(r, v) for r, v in iv if v is not None and v[1] != v[2]]
+            if not iv: continue
+            pos, lo, hi = [s.loc[r, b] for r, _ in iv], [v[1] for _, v in iv], [v[2] for _, v in iv]
+            mid = [v[0] for _, v in iv]
+            if a == y: pstyle.error_bars(ax, pos, mid, lo, hi, col, zorder=0.8)
+            else: ax.errorbar(mid, pos, xerr=[[m - l for m, l in zip(mid, lo)], [h - m for m, h in zip(mid, hi)]],
+                              fmt='none', ecolor=col, elinewidth=0.8, capsize=2, zorder=0.8)
     if res.classes:
         for cl, col in CLASS_RING.items():
             r = allr.loc[[i for i in allr.index if res.classes.get(i) == cl]]
@@ -386,8 +398,9 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
             ax.annotate(str(r['card']), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords='offset points')
     if res.recommended is not None:
         r = res.inside.loc[res.recommended]
-        ax.scatter([r[x]], [r[y]], s=420, marker='*', c='gold', edgecolors='k', linewidths=0.6, zorder=0.5,
-                   label='recommended')                  # behind the run's mark: hollow stays visible
+        ax.scatter([r[x]], [r[y]], s=420, marker='*', c='gold', edgecolors='k', linewidths=0.6, zorder=0.5)
+        ax.add_line(Line2D([], [], ls='', marker='*', ms=11, mfc='gold', mec='k', label='recommended'))
+        # the star sits behind the run's own mark, so a hollow (not counted) recommended run still shows hollow
     for a, mx in (limits or {}).items():
         if mx is not None and a == x: ax.axvline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
         if mx is not None and a == y: ax.axhline(mx, ls='--', c='gray', lw=1, label=f'limit {a} {mx:.3g}')
@@ -395,10 +408,10 @@ def pareto_figure(res: ParetoResult, x: str, y: str, group: str, limits=None):
         ax.text(0.5, 0.5, f'no run of {group} has both {x} and {y}', ha='center', va='center', transform=ax.transAxes)
     ax.set_xlabel(x); ax.set_ylabel(y)
     better = ', '.join(f"{a}: {'higher' if a in HIGHER_BETTER else 'lower'} is better" for a in (x, y))
-    ax.set_title(f'{group}: {y} vs {x} ({better})', fontsize=9)
+    ax.set_title(f'{group}: {y} vs {x}\n({better})', fontsize=9)
     if len(res.outside):                                        # what a hollow marker means
         ax.add_line(Line2D([], [], ls='', marker='o', mfc='none', mec='0.3', label='hollow: not counted'))
-    if len(allr): ax.legend(fontsize=7, loc='upper right')
+    if len(allr): pstyle.legend_outside(ax)
     fig.tight_layout(); return fig
 
 # %% ../../nbs/run/74_explore.ipynb #c73589a0
@@ -499,7 +512,10 @@ TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%
              'table.pqk-runs, table.pqk-diff {width: 100%} '
              'table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th {white-space: normal; '
              'overflow-wrap: break-word; padding: 1px 5px; text-align: left; vertical-align: top} '
-             'table.pqk-diff td, table.pqk-diff th, table.pqk-runs th {overflow-wrap: anywhere}</style>')
+             'table.pqk-diff td, table.pqk-diff th {overflow-wrap: anywhere} '
+             # headings and section names break between words only ("kind", never "kin d")
+             'table.pqk-runs thead th, table.pqk-diff thead th, table.pqk-diff th[rowspan] {overflow-wrap: normal}'
+             '</style>')
 
 def _anywhere_css(cols) -> str:
     "A style that breaks the run table's `WRAP_ANYWHERE` columns (of `cols`, as shown) even inside a word."
@@ -692,7 +708,7 @@ class ParetoView(_View):
         lim = {a: s.value for a, s in self.limits.items() if self.use[a].value}
         res = self.current()
         where = f'{self.group.value} · {self.device.value}'
-        self.plot.value = png(pareto_figure(res, self.x.value, self.y.value, where, lim))
+        self.plot.value = png(pareto_figure(res, self.x.value, self.y.value, where, lim, self.runs.rows))
         self.statuses.value = f'<div class="pqk-statuses">{_esc(status_line(res, self.group.value))}</div>'
         if res.recommended is None: self.recommendation.value = _msg(_esc(res.why)); return
         href, label = notebook_link(self.runs, res.recommended, self.nb_dir)
