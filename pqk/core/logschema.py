@@ -10,7 +10,7 @@ from typing import Any
 from .contracts import Problem, load_schema, schema_problems, project_root
 
 # 1.1: intervals, inconclusive, device-hours, real hashes; 1.2: Q/P/chains (+ optional artifact_hashes)
-LOG_SCHEMA_VERSION = '1.2'
+LOG_SCHEMA_VERSION = '1.3'
 
 # %% auto #0
 __all__ = ['LOG_SCHEMA_VERSION', 'NOT_COLUMNS', 'git_commit', 'environment', 'log_problems', 'validate_log', 'finite_record',

@@ -364,6 +364,7 @@ def evaluate(model, teacher, workload, evalc, out_dir=None, device=None, progres
         T = T[:KEEP_PREDS]                                       # the rest of the teacher's outputs go too
         if same: P = T                                           # one object: the teacher evaluated itself
     quality = quality_block(m_rows, t_rows, evalc, groups=[s for s, _, _ in pairs])
+    if tcache is not None: quality['teacher_cache'] = tcache           # the log says where the teacher's came from
     rows, artifacts = per_pair_rows(scenes, pairs, m_rows, t_rows), {}
     if out_dir is not None:
         write_per_pair(Path(out_dir) / PER_PAIR_FILE, rows); artifacts['per_pair'] = PER_PAIR_FILE

@@ -18,13 +18,14 @@ __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX
            'MAIN_HEADERS', 'CSV_FORMULA_LEAD', 'MAX_PANELS', 'MAX_LABELS', 'FRONT_STATUSES', 'STATUS_COLORS',
            'MAX_AVOID', 'NOTES_CAPTION', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple',
            'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1',
-           'upgrade_1_1_to_1_2', 'log_row', 'cache_key', 'parse_entries', 'read_rows', 'version_groups',
-           'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary', 'annotate_front',
-           'report_sheets', 'main_rows', 'csv_text', 'write_csv', 'write_summary_json', 'plot_text', 'timing_mark',
-           'load_text', 'pareto_front', 'card_family', 'speedup_vs_teacher', 'drop_interval', 'passed_decisively',
-           'device_kind', 'classify_front', 'front_status', 'recommended', 'tradeoff_points', 'drop_errors',
-           'threshold_labels', 'tradeoff_figure', 'plot_tradeoff', 'prune_share_label', 'ablation_figure',
-           'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars', 'stages_figure', 'plot_stages', 'aggregate']
+           'upgrade_1_1_to_1_2', 'upgrade_1_2_to_1_3', 'log_row', 'cache_key', 'parse_entries', 'read_rows',
+           'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary',
+           'annotate_front', 'report_sheets', 'main_rows', 'csv_text', 'write_csv', 'write_summary_json', 'plot_text',
+           'timing_mark', 'load_text', 'pareto_front', 'card_family', 'speedup_vs_teacher', 'drop_interval',
+           'passed_decisively', 'device_kind', 'classify_front', 'front_status', 'recommended', 'tradeoff_points',
+           'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff', 'prune_share_label',
+           'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars', 'stages_figure',
+           'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -152,6 +153,13 @@ def upgrade_1_0_to_1_1(rec: dict) -> dict:
 def upgrade_1_1_to_1_2(rec: dict) -> dict:
     "A log of schema 1.1 as schema 1.2 (see above): the version changes, nothing else."
     return {**rec, 'schema_version': '1.2'}
+
+# %% ../../nbs/run/72_aggregate.ipynb #b6b7d1c3
+@register_upgrade('1.2')
+def upgrade_1_2_to_1_3(rec: dict) -> dict:
+    "A log of schema 1.2 as schema 1.3 (see above): the version changes, nothing else."
+    return {**rec, 'schema_version': '1.3'}
+
 
 # %% ../../nbs/run/72_aggregate.ipynb #df9d882d
 ROW_FORMAT = 1      # bump when flattening or cell conversion changes: invalidates every cache
