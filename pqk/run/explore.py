@@ -512,10 +512,7 @@ TABLE_CSS = ('<style>.pqk-fit > .widget-html-content {min-width: 0; flex: 1 1 0%
              'table.pqk-runs, table.pqk-diff {width: 100%} '
              'table.pqk-runs td, table.pqk-runs th, table.pqk-diff td, table.pqk-diff th {white-space: normal; '
              'overflow-wrap: break-word; padding: 1px 5px; text-align: left; vertical-align: top} '
-             'table.pqk-diff td, table.pqk-diff th {overflow-wrap: anywhere} '
-             # headings and section names break between words only ("kind", never "kin d")
-             'table.pqk-runs thead th, table.pqk-diff thead th, table.pqk-diff th[rowspan] {overflow-wrap: normal}'
-             '</style>')
+             'table.pqk-diff td, table.pqk-diff th, table.pqk-runs th {overflow-wrap: anywhere}</style>')
 
 def _anywhere_css(cols) -> str:
     "A style that breaks the run table's `WRAP_ANYWHERE` columns (of `cols`, as shown) even inside a word."
