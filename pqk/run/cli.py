@@ -290,6 +290,25 @@ def _train_teacher(args) -> int:
     return 0
 
 # %% ../../nbs/run/75_cli.ipynb #a53b162a
+def _is_study(card) -> bool:
+    "True for a card of kind S (a study: `pqk.run.study`); any other card, or one with problems, goes to run_card."
+    from pqk.core.contracts import check_card
+    c = check_card(card)[1]
+    return c is not None and c.kind == 'S'
+
+def _study(args) -> int:
+    "`pqk run` of a study card: `run_study`, then the reports rebuilt once (its last-rung runs are ordinary runs)."
+    from pqk.run.study import run_study
+    if args.param or args.seed is not None:
+        raise ContractError([Problem(args.card, '--param' if args.param else '--seed', args.param or args.seed,
+                                     "none for a study card: its seed and every stage's settings are the card's")])
+    res = run_study(args.card, runs_dir=args.runs_dir, resume=args.resume, force=args.force)
+    if not args.no_aggregate:
+        from pqk.run.aggregate import aggregate
+        try: aggregate(args.runs_dir, args.reports_dir)
+        except Exception as e: print(f'pqk run: aggregate failed ({type(e).__name__}: {e})', file=sys.stderr)
+    return run_exit(res)
+
 def main(argv=None) -> int:
     args = _resolve_dirs(build_parser().parse_args(argv))
     try: return _main(args)
@@ -365,24 +384,5 @@ def _ckpt_arg(args) -> str | None:
     return c
 
 # %% ../../nbs/run/75_cli.ipynb #4df52402
-def _is_study(card) -> bool:
-    "True for a card of kind S (a study: `pqk.run.study`); any other card, or one with problems, goes to run_card."
-    from pqk.core.contracts import check_card
-    c = check_card(card)[1]
-    return c is not None and c.kind == 'S'
-
-def _study(args) -> int:
-    "`pqk run` of a study card: `run_study`, then the reports rebuilt once (its last-rung runs are ordinary runs)."
-    from pqk.run.study import run_study
-    if args.param or args.seed is not None:
-        raise ContractError([Problem(args.card, '--param' if args.param else '--seed', args.param or args.seed,
-                                     "none for a study card: its seed and every stage's settings are the card's")])
-    res = run_study(args.card, runs_dir=args.runs_dir, resume=args.resume, force=args.force)
-    if not args.no_aggregate:
-        from pqk.run.aggregate import aggregate
-        try: aggregate(args.runs_dir, args.reports_dir)
-        except Exception as e: print(f'pqk run: aggregate failed ({type(e).__name__}: {e})', file=sys.stderr)
-    return run_exit(res)
-
 # python -m pqk.run.cli (not when run as a notebook)
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
