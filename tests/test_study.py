@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from conftest import run_pqk
+from conftest import run_pqk, run_python
 
 PARAMS = '''workload = None
 eval = None
@@ -89,8 +89,8 @@ def test_study_end_to_end(tmp_project):
     assert not runs.exists() or not any(runs.iterdir())
     # every stage card names the fake template (the study's `template`, for tests)
     code = ('import sys; from pqk.run.study import run_study; r = run_study(sys.argv[1], sys.argv[2], '
-            "template='tests/templates/fake_study.ipynb', progress=False, stream_output=False); print('STATUS', r['status'])")
-    from conftest import run_python
+            "template='tests/templates/fake_study.ipynb', progress=False, stream_output=False); "
+            "print('STATUS', r['status'])")
     p = run_python(code, card, runs, project=proj, timeout=600)
     assert p.returncode == 0 and 'STATUS passed' in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
     study = next(d for d in runs.iterdir() if d.name.startswith('S9_fake-'))
