@@ -1361,6 +1361,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'pqk.run.study.parse_search': ('run/study.html#parse_search', 'pqk/run/study.py'),
                                'pqk.run.study.plan_candidates': ('run/study.html#plan_candidates', 'pqk/run/study.py'),
                                'pqk.run.study.plot_front': ('run/study.html#plot_front', 'pqk/run/study.py'),
+                               'pqk.run.study.publish_study': ('run/study.html#publish_study', 'pqk/run/study.py'),
                                'pqk.run.study.run_schedule': ('run/study.html#run_schedule', 'pqk/run/study.py'),
                                'pqk.run.study.run_study': ('run/study.html#run_study', 'pqk/run/study.py'),
                                'pqk.run.study.stage_card_id': ('run/study.html#stage_card_id', 'pqk/run/study.py'),

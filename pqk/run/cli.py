@@ -305,8 +305,9 @@ def _study(args) -> int:
     res = run_study(args.card, runs_dir=args.runs_dir, resume=args.resume, force=args.force)
     if not args.no_aggregate:
         from pqk.run.aggregate import aggregate
-        try: aggregate(args.runs_dir, args.reports_dir)
-        except Exception as e: print(f'pqk run: aggregate failed ({type(e).__name__}: {e})', file=sys.stderr)
+        from pqk.run.study import publish_study
+        try: aggregate(args.runs_dir, args.reports_dir); publish_study(res['run_dir'], args.reports_dir)
+        except Exception as e: print(f'pqk run: reports failed ({type(e).__name__}: {e})', file=sys.stderr)
     return run_exit(res)
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, d
 __all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'arrow', 'order_problem',
            'Rung', 'Space', 'subset_workload', 'parse_search', 'Candidate', 'plan_candidates', 'halve', 'StageSpec',
            'stage_card_id', 'stage_entry', 'StudyStop', 'Study', 'order_table', 'run_schedule', 'CardExecutor',
-           'study_markdown', 'plot_front', 'run_study']
+           'study_markdown', 'plot_front', 'run_study', 'publish_study']
 
 # %% ../../nbs/run/77_study.ipynb #c9728dc3
 STAGE_METHOD = {'K': 'distill', 'P': 'prune', 'Q': 'quant'}
@@ -522,3 +522,18 @@ def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, f
     say(f'pqk study: {run_id}: {status.upper()} — {reason}\n  record: {_rel(d)}/ ({STUDY_FILE}, study.md, front.png)')
     return {'status': status, 'reason': reason, 'run_id': run_id, 'run_dir': d, 'record': rec,
             'reused': sorted(st.reused), 'ran': sorted(st.ran)}
+
+# %% ../../nbs/run/77_study.ipynb #882953bb
+def publish_study(study_dir, reports_dir=None) -> list[Path]:
+    "Copy `study.md` and `front.png` of `study_dir` to `<reports>/studies/<run id>.md|.png` (atomically); the copies."
+    import shutil
+    from pqk.run.aggregate import report_paths
+    from pqk.core.io import atomic_path
+    d, out = Path(study_dir), []
+    dst = report_paths(reports_dir)['dir'] / 'studies'
+    for name, suffix in (('study.md', '.md'), ('front.png', '.png')):
+        if (d / name).is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dst / f'{d.name}{suffix}') as tmp: shutil.copyfile(d / name, tmp)
+            out.append(dst / f'{d.name}{suffix}')
+    return out
