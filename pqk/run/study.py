@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 from ..core.contracts import (ContractError, Problem, TaskCard, check_card, load_eval, load_workload, method_config,
-                                resolve_path, resolve_ref, card_threshold, _rel)
+                                resolve_path, resolve_ref, card_threshold, guess_contract_name, parse_yaml, _rel)
 from ..core.io import utc_now, write_json_atomic, write_text_atomic, sha256_file
 from .runner import run_card, make_run_id, create_run_dir, config_hash, run_lock, resume_folder
 from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively
@@ -91,6 +91,11 @@ def parse_search(card: TaskCard, wl=None) -> Space:
     rungs = [Rung(r.get('pairs'), dict(r.get('overrides') or {})) for r in hv.get('rungs') or []] + [Rung(None, {})]
     wl = wl or load_workload(card.config_path('workload'))
     for s, m in STAGE_METHOD.items():
+        got = guess_contract_name(cfgs[s], parse_yaml(cfgs[s].read_text(encoding='utf-8'), _rel(cfgs[s]))) \
+            if cfgs[s].is_file() else None
+        if got != m:
+            raise ContractError([Problem(file, f'search.configs.{s}', _rel(cfgs[s]), f'an existing {m} config for '
+                                         f"stage {s}" + (f' (this file is a {got} config)' if got else ''))])
         for i, v in enumerate(var[s]):
             try: base = method_config(m, cfgs[s], **v)
             except ContractError as e:
@@ -216,7 +221,10 @@ class Study:
         self.state, self.result, self.stop_reason = 'running', {}, None
 
     @property
-    def spent(self) -> float: return sum(e.get('device_hours') or 0.0 for e in self.stages.values())
+    def spent(self) -> float:
+        "Device-hours of every stage run of the study (those of earlier attempts of a stage run again included)."
+        return sum((e.get('device_hours') or 0.0) + (e.get('earlier_device_hours') or 0.0)
+                   for e in self.stages.values())
 
     def save(self): return write_json_atomic(self.dir / STUDY_FILE, _record(self))
 
@@ -251,6 +259,8 @@ class Study:
         except Exception as ex:
             e = {'state': 'could not run', 'error': f'{type(ex).__name__}: {ex}', 'device_hours': 0.0}
         e['card'] = cid
+        old = self.stages.get(cid) or {}
+        e['earlier_device_hours'] = (old.get('device_hours') or 0.0) + (old.get('earlier_device_hours') or 0.0)
         self.stages[cid] = e; self.ran.add(cid)
         if e.get('status') == 'stopped' and re.search(r'\bstopped by SIG(TERM|INT)\b', str(e.get('reason'))):
             e['state'] = 'interrupted'                  # a signal to the study reached its stage: the study stops too
@@ -493,8 +503,7 @@ def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, f
         if old.get('card_sha256') != c.sha256:
             raise ContractError([Problem(f'--resume {resume}', 'card', _rel(c.path), f"the card the study started "
                                          f"with (sha256 {old.get('card_sha256')}, now {c.sha256}): start a new study")])
-        memo = {k: v for k, v in (old.get('stages') or {}).items()
-                if isinstance(v, dict) and v.get('state') == 'finished'}
+        memo = {k: v for k, v in (old.get('stages') or {}).items() if isinstance(v, dict)}   # unfinished: run again
         run_id, d = resume, d.resolve()
     else:
         srcs = [c.path, c.config_path('workload'), c.config_path('eval'), *space.configs.values()]
@@ -503,7 +512,8 @@ def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, f
         ex = executor or CardExecutor(d, c, runs_dir, template, progress, stream_output)
         st = Study(c, space, d, run_id, ex, memo, say)
         st.note(f"{'resumed' if resume else 'started'} {_rel(c.path)} in {_rel(d)}/"
-                + (f' ({len(memo)} finished stage runs reused)' if resume else ''))
+                + (f" ({sum(e.get('state') == 'finished' for e in memo.values())} finished stage runs reused)"
+                   if resume else ''))
         try: run_schedule(st)
         except BaseException:
             st.state = 'stopped'; st.note('interrupted: continue with '
