@@ -4,14 +4,14 @@
 
 # %% ../../nbs/run/77_study.ipynb #ed5e5ddc
 from __future__ import annotations
-import itertools, json, math, random, re, sys
+import itertools, json, math, random, re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
 import yaml
 from ..core.contracts import (ContractError, Problem, TaskCard, check_card, load_eval, load_workload, method_config,
-                                resolve_path, resolve_ref, card_threshold, guess_contract_name, parse_yaml, _rel)
-from ..core.io import utc_now, write_json_atomic, write_text_atomic, sha256_file
+                                load_contract, resolve_path, resolve_ref, card_threshold, _rel)
+from ..core.io import utc_now, write_json_atomic, write_text_atomic
 from .runner import run_card, make_run_id, create_run_dir, config_hash, run_lock, resume_folder
 from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively
 
@@ -91,13 +91,14 @@ def parse_search(card: TaskCard, wl=None) -> Space:
     rungs = [Rung(r.get('pairs'), dict(r.get('overrides') or {})) for r in hv.get('rungs') or []] + [Rung(None, {})]
     wl = wl or load_workload(card.config_path('workload'))
     for s, m in STAGE_METHOD.items():
-        got = guess_contract_name(cfgs[s], parse_yaml(cfgs[s].read_text(encoding='utf-8'), _rel(cfgs[s]))) \
-            if cfgs[s].is_file() else None
-        if got != m:
-            raise ContractError([Problem(file, f'search.configs.{s}', _rel(cfgs[s]), f'an existing {m} config for '
-                                         f"stage {s}" + (f' (this file is a {got} config)' if got else ''))])
+        try: got = load_contract(cfgs[s])                     # bounded reads, its own problems named
+        except ContractError as e:
+            raise _wrap(e, file, f'search.configs.{s}', _rel(cfgs[s]), f'a valid {m} config for stage {s}') from None
+        if got.name != m:
+            raise ContractError([Problem(file, f'search.configs.{s}', _rel(cfgs[s]), f'a {m} config for stage {s} '
+                                         f'(this file is a {got.name} config)')])
         for i, v in enumerate(var[s]):
-            try: base = method_config(m, cfgs[s], **v)
+            try: base = method_config(m, got, **v)
             except ContractError as e:
                 raise _wrap(e, file, f'search.space.{s}[{i}]', v, f'overrides of {_rel(cfgs[s])}') from None
             for j, r in enumerate(rungs[:-1]):
@@ -313,9 +314,9 @@ def _front(study: Study, alive: list[Candidate]) -> dict:
     return {'points': out, 'recommended_run_ids': rec}
 
 def order_table(study: Study) -> list[dict]:
-    "Per stage order: its candidates by state and its best run (the recommended, else the fastest decisive pass, else "
-    "the lowest drop of the last rung)."
-    last, rows = len(study.space.rungs) - 1, []
+    """Per stage order: its candidates by state and its best run (the recommended, else the fastest decisive pass,
+    else the lowest drop of the last rung) or why none ran."""
+    rows = []
     pts = {p['cid']: p for p in study.result.get('front', {}).get('points', [])}
     for order in dict.fromkeys(c.order for c in study.candidates):
         cs = [c for c in study.candidates if c.order == order]
