@@ -176,7 +176,7 @@ class StageSpec:
     rung_overrides: dict          # the cheap rung's overrides (none on the last rung)
     pairs: int | None             # the rung's pair subset (None: the workload's)
     upstream: dict | None         # {card, run, artifact, accept}: the previous stage's run
-    budget: float                 # device-hours this stage may use (what is left of the study's budget)
+    budget: float                 # the stage's budget: its stop-loss (ratio × budget) falls where the study's does
     seed: int
 
 def stage_card_id(study_id: str, cand: Candidate, i: int, rung: int, last: bool) -> str:
@@ -253,7 +253,7 @@ class Study:
         spec = StageSpec(cid, RUN_KIND[''.join(cand.order[:i + 1])], s, STAGE_METHOD[s], r, last,
                          self.space.configs[s], self.space.variants[s][cand.variants[i]],
                          {} if last else dict(rung.overrides.get(s) or {}), None if last else rung.pairs, up,
-                         max(self.budget - self.spent, 1e-3), self.seed)
+                         max(self.budget - self.spent / self.ratio, 1e-3), self.seed)
         self.note(f'rung {r}: stage {cid} ({spec.kind}) starts')
         try: e = stage_entry(self.executor(spec))
         except ContractError as ex: e = {'state': 'could not run', 'error': str(ex), 'device_hours': 0.0}
