@@ -16,10 +16,10 @@ from .runner import run_card, make_run_id, create_run_dir, config_hash, run_lock
 from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively
 
 # %% auto #0
-__all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'arrow', 'order_problem',
-           'Rung', 'Space', 'subset_workload', 'parse_search', 'Candidate', 'plan_candidates', 'halve', 'StageSpec',
-           'stage_card_id', 'stage_entry', 'StudyStop', 'Study', 'order_table', 'run_schedule', 'CardExecutor',
-           'study_markdown', 'plot_front', 'run_study', 'publish_study']
+__all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'CHAIN_KINDS', 'arrow',
+           'order_problem', 'Rung', 'Space', 'subset_workload', 'parse_search', 'Candidate', 'plan_candidates', 'halve',
+           'StageSpec', 'stage_card_id', 'stage_entry', 'StudyStop', 'Study', 'order_table', 'run_schedule',
+           'CardExecutor', 'best_hand_chain', 'study_markdown', 'plot_front', 'run_study', 'publish_study']
 
 # %% ../../nbs/run/77_study.ipynb #c9728dc3
 STAGE_METHOD = {'K': 'distill', 'P': 'prune', 'Q': 'quant'}
@@ -205,7 +205,7 @@ class StudyStop(Exception):
 
 class Study:
     def __init__(self, card: TaskCard, space: Space, study_dir: Path, run_id: str, executor, memo: dict | None = None,
-                 say=print):
+                 say=print, runs_dir=None):
         self.card, self.space, self.dir, self.run_id, self.executor, self.say = card, space, study_dir, run_id, \
             executor, say
         self.ev = load_eval(card.config_path('eval'))
@@ -215,6 +215,7 @@ class Study:
                            self.ev.data['stop_loss']['gpu_hours_over_budget_ratio'])
         self.budget, self.seed = card.budget, int(card.front.get('seed', 0) or 0)
         wl = load_workload(card.config_path('workload'))                 # the contract's evaluation set
+        self.workload_version, self.runs_dir = wl.version, runs_dir
         self.n_pairs = wl.get('data.eval.synthetic.n_pairs') if wl.get('data.eval.source') == 'synthetic' else None
         self.stages = dict(memo or {})          # {stage card id: entry}
         self.reused, self.ran, self.log = set(), set(), []
@@ -373,6 +374,10 @@ def run_schedule(study: Study) -> Study:
     if best is not None: best = {**best, 'reproduce': f"pqk run {_rel(study.dir / 'cards' / (best['card'] + '.md'))}"}
     study.result['recommended'] = best
     study.result['orders'] = order_table(study)
+    hand = best_hand_chain(study.runs_dir, study.workload_version, study.ev.version) if study.runs_dir else None
+    study.result['hand_written'] = hand
+    study.result['beats_hand_written'] = (None if best is None or hand is None or best['speedup'] is None else
+                                          best['speedup'] > hand['speedup'])
     study.save()
     return study
 
@@ -426,7 +431,34 @@ class CardExecutor:
         return res['record']
 
 # %% ../../nbs/run/77_study.ipynb #d0c4aacb
+CHAIN_KINDS = ('KQ', 'KP', 'KPQ')
+_STAGE_CARD = re.compile(r'\.(r\d+\.)?[KPQ]\d+(-[KPQ]\d+)*$')     # <study>.K0-Q1, <study>.r0.K0-Q1
+
+def best_hand_chain(runs_dir, workload_version: str, eval_version: str, device: str = 'cpu') -> dict | None:
+    "The best run of a hand-written chain card under `runs_dir` (see above), or None."
+    from pqk.run.aggregate import read_rows, device_kind
+    best, key = None, None
+    for row in read_rows(runs_dir)[0] if Path(runs_dir).is_dir() else []:
+        if (row.get('kind') not in CHAIN_KINDS or _STAGE_CARD.search(str(row.get('task_card')))
+                or str(row.get('contracts.workload.version')) != str(workload_version)
+                or str(row.get('contracts.eval.version')) != str(eval_version) or device_kind(row) != device):
+            continue
+        sp, d = speedup_vs_teacher(row)['speedup'], drop_interval(row)
+        if sp is None: continue
+        k = (passed_decisively(row), sp, str(row.get('started_utc')))
+        if key is None or k > key:
+            best, key = {'run_id': row['run_id'], 'card': row.get('task_card'), 'kind': row.get('kind'),
+                         'status': row.get('status'), 'speedup': sp, 'drop_pct': d[0] if d else None,
+                         'passed_decisively': k[0]}, k
+    return best
+
+# %% ../../nbs/run/77_study.ipynb #9f216f87
 def _f(v, fmt='{:.2f}'): return '—' if v is None else fmt.format(v)
+
+def _hand_line(rec: dict) -> str:
+    h, b = rec['hand_written'], rec.get('beats_hand_written')
+    return (f"{h['card']} ({h['kind']}), run {h['run_id']}, {_f(h['speedup'])}× side by side, {h['status']}"
+            + ('' if b is None else f"; the recommendation is {'faster' if b else 'not faster'}"))
 
 def study_markdown(rec: dict) -> str:
     "The study record as Markdown tables: recommended, front, stage orders, candidates."
@@ -440,6 +472,8 @@ def study_markdown(rec: dict) -> str:
                                   f"side by side, drop {_f(r['drop_pct'])}% [{_f(r['drop_lo_pct'])}, "
                                   f"{_f(r['drop_hi_pct'])}]; reproduce with `{r['reproduce']}`" if r else
                                   'none (no candidate passed decisively)'), '',
+           '**Best hand-written chain card**: ' + (_hand_line(rec) if rec.get('hand_written') else 'none run on these '
+                                                   'contract versions in this runs folder'), '',
            '| candidate | order | stages | run | verdict | speed-up | drop % [interval] | front |', '|' + '---|' * 8]
     for p in (rec.get('front') or {}).get('points', []):
         out.append(f"| {p['cid']}{' ★' if p['recommended'] else ''} | {p['order']} | {p['tag']} | {p['run_id']} | "
@@ -480,7 +514,7 @@ def plot_front(rec: dict, path: Path):
     ax.set_title(f"study {rec['card']}: the last rung's candidates"); ps.legend_outside(ax)
     return ps.save_png(fig, path)
 
-# %% ../../nbs/run/77_study.ipynb #fd1fdd57
+# %% ../../nbs/run/77_study.ipynb #66c579b6
 def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, force: bool = False,
               progress: bool = True, stream_output: bool = True, template: str | None = None, say=print) -> dict:
     """Run study card `card` (see above) and return {'status', 'reason', 'run_id', 'run_dir', 'record'}: status
@@ -511,7 +545,7 @@ def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, f
         run_id, d = create_run_dir(runs_dir, make_run_id(c.id, config_hash(srcs)))
     with run_lock(d, run_id):
         ex = executor or CardExecutor(d, c, runs_dir, template, progress, stream_output)
-        st = Study(c, space, d, run_id, ex, memo, say)
+        st = Study(c, space, d, run_id, ex, memo, say, runs_dir)
         st.note(f"{'resumed' if resume else 'started'} {_rel(c.path)} in {_rel(d)}/"
                 + (f" ({sum(e.get('state') == 'finished' for e in memo.values())} finished stage runs reused)"
                    if resume else ''))
@@ -534,7 +568,7 @@ def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, f
     return {'status': status, 'reason': reason, 'run_id': run_id, 'run_dir': d, 'record': rec,
             'reused': sorted(st.reused), 'ran': sorted(st.ran)}
 
-# %% ../../nbs/run/77_study.ipynb #882953bb
+# %% ../../nbs/run/77_study.ipynb #d7894f47
 def publish_study(study_dir, reports_dir=None) -> list[Path]:
     "Copy `study.md` and `front.png` of `study_dir` to `<reports>/studies/<run id>.md|.png` (atomically); the copies."
     import shutil
