@@ -176,3 +176,14 @@ def test_study_real_templates(tmp_project, tiny_ckpt):
     assert (k['card'], k['artifact'], k['verified']) == ('S9_real.K0', 'student_best.pt', True), k
     assert (runs / k['run_id'] / 'log.json').is_file() and q['kind'] == 'KQ'
     assert (proj / 'reports' / 'studies' / f'{study.name}.md').is_file()
+    # the recipe run again as normal cards (its K stage, then its Q stage, pinned to the study's K run) gives the
+    # same quality numbers on this CPU
+    cards = study / 'cards'
+    for stage_card, run_id in ((cards / 'S9_real.K0.md', k['run_id']), (cards / f"{pts[0]['card']}.md", q['run_id'])):
+        p = run_pqk('run', stage_card, '--runs-dir', runs, '--no-aggregate', project=proj, cwd=proj, timeout=600)
+        assert p.returncode in (0, 1, 3), p.stdout[-3000:] + p.stderr[-3000:]
+        card_id = stage_card.stem
+        again = [json.loads((d / 'log.json').read_text()) for d in runs.iterdir()
+                 if d.name.startswith(card_id + '-2') and d.name != run_id and (d / 'log.json').is_file()]
+        first = json.loads((runs / run_id / 'log.json').read_text())
+        assert len(again) == 1 and again[0]['quality'] == first['quality'], (card_id, again, first['quality'])
