@@ -20,12 +20,12 @@ __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_F
            'load_schema', 'schema_problems', 'with_defaults', 'method_defaults', 'version_problems', 'Contract',
            'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml', 'guess_contract_name',
            'check_contract', 'load_contract', 'load_workload', 'load_eval', 'method_config', 'TaskCard', 'resolve_path',
-           'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id', 'card_ids',
-           'load_card', 'card_threshold', 'contracts_provenance']
+           'search_configs', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id',
+           'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
-KINDS = ('K', 'Q', 'P', 'KQ', 'KP', 'KPQ', 'eval', 'edge')
+KINDS = ('K', 'Q', 'P', 'KQ', 'KP', 'KPQ', 'eval', 'edge', 'S')      # S: a study (pqk.run.study), no template
 Q_ONLY_KINDS = ('Q',)
 EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')    # edge-eval --backend; the log's edge_device.backend
 
@@ -516,6 +516,12 @@ def resolve_path(p, card_path=None) -> Path:
     return alt if alt.exists() else cand
 
 CKPT_KEYWORDS = ('teacher', 'demo')    # a card's `checkpoint:` that names no file
+
+def search_configs(front: dict) -> dict:
+    "{stage letter: path} of a study card's `search.configs` (the strings among them)."
+    s = front.get('search')
+    c = s.get('configs') if isinstance(s, dict) else None
+    return {k: v for k, v in c.items() if isinstance(v, str) and v} if isinstance(c, dict) else {}
 CARD_ID_MAX = 96                       # + '-YYYYmmddTHHMMSSZ-abcdef-999' stays within pqk.core.paths.NAME_MAX
 
 def card_path_problems(front: dict, card_path, file: str) -> list[Problem]:
@@ -529,6 +535,7 @@ def card_path_problems(front: dict, card_path, file: str) -> list[Problem]:
     cfgs = front.get('configs') if isinstance(front.get('configs'), dict) else {}
     for which, p in cfgs.items():
         if isinstance(p, str) and p: check(p, f'configs.{which}', resolve_path(p, card_path))
+    for s, p in search_configs(front).items(): check(p, f'search.configs.{s}', resolve_path(p, card_path))
     ck = front.get('checkpoint')
     if isinstance(ck, str) and ck and ck not in CKPT_KEYWORDS: check(ck, 'checkpoint')
     tp = front.get('template')
@@ -611,6 +618,13 @@ def check_card(path) -> tuple[list[Problem], TaskCard | None]:
                                                         f"(this file is a {got} config)"))
         if got is not None and not allowed and got in ('workload', 'eval'):
             ps.append(Problem(file, 'configs.method', m, f'a method config, not the {got} contract'))
+    for s, p in search_configs(front).items():
+        if f'search.configs.{s}' not in outside and not resolve_path(p, path).is_file():
+            ps.append(Problem(file, f'search.configs.{s}', p, 'a path to an existing config file'))
+    if (kind == 'S') != ('search' in front):               # a study card and only a study card has a search space
+        ps.append(Problem(file, 'search', front.get('search', '<missing>'),
+                          'a search: block (a study card, kind S, searches a space)' if kind == 'S' else
+                          'no search: block (only a study card, kind S, has one)'))
     up = front.get('upstream')
     if isinstance(up, dict) and up.get('card') == front.get('id'):
         ps.append(Problem(file, 'upstream.card', up['card'], 'another card (a card cannot chain from itself)'))

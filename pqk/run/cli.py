@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
 # torch-free: the parser builds without torch; each command's module is imported when it runs (`_main`)
-from ..core.contracts import EDGE_BACKENDS, ContractError, load_workload, parse_yaml, project_root
+from ..core.contracts import EDGE_BACKENDS, ContractError, Problem, load_workload, parse_yaml, project_root
 
 # %% auto #0
 __all__ = ['EXPECTED_ERRORS', 'EXIT_CODES', 'STATUS_EXIT', 'RUN_COMMANDS', 'TEACHER_BY_DEFAULT', 'build_parser', 'UsageError',
@@ -291,6 +291,26 @@ def _train_teacher(args) -> int:
     return 0
 
 # %% ../../nbs/run/75_cli.ipynb #a53b162a
+def _is_study(card) -> bool:
+    "True for a card of kind S (a study: `pqk.run.study`); any other card, or one with problems, goes to run_card."
+    from pqk.core.contracts import check_card
+    c = check_card(card)[1]
+    return c is not None and c.kind == 'S'
+
+def _study(args) -> int:
+    "`pqk run` of a study card: `run_study`, then the reports rebuilt once (its last-rung runs are ordinary runs)."
+    from pqk.run.study import run_study
+    if args.param or args.seed is not None:
+        raise ContractError([Problem(args.card, '--param' if args.param else '--seed', args.param or args.seed,
+                                     "none for a study card: its seed and every stage's settings are the card's")])
+    res = run_study(args.card, runs_dir=args.runs_dir, resume=args.resume, force=args.force)
+    if not args.no_aggregate:
+        from pqk.run.aggregate import aggregate
+        from pqk.run.study import publish_study
+        try: aggregate(args.runs_dir, args.reports_dir); publish_study(res['run_dir'], args.reports_dir)
+        except Exception as e: print(f'pqk run: reports failed ({type(e).__name__}: {e})', file=sys.stderr)
+    return run_exit(res)
+
 def main(argv=None) -> int:
     args = _resolve_dirs(build_parser().parse_args(argv))
     try: return _main(args)
@@ -311,6 +331,7 @@ def _main(args) -> int:
         try: return lab(args.port, args.token, args.ip, args.browser)
         except ValueError as e: print(e, file=sys.stderr); return 2
     try:
+        if args.cmd == 'run' and _is_study(args.card): return _study(args)
         if args.cmd == 'run':
             from pqk.run.runner import run_card
             res = run_card(args.card, runs_dir=args.runs_dir, seed=args.seed, aggregate=not args.no_aggregate,
