@@ -237,6 +237,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'pqk/core/contracts.py'),
                                     'pqk.core.contracts.TaskCard.id': ('core/contracts.html#taskcard.id', 'pqk/core/contracts.py'),
                                     'pqk.core.contracts.TaskCard.kind': ('core/contracts.html#taskcard.kind', 'pqk/core/contracts.py'),
+                                    'pqk.core.contracts.TaskCard.verdict_rule': ( 'core/contracts.html#taskcard.verdict_rule',
+                                                                                  'pqk/core/contracts.py'),
                                     'pqk.core.contracts.Workload': ('core/contracts.html#workload', 'pqk/core/contracts.py'),
                                     'pqk.core.contracts.Workload.pair_graph': ( 'core/contracts.html#workload.pair_graph',
                                                                                 'pqk/core/contracts.py'),

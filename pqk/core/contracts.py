@@ -501,6 +501,10 @@ class TaskCard:
     def kind(self) -> str: return self.front['kind']
     @property
     def budget(self) -> float: return float(self.front['gpu_hours_budget'])
+    @property
+    def verdict_rule(self) -> str | None:
+        "The card's own verdict rule (`point` or `interval`), None: eval.yaml's."
+        return self.front.get('verdict_rule')
     def config_path(self, which: str) -> Path | None:
         p = self.front['configs'].get(which)
         return None if p is None else resolve_path(p, self.path)

@@ -42,7 +42,8 @@ def thresholds_for(kind: str, eval=None, card=None, gpu_hours_budget=None) -> di
     elif card is not None: mx, exception = card_threshold(card, ev)
     else: mx = ev.threshold_for(kind)[1]
     budget = gpu_hours_budget if gpu_hours_budget is not None else (card.budget if card is not None else None)
-    return {'rule': rule, 'verdict_rule': ev.verdict_rule, 'quality_drop_max_pct': mx,
+    vr = (card.verdict_rule if card is not None else None) or ev.verdict_rule    # the card's own, else eval's
+    return {'rule': rule, 'verdict_rule': vr, 'quality_drop_max_pct': mx,
             'gpu_hours_budget': None if budget is None else float(budget),
             'gpu_hours_over_budget_ratio': float(ev.data['stop_loss']['gpu_hours_over_budget_ratio']),
             'no_improve_ckpt': int(ev.data['early_stop']['no_improve_ckpt']), 'exception': exception}
