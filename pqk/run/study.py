@@ -327,7 +327,8 @@ def order_table(study: Study) -> list[dict]:
         best = (next((p for p in ps if p['recommended']), None)
                 or max((p for p in ps if p['passed_decisively']), key=lambda p: p['speedup'] or 0, default=None)
                 or min((p for p in ps if p['drop_pct'] is not None), key=lambda p: p['drop_pct'], default=None))
-        why = '; '.join(dict.fromkeys(c.why for c in cs if c.state in ('cannot run', 'failed', 'stopped')))
+        stop = ('cannot run', 'failed', 'stopped') + (() if best else ('pruned',))   # an order with no run: why
+        why = '; '.join(dict.fromkeys(c.why for c in cs if c.state in stop))
         rows.append({'order': arrow(order), 'candidates': len(cs), 'states': states,
                      'best': None if best is None else {k: best[k] for k in ('cid', 'tag', 'run_id', 'status',
                                                                               'speedup', 'drop_pct', 'drop_lo_pct',
