@@ -186,4 +186,5 @@ def test_study_real_templates(tmp_project, tiny_ckpt):
         again = [json.loads((d / 'log.json').read_text()) for d in runs.iterdir()
                  if d.name.startswith(card_id + '-2') and d.name != run_id and (d / 'log.json').is_file()]
         first = json.loads((runs / run_id / 'log.json').read_text())
-        assert len(again) == 1 and again[0]['quality'] == first['quality'], (card_id, again, first['quality'])
+        nums = lambda q: {k: v for k, v in q.items() if k != 'teacher_cache'}    # provenance (a read time): no number
+        assert len(again) == 1 and nums(again[0]['quality']) == nums(first['quality']), (card_id, again, first)
