@@ -327,7 +327,7 @@ def check_ground_truth(scenes, pairs):
                          f'but 0 of {n:,} pixels are valid; '
                          'expected valid depth (check the depth files, depth_scale and masks)')
 
-KEEP_PREDS = 4   # pairs whose outputs `evaluate` hands back (figures, pointmaps); every other pair is scored and dropped
+KEEP_PREDS = 4   # pairs whose outputs `evaluate` hands back (figures, pointmaps); the others are scored, dropped
 
 def score_pairs(model, scenes, pairs, teacher_preds, device=None, progress: bool = True, name: str = 'model',
                 keep: int = KEEP_PREDS) -> tuple[list[dict], list]:
