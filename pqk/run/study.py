@@ -4,7 +4,7 @@
 
 # %% ../../nbs/run/77_study.ipynb #ed5e5ddc
 from __future__ import annotations
-import itertools, json, math, random, re
+import itertools, json, math, random, re, sys
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 
@@ -13,13 +13,15 @@ from ..core.contracts import (ContractError, Problem, TaskCard, check_card, load
                                 load_contract, resolve_path, resolve_ref, card_threshold, _rel)
 from ..core.io import utc_now, write_json_atomic, write_text_atomic
 from .runner import run_card, make_run_id, create_run_dir, config_hash, run_lock, resume_folder
+from .review import md_text
 from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively
 
 # %% auto #0
-__all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'CHAIN_KINDS', 'arrow',
-           'order_problem', 'Rung', 'Space', 'subset_workload', 'parse_search', 'Candidate', 'plan_candidates', 'halve',
-           'StageSpec', 'stage_card_id', 'stage_entry', 'StudyStop', 'Study', 'order_table', 'run_schedule',
-           'CardExecutor', 'best_hand_chain', 'study_markdown', 'plot_front', 'run_study', 'publish_study']
+__all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'CHAIN_KINDS',
+           'STUDIES_INDEX', 'arrow', 'order_problem', 'Rung', 'Space', 'subset_workload', 'parse_search', 'Candidate',
+           'plan_candidates', 'halve', 'StageSpec', 'stage_card_id', 'stage_entry', 'StudyStop', 'Study', 'order_table',
+           'run_schedule', 'CardExecutor', 'best_hand_chain', 'study_markdown', 'front_figure', 'plot_front',
+           'run_study', 'publish_study', 'publish_studies', 'rebuild_reports']
 
 # %% ../../nbs/run/77_study.ipynb #c9728dc3
 STAGE_METHOD = {'K': 'distill', 'P': 'prune', 'Q': 'quant'}
@@ -444,13 +446,15 @@ def best_hand_chain(runs_dir, workload_version: str, eval_version: str, device: 
                 or str(row.get('contracts.workload.version')) != str(workload_version)
                 or str(row.get('contracts.eval.version')) != str(eval_version) or device_kind(row) != device):
             continue
-        sp, d = speedup_vs_teacher(row)['speedup'], drop_interval(row)
+        t, d = speedup_vs_teacher(row), drop_interval(row)
+        sp = t['speedup']
         if sp is None: continue
         k = (passed_decisively(row), sp, str(row.get('started_utc')))
         if key is None or k > key:
             best, key = {'run_id': row['run_id'], 'card': row.get('task_card'), 'kind': row.get('kind'),
-                         'status': row.get('status'), 'speedup': sp, 'drop_pct': d[0] if d else None,
-                         'passed_decisively': k[0]}, k
+                         'status': row.get('status'), 'speedup': sp, 'noisy': t['noisy'],
+                         'drop_pct': d[0] if d else None, 'drop_lo_pct': d[1] if d else None,
+                         'drop_hi_pct': d[2] if d else None, 'passed_decisively': k[0]}, k
     return best
 
 # %% ../../nbs/run/77_study.ipynb #9f216f87
@@ -483,37 +487,53 @@ def study_markdown(rec: dict) -> str:
     out += ['', '| stage order | candidates | best | why not |', '|---|---|---|---|']
     for o in rec.get('orders') or []:
         b = o['best']
-        out.append(f"| {o['order']} | {o['candidates']} | " + (f"{b['cid']} {b['tag']} {b['status']} "
-                   f"{_f(b['speedup'])}× drop {_f(b['drop_pct'])}%" if b else '—') + f" | {o['why'] or ''} |")
+        best = f"{b['cid']} {b['tag']} {b['status']} {_f(b['speedup'])}× drop {_f(b['drop_pct'])}%" if b else '—'
+        out.append(f"| {o['order']} | {o['candidates']} | {best} | {md_text(o['why'] or '')} |")
     out += ['', '| candidate | order | stages | state | why |', '|---|---|---|---|---|']
     for c in rec['candidates']:
         tag = '-'.join(f'{s}{v}' for s, v in zip(c['order'], c['variants']))
         out.append(f"| {c['cid']} | {arrow(c['order'])} | {tag} | {c['state']} | "
-                   f"{str(c['why']).replace('|', '/')[:300]} |")
+                   f"{md_text(c['why'], 300)} |")
     return '\n'.join(out) + '\n'
 
-def plot_front(rec: dict, path: Path):
-    "front.png of the study record (see above); None when no candidate reached the last rung."
+def front_figure(rec: dict):
+    """The figure of `plot_front`: the last rung's candidates drawn as the reports' trade-off plot draws runs
+    (`pqk.run.aggregate`: status colours, hollow where timed under load, 95% drop intervals, front rings, the
+    recommended star), each labelled with its candidate and stages, and the best hand-written chain card as a grey
+    square; None when no candidate reached the last rung."""
     from pqk.eval import plotstyle as ps
-    pts = [p for p in (rec.get('front') or {}).get('points', [])
-           if p['speedup'] is not None and p['drop_pct'] is not None]
-    if not pts: return None
-    fig, (ax,) = ps.new_figure(1, 8.0, 4.5)
-    for st, color in ps.FRONT_COLORS.items():
-        g = [p for p in pts if p['front'] == st]
-        if not g: continue
-        xs, ys = [p['speedup'] for p in g], [p['drop_pct'] for p in g]
-        ps.error_bars(ax, xs, ys, [p['drop_lo_pct'] if p['drop_lo_pct'] is not None else p['drop_pct'] for p in g],
-                      [p['drop_hi_pct'] if p['drop_hi_pct'] is not None else p['drop_pct'] for p in g], color)
-        ax.scatter(xs, ys, color=color, s=30, zorder=3, label=st)
-    best = [p for p in pts if p['recommended']]
-    if best: ax.scatter([best[0]['speedup']], [best[0]['drop_pct']], marker='*', s=220, facecolor='none',
-                        edgecolor='tab:green', zorder=4, label='recommended')
-    ps.threshold_line(ax, rec['rule']['threshold_pct'], f"max drop {rec['rule']['threshold_pct']:g}%")
-    ps.place_labels(ax, [(p['speedup'], p['drop_pct']) for p in pts], [f"{p['cid']} {p['tag']}" for p in pts])
-    ax.set_xlabel('speed-up against the teacher (timed in the run)'); ax.set_ylabel('quality drop (%)')
-    ax.set_title(f"study {rec['card']}: the last rung's candidates"); ps.legend_outside(ax)
-    return ps.save_png(fig, path)
+    from pqk.run.aggregate import _tradeoff_panel
+    pts, stages = (rec.get('front') or {}).get('points', []), rec.get('stages') or {}
+    rows = [stages[p['card']]['row'] for p in pts if isinstance(stages.get(p['card']), dict)
+            and isinstance(stages[p['card']].get('row'), dict)]
+    if not rows: return None
+    fig, (ax,) = ps.new_figure(1, 9.0, 4.8)
+    _, _, avoid = _tradeoff_panel(ax, rows)
+    xy = [(p['speedup'], p['drop_pct']) for p in pts if p['speedup'] is not None and p['drop_pct'] is not None]
+    texts = [f"{p['cid']} {p['tag']} {p['speedup']:.2f}×" for p in pts
+             if p['speedup'] is not None and p['drop_pct'] is not None]
+    h = rec.get('hand_written')
+    if h and h.get('speedup') is not None and h.get('drop_pct') is not None:
+        x, y, lo, hi = h['speedup'], h['drop_pct'], h.get('drop_lo_pct'), h.get('drop_hi_pct')
+        if lo is not None and hi is not None: ps.error_bars(ax, [x], [y], [lo], [hi], 'dimgray')
+        ax.scatter([x], [y], marker='s', s=46, facecolors='none' if h.get('noisy') else 'dimgray',
+                   edgecolors='dimgray', linewidths=1.3, zorder=3)
+        leg = ax.get_legend()
+        ps.legend_outside(ax, [*(leg.legend_handles if leg else []),
+                               ps.marker_handle(f"best hand-written chain ({h['status']})", 'dimgray', marker='s')])
+        xy.append((x, y)); texts.append(f"{h['card']} (hand-written) {x:.2f}×")
+    ax.set_title(f"study {rec['card']}: the last rung's candidates\n(bars: 95% interval of the drop; hollow: timed "
+                 'under load)', fontsize=9)
+    fig.tight_layout()
+    ps.place_labels(ax, xy, texts, avoid=avoid)
+    return fig
+
+def plot_front(rec: dict, path: Path):
+    "front.png of the study record (`front_figure`); None when no candidate reached the last rung."
+    from pqk.eval import plotstyle as ps
+    fig = front_figure(rec)
+    return None if fig is None else ps.save_png(fig, path)
+
 
 # %% ../../nbs/run/77_study.ipynb #66c579b6
 def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, force: bool = False,
@@ -583,3 +603,55 @@ def publish_study(study_dir, reports_dir=None) -> list[Path]:
             with atomic_path(dst / f'{d.name}{suffix}') as tmp: shutil.copyfile(d / name, tmp)
             out.append(dst / f'{d.name}{suffix}')
     return out
+
+STUDIES_INDEX = 'index.md'
+
+def _index_line(d: Path, rec) -> str:
+    if not isinstance(rec, dict): return f'| {md_text(d.name, 80)} | — | unreadable: {md_text(rec, 200)} | | |'
+    r, b = rec.get('recommended'), rec.get('budget') or {}
+    best = (f"{md_text(r.get('cid'))} {md_text(r.get('tag'))}: {_f(_num(r.get('speedup')))}×, drop "
+            f"{_f(_num(r.get('drop_pct')))}%" if isinstance(r, dict) else 'none')
+    spent = f"{_f(_num(b.get('spent')), '{:.3g}')} of {_f(_num(b.get('device_hours')), '{:g}')}"
+    return (f"| [{md_text(d.name, 80)}]({md_text(d.name, 80)}.md) | {md_text(rec.get('card'), 40)} | "
+            f"{md_text(rec.get('state'), 20)} | {best} | {spent} |")
+
+def publish_studies(runs_dir='runs', reports_dir=None, max_bytes: int = 64 << 20) -> dict:
+    """Publish every study of `runs_dir` (a folder with `study.json`) to `<reports>/studies/` (`publish_study`), drop
+    the copies of studies no longer there, and write `studies/index.md` (newest first: card, state, recommendation,
+    device-hours); {'studies': [folder names], 'index': path or None}. A record over `max_bytes` or unreadable is
+    listed as such."""
+    from pqk.run.aggregate import report_paths
+    runs_dir, dst = Path(runs_dir), report_paths(reports_dir)['dir'] / 'studies'
+    found = sorted((f.parent for f in runs_dir.glob(f'*/{STUDY_FILE}') if f.is_file()), key=lambda d: d.name)
+    recs = {}
+    for d in found:
+        f = d / STUDY_FILE
+        try:
+            if f.stat().st_size > max_bytes: raise ValueError(f'{f.stat().st_size} bytes, over {max_bytes}')
+            recs[d] = json.loads(f.read_text(encoding='utf-8'))
+        except (OSError, ValueError) as e: recs[d] = f'{type(e).__name__}: {e}'
+        publish_study(d, reports_dir)
+    if dst.is_dir():
+        keep = {d.name for d in found}
+        for f in dst.iterdir():
+            if f.suffix in ('.md', '.png') and f.name != STUDIES_INDEX and f.stem not in keep: f.unlink()
+    if not found and not dst.is_dir(): return {'studies': [], 'index': None}
+    when = lambda d: (str(recs[d].get('updated_utc')) if isinstance(recs[d], dict) else '', d.name)
+    lines = ['# Studies', '', f'{len(found)} study run(s) in {md_text(_rel(runs_dir))}, newest first; each links to '
+             'its record (study.md; its front is the .png of the same name).', '',
+             '| study | card | state | recommended | device-hours spent |', '|---|---|---|---|---|',
+             *[_index_line(d, recs[d]) for d in sorted(found, key=when, reverse=True)]]
+    dst.mkdir(parents=True, exist_ok=True)
+    index = write_text_atomic(dst / STUDIES_INDEX, '\n'.join(lines) + '\n')
+    return {'studies': [d.name for d in found], 'index': index}
+
+def rebuild_reports(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
+    "`pqk aggregate`: every report from the run logs (`pqk.run.aggregate.aggregate`) and the studies' pages."
+    from pqk.run.aggregate import aggregate
+    out = aggregate(runs_dir, reports_dir, quiet)
+    out['studies'] = publish_studies(runs_dir, reports_dir)
+    if not quiet and out['studies']['studies']:
+        print(f"pqk aggregate: {len(out['studies']['studies'])} study(ies) -> "
+              f"{_rel(out['studies']['index'])}", file=sys.stderr)
+    return out
+
