@@ -176,6 +176,11 @@ def test_study_real_templates(tmp_project, tiny_ckpt):
     assert (k['card'], k['artifact'], k['verified']) == ('S9_real.K0', 'student_best.pt', True), k
     assert (runs / k['run_id'] / 'log.json').is_file() and q['kind'] == 'KQ'
     assert (proj / 'reports' / 'studies' / f'{study.name}.md').is_file()
+    idx = proj / 'reports' / 'studies' / 'index.md'
+    assert study.name in idx.read_text(), idx.read_text()
+    idx.unlink()                                   # `pqk aggregate` rebuilds the studies' pages with the reports
+    p = run_pqk('aggregate', '--runs-dir', runs, '--reports-dir', proj / 'reports', project=proj, cwd=proj, timeout=300)
+    assert p.returncode == 0 and study.name in idx.read_text(), p.stdout[-2000:] + p.stderr[-2000:]
     # the recipe run again as normal cards (its K stage, then its Q stage, pinned to the study's K run) gives the
     # same quality numbers on this CPU
     cards = study / 'cards'

@@ -305,9 +305,8 @@ def _study(args) -> int:
                                      "none for a study card: its seed and every stage's settings are the card's")])
     res = run_study(args.card, runs_dir=args.runs_dir, resume=args.resume, force=args.force)
     if not args.no_aggregate:
-        from pqk.run.aggregate import aggregate
-        from pqk.run.study import publish_study
-        try: aggregate(args.runs_dir, args.reports_dir); publish_study(res['run_dir'], args.reports_dir)
+        from pqk.run.study import rebuild_reports
+        try: rebuild_reports(args.runs_dir, args.reports_dir)
         except Exception as e: print(f'pqk run: reports failed ({type(e).__name__}: {e})', file=sys.stderr)
     return run_exit(res)
 
@@ -339,8 +338,8 @@ def _main(args) -> int:
                            resume=args.resume, debug=args.debug)
             return run_exit(res)
         if args.cmd == 'aggregate':
-            from pqk.run.aggregate import aggregate
-            aggregate(args.runs_dir, args.reports_dir); return 0
+            from pqk.run.study import rebuild_reports      # the run logs' reports and the studies' pages
+            rebuild_reports(args.runs_dir, args.reports_dir); return 0
         if args.cmd == 'review':
             from pqk.run.review import review
             review(args.runs_dir, args.reports_dir, since=args.since, until=args.until); return 0
