@@ -1073,6 +1073,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                              'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.upgrade_1_2_to_1_3': ( 'run/aggregate.html#upgrade_1_2_to_1_3',
                                                                              'pqk/run/aggregate.py'),
+                                   'pqk.run.aggregate.upgrade_1_3_to_1_4': ( 'run/aggregate.html#upgrade_1_3_to_1_4',
+                                                                             'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.upgrade_log': ('run/aggregate.html#upgrade_log', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.version_groups': ('run/aggregate.html#version_groups', 'pqk/run/aggregate.py'),
                                    'pqk.run.aggregate.version_tuple': ('run/aggregate.html#version_tuple', 'pqk/run/aggregate.py'),

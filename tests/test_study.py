@@ -61,7 +61,7 @@ expected_duration: 1 min
 status: ready
 seed: 0
 search:
-  orders: [[K, Q], [P, Q]]
+  orders: [[K, Q], [P, K, Q]]
   space:
     Q: [{}, {keep_float: [heads]}]
   halving:
@@ -155,7 +155,7 @@ def test_study_real_templates(tmp_project, tiny_ckpt):
     hash verified), the speed-up and the drop come from the real logs, the last rung evaluates the contract's pairs."""
     proj = _tiny_project(tmp_project, tiny_ckpt)
     card = proj / 'taskcards' / 'S9_real.md'
-    card.write_text(CARD.replace('id: S9_fake', 'id: S9_real').replace('[[K, Q], [P, Q]]', '[[K, Q]]')
+    card.write_text(CARD.replace('id: S9_fake', 'id: S9_real').replace("[[K, Q], [P, K, Q]]", "[[K, Q]]")
                     .replace('pairs: 96', 'pairs: 2').replace('steps: 10', 'steps: 2')
                     .replace('{qat: {enabled: false}}', '{qat: {enabled: false}, sensitivity: {enabled: false}}'))
     runs = proj / 'runs'

@@ -14,7 +14,7 @@ import yaml
 from .io import sha256_file
 
 # %% auto #0
-__all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'METHOD_NAMES',
+__all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'Q_KINDS', 'EDGE_BACKENDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'METHOD_NAMES',
            'RESOLUTIONS', 'SEMANTIC_CHECKS', 'MAX_CONFIG_BYTES', 'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX',
            'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'clip_text', 'Problem', 'ContractError',
            'load_schema', 'schema_problems', 'with_defaults', 'method_defaults', 'version_problems', 'Contract',
@@ -25,8 +25,9 @@ __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'EDGE_BACKENDS', 'SCHEMA_F
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
-KINDS = ('K', 'Q', 'P', 'KQ', 'KP', 'KPQ', 'eval', 'edge', 'S')      # S: a study (pqk.run.study), no template
+KINDS = ('K', 'Q', 'P', 'KQ', 'KP', 'PQ', 'KPQ', 'eval', 'edge', 'S')   # S: a study (pqk.run.study), no template
 Q_ONLY_KINDS = ('Q',)
+Q_KINDS = ('Q', 'KQ', 'PQ', 'KPQ')    # every kind whose run quantizes (run_quant): Q alone or a chain's Q
 EDGE_BACKENDS = ('torch', 'torch-compile', 'ort', 'tensorrt')    # edge-eval --backend; the log's edge_device.backend
 
 def is_project_root(d: Path) -> bool:
@@ -568,7 +569,8 @@ def resolve_ref(ref: str, ev: dict):
     return cur
 
 # %% ../../nbs/core/00_contracts.ipynb #5be9393f
-METHOD_FOR_KIND = {'K': 'distill', 'KP': 'prune', 'Q': 'quant', 'KQ': 'quant', 'KPQ': 'quant', 'P': 'prune'}
+METHOD_FOR_KIND = {'K': 'distill', 'KP': 'prune', 'Q': 'quant', 'KQ': 'quant', 'PQ': 'quant', 'KPQ': 'quant',
+                   'P': 'prune'}
 
 def check_card(path) -> tuple[list[Problem], TaskCard | None]:
     "All problems of one task card (front matter, config paths, references, the method config's kind), and the card."

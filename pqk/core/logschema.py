@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib, os, platform, socket, subprocess
 from typing import Any
 
-from .contracts import Problem, load_schema, schema_problems, project_root
+from .contracts import Problem, load_schema, schema_problems, project_root, Q_KINDS
 
 # 1.1: intervals, inconclusive, device-hours, real hashes; 1.2: Q/P/chains (+ optional artifact_hashes)
-LOG_SCHEMA_VERSION = '1.3'
+LOG_SCHEMA_VERSION = '1.4'
 
 # %% auto #0
 __all__ = ['LOG_SCHEMA_VERSION', 'NOT_COLUMNS', 'git_commit', 'environment', 'log_problems', 'validate_log', 'finite_record',
@@ -87,7 +87,7 @@ def synthetic_log(kind: str = 'eval', contracts: dict | None = None, **over) -> 
         'thresholds': {'rule': 'none', 'quality_drop_max_pct': None, 'gpu_hours_budget': 0.05,
                        'gpu_hours_over_budget_ratio': 1.2},
     }
-    if kind in ('Q', 'KQ', 'KPQ'):
+    if kind in Q_KINDS:
         rec['calibration_set_hash'] = hashlib.sha256(b'devcheck synthetic calibration set').hexdigest()
     rec.update(over)
     return rec

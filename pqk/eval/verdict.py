@@ -27,7 +27,7 @@ __all__ = ['VERDICT_RULES', 'STATUSES', 'threshold_rule', 'thresholds_for', 'ver
 
 # %% ../../nbs/eval/34_verdict.ipynb #120b1891
 def threshold_rule(kind: str) -> str:
-    "'q_only' for Q, 'none' for eval and edge, 'mainline' for K, P, KQ, KP, KPQ."
+    "'q_only' for Q, 'none' for eval and edge, 'mainline' for K, P, KQ, KP, PQ, KPQ."
     if kind not in KINDS: raise ValueError(f"kind: got {kind!r}; expected one of {', '.join(KINDS)}")
     return 'q_only' if kind in Q_ONLY_KINDS else 'none' if kind in ('eval', 'edge') else 'mainline'
 

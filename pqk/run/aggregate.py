@@ -8,7 +8,8 @@ import csv, hashlib, json, math, os, re, sys, time, zipfile
 from pathlib import Path
 from typing import Callable
 
-from ..core.contracts import KINDS, ContractError, Problem, load_eval, project_root, schemas_dir, _rel, clip_text
+from ..core.contracts import (KINDS, Q_KINDS, ContractError, Problem, load_eval, project_root, schemas_dir, _rel,
+                                clip_text)
 from ..core.logschema import LOG_SCHEMA_VERSION, flatten_log, log_columns, log_problems
 from ..core.io import utc_now, write_json_atomic, atomic_path, file_lock, clean_stale_tmp
 from ..eval import plotstyle as pstyle
@@ -18,14 +19,14 @@ __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX
            'MAIN_HEADERS', 'CSV_FORMULA_LEAD', 'MAX_PANELS', 'MAX_LABELS', 'FRONT_STATUSES', 'STATUS_COLORS',
            'MAX_AVOID', 'NOTES_CAPTION', 'STAGE_NAMES', 'report_paths', 'register_upgrade', 'version_tuple',
            'upgrade_log', 'read_log_bytes', 'parse_log', 'identity_problems', 'read_logs', 'upgrade_1_0_to_1_1',
-           'upgrade_1_1_to_1_2', 'upgrade_1_2_to_1_3', 'log_row', 'cache_key', 'parse_entries', 'read_rows',
-           'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx', 'group_summary',
-           'annotate_front', 'report_sheets', 'main_rows', 'csv_text', 'write_csv', 'write_summary_json', 'plot_text',
-           'timing_mark', 'load_text', 'pareto_front', 'card_family', 'speedup_vs_teacher', 'drop_interval',
-           'passed_decisively', 'device_kind', 'classify_front', 'front_status', 'recommended', 'tradeoff_points',
-           'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff', 'prune_share_label',
-           'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars', 'stages_figure',
-           'plot_stages', 'aggregate']
+           'upgrade_1_1_to_1_2', 'upgrade_1_2_to_1_3', 'upgrade_1_3_to_1_4', 'log_row', 'cache_key', 'parse_entries',
+           'read_rows', 'version_groups', 'report_columns', 'flat_rows', 'col_letter', 'sheet_title', 'write_xlsx',
+           'group_summary', 'annotate_front', 'report_sheets', 'main_rows', 'csv_text', 'write_csv',
+           'write_summary_json', 'plot_text', 'timing_mark', 'load_text', 'pareto_front', 'card_family',
+           'speedup_vs_teacher', 'drop_interval', 'passed_decisively', 'device_kind', 'classify_front', 'front_status',
+           'recommended', 'tradeoff_points', 'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff',
+           'prune_share_label', 'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars',
+           'stages_figure', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -138,7 +139,7 @@ def upgrade_1_0_to_1_1(rec: dict) -> dict:
     res['device_kind'] = kind
     r['resource'] = res
     h, why = r.get('calibration_set_hash'), None
-    if r.get('kind') in ('Q', 'KQ', 'KPQ'):
+    if r.get('kind') in Q_KINDS:
         if h == '0' * 64 or not h: why = 'its calibration_set_hash was a placeholder (64 zeros) or missing'
         elif "hash of the workload's calibration spec" in str(r.get('reason', '')):
             why = "its calibration_set_hash was the hash of the calibration spec, not of the set"
@@ -159,6 +160,11 @@ def upgrade_1_1_to_1_2(rec: dict) -> dict:
 def upgrade_1_2_to_1_3(rec: dict) -> dict:
     "A log of schema 1.2 as schema 1.3 (see above): the version changes, nothing else."
     return {**rec, 'schema_version': '1.3'}
+
+@register_upgrade('1.3')
+def upgrade_1_3_to_1_4(rec: dict) -> dict:
+    "A log of schema 1.3 as schema 1.4 (see above): the version changes, nothing else."
+    return {**rec, 'schema_version': '1.4'}
 
 
 # %% ../../nbs/run/72_aggregate.ipynb #df9d882d
@@ -581,7 +587,7 @@ def speedup_vs_teacher(row: dict) -> dict:
         return out(1.0, 'teacher', eff_load, row.get('efficiency.latency_noisy'))
     q, t, p = 'quantization.latency_side_by_side', 'training.side_by_side', 'pruning.side_by_side'
     sp = _num(row.get('quantization.ratios.teacher_eager_vs_int8_p50'))
-    if kind in ('Q', 'KQ', 'KPQ') and sp:
+    if kind in Q_KINDS and sp:
         return out(sp, 'interleaved', _num(row.get(f'{q}.load_avg')), row.get(f'{q}.ort_int8.noisy'),
                    row.get(f'{q}.teacher_eager.noisy'))
     sp = _num(row.get('training.speedup_p50_side_by_side'))

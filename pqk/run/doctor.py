@@ -522,13 +522,14 @@ def card_estimate(card, u: dict, workload, evalc, root=None) -> dict:
     (first order: the operations' terms (`op_terms`) with the counts of the card's configs, and the evaluation's
     forwards; chains scale by the upstream model's size)."""
     kind, parts, miss = card.kind, {}, []
-    method = kind[-1] if kind not in ('eval', 'edge') else kind         # KQ, KPQ: Q of the upstream model
+    method = kind[-1] if kind not in ('eval', 'edge') else kind         # KQ, PQ, KPQ: Q of the upstream model
     n_eval, fwd, L = _n_eval(workload), u.get('forward_s'), _lat_calls(evalc)
     lat = evalc.data['efficiency']['latency']
     up = (card.front.get('upstream') or {}).get('card', '') if isinstance(card.front.get('upstream'), dict) else ''
     r = 1.0                                                                 # size of the model the card starts from
     if up.startswith('A1') or up.startswith('K'): r = u.get('student_ratio') or 0.7
     if up.startswith('KP'): r = (u.get('student_ratio') or 0.7) * (u.get('prune_ratio') or 0.7)
+    elif up.startswith('C') or up.startswith('P'): r = u.get('prune_ratio') or 0.7          # P→Q: the pruned teacher
     def add(terms, scale=1.0, units=u):
         p, m = estimate(terms, units, scale)
         for k, v in p.items(): parts[k] = parts.get(k, 0.0) + v

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core.contracts import (ContractError, Problem, check_card, contracts_provenance, load_contract, load_eval,
                                 load_workload, project_root, cards_by_id, CKPT_KEYWORDS, MAX_CONFIG_BYTES, _rel,
-                                TaskCard, clip_text)
+                                TaskCard, clip_text, Q_KINDS)
 from ..core.logschema import LOG_SCHEMA_VERSION, environment, git_commit, log_problems, finite_record
 from ..core.devcheck import devcheck
 from ..core.io import (utc_now, write_json_atomic, write_text_atomic, atomic_path, file_lock, read_ledger, LEDGER_ENV,
@@ -24,7 +24,7 @@ from ..eval.verdict import thresholds_for, judge, STATUSES
 from ..train.stoprules import stop_verdict_reason
 
 # %% auto #0
-__all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS', 'Q_KINDS',
+__all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'ADHOC_BUDGET_GPU_HOURS', 'LOG_BLOCKS',
            'LEDGER_NAME', 'INPUTS_NAME', 'LOCK_NAME', 'DEBUG_ENV', 'KERNEL_TCP_WARNING', 'KERNEL_SHUTDOWN_NOISE',
            'STOP_GRACE_ENV', 'STOP_GRACE_S', 'UPSTREAM_ARTIFACT', 'UPSTREAM_ACCEPT', 'RESUME_FOLDER',
            'MAX_HASHED_FILES', 'METHOD_COMMAND', 'templates_dir', 'TemplateNotFound', 'resolve_template',
@@ -37,7 +37,7 @@ __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'A
            'start_line', 'verdict_line', 'record_line', 'execute_run', 'run_card', 'resume_folder', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #6c207d48
-TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'KPQ': 'run_quant',
+TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'PQ': 'run_quant', 'KPQ': 'run_quant',
                     'P': 'run_prune', 'KP': 'run_prune', 'edge': 'run_edge'}
 METHOD_KIND = {'eval': 'eval', 'distill': 'K', 'quant': 'Q', 'prune': 'P', 'edge': 'edge'}
 PROTOCOL_PARAMS = ('workload', 'eval', 'cfg', 'card', 'card_id', 'kind', 'run_id', 'out_dir', 'seed', 'ckpt',
@@ -188,7 +188,6 @@ def null_blocks(ev, device_hours: float = 0.0, device_kind: str = 'cpu') -> dict
 
 LOG_BLOCKS = ('model', 'quality', 'efficiency', 'resource', 'calibration_set_hash', 'edge_device', 'training',
               'quantization', 'pruning')
-Q_KINDS = ('Q', 'KQ', 'KPQ')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 
 def real_hash(h) -> bool:

@@ -25,7 +25,7 @@ __all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAUL
 
 # %% ../../nbs/run/77_study.ipynb #c9728dc3
 STAGE_METHOD = {'K': 'distill', 'P': 'prune', 'Q': 'quant'}
-RUN_KIND = {'K': 'K', 'P': 'P', 'Q': 'Q', 'KQ': 'KQ', 'KP': 'KP', 'KPQ': 'KPQ'}   # a chain's letters -> its run kind
+RUN_KIND = {'K': 'K', 'P': 'P', 'Q': 'Q', 'KQ': 'KQ', 'KP': 'KP', 'PQ': 'PQ', 'KPQ': 'KPQ'}   # a chain's letters -> its run kind
 STAGE_ARTIFACT = {'K': 'student_best.pt', 'P': 'pruned_best.pt'}               # what the next stage starts from
 STAGE_ACCEPT = ['passed', 'inconclusive', 'failed']        # a stage chains from its upstream whatever its verdict
 DEFAULT_CONFIG = {'K': 'configs/distill.yaml', 'P': 'configs/prune.yaml', 'Q': 'configs/quant.yaml'}
@@ -434,7 +434,7 @@ class CardExecutor:
         return res['record']
 
 # %% ../../nbs/run/77_study.ipynb #d0c4aacb
-CHAIN_KINDS = ('KQ', 'KP', 'KPQ')
+CHAIN_KINDS = ('KQ', 'KP', 'PQ', 'KPQ')
 _STAGE_CARD = re.compile(r'\.(r\d+\.)?[KPQ]\d+(-[KPQ]\d+)*$')     # <study>.K0-Q1, <study>.r0.K0-Q1
 
 def best_hand_chain(runs_dir, workload_version: str, eval_version: str, device: str = 'cpu') -> dict | None:
