@@ -813,8 +813,10 @@ def study_problems(rec, file: str, folder: str | None = None) -> list[str]:
 
 # %% ../../nbs/run/74_explore.ipynb #cdcd15d1
 STUDY_WHY_CHARS = 300     # a candidate's or an order's why in the Studies tab (study.json and study.md keep more)
-STUDY_CSS = ('<style>.pqk-study-head {overflow-wrap: anywhere} table.pqk-study {margin: 2px 0px 10px 0px} '
-             '.pqk-study h4 {margin: 10px 0px 2px 0px}</style>')
+STUDY_CSS = ('<style>.pqk-study {line-height: 1.5} .pqk-study-head {overflow-wrap: anywhere} '  # a long path wraps
+             # a table column is never narrower than its longest word (K→Q, a run id): words break only when alone
+             'table.pqk-diff.pqk-study td, table.pqk-diff.pqk-study th {overflow-wrap: break-word} '
+             'table.pqk-study {margin: 2px 0px 10px 0px} .pqk-study h4 {margin: 10px 0px 2px 0px}</style>')
 
 def _study_table(head, rows) -> str:
     "An HTML table of the Studies tab: the header `head`, a row per list of `rows`, every cell `fmt`-ed and escaped."
