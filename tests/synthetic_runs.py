@@ -11,6 +11,7 @@ each timing, and the speed-up against the teacher timed side by side in the run 
 `quantization.latency_side_by_side` and `ratios`, P: `pruning.side_by_side`); they are drawn from a second generator
 seeded by the run id, so the main series is the same as before they existed. `day_of_cards(runs_dir)` writes a
 doctored day (E0, A1, A2, B1, C1, KQ_D1; some timed under load) whose front is known (see its docstring).
+`make_study(runs_dir, card_dir)` runs a small study card (`pqk.run.study`) with a stand-in executor: a study folder.
 
     python tests/synthetic_runs.py RUNS_DIR N [--versions 1.0:1.0,1.1:1.0]
 """
@@ -254,6 +255,50 @@ def make_runs(runs_dir, n: int, seed: int = 0, versions=(('1.0', '1.0'),), noteb
         wv, ev = versions[i % len(versions)]
         out.append(write_run(runs_dir, synthetic_run_log(i, rng, wv, ev), notebooks, pointmaps))
     return out
+
+
+
+STUDY_CARD = """---
+id: S9_view
+kind: S
+goal: A small study for the explorer tests.
+configs: {workload: configs/workload.yaml, eval: configs/eval.yaml}
+thresholds: {quality_drop_pct: eval.thresholds.quality_drop_mainline_pct}
+exceptions: []
+stop_loss: eval.stop_loss.gpu_hours_over_budget_ratio
+early_stop: eval.early_stop.no_improve_ckpt
+gpu_hours_budget: 0.75
+expected_duration: a second
+status: ready
+seed: 0
+search:
+  orders: [[K, Q], [P, Q], [Q]]
+---
+# S9_view
+"""
+STUDY_NUMBERS = {'K0': (1.3, 0.5, 0.0, 1.0), 'K0-Q0': (2.0, 0.4, 0.1, 0.8), 'Q0': (3.0, 2.5, 2.0, 3.0)}
+
+
+def make_study(runs_dir, card_dir, numbers=None) -> Path:
+    """Run the small study card `STUDY_CARD` (K→Q, P→Q which cannot run, Q; this checkout's configs) into `runs_dir`
+    with a stand-in for its executor: each stage's log has the (speed-up, drop, low, high) that `numbers` (default
+    `STUDY_NUMBERS`: K→Q passes decisively at 2×, Q fails at 3×) gives its prefix, and writes no run folder. The
+    study's folder (study.json, study.md, front.png)."""
+    from pqk.run.study import run_study
+    card = Path(card_dir) / 'S9_view.md'; card.write_text(STUDY_CARD)
+    nums = numbers or STUDY_NUMBERS
+    def stage(spec) -> dict:
+        sp, d, lo, hi = nums[spec.card_id.rsplit('.', 1)[-1]]
+        return {'run_id': f'{spec.card_id}-20260105T080000Z-abcdef', 'task_card': spec.card_id, 'kind': spec.kind,
+                'status': 'failed' if d > 1.5 else 'passed' if hi <= 1.5 else 'inconclusive', 'reason': 'synthetic',
+                'error': None, 'started_utc': '2026-01-05T08:00:00Z',
+                'contracts': {'workload': {'version': '1.0'}, 'eval': {'version': '1.0'}},
+                'quality': {'quality_drop_pct': d, 'quality_drop_lo_pct': lo, 'quality_drop_hi_pct': hi,
+                            'n_pairs': 288},
+                'efficiency': {'latency_p50_ms': 100.0 / sp, 'device': 'cpu',
+                               'teacher': {'latency_p50_ms': 100.0, 'device': 'cpu'}},
+                'thresholds': {'rule': 'mainline', 'quality_drop_max_pct': 1.5}, 'resource': {'device_hours': 0.1}}
+    return run_study(card, runs_dir=runs_dir, executor=stage, say=lambda *a: None)['run_dir']
 
 
 if __name__ == '__main__':

@@ -1,17 +1,17 @@
 """The explorer in a real browser: JupyterLab on 127.0.0.1 with a token, headless Chromium driven by Selenium.
 
 A temporary workbook (the schemas and configs of this checkout, synthetic runs of two workload versions with notebooks
-and pointmaps, and the explorer notebook that `pqk lab` writes into a project without one) is served by JupyterLab; the
-test opens what `pqk lab` opens (`lab_command`'s URL: explore.ipynb at the project root, `EXPLORER_NB`) as a researcher
-does, checks that it shows no library code (no exported or test cell: `LIBRARY_ONLY`, which the library notebook
-nbs/run/74_explore.ipynb does show) and that no dialog asks for a kernel (the notebook names its kernelspec), runs
-every cell, then visits each tab,
-saves a screenshot of it and checks its visible text (the DOM's, not pixels) against a short list of what it must
-and must not show (`TAB_TEXTS`, `NOT_SHOWN`); on the way: the comparison fits the page without sideways scrolling,
-its figures are at least 320 px wide, the Pareto tab links the recommended run's notebook, the 3D view is shown near
-its own 1120 px, the run table fits its box (wrapped, never scrolled sideways), and a filter widget changes the run
-table. The screenshots (explorer-<tab>.png) and the visible texts (explorer-texts.txt) are left in the test's
-temporary folder.
+and pointmaps, a study's folder, and the explorer notebook that `pqk lab` writes into a project without one) is served
+by JupyterLab; the test opens what `pqk lab` opens (`lab_command`'s URL: explore.ipynb at the project root,
+`EXPLORER_NB`) as a researcher does, checks that it shows no library code (no exported or test cell: `LIBRARY_ONLY`,
+which the library notebook nbs/run/74_explore.ipynb does show) and that no dialog asks for a kernel (the notebook names
+its kernelspec), runs every cell, then visits each tab, saves a screenshot of it and checks its visible text (the
+DOM's, not pixels) against a short list of what it must and must not show (`TAB_TEXTS`, `NOT_SHOWN`); on the way: the
+comparison fits the page without sideways scrolling, its figures are at least 320 px wide, the Pareto tab links the
+recommended run's notebook, the 3D view is shown near its own 1120 px, the run table fits its box (wrapped, never
+scrolled sideways), the Studies tab shows the study's recommendation, tables and front plot (at its own size), and a
+filter widget changes the run table. The screenshots (explorer-<tab>.png) and the visible texts (explorer-texts.txt)
+are left in the test's temporary folder.
 
 Needs Debian's `chromium` and `chromium-driver` (apt-get install chromium chromium-driver) and the dev dependency
 `selenium`; without them the test is skipped with the reason, except under CI (`CI` or `PQK_CI` set), where it fails.
@@ -20,7 +20,7 @@ import json, os, shutil, signal, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 import pytest
-from synthetic_runs import make_runs
+from synthetic_runs import make_runs, make_study
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,7 +48,8 @@ def _browser():
 
 def _workbook(tmp: Path) -> Path:
     """A small workbook: this checkout's schemas, configs and library notebook (the negative control of
-    `LIBRARY_ONLY`), the explorer notebook `pqk lab` writes, a copy of it without a kernelspec, 12 synthetic runs."""
+    `LIBRARY_ONLY`), the explorer notebook `pqk lab` writes, a copy of it without a kernelspec, 12 synthetic runs and
+    a study (`make_study`: its folder has no log.json, and the Runs tab still counts 12 runs)."""
     from pqk.run.explore import write_explorer, EXPLORER_NB
     root = tmp / 'workbook'
     for d in ('schemas', 'configs'): shutil.copytree(ROOT / d, root / d)
@@ -63,6 +64,7 @@ def _workbook(tmp: Path) -> Path:
         if (r['status'], r['contracts']['workload']['version']) == ('passed', '1.1') and t and q['quality_drop_pct'] < t - .2:
             q.update(quality_drop_lo_pct=q['quality_drop_pct'] - .1, quality_drop_hi_pct=q['quality_drop_pct'] + .1)
             f.write_text(json.dumps(r)); break
+    make_study(root / 'runs', root)
     return root
 
 
@@ -123,6 +125,9 @@ TAB_TEXTS = {
     'Pareto': ['Recommended:', 'of 1 run(s) that passed decisively', 'open its archived notebook', 'runs of w1.1 e1.0 on the plot: 2 passed, 3 failed, '
                '1 stopped', 'hollow: over a limit, or not passed', 'passed runs only'],
     'Pointmaps': ['run(s) with pointmaps, newest first', 'pair', 'points', 'azimuth', 'elevation', 'colour'],
+    'Studies': ['1 stud(ies), newest first', 'Study S9_view-', 'Recommended: c01 K→Q (K0-Q0)', 'reproduce: pqk run',
+                '/cards/S9_view.K0-Q0.md', 'Best hand-written chain card', "The last rung's candidates", 'c01 ★',
+                '0.4 [0.1, 0.8]', 'Stage orders', 'no run kind for the chain P→Q', 'Candidates', 'cannot run'],
 }
 NOT_SHOWN = {'Runs': ['ascending'], 'Pareto': ['outside thresholds', 'within thresholds']}
 EVERYWHERE_NOT = ['Select Kernel', 'Traceback']
@@ -223,6 +228,9 @@ def test_explorer_in_jupyterlab(lab):
         assert js('return arguments[0].getBoundingClientRect().width', cloud) >= 700   # near its own size
         assert js('return arguments[0].getBoundingClientRect().width', cloud) <= 1121  # never stretched
         show(cloud); d.save_screenshot(str(shots / 'explorer-pointmaps-3d.png'))
+        visit('Studies', lambda: css('table.pqk-study') and plot(), 'no study tables or front plot')
+        fw = js('return [arguments[0].naturalWidth, arguments[0].getBoundingClientRect().width]', plot()[-1])
+        assert fw[0] >= 500 and abs(fw[1] - fw[0]) <= 1, fw                  # the front plot at its own size
         # a filter changes the run table (back on the Runs tab)
         next(e for e in css('.lm-TabBar-tabLabel') if e.text == 'Runs').click()
         assert count().startswith('12 of 12'), count()

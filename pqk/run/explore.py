@@ -4,30 +4,33 @@
 
 # %% ../../nbs/run/74_explore.ipynb #a0da6059
 from __future__ import annotations
-import html, io, json, math, os, secrets, signal, socket, subprocess, sys
+import errno, html, io, json, math, os, secrets, signal, socket, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np, pandas as pd
 
-from ..core.contracts import project_root, split_front_matter, _rel, clip_text
+from ..core.contracts import project_root, split_front_matter, _rel, clip_text, Problem
 from ..eval.pointmaps import load_pointmaps, PointmapError
 from ..eval import plotstyle as pstyle
 from .aggregate import (read_rows, report_paths, version_groups, pareto_front, annotate_front, _num,
                               drop_interval)
 from .scraps import read_displays, ScrapError
+from .study import STUDY_FILE, Candidate, arrow, _hand_line
 
 # %% auto #0
 __all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS',
            'MAX_DEFAULT_PICKS', 'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI',
            'CLOUD_POINT_SIZE', 'WRAP_ANYWHERE', 'ALWAYS_SHOWN', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX',
+           'STUDY_MAX_BYTES', 'STUDY_FIELDS', 'STUDY_OPTIONAL', 'STUDY_NUMBERS', 'STUDY_WHY_CHARS', 'STUDY_CSS',
            'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK', 'Runs', 'energy_mj', 'missing_files', 'load_runs',
            'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs',
            'compare_runs', 'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'decisive_pick', 'pareto',
            'status_counts', 'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure',
-           'cloud', 'cloud_figure', 'table_html', 'RunBrowser', 'diff_html', 'CompareView', 'ParetoView',
-           'PointmapView', 'Explorer', 'explorer_notebook', 'write_explorer', 'free_port', 'lab_command', 'stop_group',
-           'lab']
+           'cloud', 'cloud_figure', 'table_html', 'skipped_html', 'RunBrowser', 'diff_html', 'CompareView',
+           'ParetoView', 'PointmapView', 'Studies', 'study_problems', 'study_why_none', 'study_html', 'load_studies',
+           'front_png', 'StudyView', 'Explorer', 'explorer_notebook', 'write_explorer', 'free_port', 'lab_command',
+           'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
@@ -532,6 +535,13 @@ def table_html(df: pd.DataFrame, max_rows: int = 50) -> str:
     return f'{TABLE_CSS}{_anywhere_css(show.columns)}<div style="overflow:auto; max-height:520px">{t}</div>'
 
 # %% ../../nbs/run/74_explore.ipynb #9ad1fe10
+def skipped_html(skipped: list, what: str = 'log(s)') -> str:
+    "The files that could not be read (`[{'file', 'problems'}]`) as an escaped list under a warning; '' if none."
+    if not skipped: return ''
+    items = ''.join(f"<li><code>{_esc(s['file'])}</code>: {_esc(clip_text('; '.join(s['problems']), 400))}</li>"
+                    for s in skipped)
+    return _msg(f'{len(skipped)} {what} could not be read and are not shown:') + f'<ul>{items}</ul>'
+
 class RunBrowser(_View):
     "Filter and sort the runs table; the logs that could not be read are listed under it."
     def __init__(self, runs: Runs, max_rows: int = 50):
@@ -545,7 +555,7 @@ class RunBrowser(_View):
                                      description='order')
         self.max_rows = W.IntSlider(value=max_rows, min=10, max=1000, step=10, description='show')
         self.table, self.count = W.HTML(), W.HTML(); self.table.add_class('pqk-fit')
-        self.problems = W.HTML(self._problems())
+        self.problems = W.HTML(skipped_html(runs.skipped))
         self._observe(self.refresh, self.card, self.kind, self.status, self.versions, self.since, self.until,
                       self.order, self.max_rows)
         self._observe(self._sorted, self.sort)
@@ -574,12 +584,6 @@ class RunBrowser(_View):
             (f' (first {self.max_rows.value} shown)' if len(t) > self.max_rows.value else '') + \
             f', by {_esc(self.sort.value)}, {_esc(self.order.label)}'
         self.table.value = table_html(t, self.max_rows.value) if len(t) else _msg('no run matches these filters')
-
-    def _problems(self) -> str:
-        if not self.runs.skipped: return ''
-        items = ''.join(f"<li><code>{_esc(s['file'])}</code>: {_esc('; '.join(s['problems']))[:400]}</li>"
-                        for s in self.runs.skipped)
-        return _msg(f'{len(self.runs.skipped)} log(s) could not be read and are not shown:') + f'<ul>{items}</ul>'
 
 # %% ../../nbs/run/74_explore.ipynb #5f9dc8d5
 MAX_OPTIONS = 500       # runs listed in a picker (newest first); a text filter reaches the others
@@ -758,28 +762,217 @@ class PointmapView(_View):
             self.cloud.value = png(cloud_figure(self.pm, self.pair.value, self.points.value, self.azim.value,
                                                 self.elev.value, self.colour.value))
 
+# %% ../../nbs/run/74_explore.ipynb #f9a521c7
+STUDY_MAX_BYTES = 8 << 20   # a study.json or front.png larger is not read (a 64-candidate study's record: ~4 MB)
+STUDY_FIELDS = {'study': str, 'card': str, 'state': str, 'budget': dict, 'rule': dict, 'candidates': list}
+STUDY_OPTIONAL = {'front': dict, 'recommended': dict, 'orders': list, 'hand_written': dict, 'log': list}   # or null
+STUDY_NUMBERS = {'budget': ('device_hours', 'spent', 'stop_loss_ratio'), 'rule': ('threshold_pct', 'eta', 'slack_pct')}
+_JSON_TYPE = {str: 'a string', dict: 'a JSON object', list: 'a list'}
+
+@dataclass
+class Studies:
+    "The study records of a runs folder by folder name, newest first, and the study.json files that were skipped."
+    runs_dir: Path
+    records: dict
+    skipped: list = field(default_factory=list)      # [{'file', 'problems'}], as `Runs.skipped`
+
+    def study_dir(self, name: str) -> Path: return self.runs_dir / name
+
+def _read_small(path: Path, max_bytes: int) -> bytes:
+    "The bytes of plain file `path`; an OSError for anything else (a folder, a FIFO) or a file over `max_bytes`."
+    if not path.is_file(): raise OSError(errno.EINVAL, 'not a plain file')
+    with open(path, 'rb') as f: b = f.read(max_bytes + 1)             # never more, whatever the file's size
+    if len(b) > max_bytes: raise OSError(errno.EFBIG, f'over {max_bytes:,} bytes, not read')
+    return b
+
+def study_problems(rec, file: str, folder: str | None = None) -> list[str]:
+    """Why `rec` (a study.json's JSON) is no study record the explorer can show, one line per problem naming the
+    file, the field, the value and what was expected; [] when none. `folder`: the name of its folder (its `study`)."""
+    if not isinstance(rec, dict): return [f'{file}: got a JSON {type(rec).__name__}; expected a JSON object '
+                                          '(a study record)']
+    out, miss = [], '<missing>'
+    def want(path, v, ok, what):
+        if not ok: out.append(str(Problem(file, path, v, what)))
+    for k, t in STUDY_FIELDS.items(): want(k, rec.get(k, miss), isinstance(rec.get(k), t), _JSON_TYPE[t])
+    for k, t in STUDY_OPTIONAL.items(): want(k, rec[k] if k in rec else miss, rec.get(k) is None or
+                                         isinstance(rec[k], t), f'{_JSON_TYPE[t]} or null (or none yet)')
+    for blk, keys in STUDY_NUMBERS.items():
+        for k in keys if isinstance(rec.get(blk), dict) else ():
+            v = rec[blk].get(k, miss); want(f'{blk}.{k}', v, _num(v) is not None, 'a finite number')
+    front = rec.get('front') if isinstance(rec.get('front'), dict) else {}
+    want('front.points', front.get('points'), isinstance(front.get('points', []), list), 'a list')
+    for path, items in (('candidates', rec.get('candidates')), ('front.points', front.get('points')),
+                        ('orders', rec.get('orders'))):
+        if not isinstance(items, list): continue
+        bad = next((i for i, x in enumerate(items) if not isinstance(x, dict)), None)
+        if bad is not None: want(f'{path}[{bad}]', items[bad], False, 'a JSON object')
+    s = rec.get('study')
+    if folder is not None and isinstance(s, str) and s != folder:
+        want('study', s, False, f'the name of its folder ({folder!r})')
+    return out
+
+# %% ../../nbs/run/74_explore.ipynb #cdcd15d1
+STUDY_WHY_CHARS = 300     # a candidate's or an order's why in the Studies tab (study.json and study.md keep more)
+STUDY_CSS = ('<style>.pqk-study {line-height: 1.5} .pqk-study-head {overflow-wrap: anywhere} '  # a long path wraps
+             # a table column is never narrower than its longest word (K→Q, a run id): words break only when alone
+             'table.pqk-diff.pqk-study td, table.pqk-diff.pqk-study th {overflow-wrap: break-word} '
+             'table.pqk-study {margin: 2px 0px 10px 0px} .pqk-study h4 {margin: 10px 0px 2px 0px}</style>')
+
+def _study_table(head, rows) -> str:
+    "An HTML table of the Studies tab: the header `head`, a row per list of `rows`, every cell `fmt`-ed and escaped."
+    tr = lambda cells, tag: '<tr>' + ''.join(f'<{tag}>{_esc(fmt(c))}</{tag}>' for c in cells) + '</tr>'
+    return (f'<table class="pqk-diff pqk-study"><thead>{tr(head, "th")}</thead>'
+            f'<tbody>{"".join(tr(r, "td") for r in rows)}</tbody></table>')
+
+def _drop(p: dict) -> str:
+    "The drop of a front point (or a best run) with its interval when both bounds are numbers: '0.4 [0.1, 0.8]'."
+    lo, hi = _num(p.get('drop_lo_pct')), _num(p.get('drop_hi_pct'))
+    return fmt(p.get('drop_pct'), (lo, hi) if lo is not None and hi is not None else None)
+
+def _times(v) -> str: return fmt(v) + ('×' if _num(v) is not None else '')
+
+def _stages(c: dict) -> str:
+    "A candidate's stage tag (`K0-Q1`), as `pqk.run.study.Candidate.tag` writes it."
+    return Candidate(str(c.get('cid')), tuple(c.get('order') or ()), tuple(c.get('variants') or ())).tag()
+
+def _last_line(rec: dict) -> str | None:
+    "The study's last log line without its time (what it did last), or None."
+    log = rec.get('log')
+    return str(log[-1]).split(' ', 1)[-1] if isinstance(log, list) and log else None
+
+def study_why_none(rec: dict) -> str:
+    "Why study record `rec` recommends no run."
+    pts, th = ((rec.get('front') or {}).get('points') or []), fmt(rec['rule']['threshold_pct'])
+    why = (f'none of the {len(pts)} candidate(s) on the last rung passed decisively (its whole drop interval under '
+           f'the threshold, {th}%)' if pts else 'no candidate reached the last rung')
+    return why + ('' if rec['state'] == 'done' else f" (the study is {rec['state']})")
+
+def study_html(rec: dict) -> str:
+    "One study record (`study.json`) as escaped HTML (see above)."
+    b, ru, r = rec['budget'], rec['rule'], rec.get('recommended')
+    out = [f"<div><b>Study {_esc(rec['study'])}</b> ({_esc(rec['card'])}): <b>{_esc(rec['state'])}</b> · spent "
+           f"{_esc(fmt(b['spent']))} of {_esc(fmt(b['device_hours']))} device-hours (stop-loss at "
+           f"{_esc(fmt(b['stop_loss_ratio']))} × budget) · threshold {_esc(fmt(ru['threshold_pct']))}% · "
+           f"halving: eta {_esc(fmt(ru['eta']))}, slack {_esc(fmt(ru['slack_pct']))}%</div>"]
+    if rec['state'] != 'done' and _last_line(rec): out.append(_msg(f"last: {_esc(_last_line(rec))}"))
+    if r:
+        out.append(f"<div class=\"pqk-recommended\"><b>Recommended: {_esc(fmt(r.get('cid')))} "
+                   f"{_esc(fmt(r.get('order')))} ({_esc(fmt(r.get('tag')))})</b>: run {_esc(fmt(r.get('run_id')))}, "
+                   f"{_esc(_times(r.get('speedup')))} against the teacher timed in the run, drop {_esc(_drop(r))}%, "
+                   f"{_esc(fmt(r.get('status')))}<br>reproduce: <code>{_esc(fmt(r.get('reproduce')))}</code></div>")
+    else: out.append(_msg(f'No recommendation: {_esc(study_why_none(rec))}'))
+    hand = ('not looked up yet (the study has not finished)' if 'hand_written' not in rec else _hand_line(rec)
+            if rec['hand_written'] else 'none run on these contract versions in this runs folder')
+    out.append(f'<div>Best hand-written chain card: {_esc(hand)}</div>')
+    pts = (rec.get('front') or {}).get('points') or []
+    out.append("<h4>The last rung's candidates</h4>" + (_study_table(
+        ['candidate', 'order', 'stages', 'run', 'verdict', 'speed-up', 'drop % [interval]', 'front'],
+        [[f"{fmt(p.get('cid'))}{' ★' if p.get('recommended') else ''}", p.get('order'), p.get('tag'), p.get('run_id'),
+          p.get('status'), _times(p.get('speedup')), _drop(p), p.get('front')] for p in pts])
+        if pts else _msg('no candidate reached the last rung')))
+    rows = []
+    for o in rec.get('orders') or []:
+        s, bst = o.get('states'), o.get('best')
+        n = fmt(o.get('candidates')) + (f" ({', '.join(f'{v} {k}' for k, v in s.items())})" if isinstance(s, dict)
+                                        and s else '')
+        best = (f"{fmt(bst.get('cid'))} {fmt(bst.get('tag'))} {fmt(bst.get('status'))}, "
+                f"{_times(bst.get('speedup'))}, drop {_drop(bst)}%" if isinstance(bst, dict) else None)
+        rows.append([o.get('order'), n, best, clip_text(str(o['why']), STUDY_WHY_CHARS) if o.get('why') else None])
+    if rows: out.append('<h4>Stage orders</h4>' + _study_table(['order', 'candidates', 'best', 'why not'], rows))
+    out.append('<h4>Candidates</h4>' + _study_table(['candidate', 'order', 'stages', 'state', 'why'], [
+        [c.get('cid'), arrow(c.get('order') or ()), _stages(c), c.get('state'),
+         clip_text(str(c['why']), STUDY_WHY_CHARS) if c.get('why') else None] for c in rec['candidates']]))
+    return TABLE_CSS + STUDY_CSS + '<div class="pqk-study pqk-study-head">' + ''.join(out) + '</div>'
+
+# %% ../../nbs/run/74_explore.ipynb #938a9a95
+def load_studies(runs_dir=None, max_bytes: int = STUDY_MAX_BYTES) -> Studies:
+    """Every study record of `runs_dir` (default: the project's runs/): `<runs_dir>/*/study.json`
+    (`pqk.run.study.STUDY_FILE`), newest first (`updated_utc`, then the folder's name); a file that cannot be shown
+    (see above: `study_problems`, a file over `max_bytes`, or one `study_html` cannot render) is skipped, with why."""
+    runs_dir = Path(runs_dir) if runs_dir is not None else project_root() / 'runs'
+    found, skipped, root = [], [], str(project_root())
+    for p in sorted(runs_dir.glob(f'*/{STUDY_FILE}')):
+        file = _rel(p, root)
+        try:
+            rec = json.loads(_read_small(p, max_bytes))
+            ps = study_problems(rec, file, p.parent.name)
+            if not ps: study_html(rec)                                 # every study listed can be shown
+        except json.JSONDecodeError as e: ps = [f'{file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})']
+        except UnicodeDecodeError as e: ps = [f'{file}: not UTF-8 text ({e.reason})']
+        except OSError as e: ps = [f'{file}: cannot be read ({e.strerror or e})']
+        except RecursionError: ps = [f'{file}: JSON nested too deeply to be a study record']
+        except Exception as e: ps = [f'{file}: cannot be shown ({type(e).__name__}: {clip_text(str(e), 200)})']
+        if ps: skipped.append({'file': file, 'problems': ps})
+        else: found.append((str(rec.get('updated_utc') or ''), p.parent.name, rec))
+    found.sort(key=lambda t: t[:2], reverse=True)
+    return Studies(runs_dir, {name: rec for _, name, rec in found}, skipped)
+
+# %% ../../nbs/run/74_explore.ipynb #454de463
+def front_png(study_dir, max_bytes: int = STUDY_MAX_BYTES) -> tuple[bytes | None, str | None]:
+    "(the bytes of the study's front.png, or None; why it is not shown, or None)."
+    p = Path(study_dir) / 'front.png'
+    if not p.exists() and not p.is_symlink(): return None, 'no front plot: no candidate reached the last rung'
+    try: b = _read_small(p, max_bytes)
+    except OSError as e: return None, f'front plot {_rel(p)} not shown: {e.strerror or e}'
+    return (b, None) if b.startswith(b'\x89PNG\r\n\x1a\n') else (None, f'front plot {_rel(p)} is not a PNG file')
+
+class StudyView(_View):
+    "Pick a study (newest first): its record as tables (`study_html`) and its front plot; the records not shown."
+    def __init__(self, studies: Studies):
+        super().__init__(); W = self.W; self.studies = studies
+        names = list(studies.records)[:MAX_OPTIONS]
+        label = lambda n: f"{n}  ({studies.records[n]['card']}, {studies.records[n]['state']})"
+        self.study = W.Dropdown(options=[(label(n), n) for n in names], value=names[0] if names else None,
+                                description='study', layout=W.Layout(width='620px'))
+        self.listed = W.HTML(f'{len(studies.records)} stud(ies), newest first' if names else '')
+        self.record, self.plot_note = W.HTML(), W.HTML(); self.record.add_class('pqk-fit')
+        self.plot = W.Image(format='png', layout=_own_size(W))
+        self.problems = W.HTML(skipped_html(studies.skipped, 'study record(s)'))
+        self._observe(self.refresh, self.study)
+        self.widget = W.VBox([W.HBox([self.study, self.listed]), self.message, self.record, self.plot_note, self.plot,
+                              self.problems])
+        if names: self._guarded(self.refresh)()
+        else: self.message.value = _msg(f'no studies in {_esc(_rel(studies.runs_dir))} yet: '
+                                        'pqk run taskcards/S1_search.md')
+
+    def refresh(self):
+        self.record.value, self.plot_note.value, self.plot.value = '', '', b''
+        self.plot.layout.display = 'none'
+        name = self.study.value
+        self.record.value = study_html(self.studies.records[name])
+        b, why = front_png(self.studies.study_dir(name))
+        if b: self.plot.value, self.plot.layout.display = b, None
+        else: self.plot_note.value = _msg(_esc(why))
+
 # %% ../../nbs/run/74_explore.ipynb #9abca2f3
 class Explorer(_View):
-    "The four views in tabs, over the runs of `runs_dir` (default: the project's runs/)."
+    "The five views in tabs, over the runs and the studies of `runs_dir` (default: the project's runs/)."
+    TABS = ('Runs', 'Compare', 'Pareto', 'Pointmaps', 'Studies')
     def __init__(self, runs_dir=None, nb_dir=None):
         super().__init__(); W = self.W
         self.runs = load_runs(runs_dir)
         r = self.runs
         self.browser, self.compare = RunBrowser(r), CompareView(r)
         self.pareto, self.pointmaps = ParetoView(r, nb_dir), PointmapView(r)
-        self.tabs = W.Tab(children=[v.widget for v in (self.browser, self.compare, self.pareto, self.pointmaps)])
-        for i, n in enumerate(('Runs', 'Compare', 'Pareto', 'Pointmaps')): self.tabs.set_title(i, n)
+        self.studies = StudyView(load_studies(r.runs_dir))
+        views = (self.browser, self.compare, self.pareto, self.pointmaps, self.studies)
+        self.tabs = W.Tab(children=[v.widget for v in views])
+        for i, n in enumerate(self.TABS): self.tabs.set_title(i, n)
         head = (f'<b>{len(r.table)}</b> run(s) in {_esc(_rel(r.runs_dir))}, {r.table["versions"].nunique()} '
                 'version group(s)' + (f'; {len(r.skipped)} unreadable log(s) listed under Runs' if r.skipped else ''))
         if not len(r.table): head = _msg(f'no runs in {_esc(_rel(r.runs_dir))} yet: run a task card first '
                                          '(pqk run taskcards/E0_eval_teacher.md)')
+        s = self.studies.studies
+        if s.records or s.skipped:
+            head += (f'<div>{len(s.records)} stud(ies) under Studies' + (f'; {len(s.skipped)} unreadable study '
+                     'record(s) listed there' if s.skipped else '') + '</div>')
         self.widget = W.VBox([W.HTML(head), self.tabs], layout=W.Layout(width='100%'))
 
 # %% ../../nbs/run/74_explore.ipynb #e22a0001
 EXPLORER_NB = 'explore.ipynb'     # the researcher's explorer, relative to the project root (what `pqk lab` serves)
 EXPLORER_CELLS = (('markdown', 'title', "# Explore runs\nRun all cells (Run > Run All Cells): the tabs browse and "
-                   "compare this project's runs (`runs/`), show the Pareto front and the recommended run, and view "
-                   "pointmaps."),
+                   "compare this project's runs (`runs/`), show the Pareto front and the recommended run, view "
+                   "pointmaps and the studies' results."),
                   ('code', 'import', 'from pqk.run.explore import Explorer'),
                   ('code', 'load', "explorer = Explorer()    # the runs of the project's runs/"),
                   ('code', 'show', 'explorer'))
