@@ -272,7 +272,7 @@ expected_duration: a second
 status: ready
 seed: 0
 search:
-  orders: [[K, Q], [P, Q], [Q]]
+  orders: [[K, Q], [P, K, Q], [Q]]
 ---
 # S9_view
 """
@@ -280,7 +280,7 @@ STUDY_NUMBERS = {'K0': (1.3, 0.5, 0.0, 1.0), 'K0-Q0': (2.0, 0.4, 0.1, 0.8), 'Q0'
 
 
 def make_study(runs_dir, card_dir, numbers=None) -> Path:
-    """Run the small study card `STUDY_CARD` (K→Q, P→Q which cannot run, Q; this checkout's configs) into `runs_dir`
+    """Run the small study card `STUDY_CARD` (K→Q, P→K→Q which cannot run, Q; this checkout's configs) into `runs_dir`
     with a stand-in for its executor: each stage's log has the (speed-up, drop, low, high) that `numbers` (default
     `STUDY_NUMBERS`: K→Q passes decisively at 2×, Q fails at 3×) gives its prefix, and writes no run folder. The
     study's folder (study.json, study.md, front.png)."""

@@ -127,7 +127,7 @@ TAB_TEXTS = {
     'Pointmaps': ['run(s) with pointmaps, newest first', 'pair', 'points', 'azimuth', 'elevation', 'colour'],
     'Studies': ['1 stud(ies), newest first', 'Study S9_view-', 'Recommended: c01 K→Q (K0-Q0)', 'reproduce: pqk run',
                 '/cards/S9_view.K0-Q0.md', 'Best hand-written chain card', "The last rung's candidates", 'c01 ★',
-                '0.4 [0.1, 0.8]', 'Stage orders', 'no run kind for the chain P→Q', 'Candidates', 'cannot run'],
+                '0.4 [0.1, 0.8]', 'Stage orders', 'no run kind for the chain P→K', 'Candidates', 'cannot run'],
 }
 NOT_SHOWN = {'Runs': ['ascending'], 'Pareto': ['outside thresholds', 'within thresholds']}
 EVERYWHERE_NOT = ['Select Kernel', 'Traceback']
