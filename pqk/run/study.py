@@ -606,44 +606,39 @@ def publish_study(study_dir, reports_dir=None) -> list[Path]:
 
 STUDIES_INDEX = 'index.md'
 
-def _index_line(d: Path, rec) -> str:
-    if not isinstance(rec, dict): return f'| {md_text(d.name, 80)} | — | unreadable: {md_text(rec, 200)} | | |'
-    r, b = rec.get('recommended'), rec.get('budget') or {}
+def _index_line(name: str, rec: dict) -> str:
+    r, b = rec.get('recommended'), rec['budget']
     best = (f"{md_text(r.get('cid'))} {md_text(r.get('tag'))}: {_f(_num(r.get('speedup')))}×, drop "
             f"{_f(_num(r.get('drop_pct')))}%" if isinstance(r, dict) else 'none')
-    spent = f"{_f(_num(b.get('spent')), '{:.3g}')} of {_f(_num(b.get('device_hours')), '{:g}')}"
-    return (f"| [{md_text(d.name, 80)}]({md_text(d.name, 80)}.md) | {md_text(rec.get('card'), 40)} | "
-            f"{md_text(rec.get('state'), 20)} | {best} | {spent} |")
+    return (f"| [{md_text(name, 80)}]({md_text(name, 80)}.md) | {md_text(rec['card'], 40)} | "
+            f"{md_text(rec['state'], 20)} | {best} | {_f(_num(b['spent']), '{:.3g}')} of "
+            f"{_f(_num(b['device_hours']), '{:g}')} |")
 
-def publish_studies(runs_dir='runs', reports_dir=None, max_bytes: int = 64 << 20) -> dict:
-    """Publish every study of `runs_dir` (a folder with `study.json`) to `<reports>/studies/` (`publish_study`), drop
-    the copies of studies no longer there, and write `studies/index.md` (newest first: card, state, recommendation,
-    device-hours); {'studies': [folder names], 'index': path or None}. A record over `max_bytes` or unreadable is
-    listed as such."""
+def publish_studies(runs_dir='runs', reports_dir=None) -> dict:
+    """Publish every study of `runs_dir` (`pqk.run.explore.load_studies`, the one reader of study records) to
+    `<reports>/studies/` (`publish_study`), drop the copies of studies no longer there, and write `studies/index.md`
+    (newest first: card, state, recommendation, device-hours; then the records that cannot be read, with why);
+    {'studies': [folder names], 'skipped': [...], 'index': path or None}."""
     from pqk.run.aggregate import report_paths
+    from pqk.run.explore import load_studies          # lazily: the explorer's module imports this one
     runs_dir, dst = Path(runs_dir), report_paths(reports_dir)['dir'] / 'studies'
-    found = sorted((f.parent for f in runs_dir.glob(f'*/{STUDY_FILE}') if f.is_file()), key=lambda d: d.name)
-    recs = {}
-    for d in found:
-        f = d / STUDY_FILE
-        try:
-            if f.stat().st_size > max_bytes: raise ValueError(f'{f.stat().st_size} bytes, over {max_bytes}')
-            recs[d] = json.loads(f.read_text(encoding='utf-8'))
-        except (OSError, ValueError) as e: recs[d] = f'{type(e).__name__}: {e}'
-        publish_study(d, reports_dir)
+    st = load_studies(runs_dir)
+    for name in st.records: publish_study(runs_dir / name, reports_dir)
     if dst.is_dir():
-        keep = {d.name for d in found}
         for f in dst.iterdir():
-            if f.suffix in ('.md', '.png') and f.name != STUDIES_INDEX and f.stem not in keep: f.unlink()
-    if not found and not dst.is_dir(): return {'studies': [], 'index': None}
-    when = lambda d: (str(recs[d].get('updated_utc')) if isinstance(recs[d], dict) else '', d.name)
-    lines = ['# Studies', '', f'{len(found)} study run(s) in {md_text(_rel(runs_dir))}, newest first; each links to '
-             'its record (study.md; its front is the .png of the same name).', '',
+            if f.suffix in ('.md', '.png') and f.name != STUDIES_INDEX and f.stem not in st.records: f.unlink()
+    out = {'studies': list(st.records), 'skipped': st.skipped, 'index': None}
+    if not st.records and not st.skipped and not dst.is_dir(): return out
+    lines = ['# Studies', '', f'{len(st.records)} study run(s) in {md_text(_rel(runs_dir))}, newest first; each links '
+             'to its record (study.md; its front is the .png of the same name).', '',
              '| study | card | state | recommended | device-hours spent |', '|---|---|---|---|---|',
-             *[_index_line(d, recs[d]) for d in sorted(found, key=when, reverse=True)]]
+             *[_index_line(n, rec) for n, rec in st.records.items()]]
+    if st.skipped:
+        lines += ['', f'{len(st.skipped)} study record(s) cannot be read:', '',
+                  *[f"- {md_text(s['file'], 200)}: {md_text('; '.join(s['problems']), 400)}" for s in st.skipped]]
     dst.mkdir(parents=True, exist_ok=True)
-    index = write_text_atomic(dst / STUDIES_INDEX, '\n'.join(lines) + '\n')
-    return {'studies': [d.name for d in found], 'index': index}
+    out['index'] = write_text_atomic(dst / STUDIES_INDEX, '\n'.join(lines) + '\n')
+    return out
 
 def rebuild_reports(runs_dir='runs', reports_dir=None, quiet: bool = False) -> dict:
     "`pqk aggregate`: every report from the run logs (`pqk.run.aggregate.aggregate`) and the studies' pages."
