@@ -25,7 +25,7 @@ __all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAUL
 
 # %% ../../nbs/run/77_study.ipynb #c9728dc3
 STAGE_METHOD = {'K': 'distill', 'P': 'prune', 'Q': 'quant'}
-RUN_KIND = {'K': 'K', 'P': 'P', 'Q': 'Q', 'KQ': 'KQ', 'KP': 'KP', 'PQ': 'PQ', 'KPQ': 'KPQ'}   # a chain's letters -> its run kind
+RUN_KIND = {'K': 'K', 'P': 'P', 'Q': 'Q', 'KQ': 'KQ', 'KP': 'KP', 'PQ': 'PQ', 'KPQ': 'KPQ'}   # chain letters -> kind
 STAGE_ARTIFACT = {'K': 'student_best.pt', 'P': 'pruned_best.pt'}               # what the next stage starts from
 STAGE_ACCEPT = ['passed', 'inconclusive', 'failed']        # a stage chains from its upstream whatever its verdict
 DEFAULT_CONFIG = {'K': 'configs/distill.yaml', 'P': 'configs/prune.yaml', 'Q': 'configs/quant.yaml'}
