@@ -527,6 +527,7 @@ def search_configs(front: dict) -> dict:
     s = front.get('search')
     c = s.get('configs') if isinstance(s, dict) else None
     return {k: v for k, v in c.items() if isinstance(v, str) and v} if isinstance(c, dict) else {}
+
 CARD_ID_MAX = 96                       # + '-YYYYmmddTHHMMSSZ-abcdef-999' stays within pqk.core.paths.NAME_MAX
 
 def card_path_problems(front: dict, card_path, file: str) -> list[Problem]:
