@@ -130,6 +130,9 @@ def _device_commands(sub):
     p.add_argument('--out', required=True, help='a new folder for the fp16 weights (sharded); copy it over '
                                                 'pqk/assets/demo_teacher to ship it')
     p.add_argument('--device', choices=('cpu', 'cuda'), default=None, help='default: cuda when available')
+    p.add_argument('--recipe', default=None, help='a YAML file of settings that change DEMO_RECIPE (longer stages …)')
+    p.add_argument('--init', default=None, help="continue from this checkpoint ('demo': the shipped weights) instead "
+                                               'of a fresh model')
     return sub
 
 # %% ../../nbs/run/75_cli.ipynb #8e1a6dcc
@@ -278,14 +281,15 @@ def _edge_eval(args) -> int:
     return run_exit(res)
 
 def _train_teacher(args) -> int:
-    "`pqk train-teacher`: DEMO_RECIPE from scratch into a new folder (never over an existing one)."
+    "`pqk train-teacher`: DEMO_RECIPE (changed by --recipe; from --init) into a new folder (never over one)."
     out = Path(args.out).expanduser()
     if out.exists():
         print(f'pqk train-teacher: --out {args.out}: it exists; expected a new folder (the weights are never written '
               'over anything)', file=sys.stderr)
         return 2
-    from pqk.train.teacher import train_demo_teacher
-    train_demo_teacher(out, device=args.device)
+    from pqk.train.teacher import train_demo_teacher, read_recipe
+    over = read_recipe(args.recipe) if args.recipe else None          # a bad file: refused before anything trains
+    train_demo_teacher(out, over, device=args.device, init=args.init)
     print(f'pqk train-teacher: saved {out} (load it with --ckpt {out}; copy it over pqk/assets/demo_teacher to '
           'ship it)')
     return 0

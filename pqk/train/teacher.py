@@ -20,7 +20,9 @@ from .losses import conf_regr_loss
 from .loop import fit, LoopConfig
 
 # %% auto #0
-__all__ = ['DEMO_RECIPE', 'SHARD_MB', 'stage_config', 'dust3r_loss', 'train_teacher', 'save_half', 'train_demo_teacher']
+__all__ = ['DEMO_RECIPE', 'SHARD_MB', 'RECIPE_KEYS', 'STAGE_KEYS', 'STAGE_REQUIRED', 'MAX_STAGES', 'MAX_STEPS',
+           'MAX_RECIPE_BYTES', 'stage_config', 'dust3r_loss', 'recipe_problems', 'read_recipe', 'train_teacher',
+           'save_half', 'train_demo_teacher']
 
 # %% ../../nbs/train/43_teacher.ipynb #7ed9c510
 # The recipe of the shipped weights (teacher v2). Each stage: resolution, steps run, length of its cosine schedule (a
@@ -53,6 +55,59 @@ def dust3r_loss(alpha: float = 0.2):
         return conf_regr_loss(r1['pts3d'], r2['pts3d_in_other_view'], r1['conf'], r2['conf'], *gt, alpha=alpha)
     return loss
 
+# %% ../../nbs/train/43_teacher.ipynb #b1e0c7a1
+RECIPE_KEYS = {'preset': str, 'seed': int, 'views_per_scene': int, 'flip': bool, 'weight_decay': float,
+               'alpha': float, 'grad_clip': float, 'amp': bool, 'stages': list}
+STAGE_KEYS = {'res': int, 'steps': int, 'schedule': int, 'lr': float, 'batch': int, 'n_scenes': int, 'warmup': int,
+              'floor': float}
+STAGE_REQUIRED = ('res', 'steps', 'lr', 'batch', 'n_scenes', 'warmup')
+MAX_STAGES, MAX_STEPS, MAX_RECIPE_BYTES = 8, 1_000_000, 64 << 10
+
+def _ok(v, t) -> bool:
+    if t is bool: return isinstance(v, bool)
+    if isinstance(v, bool): return False
+    if t is int: return isinstance(v, int) and v >= 0
+    if t is float: return isinstance(v, (int, float)) and np.isfinite(v) and v >= 0
+    return isinstance(v, t)
+
+def recipe_problems(over: dict, file: str = 'recipe') -> list:
+    "Why `over` (settings that change `DEMO_RECIPE`) is no recipe, as `pqk.core.contracts.Problem`s; [] when none."
+    from pqk.core.contracts import Problem
+    if not isinstance(over, dict): return [Problem(file, '', type(over).__name__, 'a mapping of recipe settings')]
+    kind = {int: 'an integer >= 0', float: 'a number >= 0', bool: 'true or false', str: 'a string', list: 'a list'}
+    ps = [Problem(file, k, v, f"{kind[RECIPE_KEYS[k]]}" if k in RECIPE_KEYS else f"one of {', '.join(RECIPE_KEYS)}")
+          for k, v in over.items() if k not in RECIPE_KEYS or not _ok(v, RECIPE_KEYS[k])]
+    st = over.get('stages')
+    if isinstance(st, list):
+        if not 1 <= len(st) <= MAX_STAGES: ps.append(Problem(file, 'stages', len(st), f'1 to {MAX_STAGES} stages'))
+        for i, s in enumerate(st[:MAX_STAGES]):
+            if not isinstance(s, dict): ps.append(Problem(file, f'stages[{i}]', s, 'a mapping')); continue
+            ps += [Problem(file, f'stages[{i}].{k}', s.get(k, '<missing>'), 'a setting of every stage')
+                   for k in STAGE_REQUIRED if k not in s]
+            for k, v in s.items():
+                if k not in STAGE_KEYS:
+                    ps.append(Problem(file, f'stages[{i}].{k}', v, f"one of {', '.join(STAGE_KEYS)}"))
+                elif not _ok(v, STAGE_KEYS[k]): ps.append(Problem(file, f'stages[{i}].{k}', v, kind[STAGE_KEYS[k]]))
+                elif k in ('res', 'steps', 'batch', 'n_scenes', 'lr') and v <= 0:
+                    ps.append(Problem(file, f'stages[{i}].{k}', v, 'a number > 0'))
+                elif k == 'steps' and v > MAX_STEPS:
+                    ps.append(Problem(file, f'stages[{i}].steps', v, f'<= {MAX_STEPS}'))
+    return ps
+
+def read_recipe(path) -> dict:
+    "The recipe settings of YAML/JSON file `path` (checked by `recipe_problems`), or a `ContractError` naming why not."
+    import yaml
+    from pqk.core.contracts import ContractError, Problem, _rel
+    p, name = Path(path), _rel(path)
+    try:
+        if p.stat().st_size > MAX_RECIPE_BYTES: raise ValueError(f'{p.stat().st_size} bytes, over {MAX_RECIPE_BYTES}')
+        over = yaml.safe_load(p.read_text(encoding='utf-8'))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ContractError([Problem(name, '', type(e).__name__, f'a readable YAML recipe file ({e})'[:300])]) from None
+    ps = recipe_problems(over, name)
+    if ps: raise ContractError(ps)
+    return over
+
 # %% ../../nbs/train/43_teacher.ipynb #1090cf45
 def train_teacher(model, recipe: dict = DEMO_RECIPE, device=None, progress=True, cache_dir=None):
     "Train `model` following `recipe` (see `DEMO_RECIPE`), one `fit` per stage; returns (model, history with stages)."
@@ -74,15 +129,30 @@ def save_half(model, directory, meta=None, shard_mb: float = SHARD_MB):
     import copy
     return save_hf_checkpoint(copy.deepcopy(model).half(), directory, shard_mb=shard_mb, meta=meta)
 
-def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progress=True):
-    "Train the demo teacher from scratch and save it (fp16) to `out` (default: the shipped asset path)."
+def _init_identity(spec: str, model) -> dict:
+    "What a continued training started from: the checkpoint named, its sha256 (a folder's: its index's) and recipe."
+    from pqk.core.io import sha256_file
+    from pqk.models.checkpoints import HF_INDEX
+    p = Path(model.checkpoint_info['path'])
+    return {'checkpoint': str(spec), 'sha256': sha256_file(p / HF_INDEX if p.is_dir() else p),
+            'recipe': (model.checkpoint_info.get('meta') or {}).get('recipe')}
+
+def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progress=True, init: str | None = None):
+    """Train the demo teacher and save it (fp16) to `out` (default: the shipped asset path): from scratch, or from
+    checkpoint `init` ('demo': the shipped weights; the saved meta names it with its sha256 and recipe)."""
     recipe = {**DEMO_RECIPE, **(recipe or {})}
     torch.manual_seed(recipe['seed'])
-    model = make_model(recipe['preset'])
+    start = None
+    if init:
+        from pqk.models.teacher import load_teacher
+        model = load_teacher(init, 'cpu').train(); start = _init_identity(init, model)
+    else: model = make_model(recipe['preset'])
     t0 = time.time()
     model, hist = train_teacher(model, recipe, device, progress)
     out = Path(out or demo_teacher_path()); out.parent.mkdir(parents=True, exist_ok=True)
     save_half(model.cpu(), out, meta={'name': 'demo_teacher', 'recipe': json.loads(json.dumps(recipe)),
+                                      **({'init': start} if start else {}),
                                       'train_seconds': round(time.time() - t0, 1),
                                       'final_loss': float(np.mean([h['loss'] for h in hist[-50:]]))})
     return model, hist
+
