@@ -13,8 +13,9 @@ from ..core.io import save_npz_atomic
 GEN_VERSION = 1   # bump when the renderer's output changes: it is part of the cache key
 
 # %% auto #0
-__all__ = ['GEN_VERSION', 'PATTERNS', 'value_noise', 'fbm', 'shade_texture', 'scene_layout', 'render_view', 'make_scene',
-           'reprojection_check', 'default_cache_dir', 'synthetic_dataset']
+__all__ = ['GEN_VERSION', 'PATTERNS', 'PARALLEL_RENDER_FROM', 'MAX_RENDER_WORKERS', 'value_noise', 'fbm', 'shade_texture',
+           'scene_layout', 'render_view', 'make_scene', 'reprojection_check', 'default_cache_dir', 'render_workers',
+           'synthetic_dataset']
 
 # %% ../../nbs/data/21_scenes.ipynb #fea93122
 from .geometry import intrinsics, look_at, pixel_rays, depth_to_pts3d, project
@@ -227,11 +228,51 @@ def _load_cached(path: Path, n_scenes: int, views: int) -> list[dict]:
             out.append({'name': nm, 'views': vs})
     return out
 
+PARALLEL_RENDER_FROM = 32     # scenes from which rendering uses several processes (a scene depends on its seed only)
+MAX_RENDER_WORKERS = 8
+
+def render_workers(n_scenes: int, workers: int | None = None) -> int:
+    """Processes that render `n_scenes` scenes: `workers` when given, else 1 below `PARALLEL_RENDER_FROM` scenes and
+    otherwise this process's CPUs (at most `MAX_RENDER_WORKERS`)."""
+    if workers is not None: return workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return 1 if n_scenes < PARALLEL_RENDER_FROM else max(1, min(MAX_RENDER_WORKERS, cpus))
+
+def _render(args) -> dict: return make_scene(*args)
+
+def _render_all(jobs: list, workers: int, progress: bool) -> list[dict]:
+    "`make_scene` of every job, in order: in `workers` spawned processes when more than one (serial if they fail)."
+    bar = None
+    if progress:
+        from pqk.core.progress import tqdm
+        bar = tqdm(total=len(jobs), desc='rendering scenes')
+    out = []
+    try:
+        if workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            try:
+                with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
+                    for s in ex.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
+                        out.append(s); bar is not None and bar.update(1)
+                return out
+            except (OSError, RuntimeError) as e:                        # no processes here: render in this one
+                warnings.warn(f'synthetic_dataset: {workers} render processes failed ({type(e).__name__}: {e}); '
+                              'rendering serially'); out = []
+                if bar is not None: bar.reset()
+        for j in jobs:
+            out.append(_render(j)); bar is not None and bar.update(1)
+        return out
+    finally:
+        if bar is not None: bar.close()
+
 def synthetic_dataset(seed: int, n_scenes: int, views_per_scene: int = 2, res: int = 384,
-                      cache_dir: str | os.PathLike | None | bool = None, progress: bool = False) -> list[dict]:
-    "Scenes `make_scene(seed + i, views_per_scene, res)` for i < n_scenes, cached on disk (see above)."
+                      cache_dir: str | os.PathLike | None | bool = None, progress: bool = False,
+                      workers: int | None = None) -> list[dict]:
+    """Scenes `make_scene(seed + i, views_per_scene, res)` for i < n_scenes, cached on disk (see above); rendered by
+    `render_workers(n_scenes, workers)` processes (the same scenes, byte for byte, whatever their number)."""
     for nm, v, lo in (('seed', seed, 0), ('n_scenes', n_scenes, 1), ('views_per_scene', views_per_scene, 1),
-                      ('res', res, 8)):
+                      ('res', res, 8), ('workers', 1 if workers is None else workers, 1)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
             raise ValueError(f"synthetic_dataset: {nm} got {v!r}; expected an integer >= {lo}")
     seed, n_scenes, views_per_scene, res = map(int, (seed, n_scenes, views_per_scene, res))
@@ -243,11 +284,8 @@ def synthetic_dataset(seed: int, n_scenes: int, views_per_scene: int = 2, res: i
             try: return _load_cached(path, n_scenes, views_per_scene)
             except Exception as e:
                 warnings.warn(f'synthetic_dataset: unreadable cache file {path} ({e}); rendering again')
-    it = range(n_scenes)
-    if progress:
-        from pqk.core.progress import tqdm
-        it = tqdm(it, desc='rendering scenes')
-    scenes = [make_scene(seed + i, views_per_scene, res) for i in it]
+    scenes = _render_all([(seed + i, views_per_scene, res) for i in range(n_scenes)],
+                         render_workers(n_scenes, workers), progress)
     if path is not None:
         arrays = {'names': np.array([s['name'] for s in scenes])}
         for i, s in enumerate(scenes):
