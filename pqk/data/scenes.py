@@ -241,7 +241,9 @@ def render_workers(n_scenes: int, workers: int | None = None) -> int:
 def _render(args) -> dict: return make_scene(*args)
 
 def _render_all(jobs: list, workers: int, progress: bool) -> list[dict]:
-    "`make_scene` of every job, in order: in `workers` spawned processes when more than one (serial if they fail)."
+    """`make_scene` of every job, in order: in `workers` processes when more than one (serial if they fail). Forked
+    where the platform can (rendering is numpy only: nothing of torch or CUDA runs in a child, and a script without a
+    `__main__` guard is not run again in each child, as a spawned process would); spawned elsewhere."""
     bar = None
     if progress:
         from pqk.core.progress import tqdm
@@ -251,8 +253,10 @@ def _render_all(jobs: list, workers: int, progress: bool) -> list[dict]:
         if workers > 1:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
+            ctx = mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
             try:
-                with ProcessPoolExecutor(workers, mp_context=mp.get_context('spawn')) as ex:
+                with warnings.catch_warnings(), ProcessPoolExecutor(workers, mp_context=ctx) as ex:
+                    warnings.filterwarnings('ignore', message='.*multi-threaded.*fork', category=DeprecationWarning)
                     for s in ex.map(_render, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
                         out.append(s); bar is not None and bar.update(1)
                 return out
