@@ -37,8 +37,8 @@ __all__ = ['TEMPLATE_BY_KIND', 'METHOD_KIND', 'PROTOCOL_PARAMS', 'RUN_ID_RX', 'A
            'start_line', 'verdict_line', 'record_line', 'execute_run', 'run_card', 'resume_folder', 'run_method']
 
 # %% ../../nbs/run/71_runner.ipynb #6c207d48
-TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'PQ': 'run_quant', 'KPQ': 'run_quant',
-                    'P': 'run_prune', 'KP': 'run_prune', 'edge': 'run_edge'}
+TEMPLATE_BY_KIND = {'eval': 'run_eval', 'K': 'run_distill', 'Q': 'run_quant', 'KQ': 'run_quant', 'PQ': 'run_quant',
+                    'KPQ': 'run_quant', 'P': 'run_prune', 'KP': 'run_prune', 'edge': 'run_edge'}
 METHOD_KIND = {'eval': 'eval', 'distill': 'K', 'quant': 'Q', 'prune': 'P', 'edge': 'edge'}
 PROTOCOL_PARAMS = ('workload', 'eval', 'cfg', 'card', 'card_id', 'kind', 'run_id', 'out_dir', 'seed', 'ckpt',
                    'gpu_hours_budget', 'nproc', 'resume', 'thresholds')
