@@ -140,13 +140,21 @@ def test_explorer_in_jupyterlab(lab):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.common.exceptions import StaleElementReferenceException
     o = webdriver.ChromeOptions(); o.binary_location = lab['chrome']
     for a in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--window-size=1400,1000'):
         o.add_argument(a)
     d = webdriver.Chrome(service=Service(lab['driver']), options=o)
     shots = lab['tmp']
-    wait = lambda secs, fn, what: WebDriverWait(d, secs, 0.5).until(lambda _: fn(), message=what)
-    css = lambda sel: [e for e in d.find_elements(By.CSS_SELECTOR, sel) if e.is_displayed()]
+    wait = lambda secs, fn, what: WebDriverWait(d, secs, 0.5, ignored_exceptions=(StaleElementReferenceException,)
+                                                ).until(lambda _: fn(), message=what)   # a re-render: ask again
+    def css(sel):            # the shown elements; one that Lab re-rendered between finding and asking is not shown
+        out = []
+        for e in d.find_elements(By.CSS_SELECTOR, sel):
+            try:
+                if e.is_displayed(): out.append(e)
+            except StaleElementReferenceException: pass
+        return out
     dialogs = lambda: [e.text for e in css('.jp-Dialog')]
     js = lambda code, *a: d.execute_script(code, *a)
     page = lambda: ' '.join(e.text for e in css('.jp-Notebook'))
