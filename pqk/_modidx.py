@@ -1507,6 +1507,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'pqk.train.teacher': { 'pqk.train.teacher._init_identity': ('train/teacher.html#_init_identity', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher._ok': ('train/teacher.html#_ok', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher.dust3r_loss': ('train/teacher.html#dust3r_loss', 'pqk/train/teacher.py'),
+                                   'pqk.train.teacher.held_out_seeds': ('train/teacher.html#held_out_seeds', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher.read_recipe': ('train/teacher.html#read_recipe', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher.recipe_problems': ('train/teacher.html#recipe_problems', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher.save_half': ('train/teacher.html#save_half', 'pqk/train/teacher.py'),
