@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..core.contracts import Contract, load_eval, load_workload, method_config, method_defaults
+from ..core.contracts import (Contract, load_eval, load_workload, method_config, method_defaults,
+                                check_train_data)
 from ..core.io import write_json_atomic
 from ..models.dust3r import DUSt3R
 from ..models.config import DUSt3RConfig
@@ -364,6 +365,7 @@ def distill_run(cfg, out_dir, workload='configs/workload.yaml', eval='configs/ev
     if seed is not None: c['train']['seed'] = int(seed)
     wl = workload if isinstance(workload, Contract) else load_workload(workload)
     ev = eval if isinstance(eval, Contract) else load_eval(eval)
+    for f in ('train_data', 'val_data'): check_train_data(c['train'][f], 'distill config', f'train.{f}', wl)
     device = resolve_device(device)
     res = int(res or c['train'].get('res') or wl.resolution)    # train.res: training image size (else the workload's)
     t_spec = teacher if teacher not in (None, 'workload') else \

@@ -15,7 +15,7 @@ from ..data.pairs import probe_pair, PairBatcher, calibration_set, calibration_s
 from ..models.config import DUSt3RConfig
 from ..models.dust3r import DUSt3R
 from ..models.checkpoints import save_checkpoint, load_checkpoint
-from ..core.contracts import method_defaults
+from ..core.contracts import method_defaults, check_train_data
 from ..train.stoprules import StopRules
 from .surgery import (STACKS, DPT_GROUPS, PlanError, unit_size, check_plan, sliced_config, slice_model,
                                   slice_error,
@@ -403,6 +403,7 @@ def _finetune_data(pc: dict, workload=None, evalc=None) -> tuple[int, tuple]:
     res = int(ft['res'] or (workload.resolution if workload is not None else 224))
     scenes = vscenes = vpairs = None
     if ft['steps'] > 0:
+        for f in ('train_data', 'val_data'): check_train_data(ft[f], 'prune config', f'finetune.{f}', workload)
         scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['train_data'])}, res)
         if evalc is not None and pc['checkpoint'].get('eval_every_steps'):
             vscenes = load_dataset({'source': 'synthetic', 'synthetic': dict(ft['val_data'])}, res)

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from ..core.contracts import ContractError, Problem, _rel, method_config, method_defaults
+from ..core.contracts import (ContractError, Problem, _rel, method_config, method_defaults,
+                                check_train_data)
 from ..core.io import atomic_path, load_avg, TMP_PREFIX
 from ..models.teacher import load_teacher
 from ..data.manifests import to_tensor, load_dataset
@@ -653,6 +654,7 @@ def quant_qat(q: dict, *, resume: bool = False, rules: StopRules | None = None, 
     if run:
         q['fq_qat'] = fq = mtq_quantize(q['fp32'], q['calib'], _backend(qc, 'modelopt'))
         tres = int(qc['qat'].get('res') or q['wl'].resolution)
+        check_train_data(qc['qat']['train_data'], 'quant config', 'qat.train_data', q['wl'])
         scenes = load_dataset({'source': 'synthetic', 'synthetic': dict(qc['qat']['train_data'])}, tres)
         resume_from = latest_checkpoint(out / 'qat' / 'checkpoints') if resume else None
         q['qat'] = r = train_qat(fq, q['fp32'], scenes, qc, out / 'qat', resume=resume_from, rules=rules,

@@ -19,9 +19,10 @@ __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'Q_KINDS', 'EDGE_BACKENDS'
            'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'clip_text', 'Problem', 'ContractError',
            'load_schema', 'schema_problems', 'with_defaults', 'method_defaults', 'version_problems', 'Contract',
            'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml', 'guess_contract_name',
-           'check_contract', 'load_contract', 'load_workload', 'load_eval', 'method_config', 'TaskCard', 'resolve_path',
-           'search_configs', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id',
-           'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
+           'check_contract', 'load_contract', 'load_workload', 'load_eval', 'held_out_seeds', 'train_seed_problems',
+           'check_train_data', 'method_config', 'TaskCard', 'resolve_path', 'search_configs', 'card_path_problems',
+           'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id', 'card_ids', 'load_card', 'card_threshold',
+           'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -453,6 +454,30 @@ def load_contract(path, name: str | None = None) -> Contract:
 def load_workload(path=None) -> Workload:
     return load_contract(path or project_root() / 'configs' / 'workload.yaml', 'workload')
 def load_eval(path=None) -> EvalContract: return load_contract(path or project_root() / 'configs' / 'eval.yaml', 'eval')
+
+# %% ../../nbs/core/00_contracts.ipynb #2826c1be
+def held_out_seeds(wl=None) -> list[tuple[str, int, int]]:
+    """`(field, first, end)` for each range of synthetic scene seeds workload `wl` (default: the project's) evaluates
+    or calibrates on (`end` excluded)."""
+    wl = wl or load_workload()
+    out = []
+    for blk in ('data.eval', 'calibration'):
+        if wl.get(f'{blk}.source') == 'synthetic':
+            a, n = int(wl.get(f'{blk}.synthetic.seed')), int(wl.get(f'{blk}.synthetic.n_scenes'))
+            out.append((f'{blk}.synthetic', a, a + n))
+    return out
+
+def train_seed_problems(seed: int, n_scenes: int, file: str, field: str, held_out: list) -> list[Problem]:
+    "Why training scenes `seed` .. `seed + n_scenes - 1` may not be used: each `held_out` range they reach."
+    return [Problem(file, field, f'seeds {seed}..{seed + n_scenes - 1}',
+                    f'training seeds clear of the held-out {blk} seeds {a}..{b - 1}')
+            for blk, a, b in held_out if seed < b and a < seed + n_scenes]
+
+def check_train_data(spec: dict, file: str, field: str, wl=None) -> dict:
+    "Training data block `spec` (seed, n_scenes, ...) when its scenes miss `held_out_seeds(wl)`; else a ContractError."
+    ps = train_seed_problems(int(spec['seed']), int(spec['n_scenes']), file, field, held_out_seeds(wl))
+    if ps: raise ContractError(ps)
+    return spec
 
 # %% ../../nbs/core/00_contracts.ipynb #df75845e
 def _merged(base: dict, over: dict, schema: dict) -> dict:

@@ -21,8 +21,8 @@ from .loop import fit, LoopConfig
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'SHARD_MB', 'RECIPE_KEYS', 'STAGE_KEYS', 'STAGE_REQUIRED', 'MAX_STAGES', 'MAX_STEPS',
-           'MAX_RECIPE_BYTES', 'stage_config', 'dust3r_loss', 'held_out_seeds', 'recipe_problems', 'read_recipe',
-           'train_teacher', 'save_half', 'train_demo_teacher']
+           'MAX_RECIPE_BYTES', 'stage_config', 'dust3r_loss', 'recipe_problems', 'read_recipe', 'train_teacher',
+           'save_half', 'train_demo_teacher']
 
 # %% ../../nbs/train/43_teacher.ipynb #7ed9c510
 # The recipe of the shipped weights (teacher v2). Each stage: resolution, steps run, length of its cosine schedule (a
@@ -70,23 +70,11 @@ def _ok(v, t) -> bool:
     if t is float: return isinstance(v, (int, float)) and np.isfinite(v) and v >= 0
     return isinstance(v, t)
 
-def held_out_seeds(wl=None) -> list:
-    """`(block, first, end)` for each range of synthetic scene seeds the workload `wl` (default: the project's)
-    evaluates or calibrates on: a teacher that trained on one of them would be judged on what it has seen."""
-    from pqk.core.contracts import load_workload
-    wl = wl or load_workload()
-    out = []
-    for blk in ('data.eval', 'calibration'):
-        if wl.get(f'{blk}.source') == 'synthetic':
-            a, n = int(wl.get(f'{blk}.synthetic.seed')), int(wl.get(f'{blk}.synthetic.n_scenes'))
-            out.append((f'{blk}.synthetic', a, a + n))
-    return out
-
 def recipe_problems(over: dict, file: str = 'recipe', held_out: list | None = None) -> list:
     """Why `over` (settings that change `DEMO_RECIPE`) is no recipe, as `pqk.core.contracts.Problem`s; [] when none.
     A stage's training scenes (seeds `seed` .. `seed + n_scenes - 1`) must miss the `held_out` seeds (default:
-    `held_out_seeds()`)."""
-    from pqk.core.contracts import Problem
+    `pqk.core.contracts.held_out_seeds()`)."""
+    from pqk.core.contracts import Problem, held_out_seeds, train_seed_problems
     if not isinstance(over, dict): return [Problem(file, '', type(over).__name__, 'a mapping of recipe settings')]
     kind = {int: 'an integer >= 0', float: 'a number >= 0', bool: 'true or false', str: 'a string', list: 'a list'}
     ps = [Problem(file, k, v, f"{kind[RECIPE_KEYS[k]]}" if k in RECIPE_KEYS else f"one of {', '.join(RECIPE_KEYS)}")
@@ -109,11 +97,8 @@ def recipe_problems(over: dict, file: str = 'recipe', held_out: list | None = No
     seed = over.get('seed', DEMO_RECIPE['seed'])
     if not ps and _ok(seed, int):
         for i, s in enumerate(st if isinstance(st, list) else DEMO_RECIPE['stages']):
-            for blk, a, b in (held_out_seeds() if held_out is None else held_out):
-                if seed < b and a < seed + s['n_scenes']:
-                    ps.append(Problem(file, f'stages[{i}].n_scenes', s['n_scenes'],
-                                      f'training seeds {seed}..{seed + s["n_scenes"] - 1} clear of the held-out '
-                                      f'{blk} seeds {a}..{b - 1} (seed + n_scenes <= {a})'))
+            ps += train_seed_problems(seed, s['n_scenes'], file, f'stages[{i}]',
+                                      held_out_seeds() if held_out is None else held_out)
     return ps
 
 def read_recipe(path) -> dict:
