@@ -102,14 +102,14 @@ class ContractError(ValueError):
 
 # %% ../../nbs/core/00_contracts.ipynb #2ab403fc
 SCHEMA_FILES = {**{n: f'{n}.schema.json' for n in CONTRACT_NAMES}, 'taskcard': 'taskcard.schema.json',
-                'unified_log': 'unified_log_schema.json'}
+                'unified_log': 'unified_log_schema.json', 'study': 'study.schema.json'}
 
 @lru_cache(None)
 def _load_schema(name: str, root: str) -> dict:
     return json.loads((Path(root) / 'schemas' / SCHEMA_FILES[name]).read_text())
 
 def load_schema(name: str) -> dict:
-    "The JSON Schema for `name` (a contract name, 'taskcard' or 'unified_log')."
+    "The JSON Schema for `name` (a contract name, 'taskcard', 'unified_log' or 'study')."
     if name not in SCHEMA_FILES: raise KeyError(f"no schema named {name!r}; known: {', '.join(SCHEMA_FILES)}")
     return _load_schema(name, str(project_root()))
 

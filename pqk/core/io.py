@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['TMP_PREFIX', 'LEDGER_ENV', 'MAX_LEDGER_BYTES', 'utc_now', 'sha256_file', 'ledger_append', 'read_ledger',
+__all__ = ['TMP_PREFIX', 'LEDGER_ENV', 'MAX_LEDGER_BYTES', 'utc_now', 'sha256_file', 'ledger_append', 'read_ledger', 'read_small',
            'atomic_path', 'write_json_atomic', 'write_text_atomic', 'save_torch_atomic', 'save_npz_atomic', 'file_lock',
            'tmp_writer_pid', 'pid_alive', 'clean_stale_tmp', 'load_avg']
 
@@ -56,6 +56,16 @@ def read_ledger(ledger) -> dict:
                 and isinstance(e.get('bytes'), int) and isinstance(e.get('mtime_ns'), int)):
             out[e['path']] = {k: e[k] for k in ('sha256', 'bytes', 'mtime_ns')}
     return out
+
+# %% ../../nbs/core/02_io.ipynb #11c45582
+def read_small(path, max_bytes: int) -> bytes:
+    "The bytes of plain file `path`; an OSError for anything else (a folder, a FIFO) or a file over `max_bytes`."
+    import errno
+    path = Path(path)
+    if not path.is_file(): raise OSError(errno.EINVAL, 'not a plain file')
+    with open(path, 'rb') as f: b = f.read(max_bytes + 1)             # never more, whatever the file's size
+    if len(b) > max_bytes: raise OSError(errno.EFBIG, f'over {max_bytes:,} bytes, not read')
+    return b
 
 # %% ../../nbs/core/02_io.ipynb #104bf9c9
 @contextmanager

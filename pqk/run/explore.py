@@ -4,33 +4,33 @@
 
 # %% ../../nbs/run/74_explore.ipynb #a0da6059
 from __future__ import annotations
-import errno, html, io, json, math, os, secrets, signal, socket, subprocess, sys
+import html, io, json, math, os, secrets, signal, socket, subprocess, sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np, pandas as pd
 
 from ..core.contracts import project_root, split_front_matter, _rel, clip_text, Problem
+from ..core.io import read_small
 from ..eval.pointmaps import load_pointmaps, PointmapError
 from ..eval import plotstyle as pstyle
 from .aggregate import (read_rows, report_paths, version_groups, pareto_front, annotate_front, _num,
                               drop_interval)
 from .scraps import read_displays, ScrapError
-from .study import STUDY_FILE, Candidate, arrow, _hand_line
+from .study import STUDY_FILE, STUDY_MAX_BYTES, Studies, Candidate, arrow, _hand_line, read_studies
 
 # %% auto #0
 __all__ = ['AXES', 'HIGHER_BETTER', 'TABLE_COLUMNS', 'CI_BOUNDS', 'RUN_FACTS', 'METRIC_BLOCKS', 'CONFIG_ROLES', 'KEY_NUMBERS',
            'MAX_DEFAULT_PICKS', 'STATUSES', 'STATUS_STYLE', 'CLASS_RING', 'CLOUD_PANEL_IN', 'CLOUD_DPI',
            'CLOUD_POINT_SIZE', 'WRAP_ANYWHERE', 'ALWAYS_SHOWN', 'TABLE_CSS', 'MAX_OPTIONS', 'THUMB_MIN_PX',
-           'STUDY_MAX_BYTES', 'STUDY_FIELDS', 'STUDY_OPTIONAL', 'STUDY_NUMBERS', 'STUDY_WHY_CHARS', 'STUDY_CSS',
-           'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK', 'Runs', 'energy_mj', 'missing_files', 'load_runs',
-           'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval', 'is_ci_column', 'fmt', 'run_configs',
-           'compare_runs', 'default_picks', 'run_figures', 'ParetoResult', 'front_classes', 'decisive_pick', 'pareto',
-           'status_counts', 'status_line', 'notebook_link', 'png', 'pareto_figure', 'run_pointmaps', 'depth_figure',
-           'cloud', 'cloud_figure', 'table_html', 'skipped_html', 'RunBrowser', 'diff_html', 'CompareView',
-           'ParetoView', 'PointmapView', 'Studies', 'study_problems', 'study_why_none', 'study_html', 'load_studies',
-           'front_png', 'StudyView', 'Explorer', 'explorer_notebook', 'write_explorer', 'free_port', 'lab_command',
-           'stop_group', 'lab']
+           'STUDY_WHY_CHARS', 'STUDY_CSS', 'EXPLORER_NB', 'EXPLORER_CELLS', 'LOOPBACK', 'Runs', 'energy_mj',
+           'missing_files', 'load_runs', 'filter_runs', 'sort_runs', 'order_labels', 'ci_names', 'interval',
+           'is_ci_column', 'fmt', 'run_configs', 'compare_runs', 'default_picks', 'run_figures', 'ParetoResult',
+           'front_classes', 'decisive_pick', 'pareto', 'status_counts', 'status_line', 'notebook_link', 'png',
+           'pareto_figure', 'run_pointmaps', 'depth_figure', 'cloud', 'cloud_figure', 'table_html', 'skipped_html',
+           'RunBrowser', 'diff_html', 'CompareView', 'ParetoView', 'PointmapView', 'study_why_none', 'study_html',
+           'load_studies', 'front_png', 'StudyView', 'Explorer', 'explorer_notebook', 'write_explorer', 'free_port',
+           'lab_command', 'stop_group', 'lab']
 
 # %% ../../nbs/run/74_explore.ipynb #defb7693
 AXES = {'quality drop (%)': 'quality.quality_drop_pct', 'speed-up vs teacher (x)': 'front.speedup',
@@ -762,55 +762,6 @@ class PointmapView(_View):
             self.cloud.value = png(cloud_figure(self.pm, self.pair.value, self.points.value, self.azim.value,
                                                 self.elev.value, self.colour.value))
 
-# %% ../../nbs/run/74_explore.ipynb #f9a521c7
-STUDY_MAX_BYTES = 8 << 20   # a study.json or front.png larger is not read (a 64-candidate study's record: ~4 MB)
-STUDY_FIELDS = {'study': str, 'card': str, 'state': str, 'budget': dict, 'rule': dict, 'candidates': list}
-STUDY_OPTIONAL = {'front': dict, 'recommended': dict, 'orders': list, 'hand_written': dict, 'log': list}   # or null
-STUDY_NUMBERS = {'budget': ('device_hours', 'spent', 'stop_loss_ratio'), 'rule': ('threshold_pct', 'eta', 'slack_pct')}
-_JSON_TYPE = {str: 'a string', dict: 'a JSON object', list: 'a list'}
-
-@dataclass
-class Studies:
-    "The study records of a runs folder by folder name, newest first, and the study.json files that were skipped."
-    runs_dir: Path
-    records: dict
-    skipped: list = field(default_factory=list)      # [{'file', 'problems'}], as `Runs.skipped`
-
-    def study_dir(self, name: str) -> Path: return self.runs_dir / name
-
-def _read_small(path: Path, max_bytes: int) -> bytes:
-    "The bytes of plain file `path`; an OSError for anything else (a folder, a FIFO) or a file over `max_bytes`."
-    if not path.is_file(): raise OSError(errno.EINVAL, 'not a plain file')
-    with open(path, 'rb') as f: b = f.read(max_bytes + 1)             # never more, whatever the file's size
-    if len(b) > max_bytes: raise OSError(errno.EFBIG, f'over {max_bytes:,} bytes, not read')
-    return b
-
-def study_problems(rec, file: str, folder: str | None = None) -> list[str]:
-    """Why `rec` (a study.json's JSON) is no study record the explorer can show, one line per problem naming the
-    file, the field, the value and what was expected; [] when none. `folder`: the name of its folder (its `study`)."""
-    if not isinstance(rec, dict): return [f'{file}: got a JSON {type(rec).__name__}; expected a JSON object '
-                                          '(a study record)']
-    out, miss = [], '<missing>'
-    def want(path, v, ok, what):
-        if not ok: out.append(str(Problem(file, path, v, what)))
-    for k, t in STUDY_FIELDS.items(): want(k, rec.get(k, miss), isinstance(rec.get(k), t), _JSON_TYPE[t])
-    for k, t in STUDY_OPTIONAL.items(): want(k, rec[k] if k in rec else miss, rec.get(k) is None or
-                                         isinstance(rec[k], t), f'{_JSON_TYPE[t]} or null (or none yet)')
-    for blk, keys in STUDY_NUMBERS.items():
-        for k in keys if isinstance(rec.get(blk), dict) else ():
-            v = rec[blk].get(k, miss); want(f'{blk}.{k}', v, _num(v) is not None, 'a finite number')
-    front = rec.get('front') if isinstance(rec.get('front'), dict) else {}
-    want('front.points', front.get('points'), isinstance(front.get('points', []), list), 'a list')
-    for path, items in (('candidates', rec.get('candidates')), ('front.points', front.get('points')),
-                        ('orders', rec.get('orders'))):
-        if not isinstance(items, list): continue
-        bad = next((i for i, x in enumerate(items) if not isinstance(x, dict)), None)
-        if bad is not None: want(f'{path}[{bad}]', items[bad], False, 'a JSON object')
-    s = rec.get('study')
-    if folder is not None and isinstance(s, str) and s != folder:
-        want('study', s, False, f'the name of its folder ({folder!r})')
-    return out
-
 # %% ../../nbs/run/74_explore.ipynb #cdcd15d1
 STUDY_WHY_CHARS = 300     # a candidate's or an order's why in the Studies tab (study.json and study.md keep more)
 STUDY_CSS = ('<style>.pqk-study {line-height: 1.5} .pqk-study-head {overflow-wrap: anywhere} '  # a long path wraps
@@ -886,33 +837,16 @@ def study_html(rec: dict) -> str:
 
 # %% ../../nbs/run/74_explore.ipynb #938a9a95
 def load_studies(runs_dir=None, max_bytes: int = STUDY_MAX_BYTES) -> Studies:
-    """Every study record of `runs_dir` (default: the project's runs/): `<runs_dir>/*/study.json`
-    (`pqk.run.study.STUDY_FILE`), newest first (`updated_utc`, then the folder's name); a file that cannot be shown
-    (see above: `study_problems`, a file over `max_bytes`, or one `study_html` cannot render) is skipped, with why."""
-    runs_dir = Path(runs_dir) if runs_dir is not None else project_root() / 'runs'
-    found, skipped, root = [], [], str(project_root())
-    for p in sorted(runs_dir.glob(f'*/{STUDY_FILE}')):
-        file = _rel(p, root)
-        try:
-            rec = json.loads(_read_small(p, max_bytes))
-            ps = study_problems(rec, file, p.parent.name)
-            if not ps: study_html(rec)                                 # every study listed can be shown
-        except json.JSONDecodeError as e: ps = [f'{file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})']
-        except UnicodeDecodeError as e: ps = [f'{file}: not UTF-8 text ({e.reason})']
-        except OSError as e: ps = [f'{file}: cannot be read ({e.strerror or e})']
-        except RecursionError: ps = [f'{file}: JSON nested too deeply to be a study record']
-        except Exception as e: ps = [f'{file}: cannot be shown ({type(e).__name__}: {clip_text(str(e), 200)})']
-        if ps: skipped.append({'file': file, 'problems': ps})
-        else: found.append((str(rec.get('updated_utc') or ''), p.parent.name, rec))
-    found.sort(key=lambda t: t[:2], reverse=True)
-    return Studies(runs_dir, {name: rec for _, name, rec in found}, skipped)
+    """The study records of `runs_dir` (default: the project's runs/) that the Studies tab can show: those
+    `pqk.run.study.read_studies` reads (newest first) and `study_html` renders; the others skipped, with why."""
+    return read_studies(runs_dir, max_bytes, check=study_html)
 
 # %% ../../nbs/run/74_explore.ipynb #454de463
 def front_png(study_dir, max_bytes: int = STUDY_MAX_BYTES) -> tuple[bytes | None, str | None]:
     "(the bytes of the study's front.png, or None; why it is not shown, or None)."
     p = Path(study_dir) / 'front.png'
     if not p.exists() and not p.is_symlink(): return None, 'no front plot: no candidate reached the last rung'
-    try: b = _read_small(p, max_bytes)
+    try: b = read_small(p, max_bytes)
     except OSError as e: return None, f'front plot {_rel(p)} not shown: {e.strerror or e}'
     return (b, None) if b.startswith(b'\x89PNG\r\n\x1a\n') else (None, f'front plot {_rel(p)} is not a PNG file')
 

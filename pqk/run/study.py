@@ -10,18 +10,20 @@ from pathlib import Path
 
 import yaml
 from ..core.contracts import (ContractError, Problem, TaskCard, check_card, load_eval, load_workload, method_config,
-                                load_contract, resolve_path, resolve_ref, card_threshold, _rel)
-from ..core.io import utc_now, write_json_atomic, write_text_atomic
+                                load_contract, resolve_path, resolve_ref, card_threshold, _rel, schema_problems,
+                                nonfinite_problems, clip_text, project_root)
+from ..core.io import utc_now, write_json_atomic, write_text_atomic, read_small
 from .runner import run_card, make_run_id, create_run_dir, config_hash, run_lock, resume_folder
 from .review import md_text
 from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively
 
 # %% auto #0
 __all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'CHAIN_KINDS',
-           'STUDIES_INDEX', 'arrow', 'order_problem', 'Rung', 'Space', 'subset_workload', 'parse_search', 'Candidate',
-           'plan_candidates', 'halve', 'StageSpec', 'stage_card_id', 'stage_entry', 'StudyStop', 'Study', 'order_table',
-           'run_schedule', 'CardExecutor', 'best_hand_chain', 'study_markdown', 'front_figure', 'plot_front',
-           'run_study', 'publish_study', 'publish_studies', 'rebuild_reports']
+           'STUDY_MAX_BYTES', 'STUDIES_INDEX', 'arrow', 'order_problem', 'Rung', 'Space', 'subset_workload',
+           'parse_search', 'Candidate', 'plan_candidates', 'halve', 'StageSpec', 'stage_card_id', 'stage_entry',
+           'StudyStop', 'Study', 'order_table', 'run_schedule', 'CardExecutor', 'best_hand_chain', 'study_markdown',
+           'front_figure', 'plot_front', 'Studies', 'study_problems', 'read_study', 'read_studies', 'run_study',
+           'publish_study', 'publish_studies', 'rebuild_reports']
 
 # %% ../../nbs/run/77_study.ipynb #c9728dc3
 STAGE_METHOD = {'K': 'distill', 'P': 'prune', 'Q': 'quant'}
@@ -230,7 +232,12 @@ class Study:
         return sum((e.get('device_hours') or 0.0) + (e.get('earlier_device_hours') or 0.0)
                    for e in self.stages.values())
 
-    def save(self): return write_json_atomic(self.dir / STUDY_FILE, _record(self))
+    def save(self):
+        "Write the record (`study.json`), checked against its schema first: a record no reader accepts is never written."
+        rec = json.loads(json.dumps(_record(self)))                    # as a reader will see it
+        ps = study_problems(rec, STUDY_FILE, self.dir.name)
+        if ps: raise ValueError(f'pqk study: the record to write is no study record: {"; ".join(ps)[:600]}')
+        return write_json_atomic(self.dir / STUDY_FILE, rec)
 
     def note(self, line: str):
         self.log.append(f'{utc_now()} {line}'); self.say(f'pqk study: {self.run_id}: {line}')
@@ -535,6 +542,57 @@ def plot_front(rec: dict, path: Path):
     return None if fig is None else ps.save_png(fig, path)
 
 
+# %% ../../nbs/run/77_study.ipynb #57ca8482
+STUDY_MAX_BYTES = 8 << 20   # a study.json or front.png larger is not read (a 64-candidate study's record: ~4 MB)
+
+@dataclass
+class Studies:
+    "The study records of a runs folder by folder name, newest first, and the study.json files that were skipped."
+    runs_dir: Path
+    records: dict
+    skipped: list = field(default_factory=list)      # [{'file', 'problems'}], as `pqk.run.explore.Runs.skipped`
+
+    def study_dir(self, name: str) -> Path: return self.runs_dir / name
+
+def study_problems(rec, file: str, folder: str | None = None) -> list[str]:
+    """Why `rec` (a study.json's JSON) is no study record (`schemas/study.schema.json`, finite numbers), one line per
+    problem naming the file, the field, the value and what was expected; [] when none. `folder`: the name of its
+    folder, which its `study` must be."""
+    if not isinstance(rec, dict): return [f'{file}: got a JSON {type(rec).__name__}; expected a JSON object '
+                                          '(a study record)']
+    ps = schema_problems(rec, 'study', file) + nonfinite_problems(rec, file)
+    if folder is not None and isinstance(rec.get('study'), str) and rec['study'] != folder:
+        ps.append(Problem(file, 'study', rec['study'], f'the name of its folder ({folder!r})'))
+    return [str(p) for p in ps]
+
+def read_study(path, max_bytes: int = STUDY_MAX_BYTES, folder: str | None = None) -> tuple[dict | None, list[str]]:
+    "(the record in study.json `path`, or None; why it is none, [] when it is one): bounded, never a traceback."
+    file = _rel(path)
+    try:
+        rec = json.loads(read_small(path, max_bytes))
+        ps = study_problems(rec, file, folder)
+    except json.JSONDecodeError as e: ps = [f'{file}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})']
+    except UnicodeDecodeError as e: ps = [f'{file}: not UTF-8 text ({e.reason})']
+    except OSError as e: ps = [f'{file}: cannot be read ({e.strerror or e})']
+    except RecursionError: ps = [f'{file}: JSON nested too deeply to be a study record']
+    return (None, ps) if ps else (rec, [])
+
+def read_studies(runs_dir=None, max_bytes: int = STUDY_MAX_BYTES, check=None) -> Studies:
+    """Every study record of `runs_dir` (default: the project's runs/), `<runs_dir>/*/study.json` read by
+    `read_study`, newest first (`updated_utc`, then the folder's name); the others skipped with why. `check(rec)`: a
+    reader's own test (the explorer's: it can show the record); a record it raises on is skipped too."""
+    runs_dir = Path(runs_dir) if runs_dir is not None else project_root() / 'runs'
+    found, skipped = [], []
+    for p in sorted(runs_dir.glob(f'*/{STUDY_FILE}')):
+        rec, ps = read_study(p, max_bytes, p.parent.name)
+        if not ps and check is not None:
+            try: check(rec)
+            except Exception as e: ps = [f'{_rel(p)}: cannot be shown ({type(e).__name__}: {clip_text(str(e), 200)})']
+        if ps: skipped.append({'file': _rel(p), 'problems': ps})
+        else: found.append((str(rec.get('updated_utc') or ''), p.parent.name, rec))
+    found.sort(key=lambda t: t[:2], reverse=True)
+    return Studies(runs_dir, {name: rec for _, name, rec in found}, skipped)
+
 # %% ../../nbs/run/77_study.ipynb #66c579b6
 def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, force: bool = False,
               progress: bool = True, stream_output: bool = True, template: str | None = None, say=print) -> dict:
@@ -552,10 +610,9 @@ def run_study(card, runs_dir='runs', resume: str | None = None, executor=None, f
     memo = None
     if resume:
         d = resume_folder(runs_dir, resume, c.id)
-        try: old = json.loads((d / STUDY_FILE).read_text(encoding='utf-8'))
-        except (OSError, ValueError) as e:
-            raise ContractError([Problem(f'--resume {resume}', STUDY_FILE, f'{type(e).__name__}: {e}',
-                                         'the record of the study to continue')]) from None
+        old, ps = read_study(d / STUDY_FILE, folder=d.name)
+        if ps: raise ContractError([Problem(f'--resume {resume}', STUDY_FILE, 'no study record', 'the record of the '
+                                            f"study to continue ({clip_text('; '.join(ps), 600)})")])
         if old.get('card_sha256') != c.sha256:
             raise ContractError([Problem(f'--resume {resume}', 'card', _rel(c.path), f"the card the study started "
                                          f"with (sha256 {old.get('card_sha256')}, now {c.sha256}): start a new study")])
@@ -615,14 +672,13 @@ def _index_line(name: str, rec: dict) -> str:
             f"{_f(_num(b['device_hours']), '{:g}')} |")
 
 def publish_studies(runs_dir='runs', reports_dir=None) -> dict:
-    """Publish every study of `runs_dir` (`pqk.run.explore.load_studies`, the one reader of study records) to
+    """Publish every study of `runs_dir` (`read_studies`, the one reader of study records) to
     `<reports>/studies/` (`publish_study`), drop the copies of studies no longer there, and write `studies/index.md`
     (newest first: card, state, recommendation, device-hours; then the records that cannot be read, with why);
     {'studies': [folder names], 'skipped': [...], 'index': path or None}."""
     from pqk.run.aggregate import report_paths
-    from pqk.run.explore import load_studies          # lazily: the explorer's module imports this one
     runs_dir, dst = Path(runs_dir), report_paths(reports_dir)['dir'] / 'studies'
-    st = load_studies(runs_dir)
+    st = read_studies(runs_dir)
     for name in st.records: publish_study(runs_dir / name, reports_dir)
     if dst.is_dir():
         for f in dst.iterdir():
