@@ -24,9 +24,9 @@ __all__ = ['UPGRADES', 'MAX_LOG_BYTES', 'ROW_FORMAT', 'PARALLEL_FROM', 'XLSX_MAX
            'group_summary', 'annotate_front', 'report_sheets', 'main_rows', 'csv_text', 'write_csv',
            'write_summary_json', 'plot_text', 'timing_mark', 'load_text', 'pareto_front', 'card_family',
            'speedup_vs_teacher', 'drop_interval', 'passed_decisively', 'device_kind', 'classify_front', 'front_status',
-           'recommended', 'tradeoff_points', 'drop_errors', 'threshold_labels', 'tradeoff_figure', 'plot_tradeoff',
-           'prune_share_label', 'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency', 'stage_bars',
-           'stages_figure', 'plot_stages', 'aggregate']
+           'recommended', 'tradeoff_points', 'drop_errors', 'threshold_labels', 'tradeoff_panel', 'tradeoff_figure',
+           'plot_tradeoff', 'prune_share_label', 'ablation_figure', 'plot_ablation', 'latency_figure', 'plot_latency',
+           'stage_bars', 'stages_figure', 'plot_stages', 'aggregate']
 
 # %% ../../nbs/run/72_aggregate.ipynb #011b3326
 def report_paths(reports_dir=None) -> dict:
@@ -751,7 +751,7 @@ def threshold_labels(rows) -> dict[float, str]:
 MAX_AVOID = 300        # labels keep clear of every marker up to this many points in a panel (else of the front's)
 
 # %% ../../nbs/run/72_aggregate.ipynb #31779662
-def _tradeoff_panel(ax, rows) -> tuple[list, list, list]:
+def tradeoff_panel(ax, rows) -> tuple[list, list, list]:
     """Draw one version group's trade-off on `ax`, each device kind with its marker and on its own front; the (xy,
     label) of the points to label (recommended, then front; most important first), the (xy, 'load 6.3') notes of the
     other noisy points, and the points whose markers the labels keep clear of."""
@@ -827,7 +827,7 @@ def tradeoff_figure(rows):
     "The trade-off figure of `rows`, one panel per version group (see above)."
     fig, panels = _panels(rows, 'quality drop vs speed-up against the teacher timed in the same run '
                                 '(lower-right is better; bars: 95% interval of the drop)', h=4.6)
-    todo = [(ax, _tradeoff_panel(ax, g['rows'])) for ax, g in panels]
+    todo = [(ax, tradeoff_panel(ax, g['rows'])) for ax, g in panels]
     fig.tight_layout()
     for ax, (labels, notes, avoid) in todo:
         pstyle.place_labels(ax, [xy for xy, _ in labels[:MAX_LABELS]], [t for _, t in labels[:MAX_LABELS]], avoid=avoid)

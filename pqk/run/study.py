@@ -15,7 +15,8 @@ from ..core.contracts import (ContractError, Problem, TaskCard, check_card, load
 from ..core.io import utc_now, write_json_atomic, write_text_atomic, read_small
 from .runner import run_card, make_run_id, create_run_dir, config_hash, run_lock, resume_folder
 from .review import md_text
-from .aggregate import log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively
+from .aggregate import (log_row, front_status, recommended, speedup_vs_teacher, drop_interval, passed_decisively,
+                               tradeoff_panel)
 
 # %% auto #0
 __all__ = ['STAGE_METHOD', 'RUN_KIND', 'STAGE_ARTIFACT', 'STAGE_ACCEPT', 'DEFAULT_CONFIG', 'STUDY_FILE', 'CHAIN_KINDS',
@@ -509,13 +510,12 @@ def front_figure(rec: dict):
     recommended star), each labelled with its candidate and stages, and the best hand-written chain card as a grey
     square; None when no candidate reached the last rung."""
     from pqk.eval import plotstyle as ps
-    from pqk.run.aggregate import _tradeoff_panel
     pts, stages = (rec.get('front') or {}).get('points', []), rec.get('stages') or {}
     rows = [stages[p['card']]['row'] for p in pts if isinstance(stages.get(p['card']), dict)
             and isinstance(stages[p['card']].get('row'), dict)]
     if not rows: return None
     fig, (ax,) = ps.new_figure(1, 9.0, 4.8)
-    _, _, avoid = _tradeoff_panel(ax, rows)
+    _, _, avoid = tradeoff_panel(ax, rows)
     xy = [(p['speedup'], p['drop_pct']) for p in pts if p['speedup'] is not None and p['drop_pct'] is not None]
     texts = [f"{p['cid']} {p['tag']} {p['speedup']:.2f}×" for p in pts
              if p['speedup'] is not None and p['drop_pct'] is not None]
