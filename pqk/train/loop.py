@@ -51,6 +51,7 @@ class LoopConfig:
     betas: tuple = (0.9, 0.95)
     grad_clip: float = 1.0
     amp: bool = True                     # mixed precision on CUDA (bf16 when supported, else fp16); ignored on CPU
+    cpu_amp: bool = False                # bf16 autocast on CPU too (opt-in: fast where the CPU has AMX / AVX512-BF16)
     ckpt_every: int = 0
     ckpt_every_s: float = 0.0            # also a checkpoint once this many seconds passed since the last one
     eval_every: int = 0
@@ -68,7 +69,8 @@ class LoopConfig:
         for k in ('weight_decay', 'grad_clip', 'ckpt_every_s'):
             if not num(getattr(self, k)) or getattr(self, k) < 0: bad(k, 'a number >= 0')
         if not num(self.floor) or not 0 <= self.floor <= 1: bad('floor', 'a number in [0, 1]')
-        if not isinstance(self.amp, bool): bad('amp', 'true or false')
+        for k in ('amp', 'cpu_amp'):
+            if not isinstance(getattr(self, k), bool): bad(k, 'true or false')
 
     @classmethod
     def from_sections(cls, train: dict, checkpoint: dict | None = None) -> 'LoopConfig':
@@ -188,8 +190,10 @@ class StepContext:
         "The trained model's forward (through DDP when distributed), under autocast when AMP is on."
         with self.autocast(): return self.net(*a, **k)
 
-def _amp(device, amp: bool):
-    "`(use_amp, dtype, GradScaler or None)`: bf16 on CUDA when supported, else fp16 with a gradient scaler; off on CPU."
+def _amp(device, amp: bool, cpu_amp: bool = False):
+    """`(use_amp, dtype, GradScaler or None)`: bf16 on CUDA when supported, else fp16 with a gradient scaler; on CPU
+    bf16 only when `cpu_amp` asks for it (no scaler: bf16 keeps fp32's range)."""
+    if device.type == 'cpu': return bool(cpu_amp), torch.bfloat16, None
     use = bool(amp) and device.type == 'cuda'
     dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
     return use, dtype, (torch.amp.GradScaler('cuda') if use and dtype == torch.float16 else None)
@@ -342,7 +346,7 @@ def _start(model, cfg: LoopConfig, extra, forward: str, ckpt_dir, resume, rules,
     extra = nn.ModuleDict(extra or {}).to(device)
     params = [p for p in list(model.parameters()) + list(extra.parameters()) if p.requires_grad]
     opt, sched = _optimizer(params, cfg, device)
-    use_amp, amp_dtype, scaler = _amp(device, cfg.amp)
+    use_amp, amp_dtype, scaler = _amp(device, cfg.amp, cfg.cpu_amp)
     rules = rules if rules is not None else StopRules()
     stopper = rules.early_stopper()
     t = _restore(resume, model, extra, opt, sched, scaler) if resume is not None else {}

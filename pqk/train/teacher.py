@@ -43,7 +43,8 @@ def stage_config(recipe: dict, stage: dict) -> LoopConfig:
     "The training-loop settings of one recipe stage."
     return LoopConfig(steps=stage['steps'], lr=stage['lr'], warmup=stage['warmup'], schedule=stage.get('schedule'),
                       floor=stage.get('floor', 0.05), weight_decay=recipe['weight_decay'],
-                      grad_clip=recipe['grad_clip'], amp=recipe.get('amp', False))
+                      grad_clip=recipe['grad_clip'], amp=recipe.get('amp', False),
+                      cpu_amp=recipe.get('cpu_amp', False))
 
 def dust3r_loss(alpha: float = 0.2):
     "The loss function (for `fit`) of supervised training: ConfLoss of the model's pointmaps against the batch's GT."
@@ -57,7 +58,7 @@ def dust3r_loss(alpha: float = 0.2):
 
 # %% ../../nbs/train/43_teacher.ipynb #b1e0c7a1
 RECIPE_KEYS = {'preset': str, 'seed': int, 'views_per_scene': int, 'flip': bool, 'weight_decay': float,
-               'alpha': float, 'grad_clip': float, 'amp': bool, 'stages': list}
+               'alpha': float, 'grad_clip': float, 'amp': bool, 'cpu_amp': bool, 'stages': list}
 STAGE_KEYS = {'res': int, 'steps': int, 'schedule': int, 'lr': float, 'batch': int, 'n_scenes': int, 'warmup': int,
               'floor': float}
 STAGE_REQUIRED = ('res', 'steps', 'lr', 'batch', 'n_scenes', 'warmup')
