@@ -304,6 +304,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                               'pqk/core/contracts.py'),
                                     'pqk.core.contracts.split_front_matter': ( 'core/contracts.html#split_front_matter',
                                                                                'pqk/core/contracts.py'),
+                                    'pqk.core.contracts.train_data_problems': ( 'core/contracts.html#train_data_problems',
+                                                                                'pqk/core/contracts.py'),
                                     'pqk.core.contracts.train_seed_problems': ( 'core/contracts.html#train_seed_problems',
                                                                                 'pqk/core/contracts.py'),
                                     'pqk.core.contracts.version_problems': ( 'core/contracts.html#version_problems',

@@ -15,14 +15,14 @@ from .io import sha256_file
 
 # %% auto #0
 __all__ = ['CONTRACT_NAMES', 'KINDS', 'Q_ONLY_KINDS', 'Q_KINDS', 'EDGE_BACKENDS', 'SCHEMA_FILES', 'MAX_PROBLEMS', 'METHOD_NAMES',
-           'RESOLUTIONS', 'SEMANTIC_CHECKS', 'MAX_CONFIG_BYTES', 'MAX_YAML_DEPTH', 'CKPT_KEYWORDS', 'CARD_ID_MAX',
-           'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'clip_text', 'Problem', 'ContractError',
-           'load_schema', 'schema_problems', 'with_defaults', 'method_defaults', 'version_problems', 'Contract',
-           'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml', 'guess_contract_name',
-           'check_contract', 'load_contract', 'load_workload', 'load_eval', 'held_out_seeds', 'train_seed_problems',
-           'check_train_data', 'method_config', 'TaskCard', 'resolve_path', 'search_configs', 'card_path_problems',
-           'split_front_matter', 'resolve_ref', 'check_card', 'cards_by_id', 'card_ids', 'load_card', 'card_threshold',
-           'contracts_provenance']
+           'RESOLUTIONS', 'SEMANTIC_CHECKS', 'MAX_CONFIG_BYTES', 'MAX_YAML_DEPTH', 'TRAIN_DATA_FIELDS', 'CKPT_KEYWORDS',
+           'CARD_ID_MAX', 'METHOD_FOR_KIND', 'is_project_root', 'project_root', 'schemas_dir', 'clip_text', 'Problem',
+           'ContractError', 'load_schema', 'schema_problems', 'with_defaults', 'method_defaults', 'version_problems',
+           'Contract', 'Workload', 'EvalContract', 'semantic_problems', 'nonfinite_problems', 'parse_yaml',
+           'guess_contract_name', 'check_contract', 'load_contract', 'load_workload', 'load_eval', 'held_out_seeds',
+           'train_seed_problems', 'check_train_data', 'train_data_problems', 'method_config', 'TaskCard',
+           'resolve_path', 'search_configs', 'card_path_problems', 'split_front_matter', 'resolve_ref', 'check_card',
+           'cards_by_id', 'card_ids', 'load_card', 'card_threshold', 'contracts_provenance']
 
 # %% ../../nbs/core/00_contracts.ipynb #6926ed9b
 CONTRACT_NAMES = ('workload', 'eval', 'distill', 'quant', 'prune')
@@ -478,6 +478,18 @@ def check_train_data(spec: dict, file: str, field: str, wl=None) -> dict:
     ps = train_seed_problems(int(spec['seed']), int(spec['n_scenes']), file, field, held_out_seeds(wl))
     if ps: raise ContractError(ps)
     return spec
+
+TRAIN_DATA_FIELDS = {'distill': ('train.train_data', 'train.val_data'), 'quant': ('qat.train_data',),
+                     'prune': ('finetune.train_data', 'finetune.val_data')}
+
+def train_data_problems(cfg: Contract, wl) -> list[Problem]:
+    "The training data blocks of method config `cfg` (`TRAIN_DATA_FIELDS`, defaults filled) that reach `wl`'s held out."
+    data, ho, out = with_defaults(copy.deepcopy(cfg.data), load_schema(cfg.name)), held_out_seeds(wl), []
+    for f in TRAIN_DATA_FIELDS.get(cfg.name, ()):
+        d = _sec(data, *f.split('.'))
+        if all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool) for k in ('seed', 'n_scenes')):
+            out += train_seed_problems(d['seed'], d['n_scenes'], _rel(cfg.path), f, ho)
+    return out
 
 # %% ../../nbs/core/00_contracts.ipynb #df75845e
 def _merged(base: dict, over: dict, schema: dict) -> dict:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .contracts import (Problem, check_contract, check_card, project_root, contracts_provenance, _rel,
-                                card_ids, TaskCard)
+                                card_ids, TaskCard, train_data_problems)
 from .logschema import synthetic_log, log_problems
 
 # %% auto #0
@@ -31,6 +31,8 @@ def devcheck(workload=None, eval=None, cfgs=None, cards=None, loaded: dict | Non
         if c is not None:
             found.append(c)
             if loaded is not None: loaded[Path(path).resolve()] = c
+    wl = next((c for c in found if c.name == 'workload'), None)
+    if wl is not None: problems += [p for c in found for p in train_data_problems(c, wl)]
     seen = {}
     for card in cards:
         ps, c = ([], card) if isinstance(card, TaskCard) else check_card(card)
