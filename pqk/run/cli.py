@@ -133,6 +133,8 @@ def _device_commands(sub):
     p.add_argument('--recipe', default=None, help='a YAML file of settings that change DEMO_RECIPE (longer stages …)')
     p.add_argument('--init', default=None, help="continue from this checkpoint ('demo': the shipped weights) instead "
                                                'of a fresh model')
+    p.add_argument('--work', default=None, help='the folder of its resumable checkpoints (default: <out>.partial); '
+                                               'the same command continues a stopped training from there')
     return sub
 
 # %% ../../nbs/run/75_cli.ipynb #8e1a6dcc
@@ -287,9 +289,15 @@ def _train_teacher(args) -> int:
         print(f'pqk train-teacher: --out {args.out}: it exists; expected a new folder (the weights are never written '
               'over anything)', file=sys.stderr)
         return 2
-    from pqk.train.teacher import train_demo_teacher, read_recipe
+    import shutil
+    from pqk.train.teacher import train_demo_teacher, read_recipe, TeacherStopped, WORK_RECORD
     over = read_recipe(args.recipe) if args.recipe else None          # a bad file: refused before anything trains
-    train_demo_teacher(out, over, device=args.device, init=args.init)
+    work = Path(args.work).expanduser() if args.work else out.with_name(out.name + '.partial')
+    if (work / WORK_RECORD).is_file(): print(f'pqk train-teacher: continuing the training in {work}', file=sys.stderr)
+    try: train_demo_teacher(out, over, device=args.device, init=args.init, work_dir=work)
+    except TeacherStopped as e:
+        print(f'pqk train-teacher: stopped: {e}', file=sys.stderr); return 3
+    shutil.rmtree(work, ignore_errors=True)                           # the weights are saved: its checkpoints go
     print(f'pqk train-teacher: saved {out} (load it with --ckpt {out}; copy it over pqk/assets/demo_teacher to '
           'ship it)')
     return 0

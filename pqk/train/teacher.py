@@ -17,12 +17,12 @@ from ..data.scenes import synthetic_dataset
 from ..data.pairs import PairBatcher
 from ..eval.efficiency import resolve_device
 from .losses import conf_regr_loss
-from .loop import fit, LoopConfig
+from .loop import fit, LoopConfig, latest_checkpoint
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'SHARD_MB', 'RECIPE_KEYS', 'STAGE_KEYS', 'STAGE_REQUIRED', 'MAX_STAGES', 'MAX_STEPS',
-           'MAX_RECIPE_BYTES', 'stage_config', 'dust3r_loss', 'recipe_problems', 'read_recipe', 'train_teacher',
-           'save_half', 'train_demo_teacher']
+           'MAX_RECIPE_BYTES', 'STAGE_DONE', 'WORK_RECORD', 'stage_config', 'dust3r_loss', 'recipe_problems',
+           'read_recipe', 'TeacherStopped', 'train_teacher', 'save_half', 'train_demo_teacher']
 
 # %% ../../nbs/train/43_teacher.ipynb #7ed9c510
 # The recipe of the shipped weights (teacher v2). Each stage: resolution, steps run, length of its cosine schedule (a
@@ -39,12 +39,15 @@ DEMO_RECIPE = dict(preset='demo_teacher', seed=0, views_per_scene=3, flip=True, 
 SHARD_MB = 9.5          # no file in the repository over 10 MB
 
 # %% ../../nbs/train/43_teacher.ipynb #e46da916
-def stage_config(recipe: dict, stage: dict) -> LoopConfig:
-    "The training-loop settings of one recipe stage."
+def stage_config(recipe: dict, stage: dict, checkpoints: bool = False) -> LoopConfig:
+    """The training-loop settings of one recipe stage; with `checkpoints`, a resumable checkpoint every
+    `ckpt_every_s` seconds (default 600) or `ckpt_every` steps (default: none by steps), the last one kept."""
+    ck = dict(ckpt_every=recipe.get('ckpt_every', 0), ckpt_every_s=float(recipe.get('ckpt_every_s', 600.0)),
+              keep_last=1) if checkpoints else {}
     return LoopConfig(steps=stage['steps'], lr=stage['lr'], warmup=stage['warmup'], schedule=stage.get('schedule'),
                       floor=stage.get('floor', 0.05), weight_decay=recipe['weight_decay'],
                       grad_clip=recipe['grad_clip'], amp=recipe.get('amp', False),
-                      cpu_amp=recipe.get('cpu_amp', False))
+                      cpu_amp=recipe.get('cpu_amp', False), **ck)
 
 def dust3r_loss(alpha: float = 0.2):
     "The loss function (for `fit`) of supervised training: ConfLoss of the model's pointmaps against the batch's GT."
@@ -58,7 +61,8 @@ def dust3r_loss(alpha: float = 0.2):
 
 # %% ../../nbs/train/43_teacher.ipynb #b1e0c7a1
 RECIPE_KEYS = {'preset': str, 'seed': int, 'views_per_scene': int, 'flip': bool, 'weight_decay': float,
-               'alpha': float, 'grad_clip': float, 'amp': bool, 'cpu_amp': bool, 'stages': list}
+               'alpha': float, 'grad_clip': float, 'amp': bool, 'cpu_amp': bool, 'ckpt_every': int,
+               'ckpt_every_s': float, 'stages': list}
 STAGE_KEYS = {'res': int, 'steps': int, 'schedule': int, 'lr': float, 'batch': int, 'n_scenes': int, 'warmup': int,
               'floor': float}
 STAGE_REQUIRED = ('res', 'steps', 'lr', 'batch', 'n_scenes', 'warmup')
@@ -117,21 +121,41 @@ def read_recipe(path) -> dict:
     return over
 
 # %% ../../nbs/train/43_teacher.ipynb #1090cf45
-def train_teacher(model, recipe: dict = DEMO_RECIPE, device=None, progress=True, cache_dir=None):
-    "Train `model` following `recipe` (see `DEMO_RECIPE`), one `fit` per stage; returns (model, history with stages)."
+STAGE_DONE = 'done.pt'      # a finished stage's weights in its folder of the work directory
+
+class TeacherStopped(RuntimeError):
+    "A teacher training stopped by a signal (or `stop_after`) after its checkpoint: the same call continues it."
+
+def train_teacher(model, recipe: dict = DEMO_RECIPE, device=None, progress=True, cache_dir=None, work_dir=None,
+                  stop_after: int | None = None):
+    """Train `model` following `recipe` (see `DEMO_RECIPE`), one `fit` per stage; returns (model, history with stages).
+    `work_dir`: each stage keeps its resumable checkpoints in `<work_dir>/stage<i>/checkpoints` (`stage_config`) and,
+    once it ended, its weights (`STAGE_DONE`); the same call on the same folder continues where the last one stopped
+    (finished stages loaded, the unfinished one from its last checkpoint). A stop signal (or `stop_after` steps of a
+    stage, for tests) then raises `TeacherStopped`."""
     from pqk.core.contracts import ContractError
+    from pqk.core.io import save_torch_atomic
     ps = recipe_problems({'seed': recipe['seed'], 'stages': recipe['stages']})     # never on held-out scenes
     if ps: raise ContractError(ps)
     device = resolve_device(device)
     hist = []
     seed, flip = recipe['seed'], recipe.get('flip', False)
     for si, st in enumerate(recipe['stages']):
+        sd = Path(work_dir) / f'stage{si}' if work_dir is not None else None
+        if sd is not None and (sd / STAGE_DONE).is_file():                      # finished by an earlier call
+            model.load_state_dict(torch.load(sd / STAGE_DONE, map_location='cpu', weights_only=True)); continue
         scenes = synthetic_dataset(seed, st['n_scenes'], recipe['views_per_scene'], st['res'], cache_dir=cache_dir)
         batches = PairBatcher(scenes, st['batch'], seed=(seed, si), flip=flip, device=device)
-        r = fit(model, dust3r_loss(recipe['alpha']), batches, stage_config(recipe, st), device=device,
+        ck = sd / 'checkpoints' if sd is not None else None
+        r = fit(model, dust3r_loss(recipe['alpha']), batches, stage_config(recipe, st, ck is not None), device=device,
+                ckpt_dir=ck, resume=latest_checkpoint(ck) if ck is not None else None, stop_after=stop_after,
                 progress=progress, desc=f"teacher stage {si} @{st['res']}px", kind='teacher_train')
         hist += [{'stage': si, **h} for h in r['history']]
+        if r['status'] in ('stopped', 'interrupted') and r['last_checkpoint']:
+            raise TeacherStopped(f"teacher stage {si}: {r['reason']}; its last checkpoint: {r['last_checkpoint']} "
+                                 '(the same command continues from it)')
         if r['status'] != 'completed': raise FloatingPointError(f"teacher stage {si}: {r['reason']}")
+        if sd is not None: save_torch_atomic(model.state_dict(), sd / STAGE_DONE)
     return model.eval(), hist
 
 def save_half(model, directory, meta=None, shard_mb: float = SHARD_MB):
@@ -148,9 +172,13 @@ def _init_identity(spec: str, model) -> dict:
     return {'checkpoint': str(spec), 'sha256': sha256_file(p / HF_INDEX if p.is_dir() else p),
             'recipe': (model.checkpoint_info.get('meta') or {}).get('recipe')}
 
-def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progress=True, init: str | None = None):
+WORK_RECORD = 'training.json'   # what a work directory's training started from: its recipe and init
+
+def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progress=True, init: str | None = None,
+                       work_dir=None, stop_after: int | None = None):
     """Train the demo teacher and save it (fp16) to `out` (default: the shipped asset path): from scratch, or from
-    checkpoint `init` ('demo': the shipped weights; the saved meta names it with its sha256 and recipe)."""
+    checkpoint `init` ('demo': the shipped weights; the saved meta names it with its sha256 and recipe). `work_dir`:
+    resumable (`train_teacher`); it records the recipe and init it started with, and a call with others is refused."""
     recipe = {**DEMO_RECIPE, **(recipe or {})}
     torch.manual_seed(recipe['seed'])
     start = None
@@ -159,7 +187,17 @@ def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progre
         model = load_teacher(init, 'cpu').train(); start = _init_identity(init, model)
     else: model = make_model(recipe['preset'])
     t0 = time.time()
-    model, hist = train_teacher(model, recipe, device, progress)
+    if work_dir is not None:
+        from pqk.core.contracts import ContractError, Problem, _rel
+        from pqk.core.io import write_json_atomic
+        w, rec = Path(work_dir), json.loads(json.dumps({'recipe': recipe, 'init': start}))
+        if (w / WORK_RECORD).is_file():
+            old = json.loads((w / WORK_RECORD).read_text(encoding='utf-8'))
+            if old != rec: raise ContractError([Problem(_rel(w / WORK_RECORD), 'recipe/init', 'another training',
+                                                        'the recipe and init this training started with (a new '
+                                                        'folder starts a new training)')])
+        else: w.mkdir(parents=True, exist_ok=True); write_json_atomic(w / WORK_RECORD, rec)
+    model, hist = train_teacher(model, recipe, device, progress, work_dir=work_dir, stop_after=stop_after)
     out = Path(out or demo_teacher_path()); out.parent.mkdir(parents=True, exist_ok=True)
     save_half(model.cpu(), out, meta={'name': 'demo_teacher', 'recipe': json.loads(json.dumps(recipe)),
                                       **({'init': start} if start else {}),
