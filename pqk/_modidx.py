@@ -1516,6 +1516,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'pqk.train.teacher': { 'pqk.train.teacher.TeacherStopped': ('train/teacher.html#teacherstopped', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher._init_identity': ('train/teacher.html#_init_identity', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher._ok': ('train/teacher.html#_ok', 'pqk/train/teacher.py'),
+                                   'pqk.train.teacher.demo_teacher_v3_path': ( 'train/teacher.html#demo_teacher_v3_path',
+                                                                               'pqk/train/teacher.py'),
                                    'pqk.train.teacher.dust3r_loss': ('train/teacher.html#dust3r_loss', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher.read_recipe': ('train/teacher.html#read_recipe', 'pqk/train/teacher.py'),
                                    'pqk.train.teacher.recipe_problems': ('train/teacher.html#recipe_problems', 'pqk/train/teacher.py'),

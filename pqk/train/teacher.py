@@ -21,8 +21,8 @@ from .loop import fit, LoopConfig, latest_checkpoint
 
 # %% auto #0
 __all__ = ['DEMO_RECIPE', 'SHARD_MB', 'RECIPE_KEYS', 'STAGE_KEYS', 'STAGE_REQUIRED', 'MAX_STAGES', 'MAX_STEPS',
-           'MAX_RECIPE_BYTES', 'STAGE_DONE', 'WORK_RECORD', 'stage_config', 'dust3r_loss', 'recipe_problems',
-           'read_recipe', 'TeacherStopped', 'train_teacher', 'save_half', 'train_demo_teacher']
+           'MAX_RECIPE_BYTES', 'STAGE_DONE', 'WORK_RECORD', 'V3_OVER', 'stage_config', 'dust3r_loss', 'recipe_problems',
+           'read_recipe', 'TeacherStopped', 'train_teacher', 'save_half', 'train_demo_teacher', 'demo_teacher_v3_path']
 
 # %% ../../nbs/train/43_teacher.ipynb #7ed9c510
 # The recipe of the shipped weights (teacher v2). Each stage: resolution, steps run, length of its cosine schedule (a
@@ -205,3 +205,10 @@ def train_demo_teacher(out=None, recipe: dict | None = None, device=None, progre
                                       'final_loss': float(np.mean([h['loss'] for h in hist[-50:]]))})
     return model, hist
 
+
+# %% ../../nbs/train/43_teacher.ipynb #3a680a21
+V3_OVER = dict(cpu_amp=True, stages=[dict(res=192, steps=3600, schedule=3600, lr=3e-4, batch=8, n_scenes=1000,
+                                          warmup=100, floor=0.05),
+                                     dict(res=384, steps=500, schedule=500, lr=1e-4, batch=2, n_scenes=200, warmup=20,
+                                          floor=0.1)])
+def demo_teacher_v3_path() -> Path: return demo_teacher_path().with_name('demo_teacher_v3')
