@@ -234,7 +234,7 @@ class Study:
                    for e in self.stages.values())
 
     def save(self):
-        "Write the record (`study.json`), checked against its schema first: a record no reader accepts is never written."
+        "Write the record (`study.json`), checked against its schema first: none a reader refuses is written."
         rec = json.loads(json.dumps(_record(self)))                    # as a reader will see it
         ps = study_problems(rec, STUDY_FILE, self.dir.name)
         if ps: raise ValueError(f'pqk study: the record to write is no study record: {"; ".join(ps)[:600]}')
